@@ -1,0 +1,344 @@
+//! Configuration: read once at start-up from the environment (and `.env`), with a
+//! CLI flag per variable that overrides it (SPEC §6).
+//!
+//! clap reads every value as a string and [`Config::from_cli`] validates it, so a bad
+//! value stops start-up with a message that names the *variable* (operators set
+//! variables, not flags), e.g. `TICKSTREAM_PARTITIONS: must be a whole number 1..=1024`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::auth::OriginPattern;
+
+/// Command-line flags, each backed by its environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tickstream",
+    version,
+    about = "WebSocket fan-out server for ticks, backed by Redis streams"
+)]
+pub struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "TICKSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// `redis://host:port` for the Redis engine; unset runs the in-memory engine.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Partition count; fixed for the life of a deployment.
+    #[arg(long, env = "TICKSTREAM_PARTITIONS", default_value = "16")]
+    pub partitions: String,
+    /// Approximate cap of each channel's stream (XADD MAXLEN ~).
+    #[arg(long, env = "TICKSTREAM_STREAM_MAXLEN", default_value = "10000")]
+    pub stream_maxlen: String,
+    /// How long an event id is remembered for deduplication (e.g. 24h, 30m, 90s).
+    #[arg(long, env = "TICKSTREAM_DEDUP_WINDOW", default_value = "24h")]
+    pub dedup_window: String,
+    /// Ticks replayed when a subscriber gives no `since`.
+    #[arg(long, env = "TICKSTREAM_DEFAULT_REPLAY", default_value = "100")]
+    pub default_replay: String,
+    /// HS256 secret for JWTs.
+    #[arg(long, env = "TICKSTREAM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Path of a PEM public key for RS256/ES256 JWTs.
+    #[arg(long, env = "TICKSTREAM_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Secret for HMAC-signed handshakes.
+    #[arg(long, env = "TICKSTREAM_HMAC_SECRET", hide_env_values = true)]
+    pub hmac_secret: Option<String>,
+    /// Channel patterns granted to HMAC-signed clients.
+    #[arg(long, env = "TICKSTREAM_HMAC_CHANNELS", default_value = "*")]
+    pub hmac_channels: String,
+    /// Static bearer token for producers.
+    #[arg(long, env = "TICKSTREAM_INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+    /// Comma list of allowed WebSocket origins (`https://app.example.com`, `https://*.example.com`).
+    #[arg(long, env = "TICKSTREAM_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long, env = "TICKSTREAM_LOG", default_value = "info")]
+    pub log: String,
+    /// `json` (production) or `pretty`.
+    #[arg(long, env = "TICKSTREAM_LOG_FORMAT", default_value = "pretty")]
+    pub log_format: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Validated configuration; everything the server reads of its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// `None` selects the embedded memory engine.
+    pub redis_url: Option<String>,
+    /// Fixed for a deployment: changing it would move channels to other keys.
+    pub partitions: u32,
+    /// Approximate stream cap; Redis trims whole macro nodes, so a stream may hold
+    /// somewhat more.
+    pub stream_maxlen: u64,
+    pub dedup_window: Duration,
+    pub default_replay: usize,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub hmac_secret: Option<String>,
+    pub hmac_channels: Vec<String>,
+    pub ingest_token: Option<String>,
+    pub allowed_origins: Vec<OriginPattern>,
+    pub log: String,
+    pub log_format: LogFormat,
+    /// Per-channel in-memory live buffer (broadcast capacity). A subscriber that falls
+    /// further behind than this catches up from the stream instead.
+    pub live_buffer: usize,
+    /// Frames queued per WebSocket before the session stops pulling from the live
+    /// buffer; bounds memory per client.
+    pub send_queue: usize,
+    /// How long a partition reader's XREAD blocks before it re-checks its channels.
+    pub tail_block: Duration,
+}
+
+/// A configuration value that cannot be used; names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    var: &'static str,
+    raw: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    match raw.trim().parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(bad(
+            var,
+            format!("must be a whole number {min}..={max}, got {raw:?}"),
+        )),
+    }
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let (digits, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+impl Config {
+    /// Validates what clap read.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let listen = cli.listen.trim().parse().map_err(|_| {
+            bad(
+                "TICKSTREAM_LISTEN",
+                format!("must be host:port, got {:?}", cli.listen),
+            )
+        })?;
+        let redis_url = non_empty(cli.redis_url);
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(bad(
+                    "REDIS_URL",
+                    "must start with redis:// (Redis Cluster is not supported yet)",
+                ));
+            }
+        }
+        let dedup_window = parse_duration(&cli.dedup_window)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                bad(
+                    "TICKSTREAM_DEDUP_WINDOW",
+                    format!(
+                        "must be a duration like 24h, 30m or 90s, got {:?}",
+                        cli.dedup_window
+                    ),
+                )
+            })?;
+        let jwt_secret = non_empty(cli.jwt_secret);
+        if let Some(secret) = &jwt_secret {
+            if secret.len() < 16 {
+                return Err(bad("TICKSTREAM_JWT_SECRET", "must be at least 16 bytes"));
+            }
+        }
+        let hmac_channels: Vec<String> = cli
+            .hmac_channels
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for p in &hmac_channels {
+            crate::auth::ChannelPattern::parse(p).ok_or_else(|| {
+                bad(
+                    "TICKSTREAM_HMAC_CHANNELS",
+                    format!("bad channel pattern {p:?}"),
+                )
+            })?;
+        }
+        let allowed_origins = cli
+            .allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                OriginPattern::parse(s).ok_or_else(|| {
+                    bad(
+                        "TICKSTREAM_ALLOWED_ORIGINS",
+                        format!(
+                            "bad origin {s:?} (expected scheme://host[:port] or https://*.domain)"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let log_format = match cli.log_format.trim() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                return Err(bad(
+                    "TICKSTREAM_LOG_FORMAT",
+                    format!("must be json or pretty, got {other:?}"),
+                ))
+            }
+        };
+        Ok(Config {
+            listen,
+            redis_url,
+            partitions: number("TICKSTREAM_PARTITIONS", &cli.partitions, 1, 1024)?,
+            stream_maxlen: number(
+                "TICKSTREAM_STREAM_MAXLEN",
+                &cli.stream_maxlen,
+                1,
+                1_000_000_000,
+            )?,
+            dedup_window,
+            default_replay: number("TICKSTREAM_DEFAULT_REPLAY", &cli.default_replay, 0, 100_000)?,
+            jwt_secret,
+            jwt_public_key: cli.jwt_public_key,
+            hmac_secret: non_empty(cli.hmac_secret),
+            hmac_channels,
+            ingest_token: non_empty(cli.ingest_token),
+            allowed_origins,
+            log: cli.log,
+            log_format,
+            live_buffer: 4096,
+            send_queue: 1024,
+            tail_block: Duration::from_secs(2),
+        })
+    }
+
+    /// Defaults for everything (as with an empty environment); tests and embedders
+    /// start from this and change fields.
+    /// Unlike `Cli::parse`, this never looks at the process environment, so a test
+    /// is not changed by a `REDIS_URL` that happens to be set around it.
+    pub fn defaults() -> Config {
+        let cli = Cli {
+            listen: "127.0.0.1:8080".into(),
+            redis_url: None,
+            partitions: "16".into(),
+            stream_maxlen: "10000".into(),
+            dedup_window: "24h".into(),
+            default_replay: "100".into(),
+            jwt_secret: None,
+            jwt_public_key: None,
+            hmac_secret: None,
+            hmac_channels: "*".into(),
+            ingest_token: None,
+            allowed_origins: String::new(),
+            log: "info".into(),
+            log_format: "pretty".into(),
+        };
+        Config::from_cli(cli).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    /// True when no verification key is configured: the server then makes its own
+    /// (SPEC §2 dev mode) rather than run with authentication off.
+    pub fn dev_mode(&self) -> bool {
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none() && self.hmac_secret.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["tickstream"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (args, var) in [
+            (&["--partitions", "0"][..], "TICKSTREAM_PARTITIONS"),
+            (&["--partitions", "abc"], "TICKSTREAM_PARTITIONS"),
+            (&["--listen", "nowhere"], "TICKSTREAM_LISTEN"),
+            (&["--dedup-window", "soon"], "TICKSTREAM_DEDUP_WINDOW"),
+            (&["--stream-maxlen=-5"], "TICKSTREAM_STREAM_MAXLEN"),
+            (&["--redis-url", "http://x"], "REDIS_URL"),
+            (
+                &["--allowed-origins", "example.com"],
+                "TICKSTREAM_ALLOWED_ORIGINS",
+            ),
+            (&["--log-format", "xml"], "TICKSTREAM_LOG_FORMAT"),
+            (&["--jwt-secret", "short"], "TICKSTREAM_JWT_SECRET"),
+        ] {
+            let err = Config::from_cli(cli(args)).unwrap_err();
+            assert_eq!(err.var, var, "{args:?}");
+            assert!(err.to_string().starts_with(var));
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let parsed = Config::from_cli(Cli::try_parse_from(["tickstream"]).unwrap()).unwrap();
+        assert_eq!(parsed.partitions, Config::defaults().partitions);
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.partitions, 16);
+        assert_eq!(c.stream_maxlen, 10_000);
+        assert_eq!(c.default_replay, 100);
+        assert_eq!(c.dedup_window, Duration::from_secs(86_400));
+        assert!(c.redis_url.is_none());
+    }
+}

@@ -1,0 +1,90 @@
+//! Error policy.
+//!
+//! Library code returns typed errors (`thiserror` enums: [`StoreError`],
+//! [`AuthError`], [`TickError`], …). They become an HTTP answer in exactly one place,
+//! the [`IntoResponse`] impl of [`ApiError`] below, which picks the status and the
+//! stable machine-readable `error` code of the JSON body `{"error","message"}`
+//! (SPEC §4). Clients branch on `error`; `message` is for people and may change.
+//!
+//! Internal details (Redis error text, file paths) are logged, never sent: a 503 says
+//! "storage unavailable", the log says why.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+use crate::tick::TickError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_channel() -> ApiError {
+        ApiError::bad_request("bad_channel", TickError::BadChannel.to_string())
+    }
+
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "missing_token"),
+            ApiError::Auth(AuthError::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
+            ApiError::Auth(AuthError::Invalid(_)) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            ApiError::Auth(AuthError::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Auth(AuthError::BadOrigin(_)) => (StatusCode::FORBIDDEN, "bad_origin"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl From<TickError> for ApiError {
+    fn from(e: TickError) -> Self {
+        let code = match e {
+            TickError::BadChannel => "bad_channel",
+            _ => "bad_tick",
+        };
+        ApiError::bad_request(code, e.to_string())
+    }
+}
+
+/// The JSON body of every error answer.
+pub fn error_body(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": code, "message": message })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Store(e) => {
+                tracing::warn!(error = %e, "storage error answered as 503");
+                "storage is unavailable, try again shortly".to_string()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(error_body(code, &message))).into_response()
+    }
+}

@@ -1,0 +1,191 @@
+//! REST reads of history: the channel list, pages of ticks, the latest tick.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{json_response, AppState};
+use crate::auth::{Principal, QueryCredentials};
+use crate::error::ApiError;
+use crate::store::IdRange;
+use crate::tick::{is_valid_channel, write_ts, StreamId};
+
+/// Largest page (SPEC §4).
+pub const MAX_PAGE: usize = 1000;
+pub const DEFAULT_PAGE: usize = 100;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryQuery {
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<String>,
+    order: Option<String>,
+    cursor: Option<String>,
+    #[serde(flatten)]
+    creds: QueryCredentials,
+}
+
+fn query<T: Default>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|q| q.0)
+        .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+}
+
+/// Authenticates, then checks the channel name and that the token may read it.
+fn reader_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    creds: &QueryCredentials,
+    uri: &OriginalUri,
+    channel: Result<Path<String>, PathRejection>,
+) -> Result<(Principal, String), ApiError> {
+    let channel = channel.map(|p| p.0).map_err(|_| ApiError::bad_channel())?;
+    if !is_valid_channel(&channel) {
+        return Err(ApiError::bad_channel());
+    }
+    let principal = state.reader(headers, creds, uri.path())?;
+    if !principal.can_read(&channel) {
+        return Err(crate::auth::AuthError::Forbidden(format!("channel {channel}")).into());
+    }
+    Ok((principal, channel))
+}
+
+fn id_param(name: &str, raw: &Option<String>) -> Result<Option<StreamId>, ApiError> {
+    raw.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|e| ApiError::bad_request("bad_id", format!("{name}: {e}")))
+        })
+        .transpose()
+}
+
+pub async fn channels(
+    State(state): State<AppState>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    q: Result<Query<QueryCredentials>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let creds = query(q)?;
+    let principal = state.reader(&headers, &creds, uri.path())?;
+    let list = state.store.channels().await?;
+    let mut out = String::from("{\"channels\":[");
+    let mut first = true;
+    for c in list.iter().filter(|c| principal.can_read(&c.channel)) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&format!("{{\"channel\":\"{}\",\"last_id\":", c.channel));
+        match &c.last {
+            Some(t) => {
+                out.push_str(&format!("\"{}\",\"last_ts\":\"", t.id));
+                write_ts(&mut out, t.ts_us);
+                out.push('"');
+            }
+            None => out.push_str("null,\"last_ts\":null"),
+        }
+        out.push_str(&format!(",\"length\":{}}}", c.length));
+    }
+    out.push_str("]}");
+    Ok(json_response(StatusCode::OK, out))
+}
+
+pub async fn ticks(
+    State(state): State<AppState>,
+    channel: Result<Path<String>, PathRejection>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let (_, channel) = reader_for(&state, &headers, &q.creds, &uri, channel)?;
+    let limit = match q.limit.as_deref() {
+        None | Some("") => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("bad_limit", format!("limit must be 1..={MAX_PAGE}"))
+            })?,
+    };
+    let descending = match q.order.as_deref() {
+        None | Some("") | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "bad_order",
+                "order must be asc or desc",
+            ))
+        }
+    };
+    let since = id_param("since", &q.since)?;
+    let until = id_param("until", &q.until)?;
+    let cursor = id_param("cursor", &q.cursor)?;
+    // `since` is exclusive, `until` inclusive; the cursor continues in the page order.
+    let mut range = IdRange {
+        from: since.map_or(StreamId::ZERO, StreamId::next),
+        to: until.unwrap_or(StreamId::MAX),
+    };
+    if let Some(c) = cursor {
+        if descending {
+            range.to = range.to.min(c.prev());
+        } else {
+            range.from = range.from.max(c.next());
+        }
+    }
+    // One extra tells whether another page exists, so `next` is null on the last page.
+    let mut page = if descending {
+        state.store.rev_range(&channel, range, limit + 1).await?
+    } else {
+        state.store.range(&channel, range, limit + 1).await?
+    };
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let epoch = match page.first() {
+        Some(t) => Some(t.epoch.to_string()),
+        None => state.store.epoch(&channel).await?,
+    };
+    let mut out = String::with_capacity(64 + page.len() * 256);
+    out.push_str(&format!("{{\"channel\":\"{channel}\",\"epoch\":"));
+    match &epoch {
+        Some(e) => out.push_str(&format!("\"{e}\"")),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"ticks\":[");
+    for (i, t) in page.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        t.write_json(&mut out, false);
+    }
+    out.push_str("],\"next\":");
+    match page.last().filter(|_| more) {
+        Some(t) => out.push_str(&format!("\"{}\"}}", t.id)),
+        None => out.push_str("null}"),
+    }
+    Ok(json_response(StatusCode::OK, out))
+}
+
+pub async fn latest(
+    State(state): State<AppState>,
+    channel: Result<Path<String>, PathRejection>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    q: Result<Query<QueryCredentials>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let creds = query(q)?;
+    let (_, channel) = reader_for(&state, &headers, &creds, &uri, channel)?;
+    match state.store.latest(&channel).await? {
+        Some(t) => {
+            let mut out = String::with_capacity(256);
+            t.write_json(&mut out, false);
+            Ok(json_response(StatusCode::OK, out))
+        }
+        None => Err(ApiError::NotFound(format!(
+            "channel {channel} has no ticks"
+        ))),
+    }
+}

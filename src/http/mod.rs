@@ -1,0 +1,164 @@
+//! The HTTP surface: routes, shared state and the layers every answer goes through
+//! (request id, security headers, CORS, one log line and one histogram sample per
+//! request).
+
+pub mod history;
+pub mod ingest;
+pub mod ops;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::mpsc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::auth::{Authenticator, Principal, QueryCredentials};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::session::SessionContext;
+use crate::store::Store;
+
+/// Everything handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<SessionContext>,
+    /// Cloned into every session; shutdown waits until all clones are dropped.
+    pub sessions_done: mpsc::Sender<()>,
+}
+
+impl AppState {
+    /// A REST reader: any token the WebSocket accepts.
+    pub fn reader(
+        &self,
+        headers: &axum::http::HeaderMap,
+        creds: &QueryCredentials,
+        path: &str,
+    ) -> Result<Principal, ApiError> {
+        Ok(self.auth.authenticate(headers, creds, path)?)
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: the client's when it is short and plain, else 16 random hex digits.
+#[derive(Clone, Copy, Default)]
+struct MakeId;
+
+impl MakeRequestId for MakeId {
+    fn make_request_id<B>(&mut self, request: &axum::http::Request<B>) -> Option<RequestId> {
+        let sane = request.headers().get(&X_REQUEST_ID).filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= 128
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        });
+        match sane {
+            Some(v) => Some(RequestId::new(v.clone())),
+            None => {
+                use rand::RngCore;
+                let id = format!("{:016x}", rand::rng().next_u64());
+                HeaderValue::from_str(&id).ok().map(RequestId::new)
+            }
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let auth = state.auth.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| auth.origin_allowed(o))
+        }))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            X_REQUEST_ID.clone(),
+        ])
+        .expose_headers([X_REQUEST_ID.clone()]);
+    Router::new()
+        .route("/api/v1/ingest", post(ingest::ingest))
+        .route("/api/v1/channels", get(history::channels))
+        .route("/api/v1/channels/{channel}/ticks", get(history::ticks))
+        .route("/api/v1/channels/{channel}/latest", get(history::latest))
+        .route("/api/v1/openapi.json", get(ops::openapi))
+        .route("/ws", get(ws::multiplexed))
+        .route("/ws/{channel}", get(ws::single))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/metrics/system", get(ops::system_metrics))
+        .route("/", get(ops::dashboard_index))
+        .route("/app.js", get(ops::dashboard_js))
+        .route("/style.css", get(ops::dashboard_css))
+        .fallback(ops::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(cors)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeId))
+        .with_state(state)
+}
+
+/// One log line and one latency sample per request. Logs the path only: query
+/// strings can carry tokens and are never logged.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status = status.as_u16(),
+        micros = elapsed.as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// A JSON body answer with the given status (helper for hand-built JSON).
+pub fn json_response(status: axum::http::StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

@@ -1,0 +1,408 @@
+//! The live tail and fan-out of one node (ARCHITECTURE §3).
+//!
+//! Each partition has one reader task. While the partition has active channels
+//! (channels with at least one local subscriber), the reader blocks on the store for
+//! all of them at once (one `XREAD` over every active stream of the partition),
+//! serializes each new tick once into a [`LiveFrame`] and broadcasts it to that
+//! channel's sessions. A node's reads therefore grow with its active partitions,
+//! never with its clients.
+//!
+//! When a channel becomes active its tail cursor is fixed *before* the first
+//! subscriber replays history, so "replay up to now" ∪ "live after the cursor" covers
+//! every id; sessions drop the overlap by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{broadcast, watch};
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError, TailWaker};
+use crate::tick::{partition_of, StreamId, Tick};
+
+/// A partition reader that has not heard from the store for this long is stale, and
+/// `/readyz` says so: delivery silently dead must never look healthy.
+pub const TAIL_STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// One tick, serialized once per node and shared by every session (cloning is a
+/// reference-count bump).
+#[derive(Debug, Clone)]
+pub struct LiveFrame {
+    pub id: StreamId,
+    pub seq: u64,
+    pub epoch: Arc<str>,
+    /// The complete `{"type":"tick",…}` frame.
+    pub text: Utf8Bytes,
+}
+
+impl LiveFrame {
+    pub fn new(tick: &Tick) -> LiveFrame {
+        LiveFrame {
+            id: tick.id,
+            seq: tick.seq,
+            epoch: tick.epoch.clone(),
+            text: Utf8Bytes::from(tick.to_frame()),
+        }
+    }
+}
+
+struct ActiveChannel {
+    tx: broadcast::Sender<LiveFrame>,
+    subscribers: usize,
+    /// Last id published (or the stream's last id when the channel became active).
+    cursor: StreamId,
+}
+
+struct Partition {
+    index: u32,
+    channels: Mutex<HashMap<Arc<str>, ActiveChannel>>,
+    waker: Arc<TailWaker>,
+    /// Bumped whenever a channel is added to the set.
+    generation: AtomicU64,
+    /// The generation of the set the reader's current read uses.
+    reading_generation: AtomicU64,
+    /// Unix ms of the store's last answer to this reader; 0 while idle.
+    last_heard_ms: AtomicU64,
+}
+
+impl Partition {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, ActiveChannel>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cursors(&self) -> Vec<(Arc<str>, StreamId)> {
+        self.lock()
+            .iter()
+            .map(|(c, a)| (c.clone(), a.cursor))
+            .collect()
+    }
+
+    fn publish(&self, batches: Vec<(Arc<str>, Vec<Tick>)>) {
+        // Serialize outside the lock: that is the expensive part.
+        let frames: Vec<(Arc<str>, Vec<LiveFrame>)> = batches
+            .into_iter()
+            .map(|(c, ticks)| (c, ticks.iter().map(LiveFrame::new).collect()))
+            .collect();
+        let mut channels = self.lock();
+        for (channel, frames) in frames {
+            let Some(active) = channels.get_mut(&channel) else {
+                continue;
+            };
+            for frame in frames {
+                if frame.id > active.cursor {
+                    active.cursor = frame.id;
+                    // No receivers is fine: the last one may have just left.
+                    let _ = active.tx.send(frame);
+                }
+            }
+        }
+    }
+}
+
+/// A session's handle on a channel's live ticks. Dropping it unsubscribes; the last
+/// one to go makes the channel inactive.
+pub struct LiveSubscription {
+    pub rx: broadcast::Receiver<LiveFrame>,
+    partition: Arc<Partition>,
+    channel: Arc<str>,
+}
+
+impl Drop for LiveSubscription {
+    fn drop(&mut self) {
+        let mut channels = self.partition.lock();
+        if let Some(active) = channels.get_mut(&self.channel) {
+            active.subscribers -= 1;
+            if active.subscribers == 0 {
+                channels.remove(&self.channel);
+            }
+        }
+    }
+}
+
+/// Readiness of the live path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailHealth {
+    /// Partitions with active channels whose reader has not heard from the store for
+    /// [`TAIL_STALE_AFTER`].
+    pub stale_partitions: Vec<u32>,
+}
+
+pub struct Hub {
+    store: Store,
+    partitions: Vec<Arc<Partition>>,
+    live_buffer: usize,
+    metrics: Arc<Metrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Hub {
+    pub fn new(
+        store: Store,
+        partitions: u32,
+        live_buffer: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Hub> {
+        Arc::new(Hub {
+            store,
+            partitions: (0..partitions)
+                .map(|index| {
+                    Arc::new(Partition {
+                        index,
+                        channels: Mutex::new(HashMap::new()),
+                        waker: Arc::new(TailWaker::default()),
+                        generation: AtomicU64::new(0),
+                        reading_generation: AtomicU64::new(0),
+                        last_heard_ms: AtomicU64::new(0),
+                    })
+                })
+                .collect(),
+            live_buffer: live_buffer.max(16),
+            metrics,
+        })
+    }
+
+    /// Spawns one reader per partition; they stop when `shutdown` turns true.
+    pub fn start(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.partitions
+            .iter()
+            .map(|p| tokio::spawn(self.clone().run_reader(p.clone(), shutdown.clone())))
+            .collect()
+    }
+
+    /// Registers a live receiver for `channel`, activating the channel (and fixing its
+    /// tail cursor) if this node had no subscriber for it. Call this *before*
+    /// replaying history.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        channel: &str,
+    ) -> Result<LiveSubscription, StoreError> {
+        let partition = self.partition(channel).clone();
+        if let Some(sub) = self.join(&partition, channel, None) {
+            return Ok(sub);
+        }
+        let cursor = self
+            .store
+            .latest(channel)
+            .await?
+            .map_or(StreamId::ZERO, |t| t.id);
+        let sub = self
+            .join(&partition, channel, Some(cursor))
+            .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))?;
+        Ok(sub)
+    }
+
+    fn partition(&self, channel: &str) -> &Arc<Partition> {
+        let index = partition_of(channel, self.partitions.len() as u32) as usize;
+        &self.partitions[index]
+    }
+
+    /// Joins an active channel, or activates it at `cursor` when given.
+    fn join(
+        self: &Arc<Self>,
+        partition: &Arc<Partition>,
+        channel: &str,
+        cursor: Option<StreamId>,
+    ) -> Option<LiveSubscription> {
+        let mut channels = partition.lock();
+        let (key, rx) = match channels.get_key_value(channel) {
+            Some((key, active)) => (key.clone(), active.tx.subscribe()),
+            None => {
+                let cursor = cursor?;
+                let key: Arc<str> = channel.into();
+                let (tx, rx) = broadcast::channel(self.live_buffer);
+                channels.insert(
+                    key.clone(),
+                    ActiveChannel {
+                        tx,
+                        subscribers: 0,
+                        cursor,
+                    },
+                );
+                let generation = partition.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                if partition.last_heard_ms.load(Ordering::Acquire) == 0 {
+                    partition.last_heard_ms.store(now_ms(), Ordering::Release);
+                }
+                tokio::spawn(self.clone().wake_reader(partition.clone(), generation));
+                (key, rx)
+            }
+        };
+        if let Some(active) = channels.get_mut(&key) {
+            active.subscribers += 1;
+        }
+        Some(LiveSubscription {
+            rx,
+            partition: partition.clone(),
+            channel: key,
+        })
+    }
+
+    /// Interrupts the reader until it reads with the new channel set. The retry closes
+    /// the race where the wake-up reaches Redis before the reader's old `XREAD` does.
+    async fn wake_reader(self: Arc<Self>, partition: Arc<Partition>, generation: u64) {
+        for _ in 0..20 {
+            self.store.wake(&partition.waker).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if partition.reading_generation.load(Ordering::Acquire) >= generation {
+                return;
+            }
+        }
+    }
+
+    async fn run_reader(
+        self: Arc<Self>,
+        partition: Arc<Partition>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tail = self.store.tail(partition.index, partition.waker.clone());
+        let mut backoff = Backoff::default();
+        let mut errors_logged = ErrorLog::default();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let generation = partition.generation.load(Ordering::Acquire);
+            let cursors = partition.cursors();
+            if cursors.is_empty() {
+                partition.last_heard_ms.store(0, Ordering::Release);
+                tokio::select! {
+                    _ = partition.waker.notify.notified() => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            partition
+                .reading_generation
+                .store(generation, Ordering::Release);
+            let result = tokio::select! {
+                r = tail.read(&cursors) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(batches) => {
+                    partition.last_heard_ms.store(now_ms(), Ordering::Release);
+                    backoff.reset();
+                    if errors_logged.recovered() {
+                        tracing::info!(partition = partition.index, "partition reader reconnected");
+                    }
+                    partition.publish(batches);
+                }
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    if errors_logged.should_log() {
+                        tracing::warn!(partition = partition.index, error = %e, "partition reader: store error, retrying");
+                    }
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn tail_health(&self) -> TailHealth {
+        let now = now_ms();
+        let stale = TAIL_STALE_AFTER.as_millis() as u64;
+        TailHealth {
+            stale_partitions: self
+                .partitions
+                .iter()
+                .filter(|p| {
+                    let heard = p.last_heard_ms.load(Ordering::Acquire);
+                    heard != 0 && now.saturating_sub(heard) > stale && !p.lock().is_empty()
+                })
+                .map(|p| p.index)
+                .collect(),
+        }
+    }
+
+    /// Channels with local subscribers (for metrics and tests).
+    pub fn active_channels(&self) -> usize {
+        self.partitions.iter().map(|p| p.lock().len()).sum()
+    }
+}
+
+/// Exponential backoff with full jitter, 100 ms doubling to 5 s: reconnecting nodes
+/// spread out instead of hammering a Redis that just came back.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        use rand::Rng;
+        let cap = (100u64 << self.attempt.min(6)).min(5_000);
+        self.attempt = self.attempt.saturating_add(1);
+        Duration::from_millis(rand::rng().random_range(cap / 2..=cap))
+    }
+}
+
+/// Rate-limits a repeating error's log lines: the first, then one every 30 s.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    failing_since: Option<std::time::Instant>,
+    last_logged: Option<std::time::Instant>,
+}
+
+impl ErrorLog {
+    pub fn should_log(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.failing_since.get_or_insert(now);
+        match self.last_logged {
+            Some(t) if now.duration_since(t) < Duration::from_secs(30) => false,
+            _ => {
+                self.last_logged = Some(now);
+                true
+            }
+        }
+    }
+
+    /// True once after a failure streak ends.
+    pub fn recovered(&mut self) -> bool {
+        self.last_logged = None;
+        self.failing_since.take().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(5));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn error_log_is_rate_limited() {
+        let mut l = ErrorLog::default();
+        assert!(l.should_log());
+        assert!(!l.should_log());
+        assert!(l.recovered());
+        assert!(!l.recovered());
+        assert!(l.should_log());
+    }
+}

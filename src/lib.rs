@@ -1,0 +1,225 @@
+//! tickstream: a WebSocket fan-out server for high-frequency ticks, backed by Redis
+//! streams.
+//!
+//! The path of a tick, and the module that owns each step:
+//!
+//! - [`config`]: environment, `.env` and CLI flags, validated once at start-up.
+//! - [`tick`]: what a tick is; validation, event ids, stream ids, wire JSON.
+//! - [`auth`]: tokens (JWT, HMAC handshake, ingest token), channel patterns, Origin.
+//! - [`store`]: the engines (Redis streams, or the embedded memory engine).
+//! - [`hub`]: per node, one reader per partition; serializes each tick once and
+//!   broadcasts it to the channel's sessions.
+//! - [`session`]: one WebSocket; replay from the stream, then live, exactly once.
+//! - [`http`]: routes and handlers (ingest, history, handshake, operations).
+//! - [`metrics`]: Prometheus metrics, one registry per server.
+//! - [`error`]: the error policy; errors become HTTP answers in one place.
+//!
+//! [`run`] starts a server and serves until the shutdown future completes; tests use
+//! [`Server::bind`] to learn the port before serving.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod session;
+pub mod store;
+pub mod tick;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub use config::Config;
+
+use crate::auth::{Authenticator, DevCredentials};
+use crate::http::AppState;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::session::SessionContext;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for sessions to send their 1012 close and end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("TICKSTREAM_LISTEN: cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("REDIS_URL: cannot use Redis: {0}")]
+    Redis(StoreError),
+    #[error(transparent)]
+    Key(#[from] auth::KeyError),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, ready-to-serve server.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    shutdown_tx: watch::Sender<bool>,
+    sessions_done: mpsc::Receiver<()>,
+    dev: Option<DevCredentials>,
+}
+
+impl Server {
+    /// Connects the store, builds the hub and binds the listener.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let store = match &config.redis_url {
+            Some(url) => Store::Redis(Arc::new(
+                RedisStore::connect(
+                    url,
+                    config.partitions,
+                    config.stream_maxlen,
+                    config.dedup_window,
+                    config.tail_block,
+                )
+                .await
+                .map_err(StartError::Redis)?,
+            )),
+            None => Store::Memory(Arc::new(MemoryStore::new(
+                config.stream_maxlen,
+                config.dedup_window,
+                config.tail_block,
+            ))),
+        };
+        let (auth, dev) = Authenticator::new(&config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(
+            store.clone(),
+            config.partitions,
+            config.live_buffer,
+            metrics.clone(),
+        );
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (done_tx, sessions_done) = mpsc::channel(1);
+        let auth = Arc::new(auth);
+        let sessions = Arc::new(SessionContext {
+            hub: hub.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+            default_replay: config.default_replay,
+            send_queue: config.send_queue,
+            shutdown: shutdown_rx,
+        });
+        let state = AppState {
+            config: Arc::new(config),
+            store,
+            hub,
+            auth,
+            metrics,
+            sessions,
+            sessions_done: done_tx,
+        };
+        Ok(Server {
+            listener,
+            state,
+            shutdown_tx,
+            sessions_done,
+            dev,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    /// Dev-mode credentials, when start-up generated them.
+    pub fn dev_credentials(&self) -> Option<&DevCredentials> {
+        self.dev.as_ref()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, closes every
+    /// WebSocket with 1012 and waits (bounded) for sessions to end.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let Server {
+            listener,
+            state,
+            shutdown_tx,
+            mut sessions_done,
+            dev,
+        } = self;
+        let addr = listener.local_addr().map_err(StartError::Serve)?;
+        announce(&state, addr, dev.as_ref());
+        let readers = state.hub.start(shutdown_tx.subscribe());
+        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let listener = listener.tap_io(|tcp| {
+            // Ticks are small and latency matters more than packet count.
+            let _ = tcp.set_nodelay(true);
+        });
+        let signal_sessions = shutdown_tx.clone();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing sessions with 1012");
+                let _ = signal_sessions.send(true);
+            })
+            .await;
+        let _ = shutdown_tx.send(true);
+        drop(state);
+        // Every session holds a sender; recv() returns None once all have ended.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions_done.recv()).await;
+        for r in readers {
+            r.abort();
+        }
+        served.map_err(StartError::Serve)
+    }
+}
+
+/// Starts a server from `config` and serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    Server::bind(config).await?.run(shutdown).await
+}
+
+fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {
+    let engine = state.store.engine_name();
+    tracing::info!(%addr, engine, partitions = state.config.partitions, "tickstream listening");
+    if engine == "memory" {
+        tracing::warn!(
+            "REDIS_URL is not set: using the embedded in-memory engine. History is NOT durable and is \
+             lost when the process stops; set REDIS_URL=redis://127.0.0.1:6379 for production."
+        );
+    }
+    if let Some(dev) = dev {
+        let base = format!("http://{addr}");
+        let ws = format!("ws://{addr}");
+        // Printed, not logged: these are for the operator's terminal, and log
+        // pipelines must never carry tokens.
+        eprintln!(
+            "\n  DEV MODE: no TICKSTREAM_JWT_SECRET / TICKSTREAM_JWT_PUBLIC_KEY / TICKSTREAM_HMAC_SECRET set.\n  \
+             A random signing secret was made for this run; tokens below stop working on restart.\n\n  \
+             Dashboard:     {base}/?token={reader}\n  \
+             Reader token:  {reader}   (24 h, channels [\"*\"])\n  \
+             Ingest token:  {ingest}\n\n  \
+             Try it:\n    \
+             curl -s -X POST {base}/api/v1/ingest -H 'Authorization: Bearer {ingest}' \\\n      \
+             -H 'Content-Type: application/json' -d '{{\"channel\":\"demo.BTC-USD\",\"value\":42000.5}}'\n    \
+             curl -s '{base}/api/v1/channels/demo.BTC-USD/ticks' -H 'Authorization: Bearer {reader}'\n    \
+             websocat '{ws}/ws/demo.BTC-USD?since=0-0' -H 'Authorization: Bearer {reader}'\n",
+            reader = dev.reader_token,
+            ingest = dev.ingest_token,
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! The embedded engine: what `tickstream` runs on when `REDIS_URL` is unset.
+//!
+//! Same semantics as the Redis engine (ids `<ms>-<seq>` that strictly increase per
+//! channel, `seq` from 1 per epoch, a random epoch per channel, dedup within the
+//! window, a capped history whose trimming counts as lost entries), so everything
+//! above the store behaves identically. Nothing survives the process: start-up says
+//! so loudly.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::{Appended, ChannelSummary, IdRange, StoreError, StreamInfo, TailWaker};
+use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
+
+/// Most entries one tail read returns per channel, as `XREAD COUNT` does.
+const TAIL_COUNT: usize = 1000;
+
+struct Channel {
+    name: Arc<str>,
+    epoch: Arc<str>,
+    entries: VecDeque<Tick>,
+    seq: u64,
+    added: u64,
+    last_id: StreamId,
+}
+
+impl Channel {
+    /// Index of the first entry with id ≥ `id` (entries are in id order).
+    fn lower_bound(&self, id: StreamId) -> usize {
+        self.entries.partition_point(|t| t.id < id)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<Arc<str>, Channel>,
+    /// (channel, event_id) → original id, with expiry.
+    dedup: HashMap<(Arc<str>, String), (StreamId, Instant)>,
+    /// Dedup keys in insertion order: the window is constant, so the oldest expire
+    /// first and pruning is a pop from the front.
+    dedup_order: VecDeque<(Instant, (Arc<str>, String))>,
+}
+
+/// In-memory store; cheap to clone behind `Arc`.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    maxlen: usize,
+    dedup_window: Duration,
+    /// Bumped on every append, so tail readers wake without polling.
+    appended: watch::Sender<u64>,
+    block: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl MemoryStore {
+    pub fn new(maxlen: u64, dedup_window: Duration, block: Duration) -> MemoryStore {
+        MemoryStore {
+            state: Mutex::new(State::default()),
+            maxlen: usize::try_from(maxlen).unwrap_or(usize::MAX).max(1),
+            dedup_window,
+            appended: watch::channel(0).0,
+            block,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way
+        // that matters more than stopping the server would, so keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub async fn append(&self, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
+        let mut results = Vec::with_capacity(ticks.len());
+        {
+            let mut state = self.lock();
+            let now = Instant::now();
+            while state
+                .dedup_order
+                .front()
+                .is_some_and(|(exp, _)| *exp <= now)
+            {
+                if let Some((_, key)) = state.dedup_order.pop_front() {
+                    state.dedup.remove(&key);
+                }
+            }
+            for t in ticks {
+                results.push(self.append_one(&mut state, t, now));
+            }
+        }
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(results)
+    }
+
+    fn append_one(&self, state: &mut State, t: &PreparedTick, now: Instant) -> Appended {
+        let name: Arc<str> = match state.channels.get_key_value(t.channel.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => t.channel.as_str().into(),
+        };
+        let dedup_key = (name.clone(), t.event_id.clone());
+        if let Some((id, _)) = state.dedup.get(&dedup_key) {
+            return Appended {
+                id: *id,
+                event_id: t.event_id.clone(),
+                duplicate: true,
+            };
+        }
+        let channel = state
+            .channels
+            .entry(name.clone())
+            .or_insert_with(|| Channel {
+                name: name.clone(),
+                epoch: new_epoch().into(),
+                entries: VecDeque::new(),
+                seq: 0,
+                added: 0,
+                last_id: StreamId::ZERO,
+            });
+        let ms = now_ms();
+        let id = if ms > channel.last_id.ms {
+            StreamId::new(ms, 0)
+        } else {
+            channel.last_id.next()
+        };
+        channel.seq += 1;
+        channel.added += 1;
+        channel.last_id = id;
+        channel.entries.push_back(Tick {
+            id,
+            seq: channel.seq,
+            epoch: channel.epoch.clone(),
+            channel: channel.name.clone(),
+            ts_us: t.ts_us,
+            value: t.value.clone(),
+            data: t.data.clone(),
+            event_id: t.event_id.clone(),
+        });
+        while channel.entries.len() > self.maxlen {
+            channel.entries.pop_front();
+        }
+        let expires = now + self.dedup_window;
+        state.dedup.insert(dedup_key.clone(), (id, expires));
+        state.dedup_order.push_back((expires, dedup_key));
+        Appended {
+            id,
+            event_id: t.event_id.clone(),
+            duplicate: false,
+        }
+    }
+
+    pub async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
+        let state = self.lock();
+        Ok(state.channels.get(channel).map(|c| StreamInfo {
+            length: c.entries.len() as u64,
+            entries_added: c.added,
+            first: c.entries.front().cloned(),
+            last: c.entries.back().cloned(),
+        }))
+    }
+
+    pub async fn range(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        let state = self.lock();
+        let Some(c) = state.channels.get(channel) else {
+            return Ok(Vec::new());
+        };
+        let start = c.lower_bound(range.from);
+        Ok(c.entries
+            .range(start..)
+            .take_while(|t| t.id <= range.to)
+            .take(count)
+            .cloned()
+            .collect())
+    }
+
+    pub async fn rev_range(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        let state = self.lock();
+        let Some(c) = state.channels.get(channel) else {
+            return Ok(Vec::new());
+        };
+        let end = c.entries.partition_point(|t| t.id <= range.to);
+        Ok(c.entries
+            .range(..end)
+            .rev()
+            .take_while(|t| t.id >= range.from)
+            .take(count)
+            .cloned()
+            .collect())
+    }
+
+    pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .channels
+            .get(channel)
+            .map(|c| c.epoch.to_string()))
+    }
+
+    pub async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
+        let state = self.lock();
+        let mut list: Vec<ChannelSummary> = state
+            .channels
+            .values()
+            .map(|c| ChannelSummary {
+                channel: c.name.to_string(),
+                last: c.entries.back().cloned(),
+                length: c.entries.len() as u64,
+            })
+            .collect();
+        list.sort_by(|a, b| a.channel.cmp(&b.channel));
+        Ok(list)
+    }
+
+    pub fn tail(self: &Arc<Self>, waker: Arc<TailWaker>) -> MemoryTail {
+        MemoryTail {
+            store: self.clone(),
+            appended: self.appended.subscribe(),
+            waker,
+        }
+    }
+
+    fn collect_after(&self, cursors: &[(Arc<str>, StreamId)]) -> Vec<(Arc<str>, Vec<Tick>)> {
+        let state = self.lock();
+        cursors
+            .iter()
+            .filter_map(|(name, cursor)| {
+                let c = state.channels.get(&**name)?;
+                let start = c.lower_bound(cursor.next());
+                let ticks: Vec<Tick> = c.entries.range(start..).take(TAIL_COUNT).cloned().collect();
+                (!ticks.is_empty()).then(|| (name.clone(), ticks))
+            })
+            .collect()
+    }
+}
+
+/// A partition reader over the memory engine: waits for the next append instead of
+/// blocking on a socket.
+pub struct MemoryTail {
+    store: Arc<MemoryStore>,
+    appended: watch::Receiver<u64>,
+    waker: Arc<TailWaker>,
+}
+
+impl MemoryTail {
+    pub async fn read(
+        &mut self,
+        cursors: &[(Arc<str>, StreamId)],
+    ) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+        // Mark the current version seen *before* looking, so an append between the
+        // look and the wait still wakes us.
+        self.appended.borrow_and_update();
+        let found = self.store.collect_after(cursors);
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        tokio::select! {
+            _ = self.appended.changed() => {}
+            _ = self.waker.notify.notified() => {}
+            _ = tokio::time::sleep(self.store.block) => {}
+        }
+        Ok(self.store.collect_after(cursors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(channel: &str, n: i64) -> PreparedTick {
+        serde_json::from_value::<crate::tick::IngestTick>(
+            serde_json::json!({"channel": channel, "value": n}),
+        )
+        .unwrap()
+        .prepare(n)
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn ids_and_seq_increase_and_duplicates_take_none() {
+        let s = MemoryStore::new(3, Duration::from_secs(60), Duration::from_millis(10));
+        let batch: Vec<_> = (0..5).map(|n| prepared("c", n)).collect();
+        let first = s.append(&batch).await.unwrap();
+        assert!(first.windows(2).all(|w| w[0].id < w[1].id));
+        let again = s.append(&batch[..1]).await.unwrap();
+        assert!(again[0].duplicate);
+        assert_eq!(again[0].id, first[0].id);
+        let info = s.info("c").await.unwrap().unwrap();
+        assert_eq!((info.length, info.entries_added), (3, 5));
+        assert!(info.has_trimmed());
+        assert_eq!(info.first.unwrap().seq, 3);
+        assert_eq!(info.last.unwrap().seq, 5);
+        let desc = s.rev_range("c", IdRange::ALL, 2).await.unwrap();
+        assert_eq!(desc.iter().map(|t| t.seq).collect::<Vec<_>>(), vec![5, 4]);
+        let asc = s.range("c", IdRange::after(first[3].id), 10).await.unwrap();
+        assert_eq!(asc.len(), 1);
+    }
+}

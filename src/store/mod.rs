@@ -1,0 +1,230 @@
+//! Storage engines behind one interface (ARCHITECTURE §6).
+//!
+//! [`Store`] is an enum rather than a trait object: there are exactly two engines,
+//! async trait methods are not object-safe without boxing every call, and a `match`
+//! costs nothing on the hot path. The hub, sessions and HTTP handlers only ever see
+//! `Store`, so the same tests run against both engines.
+//!
+//! - [`redis::RedisStore`]: the product. Streams, the append script, a connection
+//!   pool for commands and one dedicated connection per partition reader.
+//! - [`memory::MemoryStore`]: the embedded default when `REDIS_URL` is unset; same
+//!   ids, `seq`, epochs, gaps and dedup, nothing durable.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::tick::{PreparedTick, StreamId, Tick};
+
+/// A storage failure. Every variant means "the store cannot answer now"; callers
+/// answer 503 or retry, and never guess.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(String),
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The outcome of appending one tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub id: StreamId,
+    pub event_id: String,
+    pub duplicate: bool,
+}
+
+/// What a subscriber needs to know about a stream before replaying it.
+#[derive(Debug, Clone, Default)]
+pub struct StreamInfo {
+    /// Entries kept now.
+    pub length: u64,
+    /// Entries ever appended in this epoch; more than `length` means some were trimmed.
+    pub entries_added: u64,
+    pub first: Option<Tick>,
+    pub last: Option<Tick>,
+}
+
+impl StreamInfo {
+    pub fn epoch(&self) -> Option<&str> {
+        self.last.as_ref().map(|t| &*t.epoch)
+    }
+
+    pub fn has_trimmed(&self) -> bool {
+        self.entries_added > self.length
+    }
+}
+
+/// One row of `GET /api/v1/channels`.
+#[derive(Debug, Clone)]
+pub struct ChannelSummary {
+    pub channel: String,
+    pub last: Option<Tick>,
+    pub length: u64,
+}
+
+/// An inclusive id range, oldest bound first; exclusive bounds are converted by the
+/// caller (`after.next()`), which keeps both engines' range code to one shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub from: StreamId,
+    pub to: StreamId,
+}
+
+impl IdRange {
+    pub const ALL: IdRange = IdRange {
+        from: StreamId::ZERO,
+        to: StreamId::MAX,
+    };
+
+    /// Ids strictly greater than `after`.
+    pub fn after(after: StreamId) -> IdRange {
+        IdRange {
+            from: after.next(),
+            to: StreamId::MAX,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.from > self.to
+    }
+}
+
+/// Lets the hub interrupt a partition reader's blocking read when its channel set
+/// changes, so a newly active channel does not wait out the block time.
+#[derive(Debug, Default)]
+pub struct TailWaker {
+    /// Memory engine: wakes the reader's wait.
+    pub notify: Notify,
+    /// Redis engine: the reader connection's `CLIENT ID` (0 = none yet), for
+    /// `CLIENT UNBLOCK`.
+    pub redis_client_id: AtomicU64,
+}
+
+/// The engine.
+#[derive(Clone)]
+pub enum Store {
+    Redis(Arc<redis::RedisStore>),
+    Memory(Arc<memory::MemoryStore>),
+}
+
+/// A partition reader's source of new entries.
+pub enum TailReader {
+    Redis(redis::RedisTail),
+    Memory(memory::MemoryTail),
+}
+
+impl TailReader {
+    /// Waits up to the block time for entries after each cursor; returns per channel
+    /// the new ticks in id order (possibly none).
+    pub async fn read(
+        &mut self,
+        cursors: &[(Arc<str>, StreamId)],
+    ) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+        match self {
+            TailReader::Redis(t) => t.read(cursors).await,
+            TailReader::Memory(t) => t.read(cursors).await,
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Redis($s) => $e,
+            Store::Memory($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    pub fn engine_name(&self) -> &'static str {
+        match self {
+            Store::Redis(_) => "redis",
+            Store::Memory(_) => "memory",
+        }
+    }
+
+    /// Appends validated ticks in order, deduplicated; one round trip for the batch.
+    pub async fn append(&self, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
+        dispatch!(self, s => s.append(ticks).await)
+    }
+
+    /// Length, trim state and first/last entries; `None` when the channel has no stream.
+    pub async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
+        dispatch!(self, s => s.info(channel).await)
+    }
+
+    /// Up to `count` ticks in `range`, oldest first.
+    pub async fn range(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        if range.is_empty() || count == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, s => s.range(channel, range, count).await)
+    }
+
+    /// Up to `count` ticks in `range`, newest first.
+    pub async fn rev_range(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        if range.is_empty() || count == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, s => s.rev_range(channel, range, count).await)
+    }
+
+    /// The newest tick, if any.
+    pub async fn latest(&self, channel: &str) -> Result<Option<Tick>, StoreError> {
+        Ok(self.rev_range(channel, IdRange::ALL, 1).await?.pop())
+    }
+
+    /// The channel's current epoch (`None` before its first tick).
+    pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.epoch(channel).await)
+    }
+
+    /// Every channel with a stream, sorted by name.
+    pub async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
+        dispatch!(self, s => s.channels().await)
+    }
+
+    /// Round trip to the engine (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => s.ping().await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+
+    /// A reader for one partition's streams.
+    pub fn tail(&self, partition: u32, waker: Arc<TailWaker>) -> TailReader {
+        match self {
+            Store::Redis(s) => TailReader::Redis(s.tail(partition, waker)),
+            Store::Memory(s) => TailReader::Memory(s.tail(waker)),
+        }
+    }
+
+    /// Interrupts a reader's blocking read (see [`TailWaker`]).
+    pub async fn wake(&self, waker: &TailWaker) {
+        waker.notify.notify_one();
+        if let Store::Redis(s) = self {
+            s.unblock(waker).await;
+        }
+    }
+}

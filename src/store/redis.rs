@@ -1,0 +1,545 @@
+//! The Redis engine: one capped stream per channel, partitioned keyspace
+//! (ARCHITECTURE §2), the append script (`redis/append.lua`), a deadpool of
+//! multiplexed connections for plain commands and one dedicated connection per
+//! partition reader for blocking `XREAD` (CRATES.md trap 1: a blocking call on a
+//! shared connection would stall every command queued behind it).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind, Value};
+
+use super::{Appended, ChannelSummary, IdRange, StoreError, StreamInfo, TailWaker};
+use crate::tick::{new_epoch, partition_of, PreparedTick, StreamId, Tick};
+
+/// Most entries one partition read returns per stream.
+const TAIL_COUNT: usize = 1000;
+/// Response timeout for pooled commands. redis-rs defaults to 500 ms (CRATES.md
+/// trap 2), which a large XRANGE page on a busy server can exceed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The key recording the partition count a deployment was created with.
+const PARTITIONS_KEY: &str = "tickstream:partitions";
+
+/// Keys of one channel; every one carries the partition hash tag.
+struct Keys {
+    stream: String,
+    meta: String,
+    registry: String,
+    partition: u32,
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    pool: Pool,
+    append_script: redis::Script,
+    partitions: u32,
+    maxlen: u64,
+    dedup_secs: u64,
+    block: Duration,
+}
+
+fn pool_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Pool(e.to_string())
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+impl RedisStore {
+    /// Connects, checks the deployment's partition count and loads the script.
+    pub async fn connect(
+        url: &str,
+        partitions: u32,
+        maxlen: u64,
+        dedup_window: Duration,
+        block: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url)?;
+        let conn_config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(Duration::from_secs(3)));
+        let pool = Pool::builder(Manager::new_with_config(url, conn_config)?)
+            .max_size(32)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(3)))
+            .recycle_timeout(Some(Duration::from_secs(3)))
+            .build()
+            .map_err(pool_err)?;
+        let store = RedisStore {
+            client,
+            pool,
+            append_script: redis::Script::new(include_str!("../../redis/append.lua")),
+            partitions,
+            maxlen,
+            dedup_secs: dedup_window.as_secs().max(1),
+            block,
+        };
+        let mut conn = store.conn().await?;
+        // Changing the partition count would silently move every channel to other
+        // keys: record it at first start and refuse a different value afterwards.
+        let (recorded,): (Option<u32>,) = redis::pipe()
+            .cmd("SET")
+            .arg(PARTITIONS_KEY)
+            .arg(partitions)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(PARTITIONS_KEY)
+            .query_async(&mut conn)
+            .await?;
+        if let Some(recorded) = recorded {
+            if recorded != partitions {
+                return Err(StoreError::Config(format!(
+                    "TICKSTREAM_PARTITIONS: this Redis holds a deployment with {recorded} partitions; \
+                     starting with {partitions} would orphan its data"
+                )));
+            }
+        }
+        store.append_script.load_async(&mut conn).await?;
+        Ok(store)
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    fn keys(&self, channel: &str) -> Keys {
+        let p = partition_of(channel, self.partitions);
+        Keys {
+            stream: format!("tickstream:{{p{p}}}:s:{channel}"),
+            meta: format!("tickstream:{{p{p}}}:m:{channel}"),
+            registry: format!("tickstream:{{p{p}}}:channels"),
+            partition: p,
+        }
+    }
+
+    pub async fn append(&self, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
+        if ticks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The epoch only matters for a channel's first tick; one candidate per batch
+        // is enough.
+        let epoch = new_epoch();
+        let mut pipe = redis::pipe();
+        for t in ticks {
+            let k = self.keys(&t.channel);
+            pipe.cmd("EVALSHA")
+                .arg(self.append_script.get_hash())
+                .arg(4)
+                .arg(&k.stream)
+                .arg(&k.meta)
+                .arg(format!(
+                    "tickstream:{{p{}}}:d:{}:{}",
+                    k.partition, t.channel, t.event_id
+                ))
+                .arg(&k.registry)
+                .arg(self.maxlen)
+                .arg(self.dedup_secs)
+                .arg(&epoch)
+                .arg(&t.channel)
+                .arg(t.ts_us)
+                .arg(t.value.as_deref().unwrap_or(""))
+                .arg(t.data.as_deref().unwrap_or(""))
+                .arg(&t.event_id);
+        }
+        let mut conn = self.conn().await?;
+        let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
+            Ok(r) => r,
+            Err(e) if is_noscript(&e) => {
+                // Redis restarted or its script cache was flushed: load and retry.
+                // Retrying is safe because the script deduplicates by event id.
+                self.append_script.load_async(&mut conn).await?;
+                pipe.query_async(&mut conn).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if replies.len() != ticks.len() {
+            return Err(StoreError::Protocol(format!(
+                "{} replies for {} appends",
+                replies.len(),
+                ticks.len()
+            )));
+        }
+        replies
+            .iter()
+            .zip(ticks)
+            .map(|(reply, t)| {
+                let items = as_array(reply).ok_or_else(|| protocol("append reply", reply))?;
+                let id = items
+                    .first()
+                    .and_then(as_id)
+                    .ok_or_else(|| protocol("append id", reply))?;
+                let duplicate = matches!(items.get(1), Some(Value::Int(1)));
+                Ok(Appended {
+                    id,
+                    event_id: t.event_id.clone(),
+                    duplicate,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
+        let k = self.keys(channel);
+        let mut conn = self.conn().await?;
+        let reply: Value = match redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&k.stream)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let name: Arc<str> = channel.into();
+        let mut info = StreamInfo::default();
+        for (key, value) in pairs(&reply).ok_or_else(|| protocol("XINFO STREAM", &reply))? {
+            match as_str(key).as_deref() {
+                Some("length") => info.length = as_u64(value).unwrap_or(0),
+                Some("entries-added") => info.entries_added = as_u64(value).unwrap_or(0),
+                Some("first-entry") => info.first = parse_entry_opt(&name, value)?,
+                Some("last-entry") => info.last = parse_entry_opt(&name, value)?,
+                _ => {}
+            }
+        }
+        Ok(Some(info))
+    }
+
+    pub async fn range(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        self.read_range("XRANGE", channel, range.from, range.to, count)
+            .await
+    }
+
+    pub async fn rev_range(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        self.read_range("XREVRANGE", channel, range.to, range.from, count)
+            .await
+    }
+
+    async fn read_range(
+        &self,
+        command: &str,
+        channel: &str,
+        start: StreamId,
+        end: StreamId,
+        count: usize,
+    ) -> Result<Vec<Tick>, StoreError> {
+        let k = self.keys(channel);
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd(command)
+            .arg(&k.stream)
+            .arg(start.to_string())
+            .arg(end.to_string())
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        parse_entries(&channel.into(), &reply)
+    }
+
+    pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        let k = self.keys(channel);
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("HGET")
+            .arg(&k.meta)
+            .arg("epoch")
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    pub async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for p in 0..self.partitions {
+            pipe.cmd("ZRANGE")
+                .arg(format!("tickstream:{{p{p}}}:channels"))
+                .arg(0)
+                .arg(-1);
+        }
+        let per_partition: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let mut names: Vec<String> = per_partition.into_iter().flatten().collect();
+        names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            let k = self.keys(name);
+            pipe.cmd("XLEN").arg(&k.stream);
+            pipe.cmd("XREVRANGE")
+                .arg(&k.stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        names
+            .into_iter()
+            .zip(replies.chunks(2))
+            .map(|(channel, pair)| {
+                let length = pair.first().and_then(as_u64).unwrap_or(0);
+                let last = match pair.get(1) {
+                    Some(v) => parse_entries(&channel.as_str().into(), v)?.pop(),
+                    None => None,
+                };
+                Ok(ChannelSummary {
+                    channel,
+                    last,
+                    length,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub fn tail(self: &Arc<Self>, partition: u32, waker: Arc<TailWaker>) -> RedisTail {
+        RedisTail {
+            store: self.clone(),
+            conn: None,
+            prefix: format!("tickstream:{{p{partition}}}:s:"),
+            waker,
+        }
+    }
+
+    /// `CLIENT UNBLOCK` the reader's blocking XREAD, so it re-reads its channel set.
+    pub async fn unblock(&self, waker: &TailWaker) {
+        let id = waker.redis_client_id.load(Ordering::Acquire);
+        if id == 0 {
+            return;
+        }
+        if let Ok(mut conn) = self.conn().await {
+            let _: Result<Value, _> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async(&mut conn)
+                .await;
+        }
+    }
+}
+
+/// A partition reader's dedicated connection (never pooled, never cloned).
+pub struct RedisTail {
+    store: Arc<RedisStore>,
+    conn: Option<MultiplexedConnection>,
+    prefix: String,
+    waker: Arc<TailWaker>,
+}
+
+impl RedisTail {
+    async fn connect(&mut self) -> Result<&mut MultiplexedConnection, StoreError> {
+        if self.conn.is_none() {
+            // The response timeout must outlast the block time (CRATES.md trap 2).
+            let config = AsyncConnectionConfig::new()
+                .set_response_timeout(Some(self.store.block + COMMAND_TIMEOUT))
+                .set_connection_timeout(Some(Duration::from_secs(3)));
+            let mut conn = self
+                .store
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let id: u64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await?;
+            self.waker.redis_client_id.store(id, Ordering::Release);
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Protocol("no reader connection".into()))
+    }
+
+    pub async fn read(
+        &mut self,
+        cursors: &[(Arc<str>, StreamId)],
+    ) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(TAIL_COUNT)
+            .arg("BLOCK")
+            .arg(u64::try_from(self.store.block.as_millis()).unwrap_or(u64::MAX))
+            .arg("STREAMS");
+        for (channel, _) in cursors {
+            cmd.arg(format!("{}{}", self.prefix, channel));
+        }
+        for (_, cursor) in cursors {
+            // The reader tracks its own cursors; `$` would lose entries appended
+            // between two calls.
+            cmd.arg(cursor.to_string());
+        }
+        let conn = self.connect().await?;
+        let reply: Result<Value, _> = cmd.query_async(conn).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                // Drop the connection: after a timeout or I/O error its state is
+                // unknown, and a fresh one gets a fresh CLIENT ID.
+                self.conn = None;
+                self.waker.redis_client_id.store(0, Ordering::Release);
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::new();
+        let Some(streams) = pairs_or_list(&reply) else {
+            return Ok(out);
+        };
+        for (key, entries) in streams {
+            let key = as_str(key).ok_or_else(|| protocol("XREAD key", key))?;
+            let Some(name) = key.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            let channel = cursors
+                .iter()
+                .find(|(c, _)| &**c == name)
+                .map(|(c, _)| c.clone())
+                .unwrap_or_else(|| name.into());
+            out.push((channel.clone(), parse_entries(&channel, entries)?));
+        }
+        Ok(out)
+    }
+}
+
+// ---- reply parsing -------------------------------------------------------------
+//
+// Hand-written over `redis::Value` (rather than the crate's typed stream replies) so
+// RESP2 arrays and RESP3 maps both parse, and so a tick is built straight from the
+// reply without an intermediate HashMap per entry.
+
+fn protocol(what: &str, v: &Value) -> StoreError {
+    StoreError::Protocol(format!("{what}: {v:?}"))
+}
+
+fn as_array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn as_str(v: &Value) -> Option<String> {
+    as_bytes(v)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_string)
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => as_bytes(other).and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
+    }
+}
+
+fn as_id(v: &Value) -> Option<StreamId> {
+    std::str::from_utf8(as_bytes(v)?).ok()?.parse().ok()
+}
+
+/// Key/value pairs of a RESP2 flat array or a RESP3 map.
+fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (k, v)).collect()),
+        Value::Array(items) => Some(
+            items
+                .chunks(2)
+                .filter(|c| c.len() == 2)
+                .map(|c| (&c[0], &c[1]))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// XREAD's reply: RESP2 `[[key, entries], …]` or RESP3 `{key: entries}`; nil on timeout.
+fn pairs_or_list(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Nil => None,
+        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (k, v)).collect()),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|s| match as_array(s) {
+                    Some([k, e]) => Some((k, e)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn parse_entries(channel: &Arc<str>, v: &Value) -> Result<Vec<Tick>, StoreError> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        _ => as_array(v)
+            .ok_or_else(|| protocol("entries", v))?
+            .iter()
+            .map(|e| parse_entry(channel, e))
+            .collect(),
+    }
+}
+
+fn parse_entry_opt(channel: &Arc<str>, v: &Value) -> Result<Option<Tick>, StoreError> {
+    match v {
+        Value::Nil => Ok(None),
+        other => parse_entry(channel, other).map(Some),
+    }
+}
+
+/// `[id, [field, value, …]]` → Tick. Field names are the append script's.
+fn parse_entry(channel: &Arc<str>, v: &Value) -> Result<Tick, StoreError> {
+    let Some([id, fields]) = as_array(v) else {
+        return Err(protocol("entry", v));
+    };
+    let id = as_id(id).ok_or_else(|| protocol("entry id", v))?;
+    let mut tick = Tick {
+        id,
+        seq: 0,
+        epoch: "".into(),
+        channel: channel.clone(),
+        ts_us: 0,
+        value: None,
+        data: None,
+        event_id: String::new(),
+    };
+    for (name, value) in pairs(fields).ok_or_else(|| protocol("entry fields", v))? {
+        match as_bytes(name) {
+            Some(b"q") => tick.seq = as_u64(value).unwrap_or(0),
+            Some(b"ep") => tick.epoch = as_str(value).unwrap_or_default().into(),
+            Some(b"ts") => tick.ts_us = as_str(value).and_then(|s| s.parse().ok()).unwrap_or(0),
+            Some(b"v") => tick.value = as_str(value),
+            Some(b"d") => tick.data = as_str(value),
+            Some(b"e") => tick.event_id = as_str(value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    Ok(tick)
+}

@@ -1,0 +1,529 @@
+//! Ticks: what producers send, how it is validated, and how a stored tick is written
+//! to the wire.
+//!
+//! Everything here is pure (no I/O), so the rules of SPEC §1 are unit-tested beside
+//! the code. A tick is validated once at ingest; after that the stored form is
+//! trusted, which is why [`Tick::write_json`] can write JSON by hand without escaping:
+//! channel names, epochs, ids and event ids are restricted alphabets, and `value` /
+//! `data` are stored as compact JSON that serde_json produced.
+
+use std::cmp::Ordering;
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Longest channel name (SPEC §1: one leading character plus up to 127 more).
+pub const MAX_CHANNEL_LEN: usize = 128;
+/// Largest `data` object, measured as compact JSON.
+pub const MAX_DATA_BYTES: usize = 8 * 1024;
+/// Largest idempotency `key`.
+pub const MAX_KEY_CHARS: usize = 128;
+/// Most ticks in one ingest batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`, checked by hand: it runs on every request
+/// and a regex engine would be the only reason to pull one in.
+pub fn is_valid_channel(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    match bytes.first() {
+        Some(first) if first.is_ascii_alphanumeric() => {}
+        _ => return false,
+    }
+    bytes.len() <= MAX_CHANNEL_LEN
+        && bytes[1..]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// The partition a channel lives in: the first four bytes of SHA-256(channel) as a
+/// big-endian u32, modulo the partition count (SPEC §1).
+pub fn partition_of(channel: &str, partitions: u32) -> u32 {
+    let digest = Sha256::digest(channel.as_bytes());
+    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    head % partitions.max(1)
+}
+
+/// A Redis stream id, `<ms>-<seq>`: the tick's identity and every client's resume
+/// cursor. Ordered as Redis orders them, so "ids > since" is a plain comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+    pub const MAX: StreamId = StreamId {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    pub fn new(ms: u64, seq: u64) -> Self {
+        StreamId { ms, seq }
+    }
+
+    /// The smallest id greater than this one (for exclusive range starts).
+    pub fn next(self) -> StreamId {
+        match (self.ms, self.seq) {
+            (u64::MAX, u64::MAX) => self,
+            (ms, u64::MAX) => StreamId::new(ms + 1, 0),
+            (ms, seq) => StreamId::new(ms, seq + 1),
+        }
+    }
+
+    /// The greatest id smaller than this one (for exclusive range ends).
+    pub fn prev(self) -> StreamId {
+        match (self.ms, self.seq) {
+            (0, 0) => self,
+            (ms, 0) => StreamId::new(ms - 1, u64::MAX),
+            (ms, seq) => StreamId::new(ms, seq - 1),
+        }
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a stream id (expected <ms>-<seq>, e.g. 1732348800123-0)")]
+pub struct BadStreamId;
+
+impl FromStr for StreamId {
+    type Err = BadStreamId;
+
+    /// Accepts `<ms>-<seq>` and, as Redis does, a bare `<ms>` meaning `<ms>-0`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = |p: &str| -> Result<u64, BadStreamId> {
+            if p.is_empty() || p.len() > 20 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadStreamId);
+            }
+            p.parse().map_err(|_| BadStreamId)
+        };
+        match s.split_once('-') {
+            Some((ms, seq)) => Ok(StreamId::new(digits(ms)?, digits(seq)?)),
+            None => Ok(StreamId::new(digits(s)?, 0)),
+        }
+    }
+}
+
+/// Where a subscriber wants to start (SPEC §3 `since`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// `since` absent: the last `TICKSTREAM_DEFAULT_REPLAY` ticks.
+    Default,
+    /// `since=$`: live only.
+    Live,
+    /// Every tick with a greater id (`0-0` = everything kept).
+    After(StreamId),
+}
+
+impl Since {
+    pub fn parse(raw: Option<&str>) -> Result<Since, BadStreamId> {
+        match raw {
+            None | Some("") => Ok(Since::Default),
+            Some("$") => Ok(Since::Live),
+            Some(id) => id.parse().map(Since::After),
+        }
+    }
+}
+
+/// One tick as a producer posts it. Unknown fields are refused (SPEC §1), so a typo
+/// such as `"vaule"` fails loudly instead of storing a tick without its value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestTick {
+    pub channel: String,
+    #[serde(default)]
+    pub ts: Option<String>,
+    /// Kept as the JSON number the producer wrote, so that `42` and `42.0` hash as
+    /// the producer's own serializer would write them (see [`event_id`]).
+    #[serde(default)]
+    pub value: Option<serde_json::Number>,
+    #[serde(default)]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// Why a tick was refused; the message goes back to the producer verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TickError {
+    #[error("channel must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{{0,127}}$")]
+    BadChannel,
+    #[error("ts must be an RFC 3339 timestamp with an offset, e.g. 2026-11-23T08:00:00.123Z")]
+    BadTs,
+    #[error("value must be a finite number")]
+    BadValue,
+    #[error("data must be a JSON object of at most 8 KiB")]
+    DataTooLarge,
+    #[error("a tick needs at least one of value and data")]
+    Empty,
+    #[error("key must be at most 128 characters")]
+    BadKey,
+}
+
+/// A validated tick, ready for the store: everything the append needs, already
+/// serialized once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedTick {
+    pub channel: String,
+    pub ts_us: i64,
+    /// `value` as JSON number text.
+    pub value: Option<String>,
+    /// `data` as compact JSON (keys sorted).
+    pub data: Option<String>,
+    pub event_id: String,
+}
+
+impl IngestTick {
+    /// Validates against SPEC §1; `now_us` is the default `ts`.
+    pub fn prepare(self, now_us: i64) -> Result<PreparedTick, TickError> {
+        if !is_valid_channel(&self.channel) {
+            return Err(TickError::BadChannel);
+        }
+        let ts_us = match &self.ts {
+            None => now_us,
+            Some(raw) => parse_ts_us(raw).ok_or(TickError::BadTs)?,
+        };
+        if let Some(v) = &self.value {
+            // serde_json refuses NaN/Infinity and out-of-range literals already; this
+            // guards arbitrary-precision builds and keeps the rule visible.
+            if !v.as_f64().is_some_and(f64::is_finite) {
+                return Err(TickError::BadValue);
+            }
+        }
+        if self.value.is_none() && self.data.is_none() {
+            return Err(TickError::Empty);
+        }
+        if let Some(key) = &self.key {
+            if key.chars().count() > MAX_KEY_CHARS {
+                return Err(TickError::BadKey);
+            }
+        }
+        let data = self.data.map(serde_json::Value::Object);
+        let data_text = match &data {
+            None => None,
+            Some(d) => {
+                let text = d.to_string();
+                if text.len() > MAX_DATA_BYTES {
+                    return Err(TickError::DataTooLarge);
+                }
+                Some(text)
+            }
+        };
+        let event_id = event_id(
+            &self.channel,
+            self.key.as_deref(),
+            ts_us,
+            self.value.as_ref(),
+            data.as_ref(),
+        );
+        Ok(PreparedTick {
+            channel: self.channel,
+            ts_us,
+            value: self.value.map(|v| v.to_string()),
+            data: data_text,
+            event_id,
+        })
+    }
+}
+
+/// SPEC §1 event id: lowercase hex SHA-256 of the compact, key-sorted JSON array
+/// `["k",channel,key]` or `["t",channel,ts_us,value,data]`. serde_json's `Value`
+/// keeps object keys in a BTreeMap, so its compact output is already key-sorted.
+pub fn event_id(
+    channel: &str,
+    key: Option<&str>,
+    ts_us: i64,
+    value: Option<&serde_json::Number>,
+    data: Option<&serde_json::Value>,
+) -> String {
+    use serde_json::Value;
+    let canonical = match key {
+        Some(key) => Value::Array(vec!["k".into(), channel.into(), key.into()]),
+        None => Value::Array(vec![
+            "t".into(),
+            channel.into(),
+            ts_us.into(),
+            value.cloned().map_or(Value::Null, Value::Number),
+            data.cloned().unwrap_or(Value::Null),
+        ]),
+    };
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Parses an RFC 3339 timestamp (offset required) into Unix microseconds.
+pub fn parse_ts_us(raw: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(raw, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
+}
+
+/// Writes Unix microseconds as RFC 3339 UTC: milliseconds when that is exact (the
+/// common case), microseconds otherwise, so no precision a producer sent is lost.
+pub fn write_ts(out: &mut String, us: i64) {
+    let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000) else {
+        out.push_str("1970-01-01T00:00:00Z");
+        return;
+    };
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let micros = t.microsecond();
+    if micros % 1000 == 0 {
+        let _ = write!(out, ".{:03}Z", micros / 1000);
+    } else {
+        let _ = write!(out, ".{micros:06}Z");
+    }
+}
+
+/// Current time in Unix microseconds.
+pub fn now_us() -> i64 {
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1000).unwrap_or(i64::MAX)
+}
+
+/// A stored tick, as read back from a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    pub id: StreamId,
+    pub seq: u64,
+    pub epoch: Arc<str>,
+    pub channel: Arc<str>,
+    pub ts_us: i64,
+    pub value: Option<String>,
+    pub data: Option<String>,
+    pub event_id: String,
+}
+
+impl Tick {
+    /// Ingest time: the moment the store appended it, which is what the stream id's
+    /// millisecond part records (on every node alike, since Redis assigns it).
+    pub fn ingest_ms(&self) -> u64 {
+        self.id.ms
+    }
+
+    /// Writes the tick object of SPEC §1; with `as_frame` it is the WebSocket
+    /// `tick` frame (the same object with `"type":"tick"` first).
+    pub fn write_json(&self, out: &mut String, as_frame: bool) {
+        out.push('{');
+        if as_frame {
+            out.push_str("\"type\":\"tick\",");
+        }
+        let _ = write!(
+            out,
+            "\"id\":\"{}\",\"seq\":{},\"epoch\":\"{}\",\"channel\":\"{}\",\"ts\":\"",
+            self.id, self.seq, self.epoch, self.channel
+        );
+        write_ts(out, self.ts_us);
+        out.push_str("\",\"ingest_ts\":\"");
+        write_ts(out, i64::try_from(self.ingest_ms()).unwrap_or(0) * 1000);
+        out.push_str("\",\"value\":");
+        out.push_str(self.value.as_deref().unwrap_or("null"));
+        out.push_str(",\"data\":");
+        out.push_str(self.data.as_deref().unwrap_or("null"));
+        let _ = write!(out, ",\"event_id\":\"{}\"}}", self.event_id);
+    }
+
+    /// The WebSocket `tick` frame as a fresh string.
+    pub fn to_frame(&self) -> String {
+        let mut out = String::with_capacity(256 + self.data.as_ref().map_or(0, String::len));
+        self.write_json(&mut out, true);
+        out
+    }
+}
+
+impl PartialOrd for Tick {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.id.cmp(&other.id))
+    }
+}
+
+/// A fresh random epoch: 12 lowercase base-36 characters (62 bits), enough that two
+/// lives of one channel never share one.
+pub fn new_epoch() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(json: &str) -> Result<PreparedTick, TickError> {
+        serde_json::from_str::<IngestTick>(json)
+            .expect("parses")
+            .prepare(1_000_000)
+    }
+
+    #[test]
+    fn channel_names_follow_the_spec_regex() {
+        for ok in [
+            "a",
+            "crypto.BTC-USD",
+            "iss.USLAB000061",
+            "x:y_z-1",
+            &"a".repeat(128),
+        ] {
+            assert!(is_valid_channel(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".a",
+            "-a",
+            "a b",
+            "../x",
+            "*",
+            "a/b",
+            "é",
+            &"a".repeat(129),
+            "a*",
+        ] {
+            assert!(!is_valid_channel(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partition_matches_the_spec_example() {
+        assert_eq!(partition_of("crypto.BTC-USD", 16), 5);
+    }
+
+    #[test]
+    fn stream_ids_parse_order_and_print() {
+        let a: StreamId = "1732348800123-0".parse().unwrap();
+        let b: StreamId = "1732348800123-1".parse().unwrap();
+        let c: StreamId = "1732348800124".parse().unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(a.to_string(), "1732348800123-0");
+        assert_eq!(a.next(), b);
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "a-1",
+            "1-2-3",
+            "1 -2",
+            "+1-0",
+            "99999999999999999999999-0",
+        ] {
+            assert!(bad.parse::<StreamId>().is_err(), "{bad}");
+        }
+        assert_eq!(Since::parse(None), Ok(Since::Default));
+        assert_eq!(Since::parse(Some("$")), Ok(Since::Live));
+        assert_eq!(Since::parse(Some("0-0")), Ok(Since::After(StreamId::ZERO)));
+    }
+
+    #[test]
+    fn event_id_is_sha256_of_the_canonical_array() {
+        let t =
+            tick(r#"{"channel":"c","ts":"1970-01-01T00:00:01Z","value":1.5,"data":{"b":1,"a":2}}"#)
+                .unwrap();
+        let expected = hex::encode(Sha256::digest(br#"["t","c",1000000,1.5,{"a":2,"b":1}]"#));
+        assert_eq!(t.event_id, expected);
+        assert_eq!(t.data.as_deref(), Some(r#"{"a":2,"b":1}"#));
+
+        let keyed = tick(r#"{"channel":"c","value":1,"key":"k1"}"#).unwrap();
+        assert_eq!(
+            keyed.event_id,
+            hex::encode(Sha256::digest(br#"["k","c","k1"]"#))
+        );
+        let no_value = tick(r#"{"channel":"c","ts":"1970-01-01T00:00:01Z","data":{}}"#).unwrap();
+        assert_eq!(
+            no_value.event_id,
+            hex::encode(Sha256::digest(br#"["t","c",1000000,null,{}]"#))
+        );
+    }
+
+    #[test]
+    fn ts_defaults_to_now_and_keeps_offsets() {
+        assert_eq!(
+            tick(r#"{"channel":"c","value":1}"#).unwrap().ts_us,
+            1_000_000
+        );
+        let t = tick(r#"{"channel":"c","value":1,"ts":"2026-11-23T09:00:00.123+01:00"}"#).unwrap();
+        let mut s = String::new();
+        write_ts(&mut s, t.ts_us);
+        assert_eq!(s, "2026-11-23T08:00:00.123Z");
+        s.clear();
+        write_ts(&mut s, t.ts_us + 7);
+        assert_eq!(s, "2026-11-23T08:00:00.123007Z");
+    }
+
+    #[test]
+    fn invalid_ticks_are_refused_with_the_reason() {
+        assert_eq!(
+            tick(r#"{"channel":"a b","value":1}"#),
+            Err(TickError::BadChannel)
+        );
+        assert_eq!(
+            tick(r#"{"channel":"c","value":1,"ts":"yesterday"}"#),
+            Err(TickError::BadTs)
+        );
+        assert_eq!(
+            tick(r#"{"channel":"c","value":1,"ts":"2026-11-23T08:00:00"}"#),
+            Err(TickError::BadTs)
+        );
+        assert_eq!(tick(r#"{"channel":"c"}"#), Err(TickError::Empty));
+        assert_eq!(
+            tick(r#"{"channel":"c","value":null}"#),
+            Err(TickError::Empty)
+        );
+        let big = format!(r#"{{"channel":"c","data":{{"x":"{}"}}}}"#, "y".repeat(8200));
+        assert_eq!(tick(&big), Err(TickError::DataTooLarge));
+        let key = format!(r#"{{"channel":"c","value":1,"key":"{}"}}"#, "k".repeat(129));
+        assert_eq!(tick(&key), Err(TickError::BadKey));
+        for refused_by_serde in [
+            r#"{"channel":"c","value":1,"extra":true}"#,
+            r#"{"channel":"c","value":"NaN"}"#,
+            r#"{"channel":"c","value":1e400}"#,
+            r#"{"channel":"c","data":[1]}"#,
+            r#"{"channel":5,"value":1}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<IngestTick>(refused_by_serde).is_err(),
+                "{refused_by_serde}"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_are_valid_json_with_every_field() {
+        let t = Tick {
+            id: StreamId::new(1732348800123, 0),
+            seq: 4711,
+            epoch: "k3v9q2xa".into(),
+            channel: "crypto.BTC-USD".into(),
+            ts_us: 1732348800123000,
+            value: Some("42000.5".into()),
+            data: Some(r#"{"bid":1}"#.into()),
+            event_id: "ab".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&t.to_frame()).unwrap();
+        assert_eq!(v["type"], "tick");
+        assert_eq!(v["id"], "1732348800123-0");
+        assert_eq!(v["seq"], 4711);
+        assert_eq!(v["value"], 42000.5);
+        assert_eq!(v["data"]["bid"], 1);
+        assert_eq!(v["ts"], "2024-11-23T08:00:00.123Z");
+        assert_eq!(v["ingest_ts"], "2024-11-23T08:00:00.123Z");
+    }
+}

@@ -1,0 +1,508 @@
+//! The delivery contract (SPEC §3): replay then live, every tick after the cursor
+//! exactly once and in order, gaps announced, across reconnects and restarts, on both
+//! engines.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{json, Value};
+use support::*;
+use tokio::sync::Mutex;
+
+async fn ingest_n(app: &TestApp, channel: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"channel": channel, "value": *i as f64, "key": format!("{channel}-{i}-{}", rand::random::<u64>())}))
+            .collect();
+        let (status, body) = app.ingest(&Value::Array(batch)).await;
+        assert_eq!(status, 201, "{body}");
+        ids.extend(
+            body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string()),
+        );
+    }
+    ids
+}
+
+async fn replay_defaults(engine: Engine) {
+    let app = TestApp::start(engine.config()).await;
+    let ids = ingest_n(&app, "c.replay", 150).await;
+    let t = token(&["*"]);
+
+    // since absent: the last 100, then live.
+    let mut ws = app.ws("/ws/c.replay", &t).await;
+    let frames = ws.until_type("live").await;
+    assert_eq!(frames[0]["type"], "subscribed");
+    assert_eq!(frames[0]["first_id"], ids[0].as_str());
+    assert_eq!(frames[0]["last_id"], ids[149].as_str());
+    assert_eq!(tick_ids(&frames), ids[50..].to_vec());
+    assert_eq!(frames.last().unwrap()["last_id"], ids[149].as_str());
+
+    // since=$: nothing replayed, live carries on from the stream's end.
+    let mut live_only = app.ws("/ws/c.replay?since=$", &t).await;
+    let frames = live_only.until_type("live").await;
+    assert!(tick_ids(&frames).is_empty());
+    assert_eq!(frames.last().unwrap()["last_id"], ids[149].as_str());
+
+    // since=0-0: everything kept.
+    let mut all = app.ws("/ws/c.replay?since=0-0", &t).await;
+    assert_eq!(tick_ids(&all.until_type("live").await), ids);
+
+    // A new tick reaches all three exactly once, with seq continuing.
+    let new_id = app.ingest_one("c.replay", 1e6).await;
+    for client in [&mut ws, &mut live_only, &mut all] {
+        let f = client.next_json().await;
+        assert_eq!(f["type"], "tick");
+        assert_eq!(f["id"], new_id.as_str());
+        assert_eq!(f["seq"], 151);
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_defaults_memory() {
+    replay_defaults(Engine::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_defaults_redis() {
+    replay_defaults(Engine::redis()).await;
+}
+
+async fn trimmed_history_is_announced(engine: Engine) {
+    let mut config = engine.config();
+    config.stream_maxlen = 50;
+    let app = TestApp::start(config).await;
+    let ids = ingest_n(&app, "c.trim", 400).await;
+    let kept = app.history_ids("c.trim", "0-0").await;
+    assert!(kept.len() < 400 && kept.len() >= 50, "kept {}", kept.len());
+    let first_kept = kept[0].clone();
+    let lost = 400 - kept.len();
+    let t = token(&["*"]);
+
+    // With seq: exact count of what was lost.
+    let mut ws = app
+        .ws(&format!("/ws/c.trim?since={}&seq=1", ids[0]), &t)
+        .await;
+    let frames = ws.until_type("live").await;
+    let gap = &frames[1];
+    assert_eq!(gap["type"], "gap", "{frames:?}");
+    assert_eq!(gap["reason"], "trimmed");
+    assert_eq!(gap["after"], ids[0].as_str());
+    assert_eq!(gap["resume_from"], first_kept.as_str());
+    assert_eq!(gap["missed"], (lost - 1) as u64);
+    assert_eq!(tick_ids(&frames), kept);
+
+    // Without seq: announced, count unknown.
+    let mut ws = app.ws(&format!("/ws/c.trim?since={}", ids[0]), &t).await;
+    let frames = ws.until_type("live").await;
+    assert_eq!(frames[1]["type"], "gap");
+    assert_eq!(frames[1]["missed"], Value::Null);
+    assert_eq!(tick_ids(&frames), kept);
+
+    // Resuming exactly at the tick before the first kept one: with seq, nothing was
+    // missed, so no gap.
+    let before_first = &ids[lost - 1];
+    let mut ws = app
+        .ws(&format!("/ws/c.trim?since={before_first}&seq={lost}"), &t)
+        .await;
+    let frames = ws.until_type("live").await;
+    assert!(frames.iter().all(|f| f["type"] != "gap"), "{frames:?}");
+    assert_eq!(tick_ids(&frames), kept);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_history_is_announced_memory() {
+    trimmed_history_is_announced(Engine::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_history_is_announced_redis() {
+    trimmed_history_is_announced(Engine::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_after_flushall_is_announced() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(Some(&redis))).await;
+    let t = token(&["*"]);
+    let old = ingest_n(&app, "c.epoch", 5).await;
+    let mut ws = app.ws("/ws/c.epoch?since=0-0", &t).await;
+    let frames = ws.until_type("live").await;
+    let old_epoch = frames[1]["epoch"].as_str().unwrap().to_string();
+    assert_eq!(tick_ids(&frames), old);
+
+    redis.flushall();
+    let new = ingest_n(&app, "c.epoch", 3).await;
+
+    // The connected client sees the epoch change announced before the new ticks.
+    let gap = ws.next_json().await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(gap["reason"], "epoch");
+    assert_eq!(gap["resume_from"], new[0].as_str());
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let f = ws.next_json().await;
+        assert_ne!(f["epoch"], old_epoch.as_str());
+        got.push(f["seq"].as_u64().unwrap());
+    }
+    assert_eq!(got, vec![1, 2, 3]);
+
+    // A client resuming with the old epoch gets a gap, then the whole new epoch.
+    let path = format!("/ws/c.epoch?since={}&seq=5&epoch={old_epoch}", old[4]);
+    let mut resumed = app.ws(&path, &t).await;
+    let frames = resumed.until_type("live").await;
+    assert_eq!(frames[1]["type"], "gap");
+    assert_eq!(frames[1]["reason"], "epoch");
+    assert_eq!(frames[1]["missed"], Value::Null);
+    assert_eq!(tick_ids(&frames), new);
+    app.stop().await;
+}
+
+async fn lagging_session_catches_up(engine: Engine) {
+    let mut config = engine.config();
+    // A tiny live buffer forces the broadcast to overrun a client that is still
+    // replaying, so it must catch up from the stream.
+    config.live_buffer = 16;
+    config.send_queue = 16;
+    let app = TestApp::start(config).await;
+    let t = token(&["*"]);
+    let mut ws = app.ws("/ws/c.lag?since=0-0", &t).await;
+    ws.until_type("live").await;
+    // Ingest without reading: the session's queue fills, the broadcast laps it.
+    let ids = ingest_n(&app, "c.lag", 3000).await;
+    let mut got = Vec::new();
+    let mut last_seq = 0;
+    while got.len() < ids.len() {
+        let f = ws.next_json().await;
+        assert_eq!(f["type"], "tick", "{f}");
+        assert_eq!(f["seq"].as_u64().unwrap(), last_seq + 1);
+        last_seq += 1;
+        got.push(f["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, ids);
+    let (_, metrics) = (
+        0,
+        reqwest::get(app.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let catchups = metrics
+        .lines()
+        .find(|l| l.starts_with("tickstream_slow_consumer_catchups_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        catchups >= 1.0,
+        "the session should have lagged and caught up"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_session_catches_up_memory() {
+    lagging_session_catches_up(Engine::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_session_catches_up_redis() {
+    lagging_session_catches_up(Engine::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_socket_subscribes_and_unsubscribes() {
+    let app = TestApp::start(config(None)).await;
+    let a = ingest_n(&app, "m.a", 3).await;
+    let b = ingest_n(&app, "m.b", 2).await;
+    let mut ws = app.ws("/ws", &token(&["m.*"])).await;
+    ws.send(json!({"type": "subscribe", "channel": "m.a", "since": "0-0"}))
+        .await;
+    assert_eq!(tick_ids(&ws.until_type("live").await), a);
+    ws.send(json!({"type": "subscribe", "channel": "m.b", "since": b[0]}))
+        .await;
+    assert_eq!(tick_ids(&ws.until_type("live").await), b[1..].to_vec());
+    // Refused subscribes answer an error frame and keep the socket usable.
+    ws.send(json!({"type": "subscribe", "channel": "other"}))
+        .await;
+    let err = ws.next_json().await;
+    assert_eq!(
+        (
+            err["type"].as_str(),
+            err["code"].as_str(),
+            err["channel"].as_str()
+        ),
+        (Some("error"), Some("forbidden"), Some("other"))
+    );
+    ws.send(json!({"type": "subscribe", "channel": "bad name"}))
+        .await;
+    assert_eq!(ws.next_json().await["code"], "bad_channel");
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_json().await["type"], "pong");
+    ws.send(json!({"type": "unsubscribe", "channel": "m.a"}))
+        .await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_json().await["type"], "pong");
+    let a4 = app.ingest_one("m.a", 99.0).await;
+    let b3 = app.ingest_one("m.b", 98.0).await;
+    let f = ws.next_json().await;
+    assert_eq!(f["id"], b3.as_str(), "m.a ({a4}) was unsubscribed");
+    assert_eq!(f["channel"], "m.b");
+    app.stop().await;
+}
+
+/// One client's view: connects (and sometimes reconnects) with a cursor, collects
+/// ticks until it has seen `until`, and returns (cursor it started after, ids, seqs).
+async fn client_run(
+    app: Arc<TestApp>,
+    channel: String,
+    start: Option<(String, u64)>,
+    reconnects: usize,
+    done: Arc<Mutex<Option<String>>>,
+) -> (String, Vec<String>) {
+    let t = token(&["*"]);
+    let mut resume = start.clone();
+    let mut epoch: Option<String> = None;
+    let mut ids: Vec<String> = Vec::new();
+    let mut last_seq: Option<u64> = None;
+    let mut started_after: Option<String> = start.as_ref().map(|(id, _)| id.clone());
+    let mut left = reconnects;
+    loop {
+        let path = match &resume {
+            None => format!("/ws/{channel}"),
+            Some((id, seq)) => {
+                let mut p = format!("/ws/{channel}?since={id}&seq={seq}");
+                if let Some(e) = &epoch {
+                    p.push_str(&format!("&epoch={e}"));
+                }
+                p
+            }
+        };
+        let mut ws = app.ws(&path, &t).await;
+        let mut budget = if left > 0 {
+            rand::rng().random_range(1..200)
+        } else {
+            usize::MAX
+        };
+        loop {
+            let f = match ws.next_within(Duration::from_millis(300)).await {
+                Next::Json(f) => f,
+                Next::Timeout => {
+                    let target = done.lock().await.clone();
+                    match target {
+                        Some(last)
+                            if ids.last() == Some(&last)
+                                || (ids.is_empty()
+                                    && started_after.as_deref() == Some(last.as_str())) =>
+                        {
+                            return (started_after.unwrap_or_else(|| "0-0".into()), ids)
+                        }
+                        _ => continue,
+                    }
+                }
+                Next::Closed(code, reason) => panic!("closed {code:?} {reason}"),
+            };
+            match f["type"].as_str() {
+                Some("tick") => {
+                    let seq = f["seq"].as_u64().unwrap();
+                    if let Some(last) = last_seq {
+                        assert_eq!(seq, last + 1, "seq continuity on {channel}");
+                    }
+                    last_seq = Some(seq);
+                    epoch = f["epoch"].as_str().map(str::to_string);
+                    let id = f["id"].as_str().unwrap().to_string();
+                    if started_after.is_none() {
+                        // since absent: the cursor is the tick before the first replayed.
+                        started_after = Some(format!("before:{id}"));
+                    }
+                    ids.push(id.clone());
+                    budget -= 1;
+                    if budget == 0 {
+                        left -= 1;
+                        resume = Some((id, seq));
+                        ws.close().await;
+                        break;
+                    }
+                }
+                Some("live") if started_after.is_none() => {
+                    started_after = Some(f["last_id"].as_str().unwrap().to_string());
+                }
+                Some("gap") => panic!("unexpected gap {f}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The core property: producers ingest continuously while ≥ 30 clients join at
+/// random moments with random cursors, some reconnecting mid-stream. Each client's
+/// ids must equal the stream's ids after its cursor, exactly once, in order.
+async fn exactly_once(engine: Engine) {
+    let app = Arc::new(TestApp::start(engine.config()).await);
+    let channels = ["p.one", "p.two", "p.three"];
+    for c in channels {
+        ingest_n(&app, c, 120).await;
+    }
+    let done: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let dones: HashMap<&str, Arc<Mutex<Option<String>>>> = channels
+        .iter()
+        .map(|c| (*c, Arc::new(Mutex::new(None))))
+        .collect();
+    drop(done);
+
+    // Producers: one per channel, batches of random size, for ~3 s.
+    let mut producers = Vec::new();
+    for (p, c) in channels.iter().enumerate() {
+        let app = app.clone();
+        let c = c.to_string();
+        producers.push(tokio::spawn(async move {
+            for round in 0..60 {
+                let n = rand::rng().random_range(1..20);
+                let batch: Vec<Value> = (0..n)
+                    .map(|i| json!({"channel": c, "value": (round * 100 + i) as f64, "data": {"producer": p}, "key": format!("{c}-{round}-{i}")}))
+                    .collect();
+                let (status, body) = app.ingest(&Value::Array(batch)).await;
+                assert_eq!(status, 201, "{body}");
+                let pause = rand::rng().random_range(5..80);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }));
+    }
+
+    // Clients: 36, joining at random moments with random cursors.
+    let mut clients = Vec::new();
+    for i in 0..36 {
+        let app = app.clone();
+        let channel = channels[i % channels.len()].to_string();
+        let done = dones[channel.as_str()].clone();
+        clients.push(tokio::spawn(async move {
+            let join_at = rand::rng().random_range(0..2500);
+            tokio::time::sleep(Duration::from_millis(join_at)).await;
+            let history = app.history_ids(&channel, "0-0").await;
+            let start = match i % 4 {
+                0 => None,
+                1 => Some(("0-0".to_string(), 0)),
+                _ => {
+                    let k = rand::rng().random_range(0..history.len());
+                    Some((history[k].clone(), k as u64 + 1))
+                }
+            };
+            let reconnects = if i % 3 == 0 { 3 } else { 0 };
+            let result = client_run(app, channel.clone(), start, reconnects, done).await;
+            (channel, result)
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    // Tell clients where each stream ends.
+    for c in channels {
+        let last = app.history_ids(c, "0-0").await.last().cloned();
+        *dones[c].lock().await = last;
+    }
+    let mut checked = 0;
+    for client in clients {
+        let (channel, (after, ids)) = tokio::time::timeout(Duration::from_secs(60), client)
+            .await
+            .expect("client finished")
+            .unwrap();
+        let all = app.history_ids(&channel, "0-0").await;
+        let expected: Vec<String> = match after.strip_prefix("before:") {
+            Some(first) => {
+                let pos = all
+                    .iter()
+                    .position(|id| id == first)
+                    .expect("first replayed id is in the stream");
+                assert!(
+                    all.len() - pos >= 100 || pos == 0,
+                    "default replay starts within the last 100"
+                );
+                all[pos..].to_vec()
+            }
+            None => all
+                .iter()
+                .filter(|id| sid(id) > sid(&after))
+                .cloned()
+                .collect(),
+        };
+        assert_eq!(
+            ids.len(),
+            expected.len(),
+            "client on {channel} after {after}: count"
+        );
+        assert_eq!(ids, expected, "client on {channel} after {after}");
+        checked += ids.len();
+    }
+    // For the Redis engine, REST history is XRANGE.
+    if let Some(redis) = engine.redis_server() {
+        for c in channels {
+            assert_eq!(app.history_ids(c, "0-0").await, redis.xrange_ids(c, 16));
+        }
+    }
+    assert!(checked > 1000, "checked {checked} deliveries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_memory() {
+    exactly_once(Engine::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_redis() {
+    exactly_once(Engine::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_resume_exactly_after_a_server_restart() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(Some(&redis))).await;
+    let t = token(&["*"]);
+    let before = ingest_n(&app, "r.c", 50).await;
+    let mut ws = app.ws("/ws/r.c?since=0-0", &t).await;
+    let frames = ws.until_type("live").await;
+    assert_eq!(tick_ids(&frames), before);
+    let last = frames
+        .iter()
+        .rev()
+        .find(|f| f["type"] == "tick")
+        .unwrap()
+        .clone();
+
+    // Graceful stop: the client is told to reconnect (1012).
+    app.stop().await;
+    assert_eq!(ws.close_code().await, Some(1012));
+
+    // Ticks arrive while no server runs: ingested by the next server.
+    let app = TestApp::start(config(Some(&redis))).await;
+    let during = ingest_n(&app, "r.c", 30).await;
+    let path = format!(
+        "/ws/r.c?since={}&seq={}&epoch={}",
+        last["id"].as_str().unwrap(),
+        last["seq"],
+        last["epoch"].as_str().unwrap()
+    );
+    let mut ws = app.ws(&path, &t).await;
+    let frames = ws.until_type("live").await;
+    assert!(frames.iter().all(|f| f["type"] != "gap"));
+    assert_eq!(tick_ids(&frames), during);
+    let next = app.ingest_one("r.c", 7e7).await;
+    let f = ws.next_json().await;
+    assert_eq!(
+        (f["id"].as_str(), f["seq"].as_u64()),
+        (Some(next.as_str()), Some(81))
+    );
+    app.stop().await;
+}

@@ -1,0 +1,489 @@
+//! Test harness: private `redis-server` processes and in-process tickstream servers.
+//!
+//! Every test that touches storage gets its own `redis-server` on a free port with a
+//! temporary directory (never the shared one on 6379), so tests run in parallel and
+//! can stop, kill and restart Redis. Servers start in-process through
+//! `tickstream::Server::bind` on port 0. Waits are on conditions with deadlines,
+//! never bare sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tickstream::tick::{partition_of, StreamId};
+use tickstream::Config;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+pub const INGEST_TOKEN: &str = "test-ingest-token";
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private redis-server process.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    persistent: bool,
+}
+
+impl RedisServer {
+    /// No persistence: a restart loses everything (like the shared dev Redis).
+    pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// AOF on, so a restart on the same directory keeps the data.
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+            persistent,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let dir: PathBuf = self.dir.path().into();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+            .args(["--appendfsync", "always", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
+    }
+
+    /// Stops the process (SIGKILL by pid) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills and starts again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Number of keys: "Redis unchanged" checks.
+    pub fn dbsize(&self) -> i64 {
+        redis::cmd("DBSIZE")
+            .query(&mut self.client())
+            .expect("DBSIZE")
+    }
+
+    /// Every stream id of a channel, via XRANGE.
+    pub fn xrange_ids(&self, channel: &str, partitions: u32) -> Vec<String> {
+        let key = format!(
+            "tickstream:{{p{}}}:s:{channel}",
+            partition_of(channel, partitions)
+        );
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(&mut self.client())
+            .expect("XRANGE");
+        entries.into_iter().map(|(id, _)| id).collect()
+    }
+
+    pub fn flushall(&self) {
+        let _: () = redis::cmd("FLUSHALL")
+            .query(&mut self.client())
+            .expect("FLUSHALL");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Builder for an in-process server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+pub fn config(redis: Option<&RedisServer>) -> Config {
+    let mut c = Config::defaults();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.redis_url = redis.map(RedisServer::url);
+    c.jwt_secret = Some(SECRET.into());
+    c.ingest_token = Some(INGEST_TOKEN.into());
+    c
+}
+
+impl TestApp {
+    pub async fn start(config: Config) -> TestApp {
+        let server = tickstream::Server::bind(config.clone())
+            .await
+            .expect("server starts");
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        TestApp {
+            addr,
+            config,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Graceful shutdown; waits until the server has stopped.
+    pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub async fn ingest(&self, body: &Value) -> (u16, Value) {
+        self.ingest_raw(body.to_string(), Some(INGEST_TOKEN)).await
+    }
+
+    pub async fn ingest_raw(&self, body: String, token: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/api/v1/ingest"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("ingest request");
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Ingests one tick with a unique value and returns its id.
+    pub async fn ingest_one(&self, channel: &str, value: f64) -> String {
+        let (status, body) = self
+            .ingest(&json!({"channel": channel, "value": value, "key": format!("{value}")}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["results"][0]["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// All ids of a channel after `after`, paging through REST.
+    pub async fn history_ids(&self, channel: &str, after: &str) -> Vec<String> {
+        let token = token(&["*"]);
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/channels/{channel}/ticks?limit=1000&since={after}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, body) = self.get(&path, Some(&token)).await;
+            assert_eq!(status, 200, "{body}");
+            for t in body["ticks"].as_array().unwrap() {
+                ids.push(t["id"].as_str().unwrap().to_string());
+            }
+            match body["next"].as_str() {
+                Some(n) => cursor = Some(n.to_string()),
+                None => return ids,
+            }
+        }
+    }
+
+    /// Connects a WebSocket with a bearer header.
+    pub async fn ws(&self, path: &str, token: &str) -> WsClient {
+        self.try_ws(path, &[("authorization", format!("Bearer {token}"))])
+            .await
+            .expect("websocket connects")
+    }
+
+    /// Connects with the given headers; `Err(status, body)` when refused.
+    pub async fn try_ws(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<WsClient, (u16, Value)> {
+        let mut req = self.ws_url(path).into_client_request().expect("ws request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((stream, _)) => Ok(WsClient { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("websocket error: {e}"),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A JWT signed with the test secret.
+pub fn token(channels: &[&str]) -> String {
+    token_with(json!({"sub": "tester", "channels": channels}))
+}
+
+/// A JWT with these claims (plus `exp` in an hour unless given).
+pub fn token_with(mut claims: Value) -> String {
+    if claims.get("exp").is_none() {
+        claims["exp"] = json!(tickstream::auth::unix_now() + 3600);
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub struct WsClient {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What the next read produced.
+#[derive(Debug)]
+pub enum Next {
+    Json(Value),
+    Closed(Option<u16>, String),
+    Timeout,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        let _ = self.stream.send(m).await;
+    }
+
+    pub async fn next_within(&mut self, wait: Duration) -> Next {
+        loop {
+            match tokio::time::timeout(wait, self.stream.next()).await {
+                Err(_) => return Next::Timeout,
+                Ok(None) => return Next::Closed(None, String::new()),
+                Ok(Some(Err(_))) => return Next::Closed(None, String::new()),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Next::Json(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Next::Closed(
+                        frame.as_ref().map(|f| u16::from(f.code)),
+                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    )
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next JSON frame; panics on close or timeout.
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_within(TIMEOUT).await {
+            Next::Json(v) => v,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Frames until one of `type` arrives (inclusive).
+    pub async fn until_type(&mut self, ty: &str) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let f = self.next_json().await;
+            let done = f["type"] == ty;
+            frames.push(f);
+            if done {
+                return frames;
+            }
+        }
+    }
+
+    /// Waits for the close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if let Next::Closed(code, _) = self.next_within(TIMEOUT).await {
+                return code;
+            }
+        }
+        panic!("no close frame");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
+
+/// Tick frames' ids.
+pub fn tick_ids(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "tick")
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub fn sid(s: &str) -> StreamId {
+    s.parse().expect("stream id")
+}
+
+/// Polls `check` until it holds or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Which engine a test runs against; the Redis variant owns its process.
+pub enum Engine {
+    Memory,
+    Redis(RedisServer),
+}
+
+impl Engine {
+    pub fn redis() -> Engine {
+        Engine::Redis(RedisServer::start())
+    }
+
+    pub fn config(&self) -> Config {
+        match self {
+            Engine::Memory => config(None),
+            Engine::Redis(r) => config(Some(r)),
+        }
+    }
+
+    pub fn redis_server(&self) -> Option<&RedisServer> {
+        match self {
+            Engine::Memory => None,
+            Engine::Redis(r) => Some(r),
+        }
+    }
+}
