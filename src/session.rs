@@ -356,8 +356,16 @@ async fn write_loop(
             biased;
             close = &mut close_rx => {
                 if let Ok((code, reason)) = close {
-                    let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
+                    // Frames already queued go first (a pong, an error frame), then
+                    // the close; all within a second, so a stuck socket cannot hold
+                    // up the end of the session.
+                    let finish = async {
+                        while let Ok(out) = queue.try_recv() {
+                            sink.feed(into_message(out, &metrics)).await?;
+                        }
+                        sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), finish).await;
                 }
                 return;
             }
@@ -370,22 +378,7 @@ async fn write_loop(
             let mut item = Some(first);
             let mut n = 0;
             while let Some(out) = item.take() {
-                let message = match out {
-                    Outbound::Tick {
-                        text,
-                        live_ingest_ms,
-                    } => {
-                        metrics.ticks_delivered.inc();
-                        if let Some(ms) = live_ingest_ms {
-                            let now = crate::tick::now_us() / 1000;
-                            let lag = (now - i64::try_from(ms).unwrap_or(now)).max(0);
-                            metrics.delivery_latency.observe(lag as f64 / 1000.0);
-                        }
-                        Message::Text(text)
-                    }
-                    Outbound::Frame(m) => m,
-                };
-                sink.feed(message).await?;
+                sink.feed(into_message(out, &metrics)).await?;
                 n += 1;
                 if n < BATCH {
                     item = queue.try_recv().ok();
@@ -405,6 +398,26 @@ async fn write_loop(
                 return;
             }
         }
+    }
+}
+
+/// The socket message for a queued frame; counts tick deliveries and, for live
+/// ticks, their latency from append to write.
+fn into_message(out: Outbound, metrics: &Metrics) -> Message {
+    match out {
+        Outbound::Tick {
+            text,
+            live_ingest_ms,
+        } => {
+            metrics.ticks_delivered.inc();
+            if let Some(ms) = live_ingest_ms {
+                let now = crate::tick::now_us() / 1000;
+                let lag = (now - i64::try_from(ms).unwrap_or(now)).max(0);
+                metrics.delivery_latency.observe(lag as f64 / 1000.0);
+            }
+            Message::Text(text)
+        }
+        Outbound::Frame(m) => m,
     }
 }
 

@@ -18,9 +18,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::mpsc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{Authenticator, Principal, QueryCredentials};
@@ -58,26 +55,22 @@ impl AppState {
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Request ids: the client's when it is short and plain, else 16 random hex digits.
-#[derive(Clone, Copy, Default)]
-struct MakeId;
-
-impl MakeRequestId for MakeId {
-    fn make_request_id<B>(&mut self, request: &axum::http::Request<B>) -> Option<RequestId> {
-        let sane = request.headers().get(&X_REQUEST_ID).filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty()
-                && b.len() <= 128
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        });
-        match sane {
-            Some(v) => Some(RequestId::new(v.clone())),
-            None => {
-                use rand::RngCore;
-                let id = format!("{:016x}", rand::rng().next_u64());
-                HeaderValue::from_str(&id).ok().map(RequestId::new)
-            }
+/// The client's request id when it is short and plain (safe to log and echo),
+/// else a fresh one of 16 random hex digits.
+fn request_id(headers: &axum::http::HeaderMap) -> HeaderValue {
+    let sane = headers.get(&X_REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    });
+    match sane {
+        Some(v) => v.clone(),
+        None => {
+            use rand::RngCore;
+            HeaderValue::from_str(&format!("{:016x}", rand::rng().next_u64()))
+                .unwrap_or(HeaderValue::from_static("0"))
         }
     }
 }
@@ -117,14 +110,12 @@ pub fn router(state: AppState) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeId))
         .with_state(state)
 }
 
-/// One log line and one latency sample per request. Logs the path only: query
-/// strings can carry tokens and are never logged.
-async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Request id, one log line and one latency sample per request. Logs the path
+/// only: query strings can carry tokens and are never logged.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -133,13 +124,14 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .get::<MatchedPath>()
         .map_or("unmatched", |m| m.as_str())
         .to_string();
-    let request_id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let response = next.run(request).await;
+    let id = request_id(request.headers());
+    request
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), id.clone());
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), id.clone());
     let status = response.status();
     let elapsed = started.elapsed();
     state
@@ -148,7 +140,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
         .observe(elapsed.as_secs_f64());
     tracing::info!(
-        request_id = %request_id,
+        request_id = id.to_str().unwrap_or(""),
         method = %method,
         path = %path,
         status = status.as_u16(),

@@ -1,0 +1,418 @@
+//! The WebSocket handshake and hostile client input (SPEC §2, §3): every refusal is
+//! an HTTP answer with a JSON error before any upgrade, and leaves Redis unchanged;
+//! bad messages on an open socket close it with the documented code.
+
+mod support;
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use support::*;
+use tickstream::auth::unix_now;
+use tokio_tungstenite::tungstenite::Message;
+
+fn bearer(t: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {t}"))
+}
+
+fn hmac_sig(secret: &str, client_id: &str, ts: u64, path: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{client_id}\n{ts}\n{path}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A token signed with `alg: none` (no signature).
+fn unsigned_token() -> String {
+    use base64_url as b64;
+    let header = b64::encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = b64::encode(
+        format!(
+            r#"{{"sub":"x","exp":{},"channels":["*"]}}"#,
+            unix_now() + 3600
+        )
+        .as_bytes(),
+    );
+    format!("{header}.{claims}.")
+}
+
+/// Minimal base64url without padding, so the test needs no extra crate.
+mod base64_url {
+    pub fn encode(input: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in input.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+/// (name, path, headers, expected status, expected error code)
+type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, u16, &'a str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_answer_json_before_the_upgrade() {
+    let redis = RedisServer::start();
+    let mut cfg = config(Some(&redis));
+    cfg.allowed_origins =
+        vec![tickstream::auth::OriginPattern::parse("https://*.example.com").unwrap()];
+    cfg.hmac_secret = Some("hmac-secret".into());
+    let app = TestApp::start(cfg).await;
+    let good = token(&["crypto.*"]);
+    let now = unix_now();
+    let expired = token_with(json!({"sub": "a", "channels": ["*"], "exp": now - 300}));
+    let not_yet = token_with(json!({"sub": "a", "channels": ["*"], "nbf": now + 600}));
+    let wrong_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "a", "channels": ["*"], "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-entirely"),
+    )
+    .unwrap();
+    let wrong_alg = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &json!({"sub": "a", "channels": ["*"], "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let no_exp = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "a", "channels": ["*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let path = "/ws/crypto.BTC";
+    let sig_ok = hmac_sig("hmac-secret", "dev-1", now, path);
+    let cases: Vec<Case> = vec![
+        ("no token", path.into(), vec![], 401, "missing_token"),
+        (
+            "garbage token",
+            path.into(),
+            vec![bearer("garbage")],
+            401,
+            "invalid_token",
+        ),
+        (
+            "expired token",
+            path.into(),
+            vec![bearer(&expired)],
+            401,
+            "token_expired",
+        ),
+        (
+            "token not yet valid",
+            path.into(),
+            vec![bearer(&not_yet)],
+            401,
+            "invalid_token",
+        ),
+        (
+            "alg none",
+            path.into(),
+            vec![bearer(&unsigned_token())],
+            401,
+            "invalid_token",
+        ),
+        (
+            "wrong key",
+            path.into(),
+            vec![bearer(&wrong_key)],
+            401,
+            "invalid_token",
+        ),
+        (
+            "wrong algorithm",
+            path.into(),
+            vec![bearer(&wrong_alg)],
+            401,
+            "invalid_token",
+        ),
+        (
+            "token without exp",
+            path.into(),
+            vec![bearer(&no_exp)],
+            401,
+            "invalid_token",
+        ),
+        (
+            "forbidden channel",
+            "/ws/iss.USLAB".into(),
+            vec![bearer(&good)],
+            403,
+            "forbidden",
+        ),
+        (
+            "channel with a space",
+            "/ws/a%20b".into(),
+            vec![bearer(&good)],
+            400,
+            "bad_channel",
+        ),
+        (
+            "channel path traversal",
+            "/ws/..%2Fx".into(),
+            vec![bearer(&good)],
+            400,
+            "bad_channel",
+        ),
+        (
+            "channel unicode",
+            "/ws/%C3%A9".into(),
+            vec![bearer(&good)],
+            400,
+            "bad_channel",
+        ),
+        (
+            "channel wildcard",
+            "/ws/*".into(),
+            vec![bearer(&good)],
+            400,
+            "bad_channel",
+        ),
+        (
+            "channel 129 chars",
+            format!("/ws/{}", "a".repeat(129)),
+            vec![bearer(&good)],
+            400,
+            "bad_channel",
+        ),
+        (
+            "bad since",
+            format!("{path}?since=yesterday"),
+            vec![bearer(&good)],
+            400,
+            "bad_since",
+        ),
+        (
+            "bad seq",
+            format!("{path}?since=1-0&seq=-1"),
+            vec![bearer(&good)],
+            400,
+            "bad_seq",
+        ),
+        (
+            "foreign origin",
+            path.into(),
+            vec![bearer(&good), ("origin", "https://evil.test".into())],
+            403,
+            "bad_origin",
+        ),
+        (
+            "look-alike origin",
+            path.into(),
+            vec![
+                bearer(&good),
+                ("origin", "https://example.com.evil.test".into()),
+            ],
+            403,
+            "bad_origin",
+        ),
+        (
+            "null origin",
+            path.into(),
+            vec![bearer(&good), ("origin", "null".into())],
+            403,
+            "bad_origin",
+        ),
+        (
+            "apex of a wildcard origin",
+            path.into(),
+            vec![bearer(&good), ("origin", "https://example.com".into())],
+            403,
+            "bad_origin",
+        ),
+        (
+            "bad origin even with no token",
+            path.into(),
+            vec![("origin", "https://evil.test".into())],
+            403,
+            "bad_origin",
+        ),
+        (
+            "hmac bad signature",
+            format!("{path}?client_id=dev-1&ts={now}&sig={}", "0".repeat(64)),
+            vec![],
+            401,
+            "invalid_token",
+        ),
+        (
+            "hmac skewed",
+            format!(
+                "{path}?client_id=dev-1&ts={}&sig={}",
+                now - 600,
+                hmac_sig("hmac-secret", "dev-1", now - 600, path)
+            ),
+            vec![],
+            401,
+            "token_expired",
+        ),
+        (
+            "hmac replayed on another path",
+            format!("/ws/crypto.ETH?client_id=dev-1&ts={now}&sig={sig_ok}"),
+            vec![],
+            401,
+            "invalid_token",
+        ),
+    ];
+    let baseline = redis.dbsize();
+    for (name, path, headers, status, code) in &cases {
+        match app.try_ws(path, headers).await {
+            Ok(_) => panic!("{name}: the upgrade must be refused"),
+            Err((got, body)) => {
+                assert_eq!(got, *status, "{name}: {body}");
+                assert_eq!(body["error"], *code, "{name}: {body}");
+            }
+        }
+        assert_eq!(redis.dbsize(), baseline, "{name}: Redis must be unchanged");
+    }
+
+    // And what is allowed: a subdomain origin, the server's own origin, no origin with
+    // a token, an HMAC-signed client, a token in the query.
+    for headers in [
+        vec![bearer(&good), ("origin", "https://app.example.com".into())],
+        vec![bearer(&good), ("origin", "https://a.b.example.com".into())],
+        vec![bearer(&good), ("origin", format!("http://{}", app.addr))],
+        vec![bearer(&good)],
+    ] {
+        let mut ws = app.try_ws(path, &headers).await.expect("allowed");
+        assert_eq!(ws.next_json().await["type"], "subscribed");
+    }
+    let mut ws = app
+        .try_ws(
+            &format!("{path}?client_id=dev-1&ts={now}&sig={sig_ok}"),
+            &[],
+        )
+        .await
+        .expect("hmac");
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    let mut ws = app
+        .try_ws(&format!("{path}?token={good}"), &[])
+        .await
+        .expect("query token");
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    // A plain GET (no upgrade) with a good token.
+    let (status, body) = app.get(path, Some(&good)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (426, Some("websocket_required"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_subprotocol_is_answered_with_tickstream_v1() {
+    let app = TestApp::start(config(None)).await;
+    let t = token(&["*"]);
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        app.ws_url("/ws/x"),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("tickstream.v1, tickstream.bearer.{t}")
+            .parse()
+            .unwrap(),
+    );
+    let (_, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "tickstream.v1");
+    app.stop().await;
+}
+
+async fn closes_with(app: &TestApp, message: Message) -> Option<u16> {
+    let mut ws = app.ws("/ws", &token(&["*"])).await;
+    ws.send_raw(message).await;
+    ws.close_code().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_messages_close_with_1008() {
+    let app = TestApp::start(config(None)).await;
+    for (name, m) in [
+        ("not json", Message::Text("hello".into())),
+        ("not an object", Message::Text("[1,2]".into())),
+        ("unknown type", Message::Text(r#"{"type":"dance"}"#.into())),
+        (
+            "missing channel",
+            Message::Text(r#"{"type":"subscribe"}"#.into()),
+        ),
+        (
+            "channel of the wrong type",
+            Message::Text(r#"{"type":"subscribe","channel":5}"#.into()),
+        ),
+        ("binary frame", Message::Binary(vec![1, 2, 3].into())),
+        (
+            "over 64 KiB",
+            Message::Text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70_000)).into()),
+        ),
+    ] {
+        assert_eq!(closes_with(&app, m).await, Some(1008), "{name}");
+    }
+    // A flood past the inbound budget (burst 20, then 10/s) closes with 4029.
+    let mut ws = app.ws("/ws", &token(&["*"])).await;
+    for _ in 0..40 {
+        ws.send_raw(Message::Text(r#"{"type":"ping"}"#.into()))
+            .await;
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match ws.next_within(TIMEOUT).await {
+            Next::Json(f) if f["type"] == "pong" => pongs += 1,
+            Next::Closed(code, _) => break code,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4029));
+    assert!((20..40).contains(&pongs), "{pongs} pongs before the limit");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_closes_with_4001_unless_refreshed() {
+    let app = TestApp::start(config(None)).await;
+    // Valid now only thanks to the 30 s leeway; it lapses within ~2 s.
+    let exp = unix_now() - 28;
+    let short = token_with(json!({"sub": "alice", "channels": ["*"], "exp": exp}));
+    let mut ws = app.ws("/ws", &short).await;
+    assert_eq!(ws.close_code().await, Some(4001));
+
+    let mut ws = app
+        .ws(
+            "/ws",
+            &token_with(json!({"sub": "alice", "channels": ["*"], "exp": unix_now() - 28})),
+        )
+        .await;
+    ws.send(
+        json!({"type": "refresh", "token": token_with(json!({"sub": "alice", "channels": ["*"]}))}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(
+        ws.next_json().await["type"],
+        "pong",
+        "refreshed: still open"
+    );
+
+    // A refresh for another subject is refused, and the old expiry stands.
+    let mut ws = app
+        .ws(
+            "/ws",
+            &token_with(json!({"sub": "bob", "channels": ["*"], "exp": unix_now() - 28})),
+        )
+        .await;
+    ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "mallory", "channels": ["*"]}))})).await;
+    assert_eq!(ws.next_json().await["code"], "invalid_token");
+    assert_eq!(ws.close_code().await, Some(4001));
+    app.stop().await;
+}
