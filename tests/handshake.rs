@@ -337,7 +337,9 @@ async fn closes_with(app: &TestApp, message: Message) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_client_messages_close_with_1008() {
-    let app = TestApp::start(config(None)).await;
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(Some(&redis))).await;
+    let baseline = redis.dbsize();
     for (name, m) in [
         ("not json", Message::Text("hello".into())),
         ("not an object", Message::Text("[1,2]".into())),
@@ -357,6 +359,7 @@ async fn bad_client_messages_close_with_1008() {
         ),
     ] {
         assert_eq!(closes_with(&app, m).await, Some(1008), "{name}");
+        assert_eq!(redis.dbsize(), baseline, "{name}: Redis must be unchanged");
     }
     // A flood past the inbound budget (burst 20, then 10/s) closes with 4029.
     let mut ws = app.ws("/ws", &token(&["*"])).await;
@@ -414,5 +417,68 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
     ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "mallory", "channels": ["*"]}))})).await;
     assert_eq!(ws.next_json().await["code"], "invalid_token");
     assert_eq!(ws.close_code().await, Some(4001));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_narrows_channels_unsubscribes_the_rest() {
+    let app = TestApp::start(config(None)).await;
+    let mut ws = app
+        .ws(
+            "/ws",
+            &token_with(json!({"sub": "alice", "channels": ["a.*", "b.*"]})),
+        )
+        .await;
+    for c in ["a.one", "b.one"] {
+        ws.send(json!({"type": "subscribe", "channel": c})).await;
+        ws.until_type("live").await;
+    }
+    ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "alice", "channels": ["a.*"]}))}))
+        .await;
+    let err = ws.next_json().await;
+    assert_eq!(
+        (
+            err["type"].as_str(),
+            err["code"].as_str(),
+            err["channel"].as_str()
+        ),
+        (Some("error"), Some("forbidden"), Some("b.one"))
+    );
+    app.ingest_one("b.one", 1.0).await;
+    let a = app.ingest_one("a.one", 2.0).await;
+    let f = ws.next_json().await;
+    assert_eq!(f["id"], a.as_str(), "b.one no longer delivers: {f}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_allowed_origins() {
+    let mut cfg = config(None);
+    cfg.allowed_origins =
+        vec![tickstream::auth::OriginPattern::parse("https://app.example.com").unwrap()];
+    let app = TestApp::start(cfg).await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, app.url("/api/v1/channels"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let evil = preflight("https://evil.test").await.unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+    let get = http
+        .get(app.url("/api/v1/channels"))
+        .header("origin", "https://evil.test")
+        .bearer_auth(token(&["*"]))
+        .send()
+        .await
+        .unwrap();
+    assert!(get.headers().get("access-control-allow-origin").is_none());
     app.stop().await;
 }

@@ -153,8 +153,10 @@ async fn channel_list_shows_only_what_the_token_may_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rest_reads_are_refused_with_json() {
-    let app = TestApp::start(config(None)).await;
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(Some(&redis))).await;
     seed(&app, "ok.c", 3).await;
+    let baseline = redis.dbsize();
     let t = token(&["ok.*"]);
     let cases = [
         ("/api/v1/channels/ok.c/ticks", None, 401, "missing_token"),
@@ -223,6 +225,8 @@ async fn bad_rest_reads_are_refused_with_json() {
             (status, Some(code)),
             "{path}: {body}"
         );
+        assert!(body["message"].is_string(), "{path}");
+        assert_eq!(redis.dbsize(), baseline, "{path}: Redis must be unchanged");
     }
     // A token in the query works for REST too.
     let (status, _) = app
