@@ -173,10 +173,7 @@ impl OriginPattern {
     pub fn parse(raw: &str) -> Option<OriginPattern> {
         let raw = raw.trim().trim_end_matches('/').to_ascii_lowercase();
         let (scheme, rest) = raw.split_once("://")?;
-        if !matches!(scheme, "http" | "https")
-            || rest.is_empty()
-            || rest.contains(['/', '?', '#', '@', ' '])
-        {
+        if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
             return None;
         }
         if let Some(domain) = rest.strip_prefix("*.") {
@@ -238,9 +235,7 @@ fn random_hex(bytes: usize) -> String {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Authenticator {
@@ -306,13 +301,7 @@ impl Authenticator {
     }
 
     /// Signs a token with the HS256 secret (dev mode and tests).
-    pub fn mint(
-        &self,
-        sub: &str,
-        channels: &[&str],
-        scopes: &[&str],
-        ttl_secs: u64,
-    ) -> Result<String, AuthError> {
+    pub fn mint(&self, sub: &str, channels: &[&str], scopes: &[&str], ttl_secs: u64) -> Result<String, AuthError> {
         let key = self
             .encoding
             .as_ref()
@@ -335,32 +324,24 @@ impl Authenticator {
     /// honoured, 30 s leeway.
     pub fn verify_jwt(&self, token: &str) -> Result<Principal, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.jwt_key, &self.validation).map_err(
-            |e| match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.jwt_key, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".into()),
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted".into()),
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
-                ErrorKind::MissingRequiredClaim(c) => {
-                    AuthError::Invalid(format!("missing claim {c}"))
-                }
+                ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c}")),
                 _ => AuthError::Invalid("malformed token".into()),
-            },
-        )?;
+            })?;
         let claims = data.claims;
         let tier = match claims.tier.as_deref() {
             None => Tier::Free,
-            Some(t) => {
-                Tier::parse(t).ok_or_else(|| AuthError::Invalid(format!("unknown tier {t:?}")))?
-            }
+            Some(t) => Tier::parse(t).ok_or_else(|| AuthError::Invalid(format!("unknown tier {t:?}")))?,
         };
         let channels = claims
             .channels
             .iter()
-            .map(|p| {
-                ChannelPattern::parse(p)
-                    .ok_or_else(|| AuthError::Invalid(format!("bad channel pattern {p:?}")))
-            })
+            .map(|p| ChannelPattern::parse(p).ok_or_else(|| AuthError::Invalid(format!("bad channel pattern {p:?}"))))
             .collect::<Result<_, _>>()?;
         Ok(Principal {
             sub: claims.sub,
@@ -373,13 +354,7 @@ impl Authenticator {
 
     /// Verifies an HMAC-signed handshake: `sig` = hex HMAC-SHA256(secret,
     /// "{client_id}\n{ts}\n{path}"), `ts` within ±60 s.
-    pub fn verify_hmac(
-        &self,
-        client_id: &str,
-        ts: &str,
-        sig: &str,
-        path: &str,
-    ) -> Result<Principal, AuthError> {
+    pub fn verify_hmac(&self, client_id: &str, ts: &str, sig: &str, path: &str) -> Result<Principal, AuthError> {
         let secret = self
             .hmac_secret
             .as_ref()
@@ -387,16 +362,13 @@ impl Authenticator {
         if client_id.is_empty() || client_id.len() > 128 {
             return Err(AuthError::Invalid("bad client_id".into()));
         }
-        let ts_secs: i64 = ts
-            .parse()
-            .map_err(|_| AuthError::Invalid("bad ts".into()))?;
+        let ts_secs: i64 = ts.parse().map_err(|_| AuthError::Invalid("bad ts".into()))?;
         let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
         if (now - ts_secs).abs() > HMAC_WINDOW_SECS {
             return Err(AuthError::Expired);
         }
         let sig = hex::decode(sig).map_err(|_| AuthError::Invalid("bad signature".into()))?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret)
-            .map_err(|_| AuthError::Invalid("bad key".into()))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| AuthError::Invalid("bad key".into()))?;
         mac.update(format!("{client_id}\n{ts}\n{path}").as_bytes());
         mac.verify_slice(&sig)
             .map_err(|_| AuthError::Invalid("bad signature".into()))?;
@@ -430,14 +402,8 @@ impl Authenticator {
     }
 
     /// A producer: the static ingest token, or a JWT with scope `ingest`.
-    pub fn authenticate_producer(
-        &self,
-        headers: &HeaderMap,
-        creds: &QueryCredentials,
-    ) -> Result<Principal, AuthError> {
-        let token = bearer(headers)
-            .or(creds.token.as_deref())
-            .ok_or(AuthError::Missing)?;
+    pub fn authenticate_producer(&self, headers: &HeaderMap, creds: &QueryCredentials) -> Result<Principal, AuthError> {
+        let token = bearer(headers).or(creds.token.as_deref()).ok_or(AuthError::Missing)?;
         if let Some(expected) = &self.ingest_token_hash {
             if constant_time_eq(&sha256(token), expected) {
                 return Ok(Principal::producer());
@@ -447,9 +413,7 @@ impl Authenticator {
         if principal.can_ingest() {
             Ok(principal)
         } else {
-            Err(AuthError::Forbidden(
-                "ingest (scope \"ingest\" required)".into(),
-            ))
+            Err(AuthError::Forbidden("ingest (scope \"ingest\" required)".into()))
         }
     }
 
@@ -468,9 +432,7 @@ impl Authenticator {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_ascii_lowercase)
-            .is_some_and(|host| {
-                origin == format!("http://{host}") || origin == format!("https://{host}")
-            });
+            .is_some_and(|host| origin == format!("http://{host}") || origin == format!("https://{host}"));
         if own || self.allowed_origins.iter().any(|p| p.matches(&origin)) {
             Ok(())
         } else {
@@ -557,13 +519,7 @@ mod tests {
         assert!(!sub.matches("https://evilexample.com"));
         let exact = OriginPattern::parse("https://App.Example.com/").unwrap();
         assert!(exact.matches("https://app.example.com"));
-        for bad in [
-            "example.com",
-            "ftp://x",
-            "https://",
-            "https://a/b",
-            "https://*",
-        ] {
+        for bad in ["example.com", "ftp://x", "https://", "https://a/b", "https://*"] {
             assert!(OriginPattern::parse(bad).is_none(), "{bad}");
         }
     }
@@ -586,10 +542,7 @@ mod tests {
         let expired = a.mint("alice", &["*"], &[], 0).unwrap();
         // exp = now is still inside the leeway.
         assert!(a.verify_jwt(&expired).is_ok());
-        assert!(matches!(
-            a.verify_jwt("garbage"),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(a.verify_jwt("garbage"), Err(AuthError::Invalid(_))));
         let other = {
             let mut c = Config::defaults();
             c.jwt_secret = Some("another-secret-of-16".into());
@@ -605,22 +558,15 @@ mod tests {
     fn dev_mode_never_runs_open() {
         let (a, creds) = Authenticator::new(&Config::defaults()).unwrap();
         let creds = creds.expect("dev mode prints credentials");
-        assert!(a
-            .verify_jwt(&creds.reader_token)
-            .unwrap()
-            .can_read("anything"));
+        assert!(a.verify_jwt(&creds.reader_token).unwrap().can_read("anything"));
         assert_eq!(creds.ingest_token.len(), 48);
         let mut h = HeaderMap::new();
         h.insert(
             header::AUTHORIZATION,
             format!("Bearer {}", creds.ingest_token).parse().unwrap(),
         );
-        assert!(a
-            .authenticate_producer(&h, &QueryCredentials::default())
-            .is_ok());
+        assert!(a.authenticate_producer(&h, &QueryCredentials::default()).is_ok());
         h.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
-        assert!(a
-            .authenticate_producer(&h, &QueryCredentials::default())
-            .is_err());
+        assert!(a.authenticate_producer(&h, &QueryCredentials::default()).is_err());
     }
 }

@@ -127,10 +127,7 @@ fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
 ) -> Result<T, ConfigError> {
     match raw.trim().parse::<T>() {
         Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(bad(
-            var,
-            format!("must be a whole number {min}..={max}, got {raw:?}"),
-        )),
+        _ => Err(bad(var, format!("must be a whole number {min}..={max}, got {raw:?}"))),
     }
 }
 
@@ -159,12 +156,11 @@ fn non_empty(v: Option<String>) -> Option<String> {
 impl Config {
     /// Validates what clap read.
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
-        let listen = cli.listen.trim().parse().map_err(|_| {
-            bad(
-                "TICKSTREAM_LISTEN",
-                format!("must be host:port, got {:?}", cli.listen),
-            )
-        })?;
+        let listen = cli
+            .listen
+            .trim()
+            .parse()
+            .map_err(|_| bad("TICKSTREAM_LISTEN", format!("must be host:port, got {:?}", cli.listen)))?;
         let redis_url = non_empty(cli.redis_url);
         if let Some(url) = &redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -179,10 +175,7 @@ impl Config {
             .ok_or_else(|| {
                 bad(
                     "TICKSTREAM_DEDUP_WINDOW",
-                    format!(
-                        "must be a duration like 24h, 30m or 90s, got {:?}",
-                        cli.dedup_window
-                    ),
+                    format!("must be a duration like 24h, 30m or 90s, got {:?}", cli.dedup_window),
                 )
             })?;
         let jwt_secret = non_empty(cli.jwt_secret);
@@ -198,12 +191,8 @@ impl Config {
             .filter(|s| !s.is_empty())
             .collect();
         for p in &hmac_channels {
-            crate::auth::ChannelPattern::parse(p).ok_or_else(|| {
-                bad(
-                    "TICKSTREAM_HMAC_CHANNELS",
-                    format!("bad channel pattern {p:?}"),
-                )
-            })?;
+            crate::auth::ChannelPattern::parse(p)
+                .ok_or_else(|| bad("TICKSTREAM_HMAC_CHANNELS", format!("bad channel pattern {p:?}")))?;
         }
         let allowed_origins = cli
             .allowed_origins
@@ -214,9 +203,7 @@ impl Config {
                 OriginPattern::parse(s).ok_or_else(|| {
                     bad(
                         "TICKSTREAM_ALLOWED_ORIGINS",
-                        format!(
-                            "bad origin {s:?} (expected scheme://host[:port] or https://*.domain)"
-                        ),
+                        format!("bad origin {s:?} (expected scheme://host[:port] or https://*.domain)"),
                     )
                 })
             })
@@ -235,12 +222,7 @@ impl Config {
             listen,
             redis_url,
             partitions: number("TICKSTREAM_PARTITIONS", &cli.partitions, 1, 1024)?,
-            stream_maxlen: number(
-                "TICKSTREAM_STREAM_MAXLEN",
-                &cli.stream_maxlen,
-                1,
-                1_000_000_000,
-            )?,
+            stream_maxlen: number("TICKSTREAM_STREAM_MAXLEN", &cli.stream_maxlen, 1, 1_000_000_000)?,
             dedup_window,
             default_replay: number("TICKSTREAM_DEFAULT_REPLAY", &cli.default_replay, 0, 100_000)?,
             jwt_secret,
@@ -307,10 +289,7 @@ mod tests {
             (&["--dedup-window", "soon"], "TICKSTREAM_DEDUP_WINDOW"),
             (&["--stream-maxlen=-5"], "TICKSTREAM_STREAM_MAXLEN"),
             (&["--redis-url", "http://x"], "REDIS_URL"),
-            (
-                &["--allowed-origins", "example.com"],
-                "TICKSTREAM_ALLOWED_ORIGINS",
-            ),
+            (&["--allowed-origins", "example.com"], "TICKSTREAM_ALLOWED_ORIGINS"),
             (&["--log-format", "xml"], "TICKSTREAM_LOG_FORMAT"),
             (&["--jwt-secret", "short"], "TICKSTREAM_JWT_SECRET"),
         ] {

@@ -15,7 +15,7 @@ use axum::Json;
 
 use crate::auth::AuthError;
 use crate::store::StoreError;
-use crate::tick::TickError;
+use crate::tick::{BodyError, TickError};
 
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +60,17 @@ impl ApiError {
     }
 }
 
-impl From<TickError> for ApiError {
-    fn from(e: TickError) -> Self {
-        let code = match e {
-            TickError::BadChannel => "bad_channel",
-            _ => "bad_tick",
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        let code = match &e {
+            BodyError::Json(_) => "bad_json",
+            BodyError::Empty => "bad_batch",
+            BodyError::TooMany(_) => "batch_too_large",
+            BodyError::Tick {
+                error: TickError::BadChannel,
+                ..
+            } => "bad_channel",
+            BodyError::Tick { .. } => "bad_tick",
         };
         ApiError::bad_request(code, e.to_string())
     }

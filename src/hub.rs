@@ -12,7 +12,7 @@
 //! every id; sessions drop the overlap by id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,10 +74,7 @@ impl Partition {
     }
 
     fn cursors(&self) -> Vec<(Arc<str>, StreamId)> {
-        self.lock()
-            .iter()
-            .map(|(c, a)| (c.clone(), a.cursor))
-            .collect()
+        self.lock().iter().map(|(c, a)| (c.clone(), a.cursor)).collect()
     }
 
     fn publish(&self, batches: Vec<(Arc<str>, Vec<Tick>)>) {
@@ -132,6 +129,10 @@ pub struct TailHealth {
 
 pub struct Hub {
     store: Store,
+    /// Whether the store answered its last health ping (every second). Handshakes
+    /// read this instead of pinging Redis each, so a storm of them costs Redis
+    /// nothing and is refused with 503 while Redis is away.
+    store_up: AtomicBool,
     partitions: Vec<Arc<Partition>>,
     live_buffer: usize,
     metrics: Arc<Metrics>,
@@ -144,14 +145,10 @@ fn now_ms() -> u64 {
 }
 
 impl Hub {
-    pub fn new(
-        store: Store,
-        partitions: u32,
-        live_buffer: usize,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Hub> {
+    pub fn new(store: Store, partitions: u32, live_buffer: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
         Arc::new(Hub {
             store,
+            store_up: AtomicBool::new(true),
             partitions: (0..partitions)
                 .map(|index| {
                     Arc::new(Partition {
@@ -169,33 +166,56 @@ impl Hub {
         })
     }
 
-    /// Spawns one reader per partition; they stop when `shutdown` turns true.
-    pub fn start(
-        self: &Arc<Self>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        self.partitions
+    /// Spawns one reader per partition and the store health check; they stop when
+    /// `shutdown` turns true.
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks: Vec<_> = self
+            .partitions
             .iter()
             .map(|p| tokio::spawn(self.clone().run_reader(p.clone(), shutdown.clone())))
-            .collect()
+            .collect();
+        tasks.push(tokio::spawn(self.clone().watch_store(shutdown)));
+        tasks
+    }
+
+    /// True unless the store failed its last health ping.
+    pub fn store_up(&self) -> bool {
+        self.store_up.load(Ordering::Acquire)
+    }
+
+    /// Pings the store every second, so handshakes can refuse with 503 during an
+    /// outage without each pinging Redis.
+    async fn watch_store(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut log = ErrorLog::default();
+        loop {
+            let up = matches!(
+                tokio::time::timeout(Duration::from_secs(1), self.store.ping()).await,
+                Ok(Ok(()))
+            );
+            self.store_up.store(up, Ordering::Release);
+            if up {
+                if log.recovered() {
+                    tracing::info!("store reachable again");
+                }
+            } else if log.should_log() {
+                tracing::warn!("store unreachable: handshakes answer 503 until it returns");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Registers a live receiver for `channel`, activating the channel (and fixing its
     /// tail cursor) if this node had no subscriber for it. Call this *before*
     /// replaying history.
-    pub async fn subscribe(
-        self: &Arc<Self>,
-        channel: &str,
-    ) -> Result<LiveSubscription, StoreError> {
+    pub async fn subscribe(self: &Arc<Self>, channel: &str) -> Result<LiveSubscription, StoreError> {
         let partition = self.partition(channel).clone();
         if let Some(sub) = self.join(&partition, channel, None) {
             return Ok(sub);
         }
-        let cursor = self
-            .store
-            .latest(channel)
-            .await?
-            .map_or(StreamId::ZERO, |t| t.id);
+        let cursor = self.store.latest(channel).await?.map_or(StreamId::ZERO, |t| t.id);
         let sub = self
             .join(&partition, channel, Some(cursor))
             .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))?;
@@ -259,11 +279,7 @@ impl Hub {
         }
     }
 
-    async fn run_reader(
-        self: Arc<Self>,
-        partition: Arc<Partition>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run_reader(self: Arc<Self>, partition: Arc<Partition>, mut shutdown: watch::Receiver<bool>) {
         let mut tail = self.store.tail(partition.index, partition.waker.clone());
         let mut backoff = Backoff::default();
         let mut errors_logged = ErrorLog::default();
@@ -280,9 +296,7 @@ impl Hub {
                     _ = shutdown.changed() => return,
                 }
             }
-            partition
-                .reading_generation
-                .store(generation, Ordering::Release);
+            partition.reading_generation.store(generation, Ordering::Release);
             let result = tokio::select! {
                 r = tail.read(&cursors) => r,
                 _ = shutdown.changed() => return,

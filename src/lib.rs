@@ -12,6 +12,7 @@
 //! - [`session`]: one WebSocket; replay from the stream, then live, exactly once.
 //! - [`http`]: routes and handlers (ingest, history, handshake, operations).
 //! - [`metrics`]: Prometheus metrics, one registry per server.
+//! - [`nodes`]: the registry of nodes sharing one Redis (heartbeats).
 //! - [`error`]: the error policy; errors become HTTP answers in one place.
 //!
 //! [`run`] starts a server and serves until the shutdown future completes; tests use
@@ -23,11 +24,12 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod nodes;
 pub mod session;
 pub mod store;
 pub mod tick;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +49,11 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 
-/// How long shutdown waits for sessions to send their 1012 close and end.
+/// How long after the signal shutdown waits for sessions to send their 1012 close
+/// and end; the process exits within 10 s of SIGTERM (SPEC §7).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long in-flight HTTP requests get to finish after the signal.
+const HTTP_DRAIN: Duration = Duration::from_secs(6);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -98,12 +103,7 @@ impl Server {
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(
-            store.clone(),
-            config.partitions,
-            config.live_buffer,
-            metrics.clone(),
-        );
+        let hub = Hub::new(store.clone(), config.partitions, config.live_buffer, metrics.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, sessions_done) = mpsc::channel(1);
         let auth = Arc::new(auth);
@@ -116,7 +116,12 @@ impl Server {
             send_queue: config.send_queue,
             shutdown: shutdown_rx,
         });
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        let node = Arc::new(crate::nodes::Node::new(address, metrics.clone()));
         let state = AppState {
+            node,
             config: Arc::new(config),
             store,
             hub,
@@ -135,9 +140,7 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| self.state.config.listen)
+        self.listener.local_addr().unwrap_or_else(|_| self.state.config.listen)
     }
 
     /// Dev-mode credentials, when start-up generated them.
@@ -147,10 +150,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, closes every
     /// WebSocket with 1012 and waits (bounded) for sessions to end.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), StartError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
         let Server {
             listener,
             state,
@@ -161,35 +161,51 @@ impl Server {
         let addr = listener.local_addr().map_err(StartError::Serve)?;
         announce(&state, addr, dev.as_ref());
         let readers = state.hub.start(shutdown_tx.subscribe());
+        let heartbeat = tokio::spawn(state.node.clone().run(state.store.clone(), shutdown_tx.subscribe()));
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let listener = listener.tap_io(|tcp| {
             // Ticks are small and latency matters more than packet count.
             let _ = tcp.set_nodelay(true);
         });
         let signal_sessions = shutdown_tx.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: closing sessions with 1012");
-                let _ = signal_sessions.send(true);
-            })
-            .await;
+        let signalled_at = Arc::new(std::sync::OnceLock::new());
+        let mark = signalled_at.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = mark.set(tokio::time::Instant::now());
+            tracing::info!("shutting down: closing sessions with 1012");
+            let _ = signal_sessions.send(true);
+        });
+        // In-flight HTTP requests (ingests) get HTTP_DRAIN to finish; sessions close
+        // meanwhile. Whatever still runs at the deadline is dropped, so the process
+        // exits within 10 s of the signal.
+        let mut signalled = shutdown_tx.subscribe();
+        let served = tokio::select! {
+            r = serve.into_future() => r,
+            _ = async {
+                let _ = signalled.wait_for(|stop| *stop).await;
+                tokio::time::sleep(HTTP_DRAIN).await;
+            } => {
+                tracing::warn!("shutdown: in-flight requests did not finish in time");
+                Ok(())
+            }
+        };
         let _ = shutdown_tx.send(true);
         drop(state);
         // Every session holds a sender; recv() returns None once all have ended.
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions_done.recv()).await;
+        let started = signalled_at.get().copied().unwrap_or_else(tokio::time::Instant::now);
+        let _ = tokio::time::timeout_at(started + SHUTDOWN_GRACE, sessions_done.recv()).await;
         for r in readers {
             r.abort();
         }
+        // The heartbeat task removes this node from the registry on its way out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), heartbeat).await;
         served.map_err(StartError::Serve)
     }
 }
 
 /// Starts a server from `config` and serves until `shutdown` completes.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     Server::bind(config).await?.run(shutdown).await
 }
 

@@ -4,8 +4,7 @@
 //! process and each must count only its own traffic.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -33,31 +32,23 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let counter = |name: &str, help: &str| {
-            register(
-                &r,
-                IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{e}")),
-            )
-        };
-        let gauge = |name: &str, help: &str| {
-            register(
-                &r,
-                IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("{e}")),
-            )
-        };
+        let counter =
+            |name: &str, help: &str| register(&r, IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{e}")));
+        let gauge =
+            |name: &str, help: &str| register(&r, IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("{e}")));
         let counter_vec = |name: &str, help: &str, label: &str| {
             register(
                 &r,
-                IntCounterVec::new(Opts::new(name, help), &[label])
-                    .unwrap_or_else(|e| unreachable!("{e}")),
+                IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| unreachable!("{e}")),
             )
         };
-        let latency_buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ];
+        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
         Metrics {
             connections: gauge("tickstream_connections", "Open WebSocket connections."),
-            subscriptions: gauge("tickstream_subscriptions", "Active channel subscriptions across connections."),
+            subscriptions: gauge(
+                "tickstream_subscriptions",
+                "Active channel subscriptions across connections.",
+            ),
             ticks_ingested: counter_vec(
                 "tickstream_ticks_ingested_total",
                 "Ticks received by ingest, by result (stored, duplicate, rejected).",
@@ -75,9 +66,20 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
-            replayed_ticks: counter("tickstream_replayed_ticks_total", "Ticks sent from history (replay and catch-up)."),
-            handshakes: counter_vec("tickstream_handshakes_total", "WebSocket handshakes by result.", "result"),
-            rate_limited: counter_vec("tickstream_rate_limited_total", "Requests refused by rate limits, by group.", "group"),
+            replayed_ticks: counter(
+                "tickstream_replayed_ticks_total",
+                "Ticks sent from history (replay and catch-up).",
+            ),
+            handshakes: counter_vec(
+                "tickstream_handshakes_total",
+                "WebSocket handshakes by result.",
+                "result",
+            ),
+            rate_limited: counter_vec(
+                "tickstream_rate_limited_total",
+                "Requests refused by rate limits, by group.",
+                "group",
+            ),
             redis_errors: counter("tickstream_redis_errors_total", "Errors talking to Redis."),
             slow_consumer_catchups: counter(
                 "tickstream_slow_consumer_catchups_total",
@@ -91,7 +93,10 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
-            ratelimit_local: gauge("tickstream_ratelimit_local", "1 while rate limiting falls back to local buckets."),
+            ratelimit_local: gauge(
+                "tickstream_ratelimit_local",
+                "1 while rate limiting falls back to local buckets.",
+            ),
             registry: r,
         }
     }
@@ -115,17 +120,10 @@ pub fn render_system() -> String {
     let mut out = String::new();
     let page = 4096u64;
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-        if let Some(rss_pages) = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        if let Some(rss_pages) = statm.split_whitespace().nth(1).and_then(|s| s.parse::<u64>().ok()) {
             out.push_str("# HELP process_resident_memory_bytes Resident memory size in bytes.\n");
             out.push_str("# TYPE process_resident_memory_bytes gauge\n");
-            out.push_str(&format!(
-                "process_resident_memory_bytes {}\n",
-                rss_pages * page
-            ));
+            out.push_str(&format!("process_resident_memory_bytes {}\n", rss_pages * page));
         }
     }
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
@@ -141,9 +139,7 @@ pub fn render_system() -> String {
         }
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        out.push_str(
-            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\n",
-        );
+        out.push_str("# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\n");
         out.push_str(&format!("process_open_fds {}\n", fds.count()));
     }
     out

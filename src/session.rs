@@ -71,7 +71,7 @@ pub struct SubscribeRequest {
 /// A message from the client (SPEC §3).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-enum ClientMessage {
+pub enum ClientMessage {
     Subscribe {
         channel: String,
         #[serde(default)]
@@ -88,6 +88,15 @@ enum ClientMessage {
         token: String,
     },
     Ping,
+}
+
+/// Parses one client text frame. Anything but a JSON object with a known `type` and
+/// its required fields is an error (the session closes with 1008).
+pub fn parse_client_message(raw: &str) -> Result<ClientMessage, &'static str> {
+    if raw.len() > MAX_CLIENT_MESSAGE {
+        return Err("message larger than 64 KiB");
+    }
+    serde_json::from_str(raw).map_err(|_| "expected a JSON object with a known type and its fields")
 }
 
 /// Everything a session needs from the server, shared by all sessions.
@@ -142,8 +151,7 @@ pub async fn run(
         session.subscribe(req);
     }
     let mut shutdown = ctx.shutdown.clone();
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut last_heard = Instant::now();
     let close: Option<(u16, &'static str)> = loop {
         let expiry = session.expiry();
@@ -210,20 +218,12 @@ impl Session {
 
     /// Handles one client message; `Some` closes the socket with that code.
     async fn on_text(&mut self, raw: &str) -> Option<(u16, &'static str)> {
-        if raw.len() > MAX_CLIENT_MESSAGE {
-            return Some((close::POLICY, "message larger than 64 KiB"));
-        }
         if !self.take_inbound_token() {
             return Some((close::RATE_LIMITED, "too many messages"));
         }
-        let msg = match serde_json::from_str::<ClientMessage>(raw) {
+        let msg = match parse_client_message(raw) {
             Ok(m) => m,
-            Err(_) => {
-                return Some((
-                    close::POLICY,
-                    "expected a JSON object with a known type and its fields",
-                ))
-            }
+            Err(reason) => return Some((close::POLICY, reason)),
         };
         match msg {
             ClientMessage::Ping => self.send(json!({"type": "pong"})).await,
@@ -234,18 +234,11 @@ impl Session {
                 epoch,
             } => {
                 if !is_valid_channel(&channel) {
-                    self.refuse(&channel, "bad_channel", "not a valid channel name")
-                        .await;
+                    self.refuse(&channel, "bad_channel", "not a valid channel name").await;
                 } else if !self.principal.can_read(&channel) {
-                    self.refuse(
-                        &channel,
-                        "forbidden",
-                        "the token does not allow this channel",
-                    )
-                    .await;
-                } else if !self.subscriptions.contains_key(&channel)
-                    && self.subscriptions.len() >= MAX_SUBSCRIPTIONS
-                {
+                    self.refuse(&channel, "forbidden", "the token does not allow this channel")
+                        .await;
+                } else if !self.subscriptions.contains_key(&channel) && self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
                     self.refuse(
                         &channel,
                         "too_many_subscriptions",
@@ -312,12 +305,8 @@ impl Session {
                 task.abort();
                 self.ctx.metrics.subscriptions.dec();
             }
-            self.refuse(
-                &channel,
-                "forbidden",
-                "the refreshed token does not allow this channel",
-            )
-            .await;
+            self.refuse(&channel, "forbidden", "the refreshed token does not allow this channel")
+                .await;
         }
     }
 
@@ -405,10 +394,7 @@ async fn write_loop(
 /// ticks, their latency from append to write.
 fn into_message(out: Outbound, metrics: &Metrics) -> Message {
     match out {
-        Outbound::Tick {
-            text,
-            live_ingest_ms,
-        } => {
+        Outbound::Tick { text, live_ingest_ms } => {
             metrics.ticks_delivered.inc();
             if let Some(ms) = live_ingest_ms {
                 let now = crate::tick::now_us() / 1000;
@@ -463,12 +449,7 @@ impl Cursor {
         self.out.send(out).await.map_err(|_| Gone)
     }
 
-    async fn gap(
-        &self,
-        reason: &str,
-        resume_from: StreamId,
-        missed: Option<u64>,
-    ) -> Result<(), Gone> {
+    async fn gap(&self, reason: &str, resume_from: StreamId, missed: Option<u64>) -> Result<(), Gone> {
         self.send(text(json!({
             "type": "gap",
             "channel": self.channel,
@@ -525,8 +506,7 @@ impl Cursor {
         loop {
             let after = self.last_sent;
             let page = retry(&ctx.metrics, || {
-                ctx.store
-                    .range(&self.channel, IdRange::after(after), REPLAY_PAGE)
+                ctx.store.range(&self.channel, IdRange::after(after), REPLAY_PAGE)
             })
             .await;
             for tick in &page {
@@ -540,11 +520,7 @@ impl Cursor {
     }
 }
 
-async fn run_subscription(
-    ctx: Arc<SessionContext>,
-    req: SubscribeRequest,
-    out: mpsc::Sender<Outbound>,
-) {
+async fn run_subscription(ctx: Arc<SessionContext>, req: SubscribeRequest, out: mpsc::Sender<Outbound>) {
     let _ = subscription(&ctx, req, out).await;
 }
 
@@ -591,8 +567,7 @@ async fn subscription(
         }
         Since::Default => {
             let mut recent = retry(&ctx.metrics, || {
-                ctx.store
-                    .rev_range(channel, IdRange::ALL, ctx.default_replay)
+                ctx.store.rev_range(channel, IdRange::ALL, ctx.default_replay)
             })
             .await;
             recent.reverse();

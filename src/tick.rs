@@ -236,6 +236,47 @@ impl IngestTick {
     }
 }
 
+/// Why an ingest body was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("{0}")]
+    Json(String),
+    #[error("a batch needs at least one tick")]
+    Empty,
+    #[error("a batch holds at most {MAX_BATCH} ticks, got {0}")]
+    TooMany(usize),
+    /// `index` is set for batches, so the producer learns which tick was wrong.
+    #[error("{}{error}", index.map(|i| format!("tick {i}: ")).unwrap_or_default())]
+    Tick { index: Option<usize>, error: TickError },
+}
+
+/// Parses and validates an ingest body: one tick object or an array of up to
+/// [`MAX_BATCH`]. All-or-nothing: any bad tick refuses the whole body.
+pub fn parse_body(bytes: &[u8], now_us: i64) -> Result<Vec<PreparedTick>, BodyError> {
+    let is_batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let json_err = |e: serde_json::Error| BodyError::Json(e.to_string());
+    let raw: Vec<IngestTick> = if is_batch {
+        serde_json::from_slice(bytes).map_err(json_err)?
+    } else {
+        vec![serde_json::from_slice(bytes).map_err(json_err)?]
+    };
+    if raw.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    if raw.len() > MAX_BATCH {
+        return Err(BodyError::TooMany(raw.len()));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.prepare(now_us).map_err(|error| BodyError::Tick {
+                index: is_batch.then_some(i),
+                error,
+            })
+        })
+        .collect()
+}
+
 /// SPEC §1 event id: lowercase hex SHA-256 of the compact, key-sorted JSON array
 /// `["k",channel,key]` or `["t",channel,ts_us,value,data]`. serde_json's `Value`
 /// keeps object keys in a BTreeMap, so its compact output is already key-sorted.
@@ -376,27 +417,10 @@ mod tests {
 
     #[test]
     fn channel_names_follow_the_spec_regex() {
-        for ok in [
-            "a",
-            "crypto.BTC-USD",
-            "iss.USLAB000061",
-            "x:y_z-1",
-            &"a".repeat(128),
-        ] {
+        for ok in ["a", "crypto.BTC-USD", "iss.USLAB000061", "x:y_z-1", &"a".repeat(128)] {
             assert!(is_valid_channel(ok), "{ok}");
         }
-        for bad in [
-            "",
-            ".a",
-            "-a",
-            "a b",
-            "../x",
-            "*",
-            "a/b",
-            "é",
-            &"a".repeat(129),
-            "a*",
-        ] {
+        for bad in ["", ".a", "-a", "a b", "../x", "*", "a/b", "é", &"a".repeat(129), "a*"] {
             assert!(!is_valid_channel(bad), "{bad}");
         }
     }
@@ -434,18 +458,13 @@ mod tests {
 
     #[test]
     fn event_id_is_sha256_of_the_canonical_array() {
-        let t =
-            tick(r#"{"channel":"c","ts":"1970-01-01T00:00:01Z","value":1.5,"data":{"b":1,"a":2}}"#)
-                .unwrap();
+        let t = tick(r#"{"channel":"c","ts":"1970-01-01T00:00:01Z","value":1.5,"data":{"b":1,"a":2}}"#).unwrap();
         let expected = hex::encode(Sha256::digest(br#"["t","c",1000000,1.5,{"a":2,"b":1}]"#));
         assert_eq!(t.event_id, expected);
         assert_eq!(t.data.as_deref(), Some(r#"{"a":2,"b":1}"#));
 
         let keyed = tick(r#"{"channel":"c","value":1,"key":"k1"}"#).unwrap();
-        assert_eq!(
-            keyed.event_id,
-            hex::encode(Sha256::digest(br#"["k","c","k1"]"#))
-        );
+        assert_eq!(keyed.event_id, hex::encode(Sha256::digest(br#"["k","c","k1"]"#)));
         let no_value = tick(r#"{"channel":"c","ts":"1970-01-01T00:00:01Z","data":{}}"#).unwrap();
         assert_eq!(
             no_value.event_id,
@@ -455,10 +474,7 @@ mod tests {
 
     #[test]
     fn ts_defaults_to_now_and_keeps_offsets() {
-        assert_eq!(
-            tick(r#"{"channel":"c","value":1}"#).unwrap().ts_us,
-            1_000_000
-        );
+        assert_eq!(tick(r#"{"channel":"c","value":1}"#).unwrap().ts_us, 1_000_000);
         let t = tick(r#"{"channel":"c","value":1,"ts":"2026-11-23T09:00:00.123+01:00"}"#).unwrap();
         let mut s = String::new();
         write_ts(&mut s, t.ts_us);
@@ -470,10 +486,7 @@ mod tests {
 
     #[test]
     fn invalid_ticks_are_refused_with_the_reason() {
-        assert_eq!(
-            tick(r#"{"channel":"a b","value":1}"#),
-            Err(TickError::BadChannel)
-        );
+        assert_eq!(tick(r#"{"channel":"a b","value":1}"#), Err(TickError::BadChannel));
         assert_eq!(
             tick(r#"{"channel":"c","value":1,"ts":"yesterday"}"#),
             Err(TickError::BadTs)
@@ -483,10 +496,7 @@ mod tests {
             Err(TickError::BadTs)
         );
         assert_eq!(tick(r#"{"channel":"c"}"#), Err(TickError::Empty));
-        assert_eq!(
-            tick(r#"{"channel":"c","value":null}"#),
-            Err(TickError::Empty)
-        );
+        assert_eq!(tick(r#"{"channel":"c","value":null}"#), Err(TickError::Empty));
         let big = format!(r#"{{"channel":"c","data":{{"x":"{}"}}}}"#, "y".repeat(8200));
         assert_eq!(tick(&big), Err(TickError::DataTooLarge));
         let key = format!(r#"{{"channel":"c","value":1,"key":"{}"}}"#, "k".repeat(129));

@@ -32,20 +32,14 @@ async fn check(public: &str, good: String, others: Vec<(&str, String)>) {
             .await
             .err()
             .unwrap_or_else(|| panic!("{name} must be refused"));
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (401, Some("invalid_token")),
-            "{name}"
-        );
+        assert_eq!((status, body["error"].as_str()), (401, Some("invalid_token")), "{name}");
     }
     app.stop().await;
 }
 
 fn keys() -> (EncodingKey, EncodingKey, EncodingKey) {
-    let es =
-        EncodingKey::from_ec_pem(&std::fs::read(fixture("es256-private.pem")).unwrap()).unwrap();
-    let rs =
-        EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs256-private.pem")).unwrap()).unwrap();
+    let es = EncodingKey::from_ec_pem(&std::fs::read(fixture("es256-private.pem")).unwrap()).unwrap();
+    let rs = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs256-private.pem")).unwrap()).unwrap();
     let hs = EncodingKey::from_secret(SECRET.as_bytes());
     (es, rs, hs)
 }
@@ -84,15 +78,9 @@ async fn an_unreadable_key_stops_start_up_naming_the_variable() {
     let mut cfg = config(None);
     cfg.jwt_public_key = Some(fixture("missing.pem"));
     let err = tickstream::Server::bind(cfg).await.err().expect("refused");
-    assert!(
-        err.to_string().starts_with("TICKSTREAM_JWT_PUBLIC_KEY"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("TICKSTREAM_JWT_PUBLIC_KEY"), "{err}");
     let mut cfg = config(None);
     cfg.jwt_public_key = Some(fixture("README.md"));
     let err = tickstream::Server::bind(cfg).await.err().expect("refused");
-    assert!(
-        err.to_string().starts_with("TICKSTREAM_JWT_PUBLIC_KEY"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("TICKSTREAM_JWT_PUBLIC_KEY"), "{err}");
 }

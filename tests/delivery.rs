@@ -90,9 +90,7 @@ async fn trimmed_history_is_announced(engine: Engine) {
     let t = token(&["*"]);
 
     // With seq: exact count of what was lost.
-    let mut ws = app
-        .ws(&format!("/ws/c.trim?since={}&seq=1", ids[0]), &t)
-        .await;
+    let mut ws = app.ws(&format!("/ws/c.trim?since={}&seq=1", ids[0]), &t).await;
     let frames = ws.until_type("live").await;
     let gap = &frames[1];
     assert_eq!(gap["type"], "gap", "{frames:?}");
@@ -112,9 +110,7 @@ async fn trimmed_history_is_announced(engine: Engine) {
     // Resuming exactly at the tick before the first kept one: with seq, nothing was
     // missed, so no gap.
     let before_first = &ids[lost - 1];
-    let mut ws = app
-        .ws(&format!("/ws/c.trim?since={before_first}&seq={lost}"), &t)
-        .await;
+    let mut ws = app.ws(&format!("/ws/c.trim?since={before_first}&seq={lost}"), &t).await;
     let frames = ws.until_type("live").await;
     assert!(frames.iter().all(|f| f["type"] != "gap"), "{frames:?}");
     assert_eq!(tick_ids(&frames), kept);
@@ -193,12 +189,7 @@ async fn lagging_session_catches_up(engine: Engine) {
     assert_eq!(got, ids);
     let (_, metrics) = (
         0,
-        reqwest::get(app.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
+        reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap(),
     );
     let catchups = metrics
         .lines()
@@ -206,10 +197,7 @@ async fn lagging_session_catches_up(engine: Engine) {
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert!(
-        catchups >= 1.0,
-        "the session should have lagged and caught up"
-    );
+    assert!(catchups >= 1.0, "the session should have lagged and caught up");
     app.stop().await;
 }
 
@@ -236,24 +224,17 @@ async fn multiplexed_socket_subscribes_and_unsubscribes() {
         .await;
     assert_eq!(tick_ids(&ws.until_type("live").await), b[1..].to_vec());
     // Refused subscribes answer an error frame and keep the socket usable.
-    ws.send(json!({"type": "subscribe", "channel": "other"}))
-        .await;
+    ws.send(json!({"type": "subscribe", "channel": "other"})).await;
     let err = ws.next_json().await;
     assert_eq!(
-        (
-            err["type"].as_str(),
-            err["code"].as_str(),
-            err["channel"].as_str()
-        ),
+        (err["type"].as_str(), err["code"].as_str(), err["channel"].as_str()),
         (Some("error"), Some("forbidden"), Some("other"))
     );
-    ws.send(json!({"type": "subscribe", "channel": "bad name"}))
-        .await;
+    ws.send(json!({"type": "subscribe", "channel": "bad name"})).await;
     assert_eq!(ws.next_json().await["code"], "bad_channel");
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next_json().await["type"], "pong");
-    ws.send(json!({"type": "unsubscribe", "channel": "m.a"}))
-        .await;
+    ws.send(json!({"type": "unsubscribe", "channel": "m.a"})).await;
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next_json().await["type"], "pong");
     let a4 = app.ingest_one("m.a", 99.0).await;
@@ -305,8 +286,7 @@ async fn client_run(
                     match target {
                         Some(last)
                             if ids.last() == Some(&last)
-                                || (ids.is_empty()
-                                    && started_after.as_deref() == Some(last.as_str())) =>
+                                || (ids.is_empty() && started_after.as_deref() == Some(last.as_str())) =>
                         {
                             return (started_after.unwrap_or_else(|| "0-0".into()), ids)
                         }
@@ -357,10 +337,8 @@ async fn exactly_once(engine: Engine) {
         ingest_n(&app, c, 120).await;
     }
     let done: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let dones: HashMap<&str, Arc<Mutex<Option<String>>>> = channels
-        .iter()
-        .map(|c| (*c, Arc::new(Mutex::new(None))))
-        .collect();
+    let dones: HashMap<&str, Arc<Mutex<Option<String>>>> =
+        channels.iter().map(|c| (*c, Arc::new(Mutex::new(None)))).collect();
     drop(done);
 
     // Producers: one per channel, batches of random size, for ~3 s.
@@ -432,17 +410,9 @@ async fn exactly_once(engine: Engine) {
                 );
                 all[pos..].to_vec()
             }
-            None => all
-                .iter()
-                .filter(|id| sid(id) > sid(&after))
-                .cloned()
-                .collect(),
+            None => all.iter().filter(|id| sid(id) > sid(&after)).cloned().collect(),
         };
-        assert_eq!(
-            ids.len(),
-            expected.len(),
-            "client on {channel} after {after}: count"
-        );
+        assert_eq!(ids.len(), expected.len(), "client on {channel} after {after}: count");
         assert_eq!(ids, expected, "client on {channel} after {after}");
         checked += ids.len();
     }
@@ -474,12 +444,7 @@ async fn clients_resume_exactly_after_a_server_restart() {
     let mut ws = app.ws("/ws/r.c?since=0-0", &t).await;
     let frames = ws.until_type("live").await;
     assert_eq!(tick_ids(&frames), before);
-    let last = frames
-        .iter()
-        .rev()
-        .find(|f| f["type"] == "tick")
-        .unwrap()
-        .clone();
+    let last = frames.iter().rev().find(|f| f["type"] == "tick").unwrap().clone();
 
     // Graceful stop: the client is told to reconnect (1012).
     app.stop().await;
@@ -500,9 +465,6 @@ async fn clients_resume_exactly_after_a_server_restart() {
     assert_eq!(tick_ids(&frames), during);
     let next = app.ingest_one("r.c", 7e7).await;
     let f = ws.next_json().await;
-    assert_eq!(
-        (f["id"].as_str(), f["seq"].as_u64()),
-        (Some(next.as_str()), Some(81))
-    );
+    assert_eq!((f["id"].as_str(), f["seq"].as_u64()), (Some(next.as_str()), Some(81)));
     app.stop().await;
 }

@@ -27,13 +27,7 @@ fn hmac_sig(secret: &str, client_id: &str, ts: u64, path: &str) -> String {
 fn unsigned_token() -> String {
     use base64_url as b64;
     let header = b64::encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let claims = b64::encode(
-        format!(
-            r#"{{"sub":"x","exp":{},"channels":["*"]}}"#,
-            unix_now() + 3600
-        )
-        .as_bytes(),
-    );
+    let claims = b64::encode(format!(r#"{{"sub":"x","exp":{},"channels":["*"]}}"#, unix_now() + 3600).as_bytes());
     format!("{header}.{claims}.")
 }
 
@@ -43,11 +37,7 @@ mod base64_url {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..=chunk.len() {
                 out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -64,8 +54,7 @@ type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, u16, &'a str);
 async fn refused_handshakes_answer_json_before_the_upgrade() {
     let redis = RedisServer::start();
     let mut cfg = config(Some(&redis));
-    cfg.allowed_origins =
-        vec![tickstream::auth::OriginPattern::parse("https://*.example.com").unwrap()];
+    cfg.allowed_origins = vec![tickstream::auth::OriginPattern::parse("https://*.example.com").unwrap()];
     cfg.hmac_secret = Some("hmac-secret".into());
     let app = TestApp::start(cfg).await;
     let good = token(&["crypto.*"]);
@@ -122,13 +111,7 @@ async fn refused_handshakes_answer_json_before_the_upgrade() {
             401,
             "invalid_token",
         ),
-        (
-            "wrong key",
-            path.into(),
-            vec![bearer(&wrong_key)],
-            401,
-            "invalid_token",
-        ),
+        ("wrong key", path.into(), vec![bearer(&wrong_key)], 401, "invalid_token"),
         (
             "wrong algorithm",
             path.into(),
@@ -209,10 +192,7 @@ async fn refused_handshakes_answer_json_before_the_upgrade() {
         (
             "look-alike origin",
             path.into(),
-            vec![
-                bearer(&good),
-                ("origin", "https://example.com.evil.test".into()),
-            ],
+            vec![bearer(&good), ("origin", "https://example.com.evil.test".into())],
             403,
             "bad_origin",
         ),
@@ -287,10 +267,7 @@ async fn refused_handshakes_answer_json_before_the_upgrade() {
         assert_eq!(ws.next_json().await["type"], "subscribed");
     }
     let mut ws = app
-        .try_ws(
-            &format!("{path}?client_id=dev-1&ts={now}&sig={sig_ok}"),
-            &[],
-        )
+        .try_ws(&format!("{path}?client_id=dev-1&ts={now}&sig={sig_ok}"), &[])
         .await
         .expect("hmac");
     assert_eq!(ws.next_json().await["type"], "subscribed");
@@ -301,10 +278,7 @@ async fn refused_handshakes_answer_json_before_the_upgrade() {
     assert_eq!(ws.next_json().await["type"], "subscribed");
     // A plain GET (no upgrade) with a good token.
     let (status, body) = app.get(path, Some(&good)).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (426, Some("websocket_required"))
-    );
+    assert_eq!((status, body["error"].as_str()), (426, Some("websocket_required")));
     app.stop().await;
 }
 
@@ -312,19 +286,13 @@ async fn refused_handshakes_answer_json_before_the_upgrade() {
 async fn the_bearer_subprotocol_is_answered_with_tickstream_v1() {
     let app = TestApp::start(config(None)).await;
     let t = token(&["*"]);
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        app.ws_url("/ws/x"),
-    )
-    .unwrap();
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(app.ws_url("/ws/x")).unwrap();
     req.headers_mut().insert(
         "sec-websocket-protocol",
-        format!("tickstream.v1, tickstream.bearer.{t}")
-            .parse()
-            .unwrap(),
+        format!("tickstream.v1, tickstream.bearer.{t}").parse().unwrap(),
     );
-    let (_, resp) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade");
+    let (_, resp) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
     assert_eq!(resp.headers()["sec-websocket-protocol"], "tickstream.v1");
     app.stop().await;
 }
@@ -344,10 +312,7 @@ async fn bad_client_messages_close_with_1008() {
         ("not json", Message::Text("hello".into())),
         ("not an object", Message::Text("[1,2]".into())),
         ("unknown type", Message::Text(r#"{"type":"dance"}"#.into())),
-        (
-            "missing channel",
-            Message::Text(r#"{"type":"subscribe"}"#.into()),
-        ),
+        ("missing channel", Message::Text(r#"{"type":"subscribe"}"#.into())),
         (
             "channel of the wrong type",
             Message::Text(r#"{"type":"subscribe","channel":5}"#.into()),
@@ -364,8 +329,7 @@ async fn bad_client_messages_close_with_1008() {
     // A flood past the inbound budget (burst 20, then 10/s) closes with 4029.
     let mut ws = app.ws("/ws", &token(&["*"])).await;
     for _ in 0..40 {
-        ws.send_raw(Message::Text(r#"{"type":"ping"}"#.into()))
-            .await;
+        ws.send_raw(Message::Text(r#"{"type":"ping"}"#.into())).await;
     }
     let mut pongs = 0;
     let code = loop {
@@ -395,17 +359,11 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
             &token_with(json!({"sub": "alice", "channels": ["*"], "exp": unix_now() - 28})),
         )
         .await;
-    ws.send(
-        json!({"type": "refresh", "token": token_with(json!({"sub": "alice", "channels": ["*"]}))}),
-    )
-    .await;
+    ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "alice", "channels": ["*"]}))}))
+        .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     ws.send(json!({"type": "ping"})).await;
-    assert_eq!(
-        ws.next_json().await["type"],
-        "pong",
-        "refreshed: still open"
-    );
+    assert_eq!(ws.next_json().await["type"], "pong", "refreshed: still open");
 
     // A refresh for another subject is refused, and the old expiry stands.
     let mut ws = app
@@ -414,7 +372,8 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
             &token_with(json!({"sub": "bob", "channels": ["*"], "exp": unix_now() - 28})),
         )
         .await;
-    ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "mallory", "channels": ["*"]}))})).await;
+    ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "mallory", "channels": ["*"]}))}))
+        .await;
     assert_eq!(ws.next_json().await["code"], "invalid_token");
     assert_eq!(ws.close_code().await, Some(4001));
     app.stop().await;
@@ -424,10 +383,7 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
 async fn a_refresh_that_narrows_channels_unsubscribes_the_rest() {
     let app = TestApp::start(config(None)).await;
     let mut ws = app
-        .ws(
-            "/ws",
-            &token_with(json!({"sub": "alice", "channels": ["a.*", "b.*"]})),
-        )
+        .ws("/ws", &token_with(json!({"sub": "alice", "channels": ["a.*", "b.*"]})))
         .await;
     for c in ["a.one", "b.one"] {
         ws.send(json!({"type": "subscribe", "channel": c})).await;
@@ -437,11 +393,7 @@ async fn a_refresh_that_narrows_channels_unsubscribes_the_rest() {
         .await;
     let err = ws.next_json().await;
     assert_eq!(
-        (
-            err["type"].as_str(),
-            err["code"].as_str(),
-            err["channel"].as_str()
-        ),
+        (err["type"].as_str(), err["code"].as_str(), err["channel"].as_str()),
         (Some("error"), Some("forbidden"), Some("b.one"))
     );
     app.ingest_one("b.one", 1.0).await;
@@ -454,8 +406,7 @@ async fn a_refresh_that_narrows_channels_unsubscribes_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_answers_only_allowed_origins() {
     let mut cfg = config(None);
-    cfg.allowed_origins =
-        vec![tickstream::auth::OriginPattern::parse("https://app.example.com").unwrap()];
+    cfg.allowed_origins = vec![tickstream::auth::OriginPattern::parse("https://app.example.com").unwrap()];
     let app = TestApp::start(cfg).await;
     let http = reqwest::Client::new();
     let preflight = |origin: &'static str| {
@@ -466,10 +417,7 @@ async fn cors_answers_only_allowed_origins() {
             .send()
     };
     let ok = preflight("https://app.example.com").await.unwrap();
-    assert_eq!(
-        ok.headers()["access-control-allow-origin"],
-        "https://app.example.com"
-    );
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example.com");
     let evil = preflight("https://evil.test").await.unwrap();
     assert!(evil.headers().get("access-control-allow-origin").is_none());
     let get = http

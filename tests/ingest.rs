@@ -15,8 +15,7 @@ async fn a_tick_is_stored_with_the_spec_event_id_and_seq() {
                       "data": {"bid": 41999.9, "ask": 42001.1}});
     let (status, body) = app.ingest(&tick).await;
     assert_eq!(status, 201, "{body}");
-    let canonical =
-        r#"["t","crypto.BTC-USD",1795420800123000,42000.5,{"ask":42001.1,"bid":41999.9}]"#;
+    let canonical = r#"["t","crypto.BTC-USD",1795420800123000,42000.5,{"ask":42001.1,"bid":41999.9}]"#;
     let expected = hex::encode(Sha256::digest(canonical.as_bytes()));
     let result = &body["results"][0];
     assert_eq!(result["event_id"], expected.as_str());
@@ -30,10 +29,7 @@ async fn a_tick_is_stored_with_the_spec_event_id_and_seq() {
         .unwrap();
     assert!(exists);
     let (status, latest) = app
-        .get(
-            "/api/v1/channels/crypto.BTC-USD/latest",
-            Some(&token(&["crypto.*"])),
-        )
+        .get("/api/v1/channels/crypto.BTC-USD/latest", Some(&token(&["crypto.*"])))
         .await;
     assert_eq!(status, 200);
     assert_eq!(latest["id"], id);
@@ -65,8 +61,7 @@ async fn duplicates_store_once(engine: Engine) {
     assert_eq!(keyed1["results"][0]["id"], keyed2["results"][0]["id"]);
 
     // 20 concurrent identical posts: one entry.
-    let concurrent =
-        json!({"channel": "d.race", "value": 3, "data": {"n": 1}, "ts": "2026-11-23T08:00:01Z"});
+    let concurrent = json!({"channel": "d.race", "value": 3, "data": {"n": 1}, "ts": "2026-11-23T08:00:01Z"});
     let posts: Vec<_> = (0..20)
         .map(|_| {
             let app = app.clone();
@@ -97,9 +92,7 @@ async fn duplicates_store_once(engine: Engine) {
         .ingest(&json!([{"channel": "d.c", "value": 9, "key": "b1"}, {"channel": "d.c", "value": 9, "key": "b1"}, {"channel": "d.c", "value": 10}]))
         .await;
     assert_eq!(batch["results"][1]["duplicate"], true);
-    let (_, latest) = app
-        .get("/api/v1/channels/d.c/latest", Some(&token(&["*"])))
-        .await;
+    let (_, latest) = app.get("/api/v1/channels/d.c/latest", Some(&token(&["*"]))).await;
     assert_eq!(latest["seq"], 4);
 }
 
@@ -127,29 +120,14 @@ async fn bad_ingest_requests_are_refused_and_store_nothing() {
     let app = TestApp::start(config(Some(&redis))).await;
     let reader = token(&["*"]);
     let valid = r#"{"channel":"ok.c","value":1}"#.to_string();
-    let many: Vec<Value> = (0..1001)
-        .map(|i| json!({"channel": "ok.c", "value": i}))
-        .collect();
+    let many: Vec<Value> = (0..1001).map(|i| json!({"channel": "ok.c", "value": i})).collect();
     let huge = format!(
         r#"[{}]"#,
-        vec![
-            format!(
-                r#"{{"channel":"ok.c","data":{{"x":"{}"}}}}"#,
-                "y".repeat(8000)
-            );
-            140
-        ]
-        .join(",")
+        vec![format!(r#"{{"channel":"ok.c","data":{{"x":"{}"}}}}"#, "y".repeat(8000)); 140].join(",")
     );
     let cases: Vec<(&str, String, Option<&str>, u16, &str)> = vec![
         ("no token", valid.clone(), None, 401, "missing_token"),
-        (
-            "garbage token",
-            valid.clone(),
-            Some("garbage"),
-            401,
-            "invalid_token",
-        ),
+        ("garbage token", valid.clone(), Some("garbage"), 401, "invalid_token"),
         (
             "reader token without ingest scope",
             valid.clone(),
@@ -164,13 +142,7 @@ async fn bad_ingest_requests_are_refused_and_store_nothing() {
             400,
             "bad_json",
         ),
-        (
-            "not json",
-            "hello".into(),
-            Some(INGEST_TOKEN),
-            400,
-            "bad_json",
-        ),
+        ("not json", "hello".into(), Some(INGEST_TOKEN), 400, "bad_json"),
         ("empty body", "".into(), Some(INGEST_TOKEN), 400, "bad_json"),
         (
             "channel is a number",
@@ -214,13 +186,7 @@ async fn bad_ingest_requests_are_refused_and_store_nothing() {
             400,
             "bad_json",
         ),
-        (
-            "deep nesting",
-            nested(200),
-            Some(INGEST_TOKEN),
-            400,
-            "bad_json",
-        ),
+        ("deep nesting", nested(200), Some(INGEST_TOKEN), 400, "bad_json"),
         (
             "channel with a space",
             r#"{"channel":"a b","value":1}"#.into(),
@@ -286,31 +252,19 @@ async fn bad_ingest_requests_are_refused_and_store_nothing() {
         ),
         (
             "data over 8 KiB",
-            format!(
-                r#"{{"channel":"ok.c","data":{{"x":"{}"}}}}"#,
-                "y".repeat(8200)
-            ),
+            format!(r#"{{"channel":"ok.c","data":{{"x":"{}"}}}}"#, "y".repeat(8200)),
             Some(INGEST_TOKEN),
             400,
             "bad_tick",
         ),
         (
             "key over 128 chars",
-            format!(
-                r#"{{"channel":"ok.c","value":1,"key":"{}"}}"#,
-                "k".repeat(129)
-            ),
+            format!(r#"{{"channel":"ok.c","value":1,"key":"{}"}}"#, "k".repeat(129)),
             Some(INGEST_TOKEN),
             400,
             "bad_tick",
         ),
-        (
-            "empty batch",
-            "[]".into(),
-            Some(INGEST_TOKEN),
-            400,
-            "bad_batch",
-        ),
+        ("empty batch", "[]".into(), Some(INGEST_TOKEN), 400, "bad_batch"),
         (
             "1001-tick batch",
             Value::Array(many).to_string(),
@@ -325,23 +279,14 @@ async fn bad_ingest_requests_are_refused_and_store_nothing() {
             400,
             "bad_channel",
         ),
-        (
-            "body over 1 MiB",
-            huge,
-            Some(INGEST_TOKEN),
-            413,
-            "payload_too_large",
-        ),
+        ("body over 1 MiB", huge, Some(INGEST_TOKEN), 413, "payload_too_large"),
     ];
     let baseline = redis.dbsize();
     for (name, body, tok, status, code) in &cases {
         let (got, answer) = app.ingest_raw(body.clone(), *tok).await;
         assert_eq!(got, *status, "{name}: {answer}");
         assert_eq!(answer["error"], *code, "{name}: {answer}");
-        assert!(
-            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{name}"
-        );
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");
         assert_eq!(redis.dbsize(), baseline, "{name}: Redis must be unchanged");
     }
     assert!(redis.xrange_ids("ok.c", 16).is_empty());

@@ -68,10 +68,7 @@ async fn tokens_never_appear_in_logs() {
         .await
         .expect("subprotocol token");
     ws2.next_json().await;
-    assert!(app
-        .try_ws(&format!("/ws/a.b?token={bogus}"), &[])
-        .await
-        .is_err());
+    assert!(app.try_ws(&format!("/ws/a.b?token={bogus}"), &[]).await.is_err());
     assert!(app
         .try_ws(
             "/ws/a.b",
@@ -86,18 +83,14 @@ async fn tokens_never_appear_in_logs() {
         .try_ws("/ws/a.b", &[("authorization", format!("Bearer {bogus}"))])
         .await
         .is_err());
-    assert!(app
-        .try_ws("/ws/a.b?client_id=x&ts=1&sig=deadbeef", &[])
-        .await
-        .is_err());
+    assert!(app.try_ws("/ws/a.b?client_id=x&ts=1&sig=deadbeef", &[]).await.is_err());
     // A refresh with a bad token over an open socket.
     ws.send(json!({"type": "refresh", "token": bogus})).await;
     let frames = ws.until_type("error").await;
     assert_eq!(frames.last().unwrap()["code"], "invalid_token");
 
     // REST and ingest.
-    app.get(&format!("/api/v1/channels?token={reader}"), None)
-        .await;
+    app.get(&format!("/api/v1/channels?token={reader}"), None).await;
     app.get(&format!("/api/v1/channels/a.b/ticks?token={bogus}"), None)
         .await;
     app.get("/api/v1/channels", Some(bogus)).await;

@@ -52,33 +52,17 @@ async fn paging(engine: Engine) {
     let mut rev = ids.clone();
     rev.reverse();
     assert_eq!(d1, rev[..120].to_vec());
-    let (d2, _, _) = page_ids(
-        &app,
-        &format!("{base}?order=desc&limit=120&cursor={}", dn.unwrap()),
-    )
-    .await;
+    let (d2, _, _) = page_ids(&app, &format!("{base}?order=desc&limit=120&cursor={}", dn.unwrap())).await;
     assert_eq!(d2, rev[120..240].to_vec());
 
     // since exclusive, until inclusive, in both orders.
-    let (w, next, _) = page_ids(
-        &app,
-        &format!("{base}?since={}&until={}&limit=1000", ids[10], ids[20]),
-    )
-    .await;
+    let (w, next, _) = page_ids(&app, &format!("{base}?since={}&until={}&limit=1000", ids[10], ids[20])).await;
     assert_eq!(w, ids[11..=20].to_vec());
     assert_eq!(next, None);
-    let (w, _, _) = page_ids(
-        &app,
-        &format!("{base}?since={}&until={}&order=desc", ids[10], ids[20]),
-    )
-    .await;
+    let (w, _, _) = page_ids(&app, &format!("{base}?since={}&until={}&order=desc", ids[10], ids[20])).await;
     assert_eq!(w, ids[11..=20].iter().rev().cloned().collect::<Vec<_>>());
     // Paging a window keeps its bounds.
-    let (w1, n1, _) = page_ids(
-        &app,
-        &format!("{base}?since={}&until={}&limit=4", ids[10], ids[20]),
-    )
-    .await;
+    let (w1, n1, _) = page_ids(&app, &format!("{base}?since={}&until={}&limit=4", ids[10], ids[20])).await;
     let (w2, _, _) = page_ids(
         &app,
         &format!(
@@ -99,13 +83,8 @@ async fn paging(engine: Engine) {
         .get("/api/v1/channels/nothing.here/latest", Some(&token(&["*"])))
         .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
-    let (status, latest) = app
-        .get("/api/v1/channels/h.c/latest", Some(&token(&["*"])))
-        .await;
-    assert_eq!(
-        (status, latest["id"].as_str()),
-        (200, Some(ids[249].as_str()))
-    );
+    let (status, latest) = app.get("/api/v1/channels/h.c/latest", Some(&token(&["*"]))).await;
+    assert_eq!((status, latest["id"].as_str()), (200, Some(ids[249].as_str())));
     app.stop().await;
 }
 
@@ -126,9 +105,7 @@ async fn channel_list_shows_only_what_the_token_may_read() {
     seed(&app, "crypto.BTC", 3).await;
     seed(&app, "crypto.ETH", 2).await;
     let iss = seed(&app, "iss.USLAB", 1).await;
-    let (status, body) = app
-        .get("/api/v1/channels", Some(&token(&["crypto.*"])))
-        .await;
+    let (status, body) = app.get("/api/v1/channels", Some(&token(&["crypto.*"]))).await;
     assert_eq!(status, 200);
     let names: Vec<&str> = body["channels"]
         .as_array()
@@ -160,78 +137,27 @@ async fn bad_rest_reads_are_refused_with_json() {
     let t = token(&["ok.*"]);
     let cases = [
         ("/api/v1/channels/ok.c/ticks", None, 401, "missing_token"),
-        (
-            "/api/v1/channels/ok.c/ticks?token=garbage",
-            None,
-            401,
-            "invalid_token",
-        ),
-        (
-            "/api/v1/channels/secret.c/ticks",
-            Some(&t),
-            403,
-            "forbidden",
-        ),
+        ("/api/v1/channels/ok.c/ticks?token=garbage", None, 401, "invalid_token"),
+        ("/api/v1/channels/secret.c/ticks", Some(&t), 403, "forbidden"),
         ("/api/v1/channels/a%20b/ticks", Some(&t), 400, "bad_channel"),
-        (
-            "/api/v1/channels/..%2Fx/latest",
-            Some(&t),
-            400,
-            "bad_channel",
-        ),
-        (
-            "/api/v1/channels/ok.c/ticks?limit=0",
-            Some(&t),
-            400,
-            "bad_limit",
-        ),
-        (
-            "/api/v1/channels/ok.c/ticks?limit=1001",
-            Some(&t),
-            400,
-            "bad_limit",
-        ),
-        (
-            "/api/v1/channels/ok.c/ticks?limit=ten",
-            Some(&t),
-            400,
-            "bad_limit",
-        ),
-        (
-            "/api/v1/channels/ok.c/ticks?order=sideways",
-            Some(&t),
-            400,
-            "bad_order",
-        ),
-        (
-            "/api/v1/channels/ok.c/ticks?since=abc",
-            Some(&t),
-            400,
-            "bad_id",
-        ),
-        (
-            "/api/v1/channels/ok.c/ticks?cursor=1-2-3",
-            Some(&t),
-            400,
-            "bad_id",
-        ),
+        ("/api/v1/channels/..%2Fx/latest", Some(&t), 400, "bad_channel"),
+        ("/api/v1/channels/ok.c/ticks?limit=0", Some(&t), 400, "bad_limit"),
+        ("/api/v1/channels/ok.c/ticks?limit=1001", Some(&t), 400, "bad_limit"),
+        ("/api/v1/channels/ok.c/ticks?limit=ten", Some(&t), 400, "bad_limit"),
+        ("/api/v1/channels/ok.c/ticks?order=sideways", Some(&t), 400, "bad_order"),
+        ("/api/v1/channels/ok.c/ticks?since=abc", Some(&t), 400, "bad_id"),
+        ("/api/v1/channels/ok.c/ticks?cursor=1-2-3", Some(&t), 400, "bad_id"),
         ("/api/v1/channels", None, 401, "missing_token"),
         ("/no/such/thing", None, 404, "not_found"),
     ];
     for (path, tok, status, code) in cases {
         let (got, body) = app.get(path, tok.map(String::as_str)).await;
-        assert_eq!(
-            (got, body["error"].as_str()),
-            (status, Some(code)),
-            "{path}: {body}"
-        );
+        assert_eq!((got, body["error"].as_str()), (status, Some(code)), "{path}: {body}");
         assert!(body["message"].is_string(), "{path}");
         assert_eq!(redis.dbsize(), baseline, "{path}: Redis must be unchanged");
     }
     // A token in the query works for REST too.
-    let (status, _) = app
-        .get(&format!("/api/v1/channels/ok.c/ticks?token={t}"), None)
-        .await;
+    let (status, _) = app.get(&format!("/api/v1/channels/ok.c/ticks?token={t}"), None).await;
     assert_eq!(status, 200);
     app.stop().await;
 }
@@ -248,11 +174,7 @@ async fn operations_endpoints_and_headers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.headers()["x-request-id"],
-        "abc-123",
-        "a sane request id is echoed"
-    );
+    assert_eq!(r.headers()["x-request-id"], "abc-123", "a sane request id is echoed");
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     let r = http
         .get(app.url("/healthz"))
@@ -307,10 +229,7 @@ async fn operations_endpoints_and_headers() {
         .unwrap()
         .contains("script-src 'self'"));
     assert!(page.text().await.unwrap().contains("<html"));
-    assert_eq!(
-        http.get(app.url("/app.js")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(http.get(app.url("/app.js")).send().await.unwrap().status(), 200);
 
     // Redis gone: readiness says so and ingest answers 503 with JSON.
     let mut redis = redis;

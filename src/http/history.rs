@@ -107,19 +107,12 @@ pub async fn ticks(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("bad_limit", format!("limit must be 1..={MAX_PAGE}"))
-            })?,
+            .ok_or_else(|| ApiError::bad_request("bad_limit", format!("limit must be 1..={MAX_PAGE}")))?,
     };
     let descending = match q.order.as_deref() {
         None | Some("") | Some("asc") => false,
         Some("desc") => true,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "bad_order",
-                "order must be asc or desc",
-            ))
-        }
+        Some(_) => return Err(ApiError::bad_request("bad_order", "order must be asc or desc")),
     };
     let since = id_param("since", &q.since)?;
     let until = id_param("until", &q.until)?;
@@ -184,8 +177,6 @@ pub async fn latest(
             t.write_json(&mut out, false);
             Ok(json_response(StatusCode::OK, out))
         }
-        None => Err(ApiError::NotFound(format!(
-            "channel {channel} has no ticks"
-        ))),
+        None => Err(ApiError::NotFound(format!("channel {channel} has no ticks"))),
     }
 }

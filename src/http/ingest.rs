@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{json_response, AppState};
 use crate::auth::QueryCredentials;
 use crate::error::ApiError;
-use crate::tick::{now_us, IngestTick, PreparedTick, MAX_BATCH};
+use crate::tick::{now_us, parse_body};
 
 /// Largest request body (SPEC §1).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -34,14 +34,10 @@ pub async fn ingest(
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ApiError::TooLarge(MAX_BODY))?;
-    let ticks = match parse(&bytes) {
+    let ticks = match parse_body(&bytes, now_us()).map_err(ApiError::from) {
         Ok(t) => t,
         Err(e) => {
-            state
-                .metrics
-                .ticks_ingested
-                .with_label_values(&["rejected"])
-                .inc();
+            state.metrics.ticks_ingested.with_label_values(&["rejected"]).inc();
             return Err(e);
         }
     };
@@ -64,41 +60,4 @@ pub async fn ingest(
             .collect::<Vec<_>>()
     });
     Ok(json_response(StatusCode::CREATED, body.to_string()))
-}
-
-/// Parses and validates a body; any bad tick refuses the whole batch.
-fn parse(bytes: &[u8]) -> Result<Vec<PreparedTick>, ApiError> {
-    let is_batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let raw: Vec<IngestTick> = if is_batch {
-        serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?
-    } else {
-        vec![serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?]
-    };
-    if raw.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_batch",
-            "a batch needs at least one tick",
-        ));
-    }
-    if raw.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(
-            "batch_too_large",
-            format!("a batch holds at most {MAX_BATCH} ticks, got {}", raw.len()),
-        ));
-    }
-    let now = now_us();
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            t.prepare(now).map_err(|e| match ApiError::from(e) {
-                ApiError::BadRequest { code, message } if is_batch => ApiError::BadRequest {
-                    code,
-                    message: format!("tick {i}: {message}"),
-                },
-                other => other,
-            })
-        })
-        .collect()
 }

@@ -37,6 +37,7 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionContext>,
+    pub node: Arc<crate::nodes::Node>,
     /// Cloned into every session; shutdown waits until all clones are dropped.
     pub sessions_done: mpsc::Sender<()>,
 }
@@ -60,17 +61,13 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 fn request_id(headers: &axum::http::HeaderMap) -> HeaderValue {
     let sane = headers.get(&X_REQUEST_ID).filter(|v| {
         let b = v.as_bytes();
-        !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
     });
     match sane {
         Some(v) => v.clone(),
         None => {
             use rand::RngCore;
-            HeaderValue::from_str(&format!("{:016x}", rand::rng().next_u64()))
-                .unwrap_or(HeaderValue::from_static("0"))
+            HeaderValue::from_str(&format!("{:016x}", rand::rng().next_u64())).unwrap_or(HeaderValue::from_static("0"))
         }
     }
 }
@@ -82,17 +79,14 @@ pub fn router(state: AppState) -> Router {
             origin.to_str().is_ok_and(|o| auth.origin_allowed(o))
         }))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            X_REQUEST_ID.clone(),
-        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, X_REQUEST_ID.clone()])
         .expose_headers([X_REQUEST_ID.clone()]);
     Router::new()
         .route("/api/v1/ingest", post(ingest::ingest))
         .route("/api/v1/channels", get(history::channels))
         .route("/api/v1/channels/{channel}/ticks", get(history::ticks))
         .route("/api/v1/channels/{channel}/latest", get(history::latest))
+        .route("/api/v1/nodes", get(ops::nodes))
         .route("/api/v1/openapi.json", get(ops::openapi))
         .route("/ws", get(ws::multiplexed))
         .route("/ws/{channel}", get(ws::single))
@@ -125,13 +119,9 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .map_or("unmatched", |m| m.as_str())
         .to_string();
     let id = request_id(request.headers());
-    request
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), id.clone());
+    request.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), id.clone());
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let status = response.status();
     let elapsed = started.elapsed();
     state

@@ -4,18 +4,19 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{OriginalUri, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{json_response, AppState};
+use crate::auth::QueryCredentials;
 use crate::error::ApiError;
 use crate::store::Store;
 
 /// The dashboard loads only its own script and style and talks only to this server.
-const DASHBOARD_CSP: &str =
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub async fn healthz() -> Response {
@@ -27,12 +28,10 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let redis = match &state.store {
         Store::Memory(_) => "not_used",
-        Store::Redis(_) => {
-            match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-                Ok(Ok(())) => "ok",
-                _ => "down",
-            }
-        }
+        Store::Redis(_) => match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+            Ok(Ok(())) => "ok",
+            _ => "down",
+        },
     };
     let tail = state.hub.tail_health();
     let tail_ok = tail.stale_partitions.is_empty();
@@ -50,6 +49,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json_response(status, body.to_string())
+}
+
+/// Nodes serving from the same Redis. Needs a valid token: addresses are internal.
+pub async fn nodes(
+    State(state): State<AppState>,
+    uri: OriginalUri,
+    headers: HeaderMap,
+    q: Result<Query<QueryCredentials>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let creds = q.map(|q| q.0).unwrap_or_default();
+    state.reader(&headers, &creds, uri.path())?;
+    let nodes = state.node.list(&state.store).await?;
+    Ok(json_response(StatusCode::OK, json!({ "nodes": nodes }).to_string()))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -85,24 +97,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 pub async fn dashboard_index() -> Response {
-    asset(
-        "text/html; charset=utf-8",
-        include_str!("../../static/index.html"),
-    )
+    asset("text/html; charset=utf-8", include_str!("../../static/index.html"))
 }
 
 pub async fn dashboard_js() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../../static/app.js"),
-    )
+    asset("text/javascript; charset=utf-8", include_str!("../../static/app.js"))
 }
 
 pub async fn dashboard_css() -> Response {
-    asset(
-        "text/css; charset=utf-8",
-        include_str!("../../static/style.css"),
-    )
+    asset("text/css; charset=utf-8", include_str!("../../static/style.css"))
 }
 
 pub async fn not_found() -> ApiError {

@@ -15,6 +15,7 @@ use super::AppState;
 use crate::auth::{offers_subprotocol, AuthError, Principal, QueryCredentials, SUBPROTOCOL};
 use crate::error::{error_body, ApiError};
 use crate::session::{self, SubscribeRequest, MAX_CLIENT_MESSAGE};
+use crate::store::StoreError;
 use crate::tick::{is_valid_channel, Since};
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,8 +48,7 @@ pub async fn single(
         if !principal.can_read(&channel) {
             return Err(AuthError::Forbidden(format!("channel {channel}")).into());
         }
-        let since = Since::parse(q.since.as_deref())
-            .map_err(|e| ApiError::bad_request("bad_since", e.to_string()))?;
+        let since = Since::parse(q.since.as_deref()).map_err(|e| ApiError::bad_request("bad_since", e.to_string()))?;
         let seq = match q.seq.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some(raw) => Some(
@@ -98,7 +98,11 @@ fn authorize(
     path: &str,
 ) -> Result<Principal, ApiError> {
     state.auth.check_origin(headers)?;
-    Ok(state.auth.authenticate(headers, creds, path)?)
+    let principal = state.auth.authenticate(headers, creds, path)?;
+    if !state.hub.store_up() {
+        return Err(StoreError::Unreachable.into());
+    }
+    Ok(principal)
 }
 
 fn refuse(state: &AppState, e: ApiError) -> Response {
@@ -117,11 +121,7 @@ fn accept(
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
-            state
-                .metrics
-                .handshakes
-                .with_label_values(&["not_websocket"])
-                .inc();
+            state.metrics.handshakes.with_label_values(&["not_websocket"]).inc();
             let body = error_body("websocket_required", &e.body_text());
             return (StatusCode::UPGRADE_REQUIRED, axum::Json(body)).into_response();
         }

@@ -82,11 +82,7 @@ impl MemoryStore {
         {
             let mut state = self.lock();
             let now = Instant::now();
-            while state
-                .dedup_order
-                .front()
-                .is_some_and(|(exp, _)| *exp <= now)
-            {
+            while state.dedup_order.front().is_some_and(|(exp, _)| *exp <= now) {
                 if let Some((_, key)) = state.dedup_order.pop_front() {
                     state.dedup.remove(&key);
                 }
@@ -112,17 +108,14 @@ impl MemoryStore {
                 duplicate: true,
             };
         }
-        let channel = state
-            .channels
-            .entry(name.clone())
-            .or_insert_with(|| Channel {
-                name: name.clone(),
-                epoch: new_epoch().into(),
-                entries: VecDeque::new(),
-                seq: 0,
-                added: 0,
-                last_id: StreamId::ZERO,
-            });
+        let channel = state.channels.entry(name.clone()).or_insert_with(|| Channel {
+            name: name.clone(),
+            epoch: new_epoch().into(),
+            entries: VecDeque::new(),
+            seq: 0,
+            added: 0,
+            last_id: StreamId::ZERO,
+        });
         let ms = now_ms();
         let id = if ms > channel.last_id.ms {
             StreamId::new(ms, 0)
@@ -165,12 +158,7 @@ impl MemoryStore {
         }))
     }
 
-    pub async fn range(
-        &self,
-        channel: &str,
-        range: IdRange,
-        count: usize,
-    ) -> Result<Vec<Tick>, StoreError> {
+    pub async fn range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
         let state = self.lock();
         let Some(c) = state.channels.get(channel) else {
             return Ok(Vec::new());
@@ -184,12 +172,7 @@ impl MemoryStore {
             .collect())
     }
 
-    pub async fn rev_range(
-        &self,
-        channel: &str,
-        range: IdRange,
-        count: usize,
-    ) -> Result<Vec<Tick>, StoreError> {
+    pub async fn rev_range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
         let state = self.lock();
         let Some(c) = state.channels.get(channel) else {
             return Ok(Vec::new());
@@ -205,11 +188,7 @@ impl MemoryStore {
     }
 
     pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .lock()
-            .channels
-            .get(channel)
-            .map(|c| c.epoch.to_string()))
+        Ok(self.lock().channels.get(channel).map(|c| c.epoch.to_string()))
     }
 
     pub async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
@@ -258,10 +237,7 @@ pub struct MemoryTail {
 }
 
 impl MemoryTail {
-    pub async fn read(
-        &mut self,
-        cursors: &[(Arc<str>, StreamId)],
-    ) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
         // Mark the current version seen *before* looking, so an append between the
         // look and the wait still wakes us.
         self.appended.borrow_and_update();
@@ -283,12 +259,10 @@ mod tests {
     use super::*;
 
     fn prepared(channel: &str, n: i64) -> PreparedTick {
-        serde_json::from_value::<crate::tick::IngestTick>(
-            serde_json::json!({"channel": channel, "value": n}),
-        )
-        .unwrap()
-        .prepare(n)
-        .unwrap()
+        serde_json::from_value::<crate::tick::IngestTick>(serde_json::json!({"channel": channel, "value": n}))
+            .unwrap()
+            .prepare(n)
+            .unwrap()
     }
 
     #[tokio::test]

@@ -32,6 +32,8 @@ pub enum StoreError {
     Protocol(String),
     #[error("{0}")]
     Config(String),
+    #[error("redis is unreachable")]
+    Unreachable,
 }
 
 /// The outcome of appending one tick.
@@ -125,10 +127,7 @@ pub enum TailReader {
 impl TailReader {
     /// Waits up to the block time for entries after each cursor; returns per channel
     /// the new ticks in id order (possibly none).
-    pub async fn read(
-        &mut self,
-        cursors: &[(Arc<str>, StreamId)],
-    ) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
         match self {
             TailReader::Redis(t) => t.read(cursors).await,
             TailReader::Memory(t) => t.read(cursors).await,
@@ -164,12 +163,7 @@ impl Store {
     }
 
     /// Up to `count` ticks in `range`, oldest first.
-    pub async fn range(
-        &self,
-        channel: &str,
-        range: IdRange,
-        count: usize,
-    ) -> Result<Vec<Tick>, StoreError> {
+    pub async fn range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
         if range.is_empty() || count == 0 {
             return Ok(Vec::new());
         }
@@ -177,12 +171,7 @@ impl Store {
     }
 
     /// Up to `count` ticks in `range`, newest first.
-    pub async fn rev_range(
-        &self,
-        channel: &str,
-        range: IdRange,
-        count: usize,
-    ) -> Result<Vec<Tick>, StoreError> {
+    pub async fn rev_range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
         if range.is_empty() || count == 0 {
             return Ok(Vec::new());
         }
@@ -209,6 +198,30 @@ impl Store {
         match self {
             Store::Redis(s) => s.ping().await,
             Store::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Records a node heartbeat and prunes nodes silent for `stale`.
+    pub async fn heartbeat(&self, node: &crate::nodes::NodeInfo, stale: std::time::Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => s.heartbeat(node, stale).await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Removes a node's entry (graceful shutdown).
+    pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => s.deregister(id).await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Nodes heard from within `stale`.
+    pub async fn nodes(&self, stale: std::time::Duration) -> Result<Vec<crate::nodes::NodeInfo>, StoreError> {
+        match self {
+            Store::Redis(s) => s.nodes(stale).await,
+            Store::Memory(_) => Ok(Vec::new()),
         }
     }
 

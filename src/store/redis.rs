@@ -13,6 +13,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind, Value};
 
 use super::{Appended, ChannelSummary, IdRange, StoreError, StreamInfo, TailWaker};
+use crate::nodes::NodeInfo;
 use crate::tick::{new_epoch, partition_of, PreparedTick, StreamId, Tick};
 
 /// Most entries one partition read returns per stream.
@@ -20,6 +21,9 @@ const TAIL_COUNT: usize = 1000;
 /// Response timeout for pooled commands. redis-rs defaults to 500 ms (CRATES.md
 /// trap 2), which a large XRANGE page on a busy server can exceed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Node registry: zset id → last heartbeat ms, and a hash per node.
+const NODES_KEY: &str = "tickstream:nodes";
+const NODE_PREFIX: &str = "tickstream:node:";
 /// The key recording the partition count a deployment was created with.
 const PARTITIONS_KEY: &str = "tickstream:partitions";
 
@@ -211,24 +215,12 @@ impl RedisStore {
         Ok(Some(info))
     }
 
-    pub async fn range(
-        &self,
-        channel: &str,
-        range: IdRange,
-        count: usize,
-    ) -> Result<Vec<Tick>, StoreError> {
-        self.read_range("XRANGE", channel, range.from, range.to, count)
-            .await
+    pub async fn range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
+        self.read_range("XRANGE", channel, range.from, range.to, count).await
     }
 
-    pub async fn rev_range(
-        &self,
-        channel: &str,
-        range: IdRange,
-        count: usize,
-    ) -> Result<Vec<Tick>, StoreError> {
-        self.read_range("XREVRANGE", channel, range.to, range.from, count)
-            .await
+    pub async fn rev_range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
+        self.read_range("XREVRANGE", channel, range.to, range.from, count).await
     }
 
     async fn read_range(
@@ -298,11 +290,7 @@ impl RedisStore {
                     Some(v) => parse_entries(&channel.as_str().into(), v)?.pop(),
                     None => None,
                 };
-                Ok(ChannelSummary {
-                    channel,
-                    last,
-                    length,
-                })
+                Ok(ChannelSummary { channel, last, length })
             })
             .collect()
     }
@@ -311,6 +299,87 @@ impl RedisStore {
         let mut conn = self.conn().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+
+    pub async fn heartbeat(&self, node: &NodeInfo, stale: Duration) -> Result<(), StoreError> {
+        let now = crate::nodes::now_ms();
+        let cutoff = now.saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
+        let key = format!("{NODE_PREFIX}{}", node.id);
+        let mut conn = self.conn().await?;
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("address")
+            .arg(&node.address)
+            .arg("connections")
+            .arg(node.connections)
+            .arg("started")
+            .arg(node.started)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX))
+            .ignore()
+            .cmd("ZADD")
+            .arg(NODES_KEY)
+            .arg(now)
+            .arg(&node.id)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(NODES_KEY)
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: () = redis::pipe()
+            .cmd("ZREM")
+            .arg(NODES_KEY)
+            .arg(id)
+            .ignore()
+            .cmd("DEL")
+            .arg(format!("{NODE_PREFIX}{id}"))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn nodes(&self, stale: Duration) -> Result<Vec<NodeInfo>, StoreError> {
+        let cutoff = crate::nodes::now_ms().saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
+        let mut conn = self.conn().await?;
+        let ids: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(NODES_KEY)
+            .arg(cutoff)
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &ids {
+            pipe.cmd("HGETALL").arg(format!("{NODE_PREFIX}{id}"));
+        }
+        let details: Vec<std::collections::HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        Ok(ids
+            .into_iter()
+            .zip(details)
+            .map(|((id, last_seen), d)| NodeInfo {
+                id,
+                address: d.get("address").cloned().unwrap_or_default(),
+                connections: d.get("connections").and_then(|c| c.parse().ok()).unwrap_or(0),
+                started: d.get("started").and_then(|c| c.parse().ok()).unwrap_or(0),
+                last_seen,
+            })
+            .collect())
     }
 
     pub fn tail(self: &Arc<Self>, partition: u32, waker: Arc<TailWaker>) -> RedisTail {
@@ -329,11 +398,7 @@ impl RedisStore {
             return;
         }
         if let Ok(mut conn) = self.conn().await {
-            let _: Result<Value, _> = redis::cmd("CLIENT")
-                .arg("UNBLOCK")
-                .arg(id)
-                .query_async(&mut conn)
-                .await;
+            let _: Result<Value, _> = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut conn).await;
         }
     }
 }
@@ -358,10 +423,7 @@ impl RedisTail {
                 .client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            let id: u64 = redis::cmd("CLIENT")
-                .arg("ID")
-                .query_async(&mut conn)
-                .await?;
+            let id: u64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
             self.waker.redis_client_id.store(id, Ordering::Release);
             self.conn = Some(conn);
         }
@@ -370,10 +432,7 @@ impl RedisTail {
             .ok_or_else(|| StoreError::Protocol("no reader connection".into()))
     }
 
-    pub async fn read(
-        &mut self,
-        cursors: &[(Arc<str>, StreamId)],
-    ) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(TAIL_COUNT)

@@ -67,14 +67,7 @@ impl RedisServer {
     fn spawn(&mut self) {
         let dir: PathBuf = self.dir.path().into();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
             .args(["--appendfsync", "always", "--protected-mode", "no"])
             .arg("--dir")
@@ -129,19 +122,16 @@ impl RedisServer {
         self.spawn();
     }
 
-    /// Number of keys: "Redis unchanged" checks.
-    pub fn dbsize(&self) -> i64 {
-        redis::cmd("DBSIZE")
-            .query(&mut self.client())
-            .expect("DBSIZE")
+    /// Number of data keys, for "Redis unchanged" checks. The node registry's
+    /// heartbeat keys come and go on their own schedule and are not counted.
+    pub fn dbsize(&self) -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut self.client()).expect("KEYS");
+        keys.iter().filter(|k| !k.starts_with("tickstream:node")).count()
     }
 
     /// Every stream id of a channel, via XRANGE.
     pub fn xrange_ids(&self, channel: &str, partitions: u32) -> Vec<String> {
-        let key = format!(
-            "tickstream:{{p{}}}:s:{channel}",
-            partition_of(channel, partitions)
-        );
+        let key = format!("tickstream:{{p{}}}:s:{channel}", partition_of(channel, partitions));
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(key)
             .arg("-")
@@ -152,9 +142,7 @@ impl RedisServer {
     }
 
     pub fn flushall(&self) {
-        let _: () = redis::cmd("FLUSHALL")
-            .query(&mut self.client())
-            .expect("FLUSHALL");
+        let _: () = redis::cmd("FLUSHALL").query(&mut self.client()).expect("FLUSHALL");
     }
 }
 
@@ -184,9 +172,7 @@ pub fn config(redis: Option<&RedisServer>) -> Config {
 
 impl TestApp {
     pub async fn start(config: Config) -> TestApp {
-        let server = tickstream::Server::bind(config.clone())
-            .await
-            .expect("server starts");
+        let server = tickstream::Server::bind(config.clone()).await.expect("server starts");
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -296,11 +282,7 @@ impl TestApp {
     }
 
     /// Connects with the given headers; `Err(status, body)` when refused.
-    pub async fn try_ws(
-        &self,
-        path: &str,
-        headers: &[(&str, String)],
-    ) -> Result<WsClient, (u16, Value)> {
+    pub async fn try_ws(&self, path: &str, headers: &[(&str, String)]) -> Result<WsClient, (u16, Value)> {
         let mut req = self.ws_url(path).into_client_request().expect("ws request");
         for (k, v) in headers {
             req.headers_mut().insert(
@@ -351,9 +333,7 @@ pub fn token_with(mut claims: Value) -> String {
 }
 
 pub struct WsClient {
-    stream: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 /// What the next read produced.
@@ -485,5 +465,152 @@ impl Engine {
             Engine::Memory => None,
             Engine::Redis(r) => Some(r),
         }
+    }
+}
+
+/// A tickstream binary started by a test (chaos tests: killed with SIGKILL, stopped
+/// with SIGTERM, by pid).
+pub struct NodeProc {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub async fn start(redis: &RedisServer) -> NodeProc {
+        Self::start_with(redis, &[]).await
+    }
+
+    /// With extra environment variables.
+    pub async fn start_with(redis: &RedisServer, env: &[(&str, &str)]) -> NodeProc {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tickstream"))
+            .envs(env.iter().copied())
+            .env_remove("TICKSTREAM_HMAC_SECRET")
+            .env_remove("TICKSTREAM_JWT_PUBLIC_KEY")
+            .env("TICKSTREAM_LISTEN", format!("127.0.0.1:{port}"))
+            .env("REDIS_URL", redis.url())
+            .env("TICKSTREAM_JWT_SECRET", SECRET)
+            .env("TICKSTREAM_INGEST_TOKEN", INGEST_TOKEN)
+            .env("TICKSTREAM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the tickstream binary");
+        let node = NodeProc {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child: Some(child),
+        };
+        let url = format!("http://{}/healthz", node.addr);
+        eventually("node answers /healthz", || {
+            let url = url.clone();
+            async move { reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        node
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// A client for this node.
+    pub fn app(&self) -> TestApp {
+        TestApp::attach(self.addr)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status and how long the process took to exit.
+    pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        signal(self.pid(), "TERM");
+        let status = self.child.take().and_then(|mut c| c.wait().ok());
+        (status.and_then(|s| s.code()), started.elapsed())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends a signal to a process this test started.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+impl RedisServer {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+}
+
+impl TestApp {
+    /// A client for a server that runs elsewhere (another process).
+    pub fn attach(addr: SocketAddr) -> TestApp {
+        TestApp {
+            addr,
+            config: config(None),
+            shutdown: None,
+            handle: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Ingests a batch, retrying on 503 and connection errors (a producer's duty:
+    /// ticks carry keys, so a retry after a partial failure stores nothing twice).
+    pub async fn ingest_retrying(&self, batch: &Value) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let resp = self
+                .http
+                .post(self.url("/api/v1/ingest"))
+                .bearer_auth(INGEST_TOKEN)
+                .json(batch)
+                .send()
+                .await;
+            if let Ok(r) = resp {
+                if r.status() == 201 {
+                    let body: Value = r.json().await.unwrap();
+                    return body["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["id"].as_str().unwrap().to_string())
+                        .collect();
+                }
+                assert_eq!(r.status(), 503, "only 503 is retried");
+            }
+            assert!(Instant::now() < deadline, "ingest kept failing");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Compares id lists without printing thousands of ids: the lengths and the first
+/// difference.
+pub fn assert_same_ids(got: &[String], expected: &[String], what: &str) {
+    if got != expected {
+        let first = got.iter().zip(expected).position(|(a, b)| a != b);
+        panic!(
+            "{what}: got {} ids, expected {}; first difference at {:?} (got {:?}, expected {:?})",
+            got.len(),
+            expected.len(),
+            first,
+            first.and_then(|i| got.get(i)),
+            first.and_then(|i| expected.get(i)),
+        );
     }
 }
