@@ -263,6 +263,12 @@ impl Config {
         Config::from_cli(cli).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
     }
 
+    /// Ticks each active channel keeps in memory for resumes: up to 1,024, never more
+    /// than the stream keeps (so the ring never serves what Redis has trimmed).
+    pub fn recent_ring(&self) -> usize {
+        usize::try_from(self.stream_maxlen).unwrap_or(usize::MAX).min(1024)
+    }
+
     /// True when no verification key is configured: the server then makes its own
     /// (SPEC §2 dev mode) rather than run with authentication off.
     pub fn dev_mode(&self) -> bool {

@@ -86,11 +86,23 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let message = match &self {
             ApiError::Store(e) => {
-                tracing::warn!(error = %e, "storage error answered as 503");
+                if store_warning_due() {
+                    tracing::warn!(error = %e, "storage error answered as 503 (logged at most once a second)");
+                }
                 "storage is unavailable, try again shortly".to_string()
             }
             other => other.to_string(),
         };
         (status, Json(error_body(code, &message))).into_response()
     }
+}
+
+/// During an outage every request fails the same way; one line a second says so
+/// without flooding the log. A process-wide clock is enough for a log throttle (it
+/// holds no request state).
+fn store_warning_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    let now = crate::tick::now_us().max(0) as u64 / 1_000_000;
+    LAST_SECOND.swap(now, Ordering::Relaxed) != now
 }

@@ -11,16 +11,16 @@
 //! subscriber replays history, so "replay up to now" ∪ "live after the cursor" covers
 //! every id; sessions drop the overlap by id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
 
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError, TailWaker};
+use crate::store::{IdRange, Store, StoreError, StreamInfo, TailWaker};
 use crate::tick::{partition_of, StreamId, Tick};
 
 /// A partition reader that has not heard from the store for this long is stale, and
@@ -54,10 +54,58 @@ struct ActiveChannel {
     subscribers: usize,
     /// Last id published (or the stream's last id when the channel became active).
     cursor: StreamId,
+    /// The channel's latest ticks, a contiguous suffix of its stream ending at
+    /// `cursor`: resumes and catch-ups of recent history are served from here
+    /// instead of each reading Redis (a reconnect storm costs Redis nothing).
+    recent: VecDeque<LiveFrame>,
+    /// Every stream entry with an id greater than this is in `recent`.
+    floor: StreamId,
+    /// The stream's oldest kept id as last read, for `subscribed` frames.
+    first_id: Option<StreamId>,
+    first_read: Instant,
+    /// One session refreshes `first_id` at a time; the others use the last value.
+    refreshing: bool,
+}
+
+impl ActiveChannel {
+    fn push_recent(&mut self, frame: LiveFrame, capacity: usize) {
+        if self.recent.back().is_some_and(|last| last.epoch != frame.epoch) {
+            // The stream was lost and began again (a new epoch): what the ring holds
+            // is no longer part of it.
+            self.recent.clear();
+            self.floor = frame.id.prev();
+        }
+        if self.recent.len() >= capacity {
+            if let Some(old) = self.recent.pop_front() {
+                self.floor = old.id;
+            }
+        }
+        self.recent.push_back(frame);
+    }
+}
+
+/// What a newly active channel starts with: read once, by the first subscriber.
+struct Seed {
+    recent: VecDeque<LiveFrame>,
+    floor: StreamId,
+    first_id: Option<StreamId>,
+}
+
+/// The head of a channel's stream as the hub knows it.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub epoch: Option<Arc<str>>,
+    pub first_id: Option<StreamId>,
+    pub last_id: Option<StreamId>,
+    /// `seq` of the tick at `last_id`, when the ring holds it.
+    pub last_seq: Option<u64>,
 }
 
 struct Partition {
     index: u32,
+    /// Activations of this partition's channels run one at a time, so a storm of
+    /// first subscribers to one channel reads its recent history from Redis once.
+    activation: tokio::sync::Mutex<()>,
     channels: Mutex<HashMap<Arc<str>, ActiveChannel>>,
     waker: Arc<TailWaker>,
     /// Bumped whenever a channel is added to the set.
@@ -77,7 +125,7 @@ impl Partition {
         self.lock().iter().map(|(c, a)| (c.clone(), a.cursor)).collect()
     }
 
-    fn publish(&self, batches: Vec<(Arc<str>, Vec<Tick>)>) {
+    fn publish(&self, batches: Vec<(Arc<str>, Vec<Tick>)>, ring: usize) {
         // Serialize outside the lock: that is the expensive part.
         let frames: Vec<(Arc<str>, Vec<LiveFrame>)> = batches
             .into_iter()
@@ -91,6 +139,7 @@ impl Partition {
             for frame in frames {
                 if frame.id > active.cursor {
                     active.cursor = frame.id;
+                    active.push_recent(frame.clone(), ring);
                     // No receivers is fine: the last one may have just left.
                     let _ = active.tx.send(frame);
                 }
@@ -135,6 +184,8 @@ pub struct Hub {
     store_up: AtomicBool,
     partitions: Vec<Arc<Partition>>,
     live_buffer: usize,
+    /// Capacity of each active channel's ring of recent ticks.
+    ring: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -145,7 +196,7 @@ fn now_ms() -> u64 {
 }
 
 impl Hub {
-    pub fn new(store: Store, partitions: u32, live_buffer: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
+    pub fn new(store: Store, partitions: u32, live_buffer: usize, ring: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
         Arc::new(Hub {
             store,
             store_up: AtomicBool::new(true),
@@ -153,6 +204,7 @@ impl Hub {
                 .map(|index| {
                     Arc::new(Partition {
                         index,
+                        activation: tokio::sync::Mutex::new(()),
                         channels: Mutex::new(HashMap::new()),
                         waker: Arc::new(TailWaker::default()),
                         generation: AtomicU64::new(0),
@@ -162,6 +214,7 @@ impl Hub {
                 })
                 .collect(),
             live_buffer: live_buffer.max(16),
+            ring: ring.max(1),
             metrics,
         })
     }
@@ -215,11 +268,81 @@ impl Hub {
         if let Some(sub) = self.join(&partition, channel, None) {
             return Ok(sub);
         }
-        let cursor = self.store.latest(channel).await?.map_or(StreamId::ZERO, |t| t.id);
-        let sub = self
-            .join(&partition, channel, Some(cursor))
-            .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))?;
-        Ok(sub)
+        let _one_at_a_time = partition.activation.lock().await;
+        if let Some(sub) = self.join(&partition, channel, None) {
+            return Ok(sub);
+        }
+        let info = self.store.info(channel).await?;
+        let mut newest = self.store.rev_range(channel, IdRange::ALL, self.ring).await?;
+        newest.reverse();
+        let whole_stream = newest.len() < self.ring && !info.as_ref().is_some_and(StreamInfo::has_trimmed);
+        let floor = match newest.first() {
+            // Nothing was ever trimmed and all of it fitted: every id is here.
+            _ if whole_stream => StreamId::ZERO,
+            Some(first) => first.id.prev(),
+            None => StreamId::ZERO,
+        };
+        let seed = Seed {
+            recent: newest.iter().map(LiveFrame::new).collect(),
+            floor,
+            first_id: info.and_then(|i| i.first).map(|t| t.id),
+        };
+        self.join(&partition, channel, Some(seed))
+            .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))
+    }
+
+    /// Ticks after `after`, when the node-local ring holds all of them.
+    pub fn recent_after(&self, channel: &str, after: StreamId) -> Option<Vec<LiveFrame>> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        if after < active.floor {
+            return None;
+        }
+        let start = active.recent.partition_point(|f| f.id <= after);
+        Some(active.recent.range(start..).cloned().collect())
+    }
+
+    /// The last `n` ticks, when the ring holds them (or the whole stream is shorter).
+    pub fn recent_last(&self, channel: &str, n: usize) -> Option<Vec<LiveFrame>> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        if active.recent.len() < n && active.floor != StreamId::ZERO {
+            return None;
+        }
+        let start = active.recent.len().saturating_sub(n);
+        Some(active.recent.range(start..).cloned().collect())
+    }
+
+    /// The stream's epoch, first and last id for a `subscribed` frame, without a
+    /// store read per subscriber: `first_id` is re-read at most once a second per
+    /// channel (trimming moves it; everything else the hub tracks exactly).
+    pub async fn head(&self, channel: &str) -> Option<Head> {
+        let refresh = {
+            let mut channels = self.partition(channel).lock();
+            let active = channels.get_mut(channel)?;
+            let refresh = active.first_read.elapsed() > Duration::from_secs(1) && !active.refreshing;
+            active.refreshing |= refresh;
+            refresh
+        };
+        if refresh {
+            // A failed read keeps the last value: it only feeds `first_id`.
+            let read = self.store.info(channel).await;
+            let mut channels = self.partition(channel).lock();
+            if let Some(active) = channels.get_mut(channel) {
+                active.refreshing = false;
+                if let Ok(info) = read {
+                    active.first_id = info.and_then(|i| i.first).map(|t| t.id);
+                    active.first_read = Instant::now();
+                }
+            }
+        }
+        let channels = self.partition(channel).lock();
+        channels.get(channel).map(|active| Head {
+            epoch: active.recent.back().map(|f| f.epoch.clone()),
+            first_id: active.first_id,
+            last_id: (active.cursor != StreamId::ZERO).then_some(active.cursor),
+            last_seq: active.recent.back().map(|f| f.seq),
+        })
     }
 
     fn partition(&self, channel: &str) -> &Arc<Partition> {
@@ -227,18 +350,18 @@ impl Hub {
         &self.partitions[index]
     }
 
-    /// Joins an active channel, or activates it at `cursor` when given.
+    /// Joins an active channel, or activates it with `seed` when given.
     fn join(
         self: &Arc<Self>,
         partition: &Arc<Partition>,
         channel: &str,
-        cursor: Option<StreamId>,
+        seed: Option<Seed>,
     ) -> Option<LiveSubscription> {
         let mut channels = partition.lock();
         let (key, rx) = match channels.get_key_value(channel) {
             Some((key, active)) => (key.clone(), active.tx.subscribe()),
             None => {
-                let cursor = cursor?;
+                let seed = seed?;
                 let key: Arc<str> = channel.into();
                 let (tx, rx) = broadcast::channel(self.live_buffer);
                 channels.insert(
@@ -246,7 +369,12 @@ impl Hub {
                     ActiveChannel {
                         tx,
                         subscribers: 0,
-                        cursor,
+                        cursor: seed.recent.back().map_or(StreamId::ZERO, |f| f.id),
+                        recent: seed.recent,
+                        floor: seed.floor,
+                        first_id: seed.first_id,
+                        first_read: Instant::now(),
+                        refreshing: false,
                     },
                 );
                 let generation = partition.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -308,7 +436,7 @@ impl Hub {
                     if errors_logged.recovered() {
                         tracing::info!(partition = partition.index, "partition reader reconnected");
                     }
-                    partition.publish(batches);
+                    partition.publish(batches, self.ring);
                 }
                 Err(e) => {
                     self.metrics.redis_errors.inc();

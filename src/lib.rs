@@ -103,7 +103,13 @@ impl Server {
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(store.clone(), config.partitions, config.live_buffer, metrics.clone());
+        let hub = Hub::new(
+            store.clone(),
+            config.partitions,
+            config.live_buffer,
+            config.recent_ring(),
+            metrics.clone(),
+        );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, sessions_done) = mpsc::channel(1);
         let auth = Arc::new(auth);

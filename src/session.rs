@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::{Authenticator, Principal};
-use crate::hub::{Backoff, ErrorLog, Hub};
+use crate::hub::{Backoff, ErrorLog, Hub, LiveFrame};
 use crate::metrics::Metrics;
 use crate::store::{IdRange, Store, StoreError, StreamInfo};
 use crate::tick::{is_valid_channel, Since, StreamId, Tick};
@@ -501,9 +501,26 @@ impl Cursor {
         .await
     }
 
-    /// Sends everything after `last_sent` from the stream, page by page.
+    /// Sends one shared frame (live, or from the hub's ring).
+    async fn emit_frame(&mut self, frame: &LiveFrame, live: bool) -> Result<(), Gone> {
+        self.emit(frame.id, frame.seq, &frame.epoch, || Outbound::Tick {
+            text: frame.text.clone(),
+            live_ingest_ms: live.then_some(frame.id.ms),
+        })
+        .await
+    }
+
+    /// Sends everything after `last_sent`: from the hub's ring when it holds all of
+    /// it, else from the stream page by page until the ring takes over.
     async fn catch_up(&mut self, ctx: &SessionContext) -> Result<(), Gone> {
         loop {
+            if let Some(frames) = ctx.hub.recent_after(&self.channel, self.last_sent) {
+                for frame in &frames {
+                    self.emit_frame(frame, false).await?;
+                }
+                ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
+                return Ok(());
+            }
             let after = self.last_sent;
             let page = retry(&ctx.metrics, || {
                 ctx.store.range(&self.channel, IdRange::after(after), REPLAY_PAGE)
@@ -529,12 +546,8 @@ async fn subscription(
     req: SubscribeRequest,
     out: mpsc::Sender<Outbound>,
 ) -> Result<(), Gone> {
-    let channel = req.channel.as_str();
     // Live first: from here on, every new tick reaches `live.rx`.
-    let mut live = retry(&ctx.metrics, || ctx.hub.subscribe(channel)).await;
-    let info: Option<StreamInfo> = retry(&ctx.metrics, || ctx.store.info(channel)).await;
-    let info = info.unwrap_or_default();
-    let epoch: Option<Arc<str>> = info.last.as_ref().map(|t| t.epoch.clone());
+    let mut live = retry(&ctx.metrics, || ctx.hub.subscribe(&req.channel)).await;
     let mut cursor = Cursor {
         channel: req.channel.clone(),
         last_sent: StreamId::ZERO,
@@ -543,74 +556,10 @@ async fn subscription(
         sent: 0,
         out,
     };
-    cursor
-        .send(text(json!({
-            "type": "subscribed",
-            "channel": channel,
-            "epoch": epoch.as_deref(),
-            "first_id": info.first.as_ref().map(|t| t.id.to_string()),
-            "last_id": info.last.as_ref().map(|t| t.id.to_string()),
-        })))
-        .await?;
-
-    // Where to start, and whether the client must be told of a gap.
-    let live_fallback = match req.since {
-        Since::Live => info.last.as_ref().map_or(StreamId::ZERO, |t| t.id),
-        Since::After(since) => since,
-        Since::Default => StreamId::ZERO,
+    let live_fallback = match start_from_ring(ctx, &req, &mut cursor).await? {
+        Some(fallback) => fallback,
+        None => start_from_store(ctx, &req, &mut cursor).await?,
     };
-    match req.since {
-        Since::Live => {
-            cursor.last_sent = live_fallback;
-            cursor.epoch = epoch.clone();
-            cursor.last_seq = info.last.as_ref().map(|t| t.seq);
-        }
-        Since::Default => {
-            let mut recent = retry(&ctx.metrics, || {
-                ctx.store.rev_range(channel, IdRange::ALL, ctx.default_replay)
-            })
-            .await;
-            recent.reverse();
-            if ctx.default_replay == 0 {
-                cursor.last_sent = info.last.as_ref().map_or(StreamId::ZERO, |t| t.id);
-            }
-            for tick in &recent {
-                cursor.emit_stored(tick).await?;
-            }
-            ctx.metrics.replayed_ticks.inc_by(recent.len() as u64);
-        }
-        Since::After(since) => {
-            cursor.last_sent = since;
-            cursor.last_seq = req.seq;
-            let client_epoch: Option<Arc<str>> = req.epoch.as_deref().map(Arc::from);
-            match (&client_epoch, &epoch) {
-                (Some(theirs), ours) if ours.as_ref() != Some(theirs) => {
-                    // The stream the client knew is gone: everything kept now is new.
-                    let resume = info.first.as_ref().map(|t| t.id.to_string());
-                    cursor
-                        .send(text(json!({
-                            "type": "gap", "channel": channel, "reason": "epoch",
-                            "after": since.to_string(), "resume_from": resume, "missed": null,
-                        })))
-                        .await?;
-                    cursor.last_sent = StreamId::ZERO;
-                    cursor.last_seq = None;
-                    cursor.epoch = epoch.clone();
-                }
-                _ => {
-                    cursor.epoch = epoch.clone().or(client_epoch);
-                    if let Some(first) = &info.first {
-                        let lost_before_first = since < first.id && info.has_trimmed();
-                        if lost_before_first && req.seq.is_none() {
-                            // Without `seq` the loss cannot be counted; say so.
-                            cursor.gap("trimmed", first.id, None).await?;
-                        }
-                        // With `seq`, `emit` sees the jump and announces it exactly.
-                    }
-                }
-            }
-        }
-    }
     cursor.catch_up(ctx).await?;
     let live_last = if cursor.sent > 0 {
         cursor.last_sent
@@ -619,27 +568,165 @@ async fn subscription(
     };
     cursor
         .send(text(
-            json!({"type": "live", "channel": channel, "last_id": live_last.to_string()}),
+            json!({"type": "live", "channel": req.channel, "last_id": live_last.to_string()}),
         ))
         .await?;
 
     loop {
         match live.rx.recv().await {
-            Ok(frame) => {
-                let text = frame.text.clone();
-                let ingest_ms = frame.id.ms;
-                cursor
-                    .emit(frame.id, frame.seq, &frame.epoch, || Outbound::Tick {
-                        text,
-                        live_ingest_ms: Some(ingest_ms),
-                    })
-                    .await?;
-            }
+            Ok(frame) => cursor.emit_frame(&frame, true).await?,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 ctx.metrics.slow_consumer_catchups.inc();
                 cursor.catch_up(ctx).await?;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+fn subscribed_frame(channel: &str, epoch: Option<&str>, first: Option<StreamId>, last: Option<StreamId>) -> Outbound {
+    text(json!({
+        "type": "subscribed",
+        "channel": channel,
+        "epoch": epoch,
+        "first_id": first.map(|id| id.to_string()),
+        "last_id": last.map(|id| id.to_string()),
+    }))
+}
+
+/// Starts a subscription from the hub's ring of recent ticks when it holds everything
+/// the client asked for: no Redis read at all, which is what keeps a reconnect storm
+/// after a restart cheap. `None` when the store must answer (older cursors, a changed
+/// epoch). On success returns the `live` frame's fallback `last_id`.
+async fn start_from_ring(
+    ctx: &SessionContext,
+    req: &SubscribeRequest,
+    cursor: &mut Cursor,
+) -> Result<Option<StreamId>, Gone> {
+    let Some(head) = ctx.hub.head(&req.channel).await else {
+        return Ok(None);
+    };
+    let frames = match req.since {
+        Since::Live => Some(Vec::new()),
+        Since::Default => ctx.hub.recent_last(&req.channel, ctx.default_replay),
+        Since::After(since) => {
+            let same_epoch = match (&req.epoch, &head.epoch) {
+                (None, _) => true,
+                (Some(theirs), Some(ours)) => **theirs == **ours,
+                (Some(_), None) => false,
+            };
+            if same_epoch {
+                ctx.hub.recent_after(&req.channel, since)
+            } else {
+                None
+            }
+        }
+    };
+    let Some(frames) = frames else {
+        return Ok(None);
+    };
+    cursor
+        .send(subscribed_frame(
+            &req.channel,
+            head.epoch.as_deref(),
+            head.first_id,
+            head.last_id,
+        ))
+        .await?;
+    let current = head.last_id.unwrap_or(StreamId::ZERO);
+    let fallback = match req.since {
+        Since::Live => {
+            cursor.last_sent = current;
+            cursor.epoch = head.epoch.clone();
+            cursor.last_seq = head.last_seq;
+            current
+        }
+        Since::Default => {
+            if ctx.default_replay == 0 {
+                cursor.last_sent = current;
+            }
+            StreamId::ZERO
+        }
+        Since::After(since) => {
+            cursor.last_sent = since;
+            cursor.last_seq = req.seq;
+            cursor.epoch = head.epoch.clone().or_else(|| req.epoch.as_deref().map(Arc::from));
+            since
+        }
+    };
+    for frame in &frames {
+        cursor.emit_frame(frame, false).await?;
+    }
+    ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
+    Ok(Some(fallback))
+}
+
+/// Starts a subscription from the store: reads the stream's head, announces a gap
+/// when the epoch changed or history after the cursor was trimmed, and sets the
+/// cursor; `catch_up` then replays. Returns the `live` frame's fallback `last_id`.
+async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: &mut Cursor) -> Result<StreamId, Gone> {
+    let channel = req.channel.as_str();
+    let info: Option<StreamInfo> = retry(&ctx.metrics, || ctx.store.info(channel)).await;
+    let info = info.unwrap_or_default();
+    let epoch: Option<Arc<str>> = info.last.as_ref().map(|t| t.epoch.clone());
+    let first = info.first.as_ref().map(|t| t.id);
+    let last = info.last.as_ref().map(|t| t.id);
+    cursor
+        .send(subscribed_frame(channel, epoch.as_deref(), first, last))
+        .await?;
+    match req.since {
+        Since::Live => {
+            cursor.last_sent = last.unwrap_or(StreamId::ZERO);
+            cursor.epoch = epoch;
+            cursor.last_seq = info.last.as_ref().map(|t| t.seq);
+            Ok(cursor.last_sent)
+        }
+        Since::Default => {
+            let mut recent = retry(&ctx.metrics, || {
+                ctx.store.rev_range(channel, IdRange::ALL, ctx.default_replay)
+            })
+            .await;
+            recent.reverse();
+            if ctx.default_replay == 0 {
+                cursor.last_sent = last.unwrap_or(StreamId::ZERO);
+            }
+            for tick in &recent {
+                cursor.emit_stored(tick).await?;
+            }
+            ctx.metrics.replayed_ticks.inc_by(recent.len() as u64);
+            Ok(StreamId::ZERO)
+        }
+        Since::After(since) => {
+            cursor.last_sent = since;
+            cursor.last_seq = req.seq;
+            let client_epoch: Option<Arc<str>> = req.epoch.as_deref().map(Arc::from);
+            match (&client_epoch, &epoch) {
+                (Some(theirs), ours) if ours.as_ref() != Some(theirs) => {
+                    // The stream the client knew is gone: everything kept now is new.
+                    cursor
+                        .send(text(json!({
+                            "type": "gap", "channel": channel, "reason": "epoch",
+                            "after": since.to_string(), "resume_from": first.map(|id| id.to_string()),
+                            "missed": null,
+                        })))
+                        .await?;
+                    cursor.last_sent = StreamId::ZERO;
+                    cursor.last_seq = None;
+                    cursor.epoch = epoch;
+                }
+                _ => {
+                    cursor.epoch = epoch.or(client_epoch);
+                    if let Some(first) = first {
+                        let lost_before_first = since < first && info.has_trimmed();
+                        if lost_before_first && req.seq.is_none() {
+                            // Without `seq` the loss cannot be counted; say so.
+                            cursor.gap("trimmed", first, None).await?;
+                        }
+                        // With `seq`, `emit` sees the jump and announces it exactly.
+                    }
+                }
+            }
+            Ok(since)
         }
     }
 }

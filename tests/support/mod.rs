@@ -122,6 +122,11 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Starts again after `kill`, on the same port and directory.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Number of data keys, for "Redis unchanged" checks. The node registry's
     /// heartbeat keys come and go on their own schedule and are not counted.
     pub fn dbsize(&self) -> usize {
