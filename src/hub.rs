@@ -316,33 +316,39 @@ impl Hub {
     /// The stream's epoch, first and last id for a `subscribed` frame, without a
     /// store read per subscriber: `first_id` is re-read at most once a second per
     /// channel (trimming moves it; everything else the hub tracks exactly).
-    pub async fn head(&self, channel: &str) -> Option<Head> {
-        let refresh = {
-            let mut channels = self.partition(channel).lock();
-            let active = channels.get_mut(channel)?;
-            let refresh = active.first_read.elapsed() > Duration::from_secs(1) && !active.refreshing;
-            active.refreshing |= refresh;
-            refresh
-        };
-        if refresh {
-            // A failed read keeps the last value: it only feeds `first_id`.
-            let read = self.store.info(channel).await;
-            let mut channels = self.partition(channel).lock();
-            if let Some(active) = channels.get_mut(channel) {
-                active.refreshing = false;
-                if let Ok(info) = read {
-                    active.first_id = info.and_then(|i| i.first).map(|t| t.id);
-                    active.first_read = Instant::now();
-                }
-            }
+    pub fn head(self: &Arc<Self>, channel: &str) -> Option<Head> {
+        let mut channels = self.partition(channel).lock();
+        let active = channels.get_mut(channel)?;
+        if active.first_read.elapsed() > Duration::from_secs(1) && !active.refreshing {
+            // Refreshed in the background (this subscriber uses the last value), so a
+            // subscriber that goes away mid-read cannot leave the flag set.
+            active.refreshing = true;
+            tokio::spawn(self.clone().refresh_first_id(channel.into()));
         }
-        let channels = self.partition(channel).lock();
-        channels.get(channel).map(|active| Head {
+        // When the ring holds the whole stream its first tick is the exact answer.
+        let first_id = match active.recent.front() {
+            Some(f) if active.floor == StreamId::ZERO => Some(f.id),
+            _ => active.first_id,
+        };
+        Some(Head {
             epoch: active.recent.back().map(|f| f.epoch.clone()),
-            first_id: active.first_id,
+            first_id,
             last_id: (active.cursor != StreamId::ZERO).then_some(active.cursor),
             last_seq: active.recent.back().map(|f| f.seq),
         })
+    }
+
+    async fn refresh_first_id(self: Arc<Self>, channel: Arc<str>) {
+        // A failed read keeps the last value: it only feeds `first_id`.
+        let read = self.store.info(&channel).await;
+        let mut channels = self.partition(&channel).lock();
+        if let Some(active) = channels.get_mut(&channel) {
+            active.refreshing = false;
+            if let Ok(info) = read {
+                active.first_id = info.and_then(|i| i.first).map(|t| t.id);
+                active.first_read = Instant::now();
+            }
+        }
     }
 
     fn partition(&self, channel: &str) -> &Arc<Partition> {

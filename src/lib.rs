@@ -122,9 +122,7 @@ impl Server {
             send_queue: config.send_queue,
             shutdown: shutdown_rx,
         });
-        let address = listener
-            .local_addr()
-            .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+        let address = advertised_address(listener.local_addr().unwrap_or(config.listen));
         let node = Arc::new(crate::nodes::Node::new(address, metrics.clone()));
         let state = AppState {
             node,
@@ -244,4 +242,19 @@ fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {
             ingest = dev.ingest_token,
         );
     }
+}
+
+/// How other nodes and operators can reach this one: the bound address, or the
+/// host's name when bound to every interface (`0.0.0.0:8080` says nothing).
+fn advertised_address(bound: SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| bound.ip().to_string());
+    format!("{host}:{}", bound.port())
 }

@@ -603,7 +603,7 @@ async fn start_from_ring(
     req: &SubscribeRequest,
     cursor: &mut Cursor,
 ) -> Result<Option<StreamId>, Gone> {
-    let Some(head) = ctx.hub.head(&req.channel).await else {
+    let Some(head) = ctx.hub.head(&req.channel) else {
         return Ok(None);
     };
     let frames = match req.since {

@@ -58,7 +58,9 @@ pub async fn nodes(
     headers: HeaderMap,
     q: Result<Query<QueryCredentials>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let creds = q.map(|q| q.0).unwrap_or_default();
+    let creds = q
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     state.reader(&headers, &creds, uri.path())?;
     let nodes = state.node.list(&state.store).await?;
     Ok(json_response(StatusCode::OK, json!({ "nodes": nodes }).to_string()))
