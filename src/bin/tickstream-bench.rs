@@ -519,12 +519,15 @@ async fn ingest(args: &Args, batch: usize, concurrency: usize, duration: u64, du
                 let Ok(mut http) = Http::connect(&url).await else { return h };
                 let mut n = 0u64;
                 while started.elapsed() < Duration::from_secs(duration) {
-                    let ticks: Vec<Value> = (0..batch)
+                    let dups = (batch as f64 * dup_ratio) as u64;
+                    let ticks: Vec<Value> = (0..batch as u64)
                         .map(|i| {
                             n += 1;
-                            // A repeated key is a duplicate the server must recognise.
-                            let key = if n > 1 && (i as f64) < batch as f64 * dup_ratio { n - 1 } else { n };
-                            json!({"channel": format!("bench.ingest.{run}.{}", n % 16), "value": n, "key": format!("{w}-{key}")})
+                            // The first `dups` ticks of each batch after the first repeat
+                            // the key of a stored tick of the previous batch: duplicates
+                            // the server must recognise.
+                            let key = if n > batch as u64 && i < dups { n - batch as u64 + dups } else { n };
+                            json!({"channel": format!("bench.ingest.{run}.{}", key % 16), "value": n, "key": format!("{w}-{key}")})
                         })
                         .collect();
                     let body = serde_json::to_vec(&ticks).unwrap_or_default();

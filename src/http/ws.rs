@@ -132,6 +132,9 @@ fn accept(
         // protects memory from far larger ones.
         .max_message_size(MAX_CLIENT_MESSAGE * 4)
         .max_frame_size(MAX_CLIENT_MESSAGE * 4)
+        // tungstenite allocates its read buffer up front (128 KiB by default): most
+        // of an idle socket's memory. Client messages are tiny; 4 KiB is plenty.
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024);
     if offers_subprotocol(headers) {
         upgrade = upgrade.protocols([SUBPROTOCOL]);
