@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{json_response, AppState};
+use super::{json_response, query, AppState};
 use crate::auth::{Principal, QueryCredentials};
 use crate::error::ApiError;
 use crate::store::IdRange;
@@ -25,11 +25,6 @@ pub struct HistoryQuery {
     cursor: Option<String>,
     #[serde(flatten)]
     creds: QueryCredentials,
-}
-
-fn query<T: Default>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|q| q.0)
-        .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
 }
 
 /// Authenticates, then checks the channel name and that the token may read it.

@@ -140,6 +140,12 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     response
 }
 
+/// Query parameters, or 400 `bad_query` saying what was wrong with them.
+pub fn query<T>(q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|q| q.0)
+        .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+}
+
 /// A JSON body answer with the given status (helper for hand-built JSON).
 pub fn json_response(status: axum::http::StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()

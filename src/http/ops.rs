@@ -58,9 +58,7 @@ pub async fn nodes(
     headers: HeaderMap,
     q: Result<Query<QueryCredentials>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let creds = q
-        .map(|q| q.0)
-        .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let creds = super::query(q)?;
     state.reader(&headers, &creds, uri.path())?;
     let nodes = state.node.list(&state.store).await?;
     Ok(json_response(StatusCode::OK, json!({ "nodes": nodes }).to_string()))

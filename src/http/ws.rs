@@ -41,9 +41,7 @@ pub async fn single(
         if !is_valid_channel(&channel) {
             return Err(ApiError::bad_channel());
         }
-        let q = query
-            .map(|q| q.0)
-            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+        let q = super::query(query)?;
         let principal = authorize(&state, &headers, &q.creds, uri.path())?;
         if !principal.can_read(&channel) {
             return Err(AuthError::Forbidden(format!("channel {channel}")).into());
@@ -78,10 +76,7 @@ pub async fn multiplexed(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let checked = query
-        .map(|q| q.0)
-        .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
-        .and_then(|creds| authorize(&state, &headers, &creds, uri.path()));
+    let checked = super::query(query).and_then(|creds| authorize(&state, &headers, &creds, uri.path()));
     match checked {
         Ok(principal) => accept(state, &headers, upgrade, principal, None),
         Err(e) => refuse(&state, e),
