@@ -233,7 +233,7 @@ impl Config {
             allowed_origins,
             log: cli.log,
             log_format,
-            live_buffer: 4096,
+            live_buffer: 1024,
             send_queue: 1024,
             tail_block: Duration::from_secs(2),
         })

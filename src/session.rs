@@ -560,7 +560,7 @@ async fn subscription(
     out: mpsc::Sender<Outbound>,
 ) -> Result<(), Gone> {
     // Live first: from here on, every new tick reaches `live.rx`.
-    let mut live = retry(&ctx.metrics, || ctx.hub.subscribe(&req.channel)).await;
+    let mut live = Box::pin(retry(&ctx.metrics, || ctx.hub.subscribe(&req.channel))).await;
     let mut cursor = Cursor {
         channel: req.channel.clone(),
         last_sent: StreamId::ZERO,
@@ -569,11 +569,14 @@ async fn subscription(
         sent: 0,
         out,
     };
-    let live_fallback = match start_from_ring(ctx, &req, &mut cursor).await? {
+    // The start-up and catch-up paths are boxed: they run rarely but their futures
+    // (store calls, retries) are large, and inline they would size every idle
+    // subscription's task for its whole life.
+    let live_fallback = match Box::pin(start_from_ring(ctx, &req, &mut cursor)).await? {
         Some(fallback) => fallback,
-        None => start_from_store(ctx, &req, &mut cursor).await?,
+        None => Box::pin(start_from_store(ctx, &req, &mut cursor)).await?,
     };
-    cursor.catch_up(ctx).await?;
+    Box::pin(cursor.catch_up(ctx)).await?;
     let live_last = if cursor.sent > 0 {
         cursor.last_sent
     } else {
@@ -590,7 +593,7 @@ async fn subscription(
             Ok(frame) => cursor.emit_frame(&frame, true).await?,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 ctx.metrics.slow_consumer_catchups.inc();
-                cursor.catch_up(ctx).await?;
+                Box::pin(cursor.catch_up(ctx)).await?;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
         }
