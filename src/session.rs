@@ -166,7 +166,8 @@ pub async fn run(
                     }
                     Some(Ok(Message::Binary(_))) => break Some((close::POLICY, "binary frames are not supported")),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                    Some(Err(e)) => break is_oversized(e).then_some((close::POLICY, "message larger than 64 KiB")),
+                    Some(Ok(Message::Close(_))) | None => break None,
                 }
             }
             _ = ping.tick() => {
@@ -193,6 +194,13 @@ pub async fn run(
         writer.abort();
     }
     ctx.metrics.connections.dec();
+}
+
+/// A frame beyond the socket's hard size cap: still a policy violation (1008), not a
+/// broken connection.
+fn is_oversized(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(e.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(_)))
 }
 
 struct Session {

@@ -434,3 +434,61 @@ async fn rss(app: &TestApp) -> i64 {
         .and_then(|v| v.parse().ok())
         .expect("RSS is reported")
 }
+
+/// A gauge or counter from the node's /metrics.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_unwritable_for_10_s_is_dropped_and_resumes_exactly() {
+    let redis = RedisServer::start();
+    let node = NodeProc::start_with(&redis, &[("TICKSTREAM_STREAM_MAXLEN", "100000")]).await;
+    let app = node.app();
+    let t = token(&["*"]);
+    let mut stuck = app.ws("/ws/chaos.unwritable?since=$", &t).await;
+    let mut tracker = Tracker::new();
+    for f in stuck.until_type("live").await {
+        tracker.take(&f);
+    }
+    assert_eq!(metric(&app, "tickstream_connections").await, 1.0);
+    // About 40 MiB of frames, far more than the loopback socket buffers hold, while
+    // the client reads nothing.
+    let pad = "x".repeat(4000);
+    for round in 0..40 {
+        let ticks: Vec<Value> = (0..250)
+            .map(|i| json!({"channel": "chaos.unwritable", "data": {"pad": pad}, "key": format!("{round}-{i}")}))
+            .collect();
+        app.ingest_retrying(&Value::Array(ticks)).await;
+    }
+    let stalled = Instant::now();
+    let deadline = stalled + Duration::from_secs(40);
+    while metric(&app, "tickstream_connections").await > 0.0 {
+        assert!(Instant::now() < deadline, "the stuck socket was never dropped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("stuck socket dropped {:?} after the last ingest", stalled.elapsed());
+    // What the client still gets is in order; then it resumes exactly.
+    let mut code = None;
+    loop {
+        match stuck.next_within(TIMEOUT).await {
+            Next::Json(f) => tracker.take(&f),
+            Next::Closed(c, _) => {
+                code = c;
+                break;
+            }
+            Next::Timeout => break,
+        }
+    }
+    assert!(matches!(code, None | Some(1013)), "closed with {code:?}");
+    let expected = redis.xrange_ids("chaos.unwritable", 16);
+    assert_eq!(expected.len(), 10_000);
+    let mut ws = app.ws(&tracker.path("chaos.unwritable"), &t).await;
+    tracker.read_until(&mut ws, expected.last().unwrap()).await;
+    assert_same_ids(&tracker.ids, &expected, "stuck client after resuming");
+}

@@ -319,6 +319,10 @@ async fn bad_client_messages_close_with_1008() {
         ),
         ("binary frame", Message::Binary(vec![1, 2, 3].into())),
         (
+            "over the 256 KiB hard cap",
+            Message::Text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(300_000)).into()),
+        ),
+        (
             "over 64 KiB",
             Message::Text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70_000)).into()),
         ),
