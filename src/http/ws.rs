@@ -128,8 +128,9 @@ fn accept(
         .max_message_size(MAX_CLIENT_MESSAGE * 4)
         .max_frame_size(MAX_CLIENT_MESSAGE * 4)
         // tungstenite allocates its read buffer up front (128 KiB by default): most
-        // of an idle socket's memory. Client messages are tiny; 4 KiB is plenty.
-        .read_buffer_size(4 * 1024)
+        // of an idle socket's memory. Client messages are tiny; 1 KiB reads suffice (the
+        // buffer grows for a larger message).
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024);
     if offers_subprotocol(headers) {
         upgrade = upgrade.protocols([SUBPROTOCOL]);
