@@ -1,40 +1,56 @@
--- tickstream: append one tick, atomically (SPEC §1, ARCHITECTURE §2 and §7).
+-- tickstream: append a channel's ticks, atomically (SPEC §1, ARCHITECTURE §2 and §7).
 --
--- Dedup, epoch, seq, XADD and the channel registry are one script so that concurrent
--- duplicates store once and `seq` has no holes: nothing can run between the dedup
--- check and the append.
+-- Dedup, epoch, seq, XADD and the channel registry happen in one script, so that
+-- concurrent duplicates are stored once and `seq` has no holes: nothing can run
+-- between the dedup check and the append. One call takes every tick of one channel
+-- in an ingest batch, in order (a batch costs one script call per channel, not per tick).
 --
 -- KEYS[1] stream    tickstream:{p<N>}:s:<channel>
 -- KEYS[2] meta      tickstream:{p<N>}:m:<channel>    (hash: epoch, seq)
--- KEYS[3] dedup     tickstream:{p<N>}:d:<channel>:<event_id>
--- KEYS[4] registry  tickstream:{p<N>}:channels       (zset: channel -> last append ms)
+-- KEYS[3] registry  tickstream:{p<N>}:channels       (zset: channel -> last append ms)
+-- KEYS[3+i] dedup   tickstream:{p<N>}:d:<channel>:<event_id of tick i>
 -- ARGV[1] MAXLEN (approximate)   ARGV[2] dedup window, seconds
--- ARGV[3] epoch to use if the channel has none yet
--- ARGV[4] channel   ARGV[5] ts (unix µs)   ARGV[6] value ('' = none)
--- ARGV[7] data ('' = none)                 ARGV[8] event_id
+-- ARGV[3] epoch to use if the channel has none yet   ARGV[4] channel
+-- then per tick i, ARGV[4+4(i-1)+1 .. +4]: ts (unix µs), value ('' = none),
+-- data ('' = none), event_id
 --
--- Returns {id, duplicate (0|1), seq, epoch}. A duplicate returns the original id
--- and takes no seq.
+-- Returns {id_1, duplicate_1, id_2, duplicate_2, ...}; a duplicate returns the
+-- original id and takes no seq.
 
-local original = redis.call('GET', KEYS[3])
-if original then
-  return {original, 1, 0, ''}
+local n = #KEYS - 3
+local out = {}
+local epoch = nil
+local last_id = nil
+
+for i = 1, n do
+  local dedup = KEYS[3 + i]
+  local base = 4 + (i - 1) * 4
+  local original = redis.call('GET', dedup)
+  if original then
+    out[#out + 1] = original
+    out[#out + 1] = 1
+  else
+    if not epoch then
+      redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3])
+      epoch = redis.call('HGET', KEYS[2], 'epoch')
+    end
+    local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+    local fields = {'q', seq, 'ep', epoch, 'ts', ARGV[base + 1], 'e', ARGV[base + 4]}
+    if ARGV[base + 2] ~= '' then
+      fields[#fields + 1] = 'v'; fields[#fields + 1] = ARGV[base + 2]
+    end
+    if ARGV[base + 3] ~= '' then
+      fields[#fields + 1] = 'd'; fields[#fields + 1] = ARGV[base + 3]
+    end
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    redis.call('SET', dedup, id, 'EX', ARGV[2])
+    out[#out + 1] = id
+    out[#out + 1] = 0
+    last_id = id
+  end
 end
 
-redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3])
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-
-local fields = {'q', seq, 'ep', epoch, 'ts', ARGV[5], 'e', ARGV[8]}
-if ARGV[6] ~= '' then
-  table.insert(fields, 'v'); table.insert(fields, ARGV[6])
+if last_id then
+  redis.call('ZADD', KEYS[3], tonumber(string.match(last_id, '^(%d+)')), ARGV[4])
 end
-if ARGV[7] ~= '' then
-  table.insert(fields, 'd'); table.insert(fields, ARGV[7])
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
-
-redis.call('SET', KEYS[3], id, 'EX', ARGV[2])
-local ms = tonumber(string.match(id, '^(%d+)'))
-redis.call('ZADD', KEYS[4], ms, ARGV[4])
-return {id, 0, seq, epoch}
+return out

@@ -126,30 +126,43 @@ impl RedisStore {
         if ticks.is_empty() {
             return Ok(Vec::new());
         }
-        // The epoch only matters for a channel's first tick; one candidate per batch
-        // is enough.
+        // One script call per channel, with that channel's ticks in batch order; all
+        // calls in one pipeline (one round trip). The epoch only matters for a
+        // channel's first tick: one candidate per batch is enough.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, t) in ticks.iter().enumerate() {
+            let g = *group_of.entry(t.channel.as_str()).or_insert_with(|| {
+                groups.push((t.channel.as_str(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
         let epoch = new_epoch();
         let mut pipe = redis::pipe();
-        for t in ticks {
-            let k = self.keys(&t.channel);
-            pipe.cmd("EVALSHA")
+        for (channel, members) in &groups {
+            let k = self.keys(channel);
+            let cmd = pipe
+                .cmd("EVALSHA")
                 .arg(self.append_script.get_hash())
-                .arg(4)
+                .arg(3 + members.len())
                 .arg(&k.stream)
                 .arg(&k.meta)
-                .arg(format!(
+                .arg(&k.registry);
+            for &i in members {
+                cmd.arg(format!(
                     "tickstream:{{p{}}}:d:{}:{}",
-                    k.partition, t.channel, t.event_id
-                ))
-                .arg(&k.registry)
-                .arg(self.maxlen)
-                .arg(self.dedup_secs)
-                .arg(&epoch)
-                .arg(&t.channel)
-                .arg(t.ts_us)
-                .arg(t.value.as_deref().unwrap_or(""))
-                .arg(t.data.as_deref().unwrap_or(""))
-                .arg(&t.event_id);
+                    k.partition, channel, ticks[i].event_id
+                ));
+            }
+            cmd.arg(self.maxlen).arg(self.dedup_secs).arg(&epoch).arg(*channel);
+            for &i in members {
+                let t = &ticks[i];
+                cmd.arg(t.ts_us)
+                    .arg(t.value.as_deref().unwrap_or(""))
+                    .arg(t.data.as_deref().unwrap_or(""))
+                    .arg(&t.event_id);
+            }
         }
         let mut conn = self.conn().await?;
         let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
@@ -162,29 +175,31 @@ impl RedisStore {
             }
             Err(e) => return Err(e.into()),
         };
-        if replies.len() != ticks.len() {
+        if replies.len() != groups.len() {
             return Err(StoreError::Protocol(format!(
-                "{} replies for {} appends",
+                "{} replies for {} channels",
                 replies.len(),
-                ticks.len()
+                groups.len()
             )));
         }
-        replies
-            .iter()
-            .zip(ticks)
-            .map(|(reply, t)| {
-                let items = as_array(reply).ok_or_else(|| protocol("append reply", reply))?;
-                let id = items
-                    .first()
-                    .and_then(as_id)
-                    .ok_or_else(|| protocol("append id", reply))?;
-                let duplicate = matches!(items.get(1), Some(Value::Int(1)));
-                Ok(Appended {
+        let mut results: Vec<Option<Appended>> = vec![None; ticks.len()];
+        for ((_, members), reply) in groups.iter().zip(&replies) {
+            let items = as_array(reply).ok_or_else(|| protocol("append reply", reply))?;
+            if items.len() != members.len() * 2 {
+                return Err(protocol("append reply length", reply));
+            }
+            for (&i, pair) in members.iter().zip(items.chunks(2)) {
+                let id = as_id(&pair[0]).ok_or_else(|| protocol("append id", reply))?;
+                results[i] = Some(Appended {
                     id,
-                    event_id: t.event_id.clone(),
-                    duplicate,
-                })
-            })
+                    event_id: ticks[i].event_id.clone(),
+                    duplicate: matches!(pair[1], Value::Int(1)),
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| StoreError::Protocol("a tick got no append result".into())))
             .collect()
     }
 
