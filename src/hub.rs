@@ -14,14 +14,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
 
 use crate::metrics::Metrics;
 use crate::store::{IdRange, Store, StoreError, StreamInfo, TailWaker};
-use crate::tick::{partition_of, StreamId, Tick};
+use crate::tick::{now_ms, partition_of, StreamId, Tick};
 
 /// A partition reader that has not heard from the store for this long is stale, and
 /// `/readyz` says so: delivery silently dead must never look healthy.
@@ -187,12 +187,6 @@ pub struct Hub {
     /// Capacity of each active channel's ring of recent ticks.
     ring: usize,
     metrics: Arc<Metrics>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Hub {

@@ -4,13 +4,14 @@
 //! whichever node heartbeats next, so a node killed with SIGKILL disappears by itself.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tick::now_ms;
 
 /// How often a node heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -27,12 +28,6 @@ pub struct NodeInfo {
     pub started: u64,
     /// Unix ms of the last heartbeat.
     pub last_seen: u64,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// This node.

@@ -357,7 +357,7 @@ async fn write_loop(
                     // the close; all within a second, so a stuck socket cannot hold
                     // up the end of the session.
                     let finish = async {
-                        let now_ms = crate::tick::now_us().max(0) as u64 / 1000;
+                        let now_ms = crate::tick::now_ms();
                         while let Ok(out) = queue.try_recv() {
                             sink.feed(into_message(out, &metrics, now_ms)).await?;
                         }
@@ -374,7 +374,7 @@ async fn write_loop(
         };
         let write = async {
             // One clock read per batch, not per tick: it is on the hot path.
-            let now_ms = crate::tick::now_us().max(0) as u64 / 1000;
+            let now_ms = crate::tick::now_ms();
             let mut item = Some(first);
             let mut n = 0;
             while let Some(out) = item.take() {
@@ -470,13 +470,15 @@ impl Cursor {
         self.out.send(out).await.map_err(|_| Gone)
     }
 
-    async fn gap(&self, reason: &str, resume_from: StreamId, missed: Option<u64>) -> Result<(), Gone> {
+    /// Announces a discontinuity after `last_sent`; `resume_from` is the first id that
+    /// will follow (none yet when the channel has no ticks).
+    async fn gap(&self, reason: &str, resume_from: Option<StreamId>, missed: Option<u64>) -> Result<(), Gone> {
         self.send(text(json!({
             "type": "gap",
             "channel": self.channel,
             "reason": reason,
             "after": self.last_sent.to_string(),
-            "resume_from": resume_from.to_string(),
+            "resume_from": resume_from.map(|id| id.to_string()),
             "missed": missed,
         })))
         .await
@@ -496,13 +498,13 @@ impl Cursor {
         }
         match &self.epoch {
             Some(e) if e != epoch => {
-                self.gap("epoch", id, None).await?;
+                self.gap("epoch", Some(id), None).await?;
                 self.last_seq = None;
             }
             _ => {
                 if let Some(last) = self.last_seq {
                     if seq > last + 1 {
-                        self.gap("trimmed", id, Some(seq - last - 1)).await?;
+                        self.gap("trimmed", Some(id), Some(seq - last - 1)).await?;
                     }
                 }
             }
@@ -727,13 +729,7 @@ async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: 
             match (&client_epoch, &epoch) {
                 (Some(theirs), ours) if ours.as_ref() != Some(theirs) => {
                     // The stream the client knew is gone: everything kept now is new.
-                    cursor
-                        .send(text(json!({
-                            "type": "gap", "channel": channel, "reason": "epoch",
-                            "after": since.to_string(), "resume_from": first.map(|id| id.to_string()),
-                            "missed": null,
-                        })))
-                        .await?;
+                    cursor.gap("epoch", first, None).await?;
                     cursor.last_sent = StreamId::ZERO;
                     cursor.last_seq = None;
                     cursor.epoch = epoch;
@@ -744,7 +740,7 @@ async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: 
                         let lost_before_first = since < first && info.has_trimmed();
                         if lost_before_first && req.seq.is_none() {
                             // Without `seq` the loss cannot be counted; say so.
-                            cursor.gap("trimmed", first, None).await?;
+                            cursor.gap("trimmed", Some(first), None).await?;
                         }
                         // With `seq`, `emit` sees the jump and announces it exactly.
                     }

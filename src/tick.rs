@@ -332,6 +332,11 @@ pub fn write_ts(out: &mut String, us: i64) {
     }
 }
 
+/// Current time in Unix milliseconds (stream ids' unit).
+pub fn now_ms() -> u64 {
+    u64::try_from(now_us() / 1000).unwrap_or(0)
+}
+
 /// Current time in Unix microseconds.
 pub fn now_us() -> i64 {
     let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();

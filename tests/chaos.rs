@@ -422,27 +422,14 @@ async fn a_resume_storm_reads_history_from_redis_once() {
 
 /// The node's resident memory, from /metrics/system.
 async fn rss(app: &TestApp) -> i64 {
-    let text = reqwest::get(app.url("/metrics/system"))
+    app.metric("/metrics/system", "process_resident_memory_bytes")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("process_resident_memory_bytes "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("RSS is reported")
+        .expect("RSS is reported") as i64
 }
 
-/// A gauge or counter from the node's /metrics.
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// Open WebSockets on the node.
+async fn connections(app: &TestApp) -> f64 {
+    app.metric("/metrics", "tickstream_connections").await.unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,7 +443,7 @@ async fn a_socket_unwritable_for_10_s_is_dropped_and_resumes_exactly() {
     for f in stuck.until_type("live").await {
         tracker.take(&f);
     }
-    assert_eq!(metric(&app, "tickstream_connections").await, 1.0);
+    assert_eq!(connections(&app).await, 1.0);
     // About 40 MiB of frames, far more than the loopback socket buffers hold, while
     // the client reads nothing.
     let pad = "x".repeat(4000);
@@ -468,7 +455,7 @@ async fn a_socket_unwritable_for_10_s_is_dropped_and_resumes_exactly() {
     }
     let stalled = Instant::now();
     let deadline = stalled + Duration::from_secs(40);
-    while metric(&app, "tickstream_connections").await > 0.0 {
+    while connections(&app).await > 0.0 {
         assert!(Instant::now() < deadline, "the stuck socket was never dropped");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

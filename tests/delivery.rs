@@ -187,15 +187,9 @@ async fn lagging_session_catches_up(engine: Engine) {
         got.push(f["id"].as_str().unwrap().to_string());
     }
     assert_eq!(got, ids);
-    let (_, metrics) = (
-        0,
-        reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap(),
-    );
-    let catchups = metrics
-        .lines()
-        .find(|l| l.starts_with("tickstream_slow_consumer_catchups_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
+    let catchups = app
+        .metric("/metrics", "tickstream_slow_consumer_catchups_total")
+        .await
         .unwrap_or(0.0);
     assert!(catchups >= 1.0, "the session should have lagged and caught up");
     app.stop().await;

@@ -8,12 +8,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{Appended, ChannelSummary, IdRange, StoreError, StreamInfo, TailWaker};
-use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
+use crate::tick::{new_epoch, now_ms, PreparedTick, StreamId, Tick};
 
 /// Most entries one tail read returns per channel, as `XREAD COUNT` does.
 const TAIL_COUNT: usize = 1000;
@@ -52,12 +52,6 @@ pub struct MemoryStore {
     /// Bumped on every append, so tail readers wake without polling.
     appended: watch::Sender<u64>,
     block: Duration,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl MemoryStore {

@@ -317,7 +317,7 @@ impl RedisStore {
     }
 
     pub async fn heartbeat(&self, node: &NodeInfo, stale: Duration) -> Result<(), StoreError> {
-        let now = crate::nodes::now_ms();
+        let now = crate::tick::now_ms();
         let cutoff = now.saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
         let key = format!("{NODE_PREFIX}{}", node.id);
         let mut conn = self.conn().await?;
@@ -366,7 +366,7 @@ impl RedisStore {
     }
 
     pub async fn nodes(&self, stale: Duration) -> Result<Vec<NodeInfo>, StoreError> {
-        let cutoff = crate::nodes::now_ms().saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
+        let cutoff = crate::tick::now_ms().saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
         let mut conn = self.conn().await?;
         let ids: Vec<(String, u64)> = redis::cmd("ZRANGE")
             .arg(NODES_KEY)

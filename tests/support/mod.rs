@@ -257,6 +257,16 @@ impl TestApp {
         (status, resp.json::<Value>().await.unwrap_or(Value::Null))
     }
 
+    /// A sample from the server's Prometheus text at `path` (`/metrics` or
+    /// `/metrics/system`); `None` when it is not exposed.
+    pub async fn metric(&self, path: &str, name: &str) -> Option<f64> {
+        let text = self.http.get(self.url(path)).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
     /// All ids of a channel after `after`, paging through REST.
     pub async fn history_ids(&self, channel: &str, after: &str) -> Vec<String> {
         let token = token(&["*"]);
