@@ -1,32 +1,37 @@
 //! One WebSocket connection (ARCHITECTURE §4).
 //!
 //! Tasks per connection: the session loop (reads client messages, pings, expiry,
-//! shutdown), a writer that owns the socket sink, and one task per subscription
-//! that replays history and then forwards live frames. All frames reach the writer
-//! through one bounded queue, so the order within a subscription is the order sent,
-//! and a client that does not read fills only its own queue: its subscription tasks
-//! then stop pulling from the channel's broadcast, fall behind it, and later catch
-//! up from the stream. Fan-out never waits for a client.
+//! shutdown) and a [`Writer`] that owns the socket sink. A subscription starts in a
+//! task of its own that replays history through the writer's bounded queue, sends
+//! `live`, then hands its cursor and its channel's broadcast receiver to the writer
+//! and ends: from then on the writer takes live ticks straight from the broadcast
+//! (one wake-up per batch, no queue hop), so an idle subscribed socket costs two
+//! small tasks. A client that does not read blocks only its own writer: its live
+//! feeds fall behind the broadcast and later catch up from the node's ring or the
+//! stream. Fan-out never waits for a client.
 //!
 //! The delivery invariant, per subscription: every tick with id > `since` is sent
 //! exactly once, in id order, and any discontinuity (trimmed history, a new epoch)
-//! is announced by a `gap` frame first. [`Cursor::emit`] is the one place that
-//! enforces it.
+//! is announced by a `gap` frame first. [`Cursor::admit`] is the one place that
+//! enforces it, for replayed and live ticks alike.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::auth::{Authenticator, Principal};
-use crate::hub::{Backoff, ErrorLog, Hub, LiveFrame};
+use crate::hub::{Backoff, ErrorLog, Hub, LiveFrame, LiveSubscription};
 use crate::metrics::Metrics;
 use crate::store::{IdRange, Store, StoreError, StreamInfo};
 use crate::tick::{is_valid_channel, Since, StreamId, Tick};
@@ -110,18 +115,32 @@ pub struct SessionContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// What the writer task sends.
+/// What reaches the writer through the connection's queue. Subscription frames carry
+/// their subscription's number: the writer drops those of a subscription the session
+/// has closed, so nothing of a channel follows the frame that says it was dropped,
+/// however a subscription task's last frames race with its abort.
 enum Outbound {
-    /// A tick frame; `live_ingest_ms` is set for live ones (delivery latency).
-    Tick {
-        text: Utf8Bytes,
-        live_ingest_ms: Option<u64>,
-    },
-    Frame(Message),
+    /// Frames of subscription `sub` (its `subscribed`, replayed ticks, `gap`, `live`),
+    /// up to [`FEED_BATCH`] at a time; `ticks` of them are tick frames.
+    Sub { sub: u64, frames: Vec<Message>, ticks: u64 },
+    /// The session's own frames (pong, error, ping).
+    Session(Message),
+    /// From here on, frames of `sub` may be written.
+    Open(u64),
+    /// Subscription `sub` is over: its later frames and its live feed are dropped.
+    Close(u64),
+    /// A subscription has replayed history and hands its live feed to the writer.
+    Live(Box<Handover>),
 }
 
-fn text(value: serde_json::Value) -> Outbound {
-    Outbound::Frame(Message::Text(Utf8Bytes::from(value.to_string())))
+/// A subscription in its live phase: where it stands and its channel's broadcast.
+struct Handover {
+    cursor: Cursor,
+    live: LiveSubscription,
+}
+
+fn text(value: serde_json::Value) -> Message {
+    Message::Text(Utf8Bytes::from(value.to_string()))
 }
 
 /// Runs a connection to its end. `initial` subscribes at once (`/ws/{channel}`).
@@ -136,19 +155,31 @@ pub async fn run(
 ) {
     ctx.metrics.connections.inc();
     let (sink, mut stream) = socket.split();
-    let (out_tx, out_rx) = mpsc::channel(ctx.send_queue.max(16));
+    let (out_tx, out_rx) = mpsc::channel(ctx.send_queue.div_ceil(FEED_BATCH).max(16));
     let (close_tx, close_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(sink, out_rx, close_rx, ctx.metrics.clone()));
+    let writer = Writer {
+        sink,
+        queue: out_rx,
+        requeue: out_tx.downgrade(),
+        ctx: ctx.clone(),
+        open: Vec::new(),
+        live: Vec::new(),
+        catch_ups: JoinSet::new(),
+        batch: Vec::new(),
+        turn: 0,
+    };
+    let mut writer = tokio::spawn(writer.run(close_rx));
     let mut session = Session {
         ctx: ctx.clone(),
         principal,
         out: out_tx,
         subscriptions: HashMap::new(),
+        next_sub: 0,
         inbound_tokens: INBOUND_BURST,
         inbound_at: Instant::now(),
     };
     if let Some(req) = initial {
-        session.subscribe(req);
+        Box::pin(session.subscribe(req)).await;
     }
     let mut shutdown = ctx.shutdown.clone();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
@@ -160,7 +191,9 @@ pub async fn run(
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(t))) => {
-                        if let Some(c) = session.on_text(t.as_str()).await {
+                        // Boxed: a rare path that would otherwise size every
+                        // connection's task for its whole life.
+                        if let Some(c) = Box::pin(session.on_text(t.as_str())).await {
                             break Some(c);
                         }
                     }
@@ -174,14 +207,14 @@ pub async fn run(
                 if last_heard.elapsed() > IDLE_TIMEOUT {
                     break None;
                 }
-                let _ = session.out.try_send(Outbound::Frame(Message::Ping(Default::default())));
+                let _ = session.out.try_send(Outbound::Session(Message::Ping(Default::default())));
             }
             _ = tokio::time::sleep_until(expiry) => break Some((close::TOKEN_EXPIRED, "token expired")),
             _ = shutdown.changed() => break Some((close::RESTART, "server restarting")),
             _ = &mut writer => break None,
         }
     };
-    for (_, task) in session.subscriptions.drain() {
+    for (_, (_, task)) in session.subscriptions.drain() {
         task.abort();
         ctx.metrics.subscriptions.dec();
     }
@@ -207,7 +240,9 @@ struct Session {
     ctx: Arc<SessionContext>,
     principal: Principal,
     out: mpsc::Sender<Outbound>,
-    subscriptions: HashMap<String, JoinHandle<()>>,
+    /// Channel → (subscription number, its start-up task while it replays).
+    subscriptions: HashMap<String, (u64, JoinHandle<()>)>,
+    next_sub: u64,
     inbound_tokens: f64,
     inbound_at: Instant,
 }
@@ -255,22 +290,20 @@ impl Session {
                     .await;
                 } else {
                     match Since::parse(since.as_deref()) {
-                        Ok(since) => self.subscribe(SubscribeRequest {
-                            channel,
-                            since,
-                            seq,
-                            epoch,
-                        }),
+                        Ok(since) => {
+                            self.subscribe(SubscribeRequest {
+                                channel,
+                                since,
+                                seq,
+                                epoch,
+                            })
+                            .await
+                        }
                         Err(e) => self.refuse(&channel, "bad_since", &e.to_string()).await,
                     }
                 }
             }
-            ClientMessage::Unsubscribe { channel } => {
-                if let Some(task) = self.subscriptions.remove(&channel) {
-                    task.abort();
-                    self.ctx.metrics.subscriptions.dec();
-                }
-            }
+            ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel).await,
             ClientMessage::Refresh { token } => match self.ctx.auth.verify_jwt(&token) {
                 Ok(p) if p.sub == self.principal.sub => {
                     self.principal = p;
@@ -309,17 +342,14 @@ impl Session {
             .cloned()
             .collect();
         for channel in gone {
-            if let Some(task) = self.subscriptions.remove(&channel) {
-                task.abort();
-                self.ctx.metrics.subscriptions.dec();
-            }
+            self.unsubscribe(&channel).await;
             self.refuse(&channel, "forbidden", "the refreshed token does not allow this channel")
                 .await;
         }
     }
 
     async fn send(&self, value: serde_json::Value) {
-        let _ = self.out.send(text(value)).await;
+        let _ = self.out.send(Outbound::Session(text(value))).await;
     }
 
     async fn refuse(&self, channel: &str, code: &str, message: &str) {
@@ -328,103 +358,282 @@ impl Session {
     }
 
     /// Starts (or restarts, with the new cursor) a subscription.
-    fn subscribe(&mut self, req: SubscribeRequest) {
+    async fn subscribe(&mut self, req: SubscribeRequest) {
+        self.unsubscribe(&req.channel).await;
+        self.next_sub += 1;
+        let sub = self.next_sub;
+        // `Open` is queued before the task exists, so it precedes all its frames.
+        let _ = self.out.send(Outbound::Open(sub)).await;
         let channel = req.channel.clone();
-        let task = tokio::spawn(run_subscription(self.ctx.clone(), req, self.out.clone()));
-        match self.subscriptions.insert(channel, task) {
-            Some(old) => old.abort(),
-            None => self.ctx.metrics.subscriptions.inc(),
+        // Boxed: the task's start-up future is large (store calls, retries), and a
+        // finished task's cell lives on while its JoinHandle does; boxed, only the
+        // small cell stays once the subscription has gone live.
+        let task = tokio::spawn(Box::pin(run_subscription(self.ctx.clone(), sub, req, self.out.clone())));
+        self.subscriptions.insert(channel, (sub, task));
+        self.ctx.metrics.subscriptions.inc();
+    }
+
+    /// Ends a subscription: its task stops and the writer drops whatever of it is
+    /// still queued or live, before anything the session queues after this.
+    async fn unsubscribe(&mut self, channel: &str) {
+        if let Some((sub, task)) = self.subscriptions.remove(channel) {
+            task.abort();
+            self.ctx.metrics.subscriptions.dec();
+            let _ = self.out.send(Outbound::Close(sub)).await;
         }
     }
 }
 
-/// Owns the sink: takes frames from the queue, writes what is ready in one batch
-/// (`feed`… then one `flush`), and closes with 1013 when the socket stays
-/// unwritable for [`WRITE_STALL`].
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut queue: mpsc::Receiver<Outbound>,
-    mut close_rx: oneshot::Receiver<(u16, &'static str)>,
-    metrics: Arc<Metrics>,
-) {
-    const BATCH: usize = 64;
-    loop {
-        let first = tokio::select! {
-            biased;
-            close = &mut close_rx => {
-                if let Ok((code, reason)) = close {
-                    // Frames already queued go first (a pong, an error frame), then
-                    // the close; all within a second, so a stuck socket cannot hold
-                    // up the end of the session.
-                    let finish = async {
-                        let now_ms = crate::tick::now_ms();
-                        while let Ok(out) = queue.try_recv() {
-                            sink.feed(into_message(out, &metrics, now_ms)).await?;
-                        }
-                        sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), finish).await;
+/// Frames written per flush, at most.
+const BATCH: usize = 64;
+/// Frames a subscription's start-up or catch-up puts in one queue slot. The queue has
+/// `send_queue / FEED_BATCH` slots, so it still holds about `send_queue` frames.
+const FEED_BATCH: usize = 32;
+
+type LiveNext = ReusableBoxFuture<'static, (Box<Handover>, Result<LiveFrame, RecvError>)>;
+
+/// A live subscription held by the writer, waiting for its channel's next tick.
+struct LiveSlot {
+    sub: u64,
+    next: LiveNext,
+}
+
+async fn next_live(mut handover: Box<Handover>) -> (Box<Handover>, Result<LiveFrame, RecvError>) {
+    let r = handover.live.rx.recv().await;
+    (handover, r)
+}
+
+/// Owns the sink. Takes frames from the queue and, for subscriptions in their live
+/// phase, straight from their channel's broadcast: a live tick costs one wake-up of
+/// this task and no queue hop. Writes what is ready in one batch (`feed`… then one
+/// `flush`), and closes with 1013 when the socket stays unwritable for [`WRITE_STALL`].
+///
+/// A client that does not read blocks only this task: its live feeds stop being
+/// drained, fall behind the broadcast, and later catch up from the node's ring or
+/// the stream (in a task of their own, so the writer never waits on Redis).
+struct Writer {
+    sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    queue: mpsc::Receiver<Outbound>,
+    /// For catch-up tasks; weak, so the queue still closes when the session ends.
+    requeue: mpsc::WeakSender<Outbound>,
+    ctx: Arc<SessionContext>,
+    /// Subscriptions whose frames may be written.
+    open: Vec<u64>,
+    live: Vec<LiveSlot>,
+    /// Catch-ups after a live feed lagged; aborted with the writer.
+    catch_ups: JoinSet<()>,
+    batch: Vec<Message>,
+    /// Which live slot is polled first, rotating, so one busy channel cannot starve
+    /// the others of a connection.
+    turn: usize,
+}
+
+enum Wake {
+    /// The session ended, with the close frame to send, if any.
+    Close(Option<(u16, &'static str)>),
+    Queue(Outbound),
+    Live(usize, Box<Handover>, Result<LiveFrame, RecvError>),
+}
+
+impl Writer {
+    async fn run(mut self, mut close_rx: oneshot::Receiver<(u16, &'static str)>) {
+        loop {
+            let (queue, live, turn) = (&mut self.queue, &mut self.live, &mut self.turn);
+            let wake = tokio::select! {
+                biased;
+                close = &mut close_rx => Wake::Close(close.ok()),
+                next = queue.recv() => match next {
+                    Some(out) => Wake::Queue(out),
+                    None => return,
+                },
+                (i, handover, first) = std::future::poll_fn(|cx| poll_live(live, turn, cx)) => Wake::Live(i, handover, first),
+            };
+            let mut delivered = 0;
+            match wake {
+                Wake::Close(close) => {
+                    if let Some((code, reason)) = close {
+                        Box::pin(self.finish(code, reason)).await;
+                    }
+                    return;
                 }
+                Wake::Queue(out) => delivered += self.take(out),
+                Wake::Live(i, handover, first) => delivered += self.drain_live(i, handover, first),
+            }
+            while self.batch.len() < BATCH {
+                match self.queue.try_recv() {
+                    Ok(out) => delivered += self.take(out),
+                    Err(_) => break,
+                }
+            }
+            self.ctx.metrics.ticks_delivered.inc_by(delivered);
+            if !self.write_batch().await {
                 return;
             }
-            next = queue.recv() => match next {
-                Some(m) => m,
-                None => return,
-            },
-        };
-        let write = async {
-            // One clock read per batch, not per tick: it is on the hot path.
-            let now_ms = crate::tick::now_ms();
-            let mut item = Some(first);
-            let mut n = 0;
-            while let Some(out) = item.take() {
-                sink.feed(into_message(out, &metrics, now_ms)).await?;
-                n += 1;
-                if n < BATCH {
-                    item = queue.try_recv().ok();
+        }
+    }
+
+    fn is_open(&self, sub: u64) -> bool {
+        self.open.contains(&sub)
+    }
+
+    /// Applies one queued item; returns the tick frames it added to the batch.
+    fn take(&mut self, out: Outbound) -> u64 {
+        match out {
+            Outbound::Session(m) => self.batch.push(m),
+            Outbound::Sub { sub, frames, ticks } if self.is_open(sub) => {
+                self.batch.extend(frames);
+                return ticks;
+            }
+            Outbound::Sub { .. } => {}
+            Outbound::Open(sub) => self.open.push(sub),
+            Outbound::Close(sub) => {
+                self.open.retain(|s| *s != sub);
+                self.live.retain(|slot| slot.sub != sub);
+            }
+            Outbound::Live(handover) => {
+                if self.is_open(handover.cursor.sub) {
+                    self.live.push(LiveSlot {
+                        sub: handover.cursor.sub,
+                        next: ReusableBoxFuture::new(next_live(handover)),
+                    });
                 }
             }
-            sink.flush().await
-        };
+        }
+        0
+    }
+
+    /// Writes a live subscription's ready ticks into the batch, then re-arms it; a
+    /// lagged one goes to a catch-up task. Returns the tick frames added.
+    fn drain_live(&mut self, i: usize, mut handover: Box<Handover>, first: Result<LiveFrame, RecvError>) -> u64 {
+        let metrics = self.ctx.metrics.clone();
+        let now_ms = crate::tick::now_ms();
+        let mut added = 0;
+        let mut next = first;
+        loop {
+            match next {
+                Ok(frame) => {
+                    let cursor = &mut handover.cursor;
+                    if let Some(gap) = cursor.admit(frame.id, frame.seq, &frame.epoch) {
+                        if let Some(gap) = gap {
+                            self.batch.push(gap);
+                        }
+                        metrics
+                            .delivery_latency
+                            .observe(now_ms.saturating_sub(frame.id.ms) as f64 / 1000.0);
+                        self.batch.push(Message::Text(frame.text));
+                        added += 1;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    metrics.slow_consumer_catchups.inc();
+                    self.live.swap_remove(i);
+                    if let Some(out) = self.requeue.upgrade() {
+                        self.catch_ups
+                            .spawn(Box::pin(resume_live(self.ctx.clone(), handover, out)));
+                    }
+                    while self.catch_ups.try_join_next().is_some() {}
+                    return added;
+                }
+                Err(RecvError::Closed) => {
+                    self.live.swap_remove(i);
+                    return added;
+                }
+            }
+            if self.batch.len() >= BATCH {
+                break;
+            }
+            next = match handover.live.rx.try_recv() {
+                Ok(frame) => Ok(frame),
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => break,
+            };
+        }
+        self.live[i].next.set(next_live(handover));
+        added
+    }
+
+    /// Writes and flushes the batch; false when the connection is done.
+    async fn write_batch(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let write = write_all(&mut self.sink, &mut self.batch);
         // Most writes complete at once; the stall timer is only armed for a socket
         // that actually blocks, so a healthy fan-out touches no timer per write.
         let outcome = {
             let mut write = std::pin::pin!(write);
-            let first_try = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
-            match first_try {
-                std::task::Poll::Ready(r) => Ok(r),
-                std::task::Poll::Pending => tokio::time::timeout(WRITE_STALL, write).await,
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => tokio::time::timeout(WRITE_STALL, write).await,
             }
         };
+        self.batch.clear();
         match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
             Err(_) => {
                 let frame = Message::Close(Some(CloseFrame {
                     code: close::TRY_LATER,
                     reason: "too slow".into(),
                 }));
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
-                return;
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.send(frame)).await;
+                false
             }
         }
     }
+
+    /// Frames already queued go first (a pong, an error frame), then the close; all
+    /// within a second, so a stuck socket cannot hold up the end of the session.
+    async fn finish(&mut self, code: u16, reason: &'static str) {
+        while let Ok(out) = self.queue.try_recv() {
+            self.take(out);
+        }
+        self.batch.push(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })));
+        let write = write_all(&mut self.sink, &mut self.batch);
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
 }
 
-/// The socket message for a queued frame; counts tick deliveries and, for live
-/// ticks, their latency from append to write.
-fn into_message(out: Outbound, metrics: &Metrics, now_ms: u64) -> Message {
-    match out {
-        Outbound::Tick { text, live_ingest_ms } => {
-            metrics.ticks_delivered.inc();
-            if let Some(ms) = live_ingest_ms {
-                metrics
-                    .delivery_latency
-                    .observe(now_ms.saturating_sub(ms) as f64 / 1000.0);
-            }
-            Message::Text(text)
+/// Feeds every message of the batch, then flushes once.
+async fn write_all(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    batch: &mut Vec<Message>,
+) -> Result<(), axum::Error> {
+    for m in batch.drain(..) {
+        sink.feed(m).await?;
+    }
+    sink.flush().await
+}
+
+/// The first live subscription with a tick (or a lag) ready, starting at `turn`.
+fn poll_live(
+    live: &mut [LiveSlot],
+    turn: &mut usize,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<(usize, Box<Handover>, Result<LiveFrame, RecvError>)> {
+    let n = live.len();
+    for k in 0..n {
+        let i = (*turn + k) % n;
+        if let Poll::Ready((handover, r)) = live[i].next.poll(cx) {
+            *turn = i + 1;
+            return Poll::Ready((i, handover, r));
         }
-        Outbound::Frame(m) => m,
+    }
+    Poll::Pending
+}
+
+/// A live feed that fell behind its channel's broadcast: catch up from the ring or
+/// the stream through the queue, then hand the feed back to the writer.
+async fn resume_live(ctx: Arc<SessionContext>, handover: Box<Handover>, out: mpsc::Sender<Outbound>) {
+    let Handover { cursor, live } = *handover;
+    let mut feed = Feed::new(cursor, out);
+    if Box::pin(feed.catch_up(&ctx)).await.is_ok() {
+        let Feed { cursor, out, .. } = feed;
+        let _ = out.send(Outbound::Live(Box::new(Handover { cursor, live }))).await;
     }
 }
 
@@ -453,84 +662,148 @@ where
 
 /// Where a subscription stands: what it sent last, and in which epoch.
 struct Cursor {
+    /// The session's number for this subscription (see [`Outbound`]).
+    sub: u64,
     channel: String,
     last_sent: StreamId,
     last_seq: Option<u64>,
     epoch: Option<Arc<str>>,
     /// Ticks sent so far.
     sent: u64,
-    out: mpsc::Sender<Outbound>,
 }
 
-/// The subscription ended because its session is gone.
-struct Gone;
-
 impl Cursor {
-    async fn send(&self, out: Outbound) -> Result<(), Gone> {
-        self.out.send(out).await.map_err(|_| Gone)
-    }
-
-    /// Announces a discontinuity after `last_sent`; `resume_from` is the first id that
-    /// will follow (none yet when the channel has no ticks).
-    async fn gap(&self, reason: &str, resume_from: Option<StreamId>, missed: Option<u64>) -> Result<(), Gone> {
-        self.send(text(json!({
+    /// The `gap` frame for a discontinuity after `last_sent`; `resume_from` is the
+    /// first id that will follow (none yet when the channel has no ticks).
+    fn gap_frame(&self, reason: &str, resume_from: Option<StreamId>, missed: Option<u64>) -> Message {
+        text(json!({
             "type": "gap",
             "channel": self.channel,
             "reason": reason,
             "after": self.last_sent.to_string(),
             "resume_from": resume_from.map(|id| id.to_string()),
             "missed": missed,
-        })))
-        .await
+        }))
     }
 
-    /// Sends one tick unless already sent; announces a gap first when the epoch
-    /// changed or `seq` skipped (history trimmed under a lagging client).
+    /// Decides one tick: `None` when it was already sent; else it is sent, preceded by
+    /// the returned `gap` frame when the epoch changed or `seq` skipped (history
+    /// trimmed under a lagging client). This is the one place that enforces the
+    /// delivery invariant, for replayed and live ticks alike.
+    fn admit(&mut self, id: StreamId, seq: u64, epoch: &Arc<str>) -> Option<Option<Message>> {
+        if id <= self.last_sent {
+            return None;
+        }
+        let gap = match &self.epoch {
+            Some(e) if e != epoch => {
+                self.last_seq = None;
+                Some(self.gap_frame("epoch", Some(id), None))
+            }
+            _ => match self.last_seq {
+                Some(last) if seq > last + 1 => Some(self.gap_frame("trimmed", Some(id), Some(seq - last - 1))),
+                _ => None,
+            },
+        };
+        self.epoch = Some(epoch.clone());
+        self.last_seq = Some(seq);
+        self.last_sent = id;
+        self.sent += 1;
+        Some(gap)
+    }
+}
+
+/// A subscription's start-up and catch-up side: its cursor and the queue to the
+/// writer (the live side writes without the queue, see [`Writer`]).
+struct Feed {
+    cursor: Cursor,
+    out: mpsc::Sender<Outbound>,
+    /// Frames not yet queued: they go to the writer [`FEED_BATCH`] at a time, one
+    /// queue slot and one wake-up per batch rather than per frame.
+    pending: Vec<Message>,
+    pending_ticks: u64,
+}
+
+impl std::ops::Deref for Feed {
+    type Target = Cursor;
+    fn deref(&self) -> &Cursor {
+        &self.cursor
+    }
+}
+
+impl std::ops::DerefMut for Feed {
+    fn deref_mut(&mut self) -> &mut Cursor {
+        &mut self.cursor
+    }
+}
+
+/// The subscription ended because its session is gone.
+struct Gone;
+
+impl Feed {
+    fn new(cursor: Cursor, out: mpsc::Sender<Outbound>) -> Feed {
+        Feed {
+            cursor,
+            out,
+            pending: Vec::with_capacity(FEED_BATCH),
+            pending_ticks: 0,
+        }
+    }
+
+    async fn send(&mut self, frame: Message, is_tick: bool) -> Result<(), Gone> {
+        self.pending.push(frame);
+        self.pending_ticks += u64::from(is_tick);
+        if self.pending.len() >= FEED_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues what is pending. Called before anything that may wait (a store read,
+    /// the hand-over), so frames are never held back while the feed waits.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let out = Outbound::Sub {
+            sub: self.cursor.sub,
+            frames: std::mem::replace(&mut self.pending, Vec::with_capacity(FEED_BATCH)),
+            ticks: std::mem::take(&mut self.pending_ticks),
+        };
+        self.out.send(out).await.map_err(|_| Gone)
+    }
+
+    async fn gap(&mut self, reason: &str, resume_from: Option<StreamId>, missed: Option<u64>) -> Result<(), Gone> {
+        let frame = self.cursor.gap_frame(reason, resume_from, missed);
+        self.send(frame, false).await
+    }
+
     async fn emit(
         &mut self,
         id: StreamId,
         seq: u64,
         epoch: &Arc<str>,
-        frame: impl FnOnce() -> Outbound,
+        frame: impl FnOnce() -> Utf8Bytes,
     ) -> Result<(), Gone> {
-        if id <= self.last_sent {
-            return Ok(());
-        }
-        match &self.epoch {
-            Some(e) if e != epoch => {
-                self.gap("epoch", Some(id), None).await?;
-                self.last_seq = None;
-            }
-            _ => {
-                if let Some(last) = self.last_seq {
-                    if seq > last + 1 {
-                        self.gap("trimmed", Some(id), Some(seq - last - 1)).await?;
-                    }
+        match self.cursor.admit(id, seq, epoch) {
+            None => Ok(()),
+            Some(gap) => {
+                if let Some(gap) = gap {
+                    self.send(gap, false).await?;
                 }
+                self.send(Message::Text(frame()), true).await
             }
         }
-        self.epoch = Some(epoch.clone());
-        self.last_seq = Some(seq);
-        self.last_sent = id;
-        self.sent += 1;
-        self.send(frame()).await
     }
 
     async fn emit_stored(&mut self, tick: &Tick) -> Result<(), Gone> {
-        self.emit(tick.id, tick.seq, &tick.epoch, || Outbound::Tick {
-            text: Utf8Bytes::from(tick.to_frame()),
-            live_ingest_ms: None,
-        })
-        .await
+        self.emit(tick.id, tick.seq, &tick.epoch, || Utf8Bytes::from(tick.to_frame()))
+            .await
     }
 
-    /// Sends one shared frame (live, or from the hub's ring).
-    async fn emit_frame(&mut self, frame: &LiveFrame, live: bool) -> Result<(), Gone> {
-        self.emit(frame.id, frame.seq, &frame.epoch, || Outbound::Tick {
-            text: frame.text.clone(),
-            live_ingest_ms: live.then_some(frame.id.ms),
-        })
-        .await
+    /// Sends one shared frame from the hub's ring.
+    async fn emit_frame(&mut self, frame: &LiveFrame) -> Result<(), Gone> {
+        self.emit(frame.id, frame.seq, &frame.epoch, || frame.text.clone())
+            .await
     }
 
     /// Sends everything after `last_sent`: from the hub's ring when it holds all of
@@ -539,11 +812,12 @@ impl Cursor {
         loop {
             if let Some(frames) = ctx.hub.recent_after(&self.channel, self.last_sent) {
                 for frame in &frames {
-                    self.emit_frame(frame, false).await?;
+                    self.emit_frame(frame).await?;
                 }
                 ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
-                return Ok(());
+                return self.flush().await;
             }
+            self.flush().await?;
             let after = self.last_sent;
             let page = retry(&ctx.metrics, || {
                 ctx.store.range(&self.channel, IdRange::after(after), REPLAY_PAGE)
@@ -554,63 +828,51 @@ impl Cursor {
             }
             ctx.metrics.replayed_ticks.inc_by(page.len() as u64);
             if page.len() < REPLAY_PAGE {
-                return Ok(());
+                return self.flush().await;
             }
         }
     }
 }
 
-async fn run_subscription(ctx: Arc<SessionContext>, req: SubscribeRequest, out: mpsc::Sender<Outbound>) {
-    let _ = subscription(&ctx, req, out).await;
+async fn run_subscription(ctx: Arc<SessionContext>, sub: u64, req: SubscribeRequest, out: mpsc::Sender<Outbound>) {
+    let _ = subscription(&ctx, sub, req, out).await;
 }
 
+/// A subscription's start: replays what the client missed, sends `live`, and hands
+/// the live feed to the writer.
 async fn subscription(
     ctx: &Arc<SessionContext>,
+    sub: u64,
     req: SubscribeRequest,
     out: mpsc::Sender<Outbound>,
 ) -> Result<(), Gone> {
     // Live first: from here on, every new tick reaches `live.rx`.
-    let mut live = Box::pin(retry(&ctx.metrics, || ctx.hub.subscribe(&req.channel))).await;
-    let mut cursor = Cursor {
+    let live = retry(&ctx.metrics, || ctx.hub.subscribe(&req.channel)).await;
+    let cursor = Cursor {
+        sub,
         channel: req.channel.clone(),
         last_sent: StreamId::ZERO,
         last_seq: None,
         epoch: None,
         sent: 0,
-        out,
     };
-    // The start-up and catch-up paths are boxed: they run rarely but their futures
-    // (store calls, retries) are large, and inline they would size every idle
-    // subscription's task for its whole life.
-    let live_fallback = match Box::pin(start_from_ring(ctx, &req, &mut cursor)).await? {
+    let mut feed = Feed::new(cursor, out);
+    let live_fallback = match start_from_ring(ctx, &req, &mut feed).await? {
         Some(fallback) => fallback,
-        None => Box::pin(start_from_store(ctx, &req, &mut cursor)).await?,
+        None => start_from_store(ctx, &req, &mut feed).await?,
     };
-    Box::pin(cursor.catch_up(ctx)).await?;
-    let live_last = if cursor.sent > 0 {
-        cursor.last_sent
-    } else {
-        live_fallback
-    };
-    cursor
-        .send(text(
-            json!({"type": "live", "channel": req.channel, "last_id": live_last.to_string()}),
-        ))
-        .await?;
-
-    loop {
-        match live.rx.recv().await {
-            Ok(frame) => cursor.emit_frame(&frame, true).await?,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                ctx.metrics.slow_consumer_catchups.inc();
-                Box::pin(cursor.catch_up(ctx)).await?;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
-        }
-    }
+    feed.catch_up(ctx).await?;
+    let live_last = if feed.sent > 0 { feed.last_sent } else { live_fallback };
+    let live_frame = text(json!({"type": "live", "channel": req.channel, "last_id": live_last.to_string()}));
+    feed.send(live_frame, false).await?;
+    feed.flush().await?;
+    let Feed { cursor, out, .. } = feed;
+    out.send(Outbound::Live(Box::new(Handover { cursor, live })))
+        .await
+        .map_err(|_| Gone)
 }
 
-fn subscribed_frame(channel: &str, epoch: Option<&str>, first: Option<StreamId>, last: Option<StreamId>) -> Outbound {
+fn subscribed_frame(channel: &str, epoch: Option<&str>, first: Option<StreamId>, last: Option<StreamId>) -> Message {
     text(json!({
         "type": "subscribed",
         "channel": channel,
@@ -627,7 +889,7 @@ fn subscribed_frame(channel: &str, epoch: Option<&str>, first: Option<StreamId>,
 async fn start_from_ring(
     ctx: &SessionContext,
     req: &SubscribeRequest,
-    cursor: &mut Cursor,
+    cursor: &mut Feed,
 ) -> Result<Option<StreamId>, Gone> {
     let Some(head) = ctx.hub.head(&req.channel) else {
         return Ok(None);
@@ -651,14 +913,8 @@ async fn start_from_ring(
     let Some(frames) = frames else {
         return Ok(None);
     };
-    cursor
-        .send(subscribed_frame(
-            &req.channel,
-            head.epoch.as_deref(),
-            head.first_id,
-            head.last_id,
-        ))
-        .await?;
+    let subscribed = subscribed_frame(&req.channel, head.epoch.as_deref(), head.first_id, head.last_id);
+    cursor.send(subscribed, false).await?;
     let current = head.last_id.unwrap_or(StreamId::ZERO);
     let fallback = match req.since {
         Since::Live => {
@@ -681,7 +937,7 @@ async fn start_from_ring(
         }
     };
     for frame in &frames {
-        cursor.emit_frame(frame, false).await?;
+        cursor.emit_frame(frame).await?;
     }
     ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
     Ok(Some(fallback))
@@ -690,7 +946,7 @@ async fn start_from_ring(
 /// Starts a subscription from the store: reads the stream's head, announces a gap
 /// when the epoch changed or history after the cursor was trimmed, and sets the
 /// cursor; `catch_up` then replays. Returns the `live` frame's fallback `last_id`.
-async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: &mut Cursor) -> Result<StreamId, Gone> {
+async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: &mut Feed) -> Result<StreamId, Gone> {
     let channel = req.channel.as_str();
     let info: Option<StreamInfo> = retry(&ctx.metrics, || ctx.store.info(channel)).await;
     let info = info.unwrap_or_default();
@@ -698,7 +954,7 @@ async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: 
     let first = info.first.as_ref().map(|t| t.id);
     let last = info.last.as_ref().map(|t| t.id);
     cursor
-        .send(subscribed_frame(channel, epoch.as_deref(), first, last))
+        .send(subscribed_frame(channel, epoch.as_deref(), first, last), false)
         .await?;
     match req.since {
         Since::Live => {
@@ -708,6 +964,7 @@ async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: 
             Ok(cursor.last_sent)
         }
         Since::Default => {
+            cursor.flush().await?;
             let mut recent = retry(&ctx.metrics, || {
                 ctx.store.rev_range(channel, IdRange::ALL, ctx.default_replay)
             })

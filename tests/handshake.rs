@@ -407,6 +407,51 @@ async fn a_refresh_that_narrows_channels_unsubscribes_the_rest() {
     app.stop().await;
 }
 
+/// An unsubscribe ends a channel's frames, whether it lands in the middle of a long
+/// replay or once the channel is live: none arrives after the answer to a later
+/// message, and a new subscribe starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_stops_the_channel_at_once() {
+    let app = TestApp::start(config(None)).await;
+    let batch: Vec<_> = (0..1000)
+        .map(|i| json!({"channel": "long.replay", "value": i}))
+        .collect();
+    for _ in 0..3 {
+        assert_eq!(app.ingest(&json!(batch)).await.0, 201);
+    }
+    let mut ws = app.ws("/ws", &token(&["*"])).await;
+    // Twice in the middle of the replay, then once the subscription is live.
+    for round in 0..3 {
+        let since = if round < 2 { "0-0" } else { "$" };
+        ws.send(json!({"type": "subscribe", "channel": "long.replay", "since": since}))
+            .await;
+        if round == 2 {
+            ws.until_type("live").await;
+        }
+        ws.send(json!({"type": "unsubscribe", "channel": "long.replay"})).await;
+        ws.send(json!({"type": "ping"})).await;
+        ws.until_type("pong").await;
+        app.ingest_one("long.replay", f64::from(round)).await;
+        app.ingest_one("other", 2.0).await;
+        ws.send(json!({"type": "ping"})).await;
+        let f = ws.next_json().await;
+        assert_eq!(
+            f["type"], "pong",
+            "round {round}: a frame of an unsubscribed channel: {f}"
+        );
+    }
+    // Subscribing again replays the whole stream once, in order.
+    ws.send(json!({"type": "subscribe", "channel": "long.replay", "since": "0-0"}))
+        .await;
+    let frames = ws.until_type("live").await;
+    let ids = tick_ids(&frames);
+    let expected = app.history_ids("long.replay", "0-0").await;
+    assert!(expected.len() > 3000);
+    assert_same_ids(&ids, &expected, "the replay after a re-subscribe");
+    assert!(ids.windows(2).all(|w| sid(&w[0]) < sid(&w[1])));
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_answers_only_allowed_origins() {
     let mut cfg = config(None);
