@@ -11,8 +11,12 @@
 -- KEYS[3+i] dedup   tickstream:{p<N>}:d:<channel>:<event_id of tick i>
 -- ARGV[1] MAXLEN (approximate)   ARGV[2] dedup window, seconds
 -- ARGV[3] epoch to use if the channel has none yet   ARGV[4] channel
--- then per tick i, ARGV[4+4(i-1)+1 .. +4]: ts (unix µs), value ('' = none),
--- data ('' = none), event_id
+-- then per tick i, ARGV[4+i]: the tick's tail, the JSON members its producer
+-- determines, serialized by the node: "ts":"…","value":…,"data":…,"event_id":"…"}
+--
+-- Each entry has one field, `j`: "seq":<seq>,"epoch":"<epoch>", then the tail. A
+-- reader splices it behind the members the stream id gives (id, channel, ingest_ts)
+-- and has the whole tick object without re-serializing anything (src/tick.rs).
 --
 -- Returns {id_1, duplicate_1, id_2, duplicate_2, ...}; a duplicate returns the
 -- original id and takes no seq.
@@ -24,7 +28,6 @@ local last_id = nil
 
 for i = 1, n do
   local dedup = KEYS[3 + i]
-  local base = 4 + (i - 1) * 4
   local original = redis.call('GET', dedup)
   if original then
     out[#out + 1] = original
@@ -35,14 +38,8 @@ for i = 1, n do
       epoch = redis.call('HGET', KEYS[2], 'epoch')
     end
     local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-    local fields = {'q', seq, 'ep', epoch, 'ts', ARGV[base + 1], 'e', ARGV[base + 4]}
-    if ARGV[base + 2] ~= '' then
-      fields[#fields + 1] = 'v'; fields[#fields + 1] = ARGV[base + 2]
-    end
-    if ARGV[base + 3] ~= '' then
-      fields[#fields + 1] = 'd'; fields[#fields + 1] = ARGV[base + 3]
-    end
-    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    local body = string.format('"seq":%d,"epoch":"%s",', seq, epoch) .. ARGV[4 + i]
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'j', body)
     redis.call('SET', dedup, id, 'EX', ARGV[2])
     out[#out + 1] = id
     out[#out + 1] = 0

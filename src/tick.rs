@@ -86,6 +86,49 @@ impl StreamId {
     }
 }
 
+impl StreamId {
+    /// Appends `<ms>-<seq>` without the formatting machinery (it runs per tick of
+    /// every history page).
+    pub fn push_to(self, out: &mut String) {
+        push_u64(out, self.ms);
+        out.push('-');
+        push_u64(out, self.seq);
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// Appends `n` with at least `width` digits, zero-padded.
+fn push_padded(out: &mut String, n: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    let mut i = digits.len();
+    let mut n = n;
+    while n > 0 && i > 0 {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let start = i.min(digits.len() - width.min(digits.len()));
+    for &d in &digits[start..] {
+        out.push(char::from(d));
+    }
+}
+
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -181,6 +224,8 @@ pub struct PreparedTick {
     /// `data` as compact JSON (keys sorted).
     pub data: Option<String>,
     pub event_id: String,
+    /// The tick object's members the producer determines, as stored: see [`tail`].
+    pub tail: String,
 }
 
 impl IngestTick {
@@ -226,12 +271,15 @@ impl IngestTick {
             self.value.as_ref(),
             data.as_ref(),
         );
+        let value = self.value.map(|v| v.to_string());
+        let tail = tail(ts_us, value.as_deref(), data_text.as_deref(), &event_id);
         Ok(PreparedTick {
             channel: self.channel,
             ts_us,
-            value: self.value.map(|v| v.to_string()),
+            value,
             data: data_text,
             event_id,
+            tail,
         })
     }
 }
@@ -314,22 +362,26 @@ pub fn write_ts(out: &mut String, us: i64) {
         out.push_str("1970-01-01T00:00:00Z");
         return;
     };
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
+    // By hand rather than `write!`: this runs for every tick a history page writes.
+    push_padded(out, u32::try_from(t.year()).unwrap_or(0), 4);
+    out.push('-');
+    push_padded(out, u32::from(u8::from(t.month())), 2);
+    out.push('-');
+    push_padded(out, u32::from(t.day()), 2);
+    out.push('T');
+    push_padded(out, u32::from(t.hour()), 2);
+    out.push(':');
+    push_padded(out, u32::from(t.minute()), 2);
+    out.push(':');
+    push_padded(out, u32::from(t.second()), 2);
+    out.push('.');
     let micros = t.microsecond();
     if micros % 1000 == 0 {
-        let _ = write!(out, ".{:03}Z", micros / 1000);
+        push_padded(out, micros / 1000, 3);
     } else {
-        let _ = write!(out, ".{micros:06}Z");
+        push_padded(out, micros, 6);
     }
+    out.push('Z');
 }
 
 /// Current time in Unix milliseconds (stream ids' unit).
@@ -343,6 +395,31 @@ pub fn now_us() -> i64 {
     i64::try_from(nanos / 1000).unwrap_or(i64::MAX)
 }
 
+/// The members of a tick object that the producer determines, serialized once at
+/// ingest: `"ts":"…","value":…,"data":…,"event_id":"…"}` (with the object's closing
+/// brace). The store keeps it behind `seq` and `epoch` as the tick's body, so a read
+/// splices stored bytes instead of re-serializing every field.
+pub fn tail(ts_us: i64, value: Option<&str>, data: Option<&str>, event_id: &str) -> String {
+    let mut out = String::with_capacity(96 + data.map_or(0, str::len));
+    out.push_str("\"ts\":\"");
+    write_ts(&mut out, ts_us);
+    out.push_str("\",\"value\":");
+    out.push_str(value.unwrap_or("null"));
+    out.push_str(",\"data\":");
+    out.push_str(data.unwrap_or("null"));
+    let _ = write!(out, ",\"event_id\":\"{event_id}\"}}");
+    out
+}
+
+/// A stored tick's body: `"seq":…,"epoch":"…",` then its [`tail`]. The Redis append
+/// script builds the same bytes (`redis/append.lua`).
+pub fn body(seq: u64, epoch: &str, tail: &str) -> String {
+    let mut out = String::with_capacity(40 + tail.len());
+    let _ = write!(out, "\"seq\":{seq},\"epoch\":\"{epoch}\",");
+    out.push_str(tail);
+    out
+}
+
 /// A stored tick, as read back from a stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tick {
@@ -350,44 +427,80 @@ pub struct Tick {
     pub seq: u64,
     pub epoch: Arc<str>,
     pub channel: Arc<str>,
-    pub ts_us: i64,
-    pub value: Option<String>,
-    pub data: Option<String>,
-    pub event_id: String,
+    /// See [`body`]; `seq` and `epoch` above are read from its start.
+    pub body: String,
 }
 
+/// Why a stored body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored tick body does not start with seq and epoch")]
+pub struct BadBody;
+
 impl Tick {
+    /// Reads `seq` and `epoch` from a stored body. `epochs` holds the last epoch seen,
+    /// so the ticks of one read share one allocation.
+    pub fn from_body(
+        id: StreamId,
+        channel: Arc<str>,
+        body: String,
+        epochs: &mut Option<Arc<str>>,
+    ) -> Result<Tick, BadBody> {
+        let rest = body.strip_prefix("\"seq\":").ok_or(BadBody)?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or(BadBody)?;
+        let seq = rest[..digits].parse().map_err(|_| BadBody)?;
+        let rest = rest[digits..].strip_prefix(",\"epoch\":\"").ok_or(BadBody)?;
+        let epoch = &rest[..rest.find('"').ok_or(BadBody)?];
+        let epoch = match epochs {
+            Some(e) if **e == *epoch => e.clone(),
+            _ => {
+                let e: Arc<str> = epoch.into();
+                *epochs = Some(e.clone());
+                e
+            }
+        };
+        Ok(Tick {
+            id,
+            seq,
+            epoch,
+            channel,
+            body,
+        })
+    }
+
     /// Ingest time: the moment the store appended it, which is what the stream id's
     /// millisecond part records (on every node alike, since Redis assigns it).
     pub fn ingest_ms(&self) -> u64 {
         self.id.ms
     }
 
+    /// The tick's `ts` as stored (RFC 3339).
+    pub fn ts(&self) -> Option<&str> {
+        let start = self.body.find("\"ts\":\"")? + 6;
+        let len = self.body[start..].find('"')?;
+        Some(&self.body[start..start + len])
+    }
+
     /// Writes the tick object of SPEC §1; with `as_frame` it is the WebSocket
-    /// `tick` frame (the same object with `"type":"tick"` first).
+    /// `tick` frame (the same object with `"type":"tick"` first). The members the
+    /// stream id determines come first, then the stored body as it is.
     pub fn write_json(&self, out: &mut String, as_frame: bool) {
         out.push('{');
         if as_frame {
             out.push_str("\"type\":\"tick\",");
         }
-        let _ = write!(
-            out,
-            "\"id\":\"{}\",\"seq\":{},\"epoch\":\"{}\",\"channel\":\"{}\",\"ts\":\"",
-            self.id, self.seq, self.epoch, self.channel
-        );
-        write_ts(out, self.ts_us);
+        out.push_str("\"id\":\"");
+        self.id.push_to(out);
+        out.push_str("\",\"channel\":\"");
+        out.push_str(&self.channel);
         out.push_str("\",\"ingest_ts\":\"");
         write_ts(out, i64::try_from(self.ingest_ms()).unwrap_or(0) * 1000);
-        out.push_str("\",\"value\":");
-        out.push_str(self.value.as_deref().unwrap_or("null"));
-        out.push_str(",\"data\":");
-        out.push_str(self.data.as_deref().unwrap_or("null"));
-        let _ = write!(out, ",\"event_id\":\"{}\"}}", self.event_id);
+        out.push_str("\",");
+        out.push_str(&self.body);
     }
 
     /// The WebSocket `tick` frame as a fresh string.
     pub fn to_frame(&self) -> String {
-        let mut out = String::with_capacity(256 + self.data.as_ref().map_or(0, String::len));
+        let mut out = String::with_capacity(96 + self.channel.len() + self.body.len());
         self.write_json(&mut out, true);
         out
     }
@@ -490,6 +603,29 @@ mod tests {
     }
 
     #[test]
+    fn hand_written_numbers_match_the_formatter() {
+        for id in [
+            StreamId::ZERO,
+            StreamId::new(1732348800123, 0),
+            StreamId::new(u64::MAX, 42),
+        ] {
+            let mut s = String::new();
+            id.push_to(&mut s);
+            assert_eq!(s, id.to_string());
+        }
+        for (us, text) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_000_001, "1970-01-01T00:00:01.000001Z"),
+            (1_795_000_000_120_000, "2026-11-18T11:06:40.120Z"),
+        ] {
+            let mut s = String::new();
+            write_ts(&mut s, us);
+            assert_eq!(s, text);
+            assert_eq!(parse_ts_us(&s), Some(us));
+        }
+    }
+
+    #[test]
     fn invalid_ticks_are_refused_with_the_reason() {
         assert_eq!(tick(r#"{"channel":"a b","value":1}"#), Err(TickError::BadChannel));
         assert_eq!(
@@ -522,23 +658,55 @@ mod tests {
 
     #[test]
     fn frames_are_valid_json_with_every_field() {
-        let t = Tick {
-            id: StreamId::new(1732348800123, 0),
-            seq: 4711,
-            epoch: "k3v9q2xa".into(),
-            channel: "crypto.BTC-USD".into(),
-            ts_us: 1732348800123000,
-            value: Some("42000.5".into()),
-            data: Some(r#"{"bid":1}"#.into()),
-            event_id: "ab".into(),
-        };
+        let tail = tail(1732348800123000, Some("42000.5"), Some(r#"{"bid":1}"#), "ab");
+        let mut epochs = None;
+        let t = Tick::from_body(
+            StreamId::new(1732348800123, 0),
+            "crypto.BTC-USD".into(),
+            body(4711, "k3v9q2xa", &tail),
+            &mut epochs,
+        )
+        .unwrap();
+        assert_eq!((t.seq, &*t.epoch), (4711, "k3v9q2xa"));
+        assert_eq!(t.ts(), Some("2024-11-23T08:00:00.123Z"));
         let v: serde_json::Value = serde_json::from_str(&t.to_frame()).unwrap();
         assert_eq!(v["type"], "tick");
         assert_eq!(v["id"], "1732348800123-0");
+        assert_eq!(v["channel"], "crypto.BTC-USD");
         assert_eq!(v["seq"], 4711);
+        assert_eq!(v["epoch"], "k3v9q2xa");
         assert_eq!(v["value"], 42000.5);
         assert_eq!(v["data"]["bid"], 1);
+        assert_eq!(v["event_id"], "ab");
         assert_eq!(v["ts"], "2024-11-23T08:00:00.123Z");
         assert_eq!(v["ingest_ts"], "2024-11-23T08:00:00.123Z");
+        assert_eq!(v.as_object().unwrap().len(), 10);
+        let mut plain = String::new();
+        t.write_json(&mut plain, false);
+        let p: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        assert_eq!(p.as_object().unwrap().len(), 9);
+        assert!(p.get("type").is_none());
+    }
+
+    #[test]
+    fn stored_bodies_are_checked_and_share_their_epoch() {
+        let mut epochs = None;
+        let id = StreamId::new(1, 0);
+        let a = Tick::from_body(id, "c".into(), body(1, "e1", "}"), &mut epochs).unwrap();
+        let b = Tick::from_body(id, "c".into(), body(2, "e1", "}"), &mut epochs).unwrap();
+        assert!(Arc::ptr_eq(&a.epoch, &b.epoch));
+        for bad in [
+            "",
+            "{}",
+            r#""seq":x,"epoch":"e","#,
+            r#""seq":1,"ep":"e","#,
+            r#""seq":1,"epoch":"e"#,
+        ] {
+            assert_eq!(
+                Tick::from_body(id, "c".into(), bad.into(), &mut epochs),
+                Err(BadBody),
+                "{bad}"
+            );
+        }
     }
 }

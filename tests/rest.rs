@@ -240,3 +240,99 @@ async fn operations_endpoints_and_headers() {
     assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
     app.stop().await;
 }
+
+/// Streams written by the first storage format (one field per member) are still
+/// served, and the channel goes on in the current format: same epoch, `seq` continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_in_the_first_storage_format_is_still_served() {
+    let redis = RedisServer::start();
+    let cfg = config(Some(&redis));
+    let p = tickstream::tick::partition_of("old.format", cfg.partitions);
+    let mut c = redis.client();
+    let stream = format!("tickstream:{{p{p}}}:s:old.format");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("tickstream:{{p{p}}}:m:old.format"))
+        .arg("epoch")
+        .arg("oldepoch0000")
+        .arg("seq")
+        .arg(2)
+        .query(&mut c)
+        .unwrap();
+    let e1 = "a".repeat(64);
+    let e2 = "b".repeat(64);
+    let old: [(&str, Vec<(&str, &str)>); 2] = [
+        (
+            "1000-0",
+            vec![
+                ("q", "1"),
+                ("ep", "oldepoch0000"),
+                ("ts", "1000000"),
+                ("e", &e1),
+                ("v", "1.5"),
+            ],
+        ),
+        (
+            "2000-0",
+            vec![
+                ("q", "2"),
+                ("ep", "oldepoch0000"),
+                ("ts", "2000123"),
+                ("e", &e2),
+                ("d", r#"{"a":1}"#),
+            ],
+        ),
+    ];
+    for (id, fields) in &old {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg(id);
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        let _: String = cmd.query(&mut c).unwrap();
+    }
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("tickstream:{{p{p}}}:channels"))
+        .arg(2000)
+        .arg("old.format")
+        .query(&mut c)
+        .unwrap();
+    let app = TestApp::start(cfg).await;
+    app.ingest_one("old.format", 3.0).await;
+
+    let (_, _, body) = page_ids(&app, "/api/v1/channels/old.format/ticks?since=0-0").await;
+    let ticks = body["ticks"].as_array().unwrap();
+    assert_eq!(ticks.len(), 3);
+    assert_eq!(body["epoch"], "oldepoch0000");
+    let seqs: Vec<_> = ticks.iter().map(|t| (t["seq"].as_u64(), t["epoch"].as_str())).collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3].map(|n| (Some(n), Some("oldepoch0000"))).to_vec(),
+        "{body}"
+    );
+    assert_eq!(ticks[0]["id"], "1000-0");
+    assert_eq!(ticks[0]["ts"], "1970-01-01T00:00:01.000Z");
+    assert_eq!(ticks[0]["ingest_ts"], "1970-01-01T00:00:01.000Z");
+    assert_eq!(ticks[0]["value"], 1.5);
+    assert_eq!(ticks[0]["data"], Value::Null);
+    assert_eq!(ticks[0]["event_id"], e1.as_str());
+    assert_eq!(ticks[0]["channel"], "old.format");
+    assert_eq!(ticks[1]["ts"], "1970-01-01T00:00:02.000123Z");
+    assert_eq!(ticks[1]["value"], Value::Null);
+    assert_eq!(ticks[1]["data"], json!({"a": 1}));
+    assert_eq!(ticks[2]["value"], 3.0);
+
+    // The WebSocket replays the same three, and the channel list reads the old `ts`.
+    let mut ws = app.ws("/ws/old.format?since=0-0", &token(&["*"])).await;
+    let frames = ws.until_type("live").await;
+    let replayed: Vec<Value> = frames.into_iter().filter(|f| f["type"] == "tick").collect();
+    assert_eq!(replayed.len(), 3);
+    for (frame, tick) in replayed.iter().zip(ticks) {
+        let mut frame = frame.clone();
+        frame.as_object_mut().unwrap().remove("type");
+        assert_eq!(&frame, tick);
+    }
+    let (_, list) = app.get("/api/v1/channels", Some(&token(&["old.*"]))).await;
+    assert_eq!(list["channels"][0]["length"], 3);
+    assert_eq!(list["channels"][0]["last_ts"], ticks[2]["ts"]);
+    app.stop().await;
+}

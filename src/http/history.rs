@@ -10,7 +10,7 @@ use super::{json_response, query, AppState};
 use crate::auth::{Principal, QueryCredentials};
 use crate::error::ApiError;
 use crate::store::IdRange;
-use crate::tick::{is_valid_channel, write_ts, StreamId};
+use crate::tick::{is_valid_channel, StreamId};
 
 /// Largest page (SPEC §4).
 pub const MAX_PAGE: usize = 1000;
@@ -74,11 +74,10 @@ pub async fn channels(
         first = false;
         out.push_str(&format!("{{\"channel\":\"{}\",\"last_id\":", c.channel));
         match &c.last {
-            Some(t) => {
-                out.push_str(&format!("\"{}\",\"last_ts\":\"", t.id));
-                write_ts(&mut out, t.ts_us);
-                out.push('"');
-            }
+            Some(t) => match t.ts() {
+                Some(ts) => out.push_str(&format!("\"{}\",\"last_ts\":\"{ts}\"", t.id)),
+                None => out.push_str(&format!("\"{}\",\"last_ts\":null", t.id)),
+            },
             None => out.push_str("null,\"last_ts\":null"),
         }
         out.push_str(&format!(",\"length\":{}}}", c.length));

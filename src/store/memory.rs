@@ -124,10 +124,7 @@ impl MemoryStore {
             seq: channel.seq,
             epoch: channel.epoch.clone(),
             channel: channel.name.clone(),
-            ts_us: t.ts_us,
-            value: t.value.clone(),
-            data: t.data.clone(),
-            event_id: t.event_id.clone(),
+            body: crate::tick::body(channel.seq, &channel.epoch, &t.tail),
         });
         while channel.entries.len() > self.maxlen {
             channel.entries.pop_front();

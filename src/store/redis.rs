@@ -157,11 +157,7 @@ impl RedisStore {
             }
             cmd.arg(self.maxlen).arg(self.dedup_secs).arg(&epoch).arg(*channel);
             for &i in members {
-                let t = &ticks[i];
-                cmd.arg(t.ts_us)
-                    .arg(t.value.as_deref().unwrap_or(""))
-                    .arg(t.data.as_deref().unwrap_or(""))
-                    .arg(&t.event_id);
+                cmd.arg(&ticks[i].tail);
             }
         }
         let mut conn = self.conn().await?;
@@ -256,7 +252,7 @@ impl RedisStore {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        parse_entries(&channel.into(), &reply)
+        parse_entries(&channel.into(), reply)
     }
 
     pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
@@ -302,7 +298,7 @@ impl RedisStore {
             .map(|(channel, pair)| {
                 let length = pair.first().and_then(as_u64).unwrap_or(0);
                 let last = match pair.get(1) {
-                    Some(v) => parse_entries(&channel.as_str().into(), v)?.pop(),
+                    Some(v) => parse_entries(&channel.as_str().into(), v.clone())?.pop(),
                     None => None,
                 };
                 Ok(ChannelSummary { channel, last, length })
@@ -475,11 +471,8 @@ impl RedisTail {
             }
         };
         let mut out = Vec::new();
-        let Some(streams) = pairs_or_list(&reply) else {
-            return Ok(out);
-        };
-        for (key, entries) in streams {
-            let key = as_str(key).ok_or_else(|| protocol("XREAD key", key))?;
+        for (key, entries) in streams_of(reply) {
+            let key = as_str(&key).ok_or_else(|| protocol("XREAD key", &key))?;
             let Some(name) = key.strip_prefix(self.prefix.as_str()) else {
                 continue;
             };
@@ -488,7 +481,8 @@ impl RedisTail {
                 .find(|(c, _)| &**c == name)
                 .map(|(c, _)| c.clone())
                 .unwrap_or_else(|| name.into());
-            out.push((channel.clone(), parse_entries(&channel, entries)?));
+            let ticks = parse_entries(&channel, entries)?;
+            out.push((channel, ticks));
         }
         Ok(out)
     }
@@ -552,68 +546,121 @@ fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
     }
 }
 
-/// XREAD's reply: RESP2 `[[key, entries], …]` or RESP3 `{key: entries}`; nil on timeout.
-fn pairs_or_list(v: &Value) -> Option<Vec<(&Value, &Value)>> {
-    match v {
-        Value::Nil => None,
-        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (k, v)).collect()),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(|s| match as_array(s) {
-                    Some([k, e]) => Some((k, e)),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
+/// XREAD's reply, taken apart: RESP2 `[[key, entries], …]` or RESP3 `{key: entries}`;
+/// nil on timeout.
+fn streams_of(reply: Value) -> Vec<(Value, Value)> {
+    match reply {
+        Value::Map(kv) => kv,
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let entries = kv.pop()?;
+                    Some((kv.pop()?, entries))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
-fn parse_entries(channel: &Arc<str>, v: &Value) -> Result<Vec<Tick>, StoreError> {
-    match v {
-        Value::Nil => Ok(Vec::new()),
-        _ => as_array(v)
-            .ok_or_else(|| protocol("entries", v))?
-            .iter()
-            .map(|e| parse_entry(channel, e))
-            .collect(),
-    }
+/// Entries of XRANGE, XREVRANGE or XREAD. Takes the reply by value so each stored
+/// body moves into its tick without a copy.
+fn parse_entries(channel: &Arc<str>, v: Value) -> Result<Vec<Tick>, StoreError> {
+    let items = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) | Value::Set(items) => items,
+        other => return Err(protocol("entries", &other)),
+    };
+    let mut epochs = None;
+    items
+        .into_iter()
+        .map(|e| parse_entry(channel, e, &mut epochs))
+        .collect()
 }
 
 fn parse_entry_opt(channel: &Arc<str>, v: &Value) -> Result<Option<Tick>, StoreError> {
     match v {
         Value::Nil => Ok(None),
-        other => parse_entry(channel, other).map(Some),
+        other => parse_entry(channel, other.clone(), &mut None).map(Some),
     }
 }
 
-/// `[id, [field, value, …]]` → Tick. Field names are the append script's.
-fn parse_entry(channel: &Arc<str>, v: &Value) -> Result<Tick, StoreError> {
-    let Some([id, fields]) = as_array(v) else {
-        return Err(protocol("entry", v));
+/// `[id, [field, value, …]]` → Tick. An entry is `j` (see `redis/append.lua`); entries
+/// written before that format (fields `q`, `ep`, `ts`, `e`, `v`, `d`) are still read.
+fn parse_entry(channel: &Arc<str>, v: Value, epochs: &mut Option<Arc<str>>) -> Result<Tick, StoreError> {
+    let (id, fields) = match v {
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let fields = parts.pop().unwrap_or(Value::Nil);
+            (parts.pop().unwrap_or(Value::Nil), fields)
+        }
+        other => return Err(protocol("entry", &other)),
     };
-    let id = as_id(id).ok_or_else(|| protocol("entry id", v))?;
-    let mut tick = Tick {
-        id,
-        seq: 0,
-        epoch: "".into(),
-        channel: channel.clone(),
-        ts_us: 0,
-        value: None,
-        data: None,
-        event_id: String::new(),
+    let id = as_id(&id).ok_or_else(|| protocol("entry id", &id))?;
+    let body_of = |body: Value, epochs: &mut Option<Arc<str>>| {
+        let body = into_string(body).ok_or_else(|| StoreError::Protocol(format!("entry {id}: body")))?;
+        Tick::from_body(id, channel.clone(), body, epochs).map_err(|e| StoreError::Protocol(format!("entry {id}: {e}")))
     };
-    for (name, value) in pairs(fields).ok_or_else(|| protocol("entry fields", v))? {
-        match as_bytes(name) {
-            Some(b"q") => tick.seq = as_u64(value).unwrap_or(0),
-            Some(b"ep") => tick.epoch = as_str(value).unwrap_or_default().into(),
-            Some(b"ts") => tick.ts_us = as_str(value).and_then(|s| s.parse().ok()).unwrap_or(0),
-            Some(b"v") => tick.value = as_str(value),
-            Some(b"d") => tick.data = as_str(value),
-            Some(b"e") => tick.event_id = as_str(value).unwrap_or_default(),
+    // Fields as (name, value) pairs: a RESP2 flat array or a RESP3 map.
+    let fields: Vec<(Value, Value)> = match fields {
+        // The current format, `[j, body]`: no pairs to build.
+        Value::Array(mut items) if items.len() == 2 && as_bytes(&items[0]) == Some(b"j") => {
+            let body = items.pop().unwrap_or(Value::Nil);
+            return body_of(body, epochs);
+        }
+        Value::Map(kv) => kv,
+        Value::Array(items) => {
+            let mut kv = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                kv.push((k, v));
+            }
+            kv
+        }
+        other => return Err(protocol("entry fields", &other)),
+    };
+    let mut legacy = LegacyEntry::default();
+    for (name, value) in fields {
+        match as_bytes(&name) {
+            Some(b"j") => return body_of(value, epochs),
+            Some(b"q") => legacy.seq = as_u64(&value).unwrap_or(0),
+            Some(b"ep") => legacy.epoch = as_str(&value).unwrap_or_default(),
+            Some(b"ts") => legacy.ts_us = as_str(&value).and_then(|s| s.parse().ok()).unwrap_or(0),
+            Some(b"v") => legacy.value = as_str(&value),
+            Some(b"d") => legacy.data = as_str(&value),
+            Some(b"e") => legacy.event_id = as_str(&value).unwrap_or_default(),
             _ => {}
         }
     }
-    Ok(tick)
+    let tail = crate::tick::tail(
+        legacy.ts_us,
+        legacy.value.as_deref(),
+        legacy.data.as_deref(),
+        &legacy.event_id,
+    );
+    body_of(
+        Value::BulkString(crate::tick::body(legacy.seq, &legacy.epoch, &tail).into_bytes()),
+        epochs,
+    )
+}
+
+/// The fields of an entry in the first storage format.
+#[derive(Default)]
+struct LegacyEntry {
+    seq: u64,
+    epoch: String,
+    ts_us: i64,
+    value: Option<String>,
+    data: Option<String>,
+    event_id: String,
+}
+
+fn into_string(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
+    }
 }
