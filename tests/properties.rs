@@ -1,13 +1,76 @@
 //! Properties of the pure rules every request passes through: channel names, stream
-//! ids and token channel patterns (proptest: thousands of generated cases each).
+//! ids, token channel patterns, and the hand-written JSON of stored ticks (proptest:
+//! thousands of generated cases each).
 
 use proptest::prelude::*;
+use serde_json::{json, Value};
 use tickstream::auth::ChannelPattern;
-use tickstream::tick::{is_valid_channel, Since, StreamId};
+use tickstream::tick::{body, is_valid_channel, parse_body, Since, StreamId, Tick};
 
 const CHANNEL: &str = "[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}";
 
+/// JSON values for `data`: any strings (quotes, backslashes, control characters,
+/// any Unicode), numbers, booleans, nulls, arrays and objects, nested.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        (-1e300f64..1e300).prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(any::<String>(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
 proptest! {
+    /// A tick is serialized once at ingest and stored; what a reader writes by hand
+    /// from the stored bytes parses back to the members the producer sent.
+    #[test]
+    fn stored_ticks_read_back_as_the_json_that_was_sent(
+        channel in CHANNEL,
+        value in prop::option::of(-1e300f64..1e300),
+        data in prop::option::of(prop::collection::btree_map(any::<String>(), json_value(), 0..6)),
+        key in prop::option::of("[ -~]{1,40}"),
+        seq in any::<u64>(),
+        ms in 0u64..4_000_000_000_000,
+    ) {
+        // At least one of them (SPEC §1); an empty object is a valid `data`.
+        let data = if value.is_none() { Some(data.unwrap_or_default()) } else { data };
+        let mut sent = json!({"channel": channel, "ts": "2026-11-23T08:00:00.123456+02:00"});
+        if let Some(v) = value { sent["value"] = json!(v); }
+        if let Some(d) = &data { sent["data"] = json!(d); }
+        if let Some(k) = &key { sent["key"] = json!(k); }
+        let raw = serde_json::to_vec(&sent).unwrap();
+        let Ok(prepared) = parse_body(&raw, 0) else {
+            // Only `data` over 8 KiB may be refused here.
+            prop_assert!(serde_json::to_string(&data).unwrap().len() > 8 * 1024);
+            return Ok(());
+        };
+        let t = &prepared[0];
+        let stored = body(seq, "propepoch000", &t.tail);
+        let id = StreamId::new(ms, 3);
+        let tick = Tick::from_body(id, channel.as_str().into(), stored, &mut None).unwrap();
+        prop_assert_eq!(tick.seq, seq);
+        let frame: Value = serde_json::from_str(&tick.to_frame()).unwrap();
+        prop_assert_eq!(&frame["type"], "tick");
+        let id_text = id.to_string();
+        prop_assert_eq!(frame["id"].as_str(), Some(id_text.as_str()));
+        prop_assert_eq!(&frame["channel"], &sent["channel"]);
+        prop_assert_eq!(&frame["seq"], &json!(seq));
+        prop_assert_eq!(&frame["epoch"], "propepoch000");
+        prop_assert_eq!(&frame["ts"], "2026-11-23T06:00:00.123456Z");
+        prop_assert_eq!(&frame["value"], &sent.get("value").cloned().unwrap_or(Value::Null));
+        prop_assert_eq!(&frame["data"], &sent.get("data").cloned().unwrap_or(Value::Null));
+        prop_assert_eq!(frame["event_id"].as_str(), Some(t.event_id.as_str()));
+        prop_assert_eq!(frame.as_object().unwrap().len(), 10);
+    }
+
     #[test]
     fn names_matching_the_spec_regex_are_valid(name in CHANNEL) {
         prop_assert!(is_valid_channel(&name));
