@@ -505,7 +505,7 @@ impl Writer {
     /// Writes a live subscription's ready ticks into the batch, then re-arms it; a
     /// lagged one goes to a catch-up task. Returns the tick frames added.
     fn drain_live(&mut self, i: usize, mut handover: Box<Handover>, first: Result<LiveFrame, RecvError>) -> u64 {
-        let metrics = self.ctx.metrics.clone();
+        let metrics = &self.ctx.metrics;
         let now_ms = crate::tick::now_ms();
         let mut added = 0;
         let mut next = first;
@@ -999,7 +999,7 @@ async fn start_from_store(ctx: &SessionContext, req: &SubscribeRequest, cursor: 
                             // Without `seq` the loss cannot be counted; say so.
                             cursor.gap("trimmed", Some(first), None).await?;
                         }
-                        // With `seq`, `emit` sees the jump and announces it exactly.
+                        // With `seq`, `Cursor::admit` sees the jump and announces it exactly.
                     }
                 }
             }

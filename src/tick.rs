@@ -90,40 +90,22 @@ impl StreamId {
     /// Appends `<ms>-<seq>` without the formatting machinery (it runs per tick of
     /// every history page).
     pub fn push_to(self, out: &mut String) {
-        push_u64(out, self.ms);
+        push_digits(out, self.ms, 1);
         out.push('-');
-        push_u64(out, self.seq);
+        push_digits(out, self.seq, 1);
     }
 }
 
-/// Appends `n` in decimal.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
+/// Appends `n` in decimal, zero-padded to at least `width` digits.
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
     let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
-}
-
-/// Appends `n` with at least `width` digits, zero-padded.
-fn push_padded(out: &mut String, n: u32, width: usize) {
-    let mut digits = [b'0'; 10];
-    let mut i = digits.len();
-    let mut n = n;
-    while n > 0 && i > 0 {
+    while n > 0 {
         i -= 1;
         digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    let start = i.min(digits.len() - width.min(digits.len()));
+    let start = i.min(digits.len() - width.clamp(1, digits.len()));
     for &d in &digits[start..] {
         out.push(char::from(d));
     }
@@ -363,23 +345,23 @@ pub fn write_ts(out: &mut String, us: i64) {
         return;
     };
     // By hand rather than `write!`: this runs for every tick a history page writes.
-    push_padded(out, u32::try_from(t.year()).unwrap_or(0), 4);
+    push_digits(out, u64::try_from(t.year()).unwrap_or(0), 4);
     out.push('-');
-    push_padded(out, u32::from(u8::from(t.month())), 2);
+    push_digits(out, u64::from(u8::from(t.month())), 2);
     out.push('-');
-    push_padded(out, u32::from(t.day()), 2);
+    push_digits(out, u64::from(t.day()), 2);
     out.push('T');
-    push_padded(out, u32::from(t.hour()), 2);
+    push_digits(out, u64::from(t.hour()), 2);
     out.push(':');
-    push_padded(out, u32::from(t.minute()), 2);
+    push_digits(out, u64::from(t.minute()), 2);
     out.push(':');
-    push_padded(out, u32::from(t.second()), 2);
+    push_digits(out, u64::from(t.second()), 2);
     out.push('.');
     let micros = t.microsecond();
     if micros % 1000 == 0 {
-        push_padded(out, micros / 1000, 3);
+        push_digits(out, u64::from(micros / 1000), 3);
     } else {
-        push_padded(out, micros, 6);
+        push_digits(out, u64::from(micros), 6);
     }
     out.push('Z');
 }

@@ -190,14 +190,7 @@ async fn operations_endpoints_and_headers() {
     );
 
     app.ingest(&json!({"channel": "m.c", "value": 1})).await;
-    let metrics = http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.text("/metrics").await.expect("metrics");
     for name in [
         "tickstream_connections",
         "tickstream_subscriptions",
@@ -210,14 +203,7 @@ async fn operations_endpoints_and_headers() {
         metrics.contains(r#"tickstream_ticks_ingested_total{result="stored"} 1"#),
         "{metrics}"
     );
-    let system = http
-        .get(app.url("/metrics/system"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let system = app.text("/metrics/system").await.expect("system metrics");
     assert!(system.contains("process_resident_memory_bytes"));
     let (status, openapi) = app.get("/api/v1/openapi.json", None).await;
     assert_eq!(status, 200);

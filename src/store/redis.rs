@@ -292,13 +292,13 @@ impl RedisStore {
                 .arg(1);
         }
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut replies = replies.into_iter();
         names
             .into_iter()
-            .zip(replies.chunks(2))
-            .map(|(channel, pair)| {
-                let length = pair.first().and_then(as_u64).unwrap_or(0);
-                let last = match pair.get(1) {
-                    Some(v) => parse_entries(&channel.as_str().into(), v.clone())?.pop(),
+            .map(|channel| {
+                let length = replies.next().as_ref().and_then(as_u64).unwrap_or(0);
+                let last = match replies.next() {
+                    Some(v) => parse_entries(&channel.as_str().into(), v)?.pop(),
                     None => None,
                 };
                 Ok(ChannelSummary { channel, last, length })
@@ -598,16 +598,16 @@ fn parse_entry(channel: &Arc<str>, v: Value, epochs: &mut Option<Arc<str>>) -> R
         other => return Err(protocol("entry", &other)),
     };
     let id = as_id(&id).ok_or_else(|| protocol("entry id", &id))?;
-    let body_of = |body: Value, epochs: &mut Option<Arc<str>>| {
-        let body = into_string(body).ok_or_else(|| StoreError::Protocol(format!("entry {id}: body")))?;
+    let read = |body: String, epochs: &mut Option<Arc<str>>| {
         Tick::from_body(id, channel.clone(), body, epochs).map_err(|e| StoreError::Protocol(format!("entry {id}: {e}")))
     };
+    let body_of = |value: Value| into_string(value).ok_or_else(|| StoreError::Protocol(format!("entry {id}: body")));
     // Fields as (name, value) pairs: a RESP2 flat array or a RESP3 map.
     let fields: Vec<(Value, Value)> = match fields {
         // The current format, `[j, body]`: no pairs to build.
         Value::Array(mut items) if items.len() == 2 && as_bytes(&items[0]) == Some(b"j") => {
             let body = items.pop().unwrap_or(Value::Nil);
-            return body_of(body, epochs);
+            return read(body_of(body)?, epochs);
         }
         Value::Map(kv) => kv,
         Value::Array(items) => {
@@ -623,7 +623,7 @@ fn parse_entry(channel: &Arc<str>, v: Value, epochs: &mut Option<Arc<str>>) -> R
     let mut legacy = LegacyEntry::default();
     for (name, value) in fields {
         match as_bytes(&name) {
-            Some(b"j") => return body_of(value, epochs),
+            Some(b"j") => return read(body_of(value)?, epochs),
             Some(b"q") => legacy.seq = as_u64(&value).unwrap_or(0),
             Some(b"ep") => legacy.epoch = as_str(&value).unwrap_or_default(),
             Some(b"ts") => legacy.ts_us = as_str(&value).and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -639,10 +639,7 @@ fn parse_entry(channel: &Arc<str>, v: Value, epochs: &mut Option<Arc<str>>) -> R
         legacy.data.as_deref(),
         &legacy.event_id,
     );
-    body_of(
-        Value::BulkString(crate::tick::body(legacy.seq, &legacy.epoch, &tail).into_bytes()),
-        epochs,
-    )
+    read(crate::tick::body(legacy.seq, &legacy.epoch, &tail), epochs)
 }
 
 /// The fields of an entry in the first storage format.

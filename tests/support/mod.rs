@@ -257,10 +257,16 @@ impl TestApp {
         (status, resp.json::<Value>().await.unwrap_or(Value::Null))
     }
 
+    /// The body of a GET without credentials, as text; `None` if the server did not
+    /// answer.
+    pub async fn text(&self, path: &str) -> Option<String> {
+        self.http.get(self.url(path)).send().await.ok()?.text().await.ok()
+    }
+
     /// A sample from the server's Prometheus text at `path` (`/metrics` or
     /// `/metrics/system`); `None` when it is not exposed.
     pub async fn metric(&self, path: &str, name: &str) -> Option<f64> {
-        let text = self.http.get(self.url(path)).send().await.ok()?.text().await.ok()?;
+        let text = self.text(path).await?;
         text.lines()
             .find(|l| l.starts_with(&format!("{name} ")))
             .and_then(|l| l.split_whitespace().nth(1))
