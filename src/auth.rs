@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::ratelimit::Tier;
 use crate::tick::is_valid_channel;
 
 /// Clock skew tolerated on `exp`, `nbf` and HMAC timestamps' neighbours (SPEC §2).
@@ -49,28 +50,6 @@ impl ChannelPattern {
             ChannelPattern::Prefix(p) => channel.len() > p.len() && channel.starts_with(p.as_str()),
             ChannelPattern::Exact(name) => name == channel,
         }
-    }
-}
-
-/// Rate-limit tier (SPEC §2 `tier`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tier {
-    #[default]
-    Free,
-    Pro,
-    Business,
-    Internal,
-}
-
-impl Tier {
-    fn parse(raw: &str) -> Option<Tier> {
-        Some(match raw {
-            "free" => Tier::Free,
-            "pro" => Tier::Pro,
-            "business" => Tier::Business,
-            "internal" => Tier::Internal,
-            _ => return None,
-        })
     }
 }
 
@@ -271,8 +250,20 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        match &config.jwt_audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            // Without a configured audience any `aud` is accepted.
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let auth = Authenticator {
             jwt_key,
             validation,
@@ -309,7 +300,7 @@ impl Authenticator {
         let now = unix_now();
         let claims = Claims {
             sub: sub.into(),
-            exp: now + ttl_secs,
+            exp: now.saturating_add(ttl_secs),
             nbf: None,
             iat: Some(now),
             channels: channels.iter().map(|s| s.to_string()).collect(),
@@ -331,6 +322,8 @@ impl Authenticator {
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted".into()),
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing claim {c}")),
+                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience (aud)".into()),
+                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer (iss)".into()),
                 _ => AuthError::Invalid("malformed token".into()),
             })?;
         let claims = data.claims;
@@ -364,7 +357,8 @@ impl Authenticator {
         }
         let ts_secs: i64 = ts.parse().map_err(|_| AuthError::Invalid("bad ts".into()))?;
         let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-        if (now - ts_secs).abs() > HMAC_WINDOW_SECS {
+        // abs_diff: a `ts` near i64::MIN must be refused, not overflow.
+        if now.abs_diff(ts_secs) > HMAC_WINDOW_SECS.unsigned_abs() {
             return Err(AuthError::Expired);
         }
         let sig = hex::decode(sig).map_err(|_| AuthError::Invalid("bad signature".into()))?;

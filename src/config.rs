@@ -12,6 +12,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::OriginPattern;
+use crate::ratelimit::ip::{Cidr, TrustedProxies};
+use crate::ratelimit::{Group, Limits, Rate, Tier};
+use crate::store::connections::TlsFiles;
+use crate::store::Settings;
 
 /// Command-line flags, each backed by its environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -24,9 +28,19 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "TICKSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// `redis://host:port` for the Redis engine; unset runs the in-memory engine.
-    #[arg(long, env = "REDIS_URL")]
+    /// `redis://[user:password@]host:port` or `rediss://` (TLS) for the Redis engine;
+    /// unset runs the in-memory engine.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM CA certificate(s) for `rediss://` (default: the system trust store).
+    #[arg(long, env = "TICKSTREAM_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with Redis (with the key below).
+    #[arg(long, env = "TICKSTREAM_REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "TICKSTREAM_REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Partition count; fixed for the life of a deployment.
     #[arg(long, env = "TICKSTREAM_PARTITIONS", default_value = "16")]
     pub partitions: String,
@@ -45,6 +59,12 @@ pub struct Cli {
     /// Path of a PEM public key for RS256/ES256 JWTs.
     #[arg(long, env = "TICKSTREAM_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// When set, a JWT's `aud` must contain it.
+    #[arg(long, env = "TICKSTREAM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// When set, a JWT's `iss` must equal it.
+    #[arg(long, env = "TICKSTREAM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Secret for HMAC-signed handshakes.
     #[arg(long, env = "TICKSTREAM_HMAC_SECRET", hide_env_values = true)]
     pub hmac_secret: Option<String>,
@@ -57,6 +77,34 @@ pub struct Cli {
     /// Comma list of allowed WebSocket origins (`https://app.example.com`, `https://*.example.com`).
     #[arg(long, env = "TICKSTREAM_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
+    /// Rate limits, `<n>/<s|m|h>[:<burst>]` or `off` (defaults in docs/OPERATIONS.md).
+    #[arg(long, env = "TICKSTREAM_RATE_FREE_WS")]
+    pub rate_free_ws: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_FREE_API")]
+    pub rate_free_api: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_FREE_INGEST")]
+    pub rate_free_ingest: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_PRO_WS")]
+    pub rate_pro_ws: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_PRO_API")]
+    pub rate_pro_api: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_PRO_INGEST")]
+    pub rate_pro_ingest: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_BUSINESS_WS")]
+    pub rate_business_ws: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_BUSINESS_API")]
+    pub rate_business_api: Option<String>,
+    #[arg(long, env = "TICKSTREAM_RATE_BUSINESS_INGEST")]
+    pub rate_business_ingest: Option<String>,
+    /// Per-IP flood shield in front of everything, same format, or `off`.
+    #[arg(long, env = "TICKSTREAM_IP_RATE", default_value = "50/s:100")]
+    pub ip_rate: String,
+    /// Comma list of proxy IPs or CIDRs whose X-Forwarded-For is believed.
+    #[arg(long, env = "TICKSTREAM_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// Most open WebSockets on this node; beyond it handshakes answer 503.
+    #[arg(long, env = "TICKSTREAM_MAX_CONNECTIONS", default_value = "50000")]
+    pub max_connections: String,
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "TICKSTREAM_LOG", default_value = "info")]
     pub log: String,
@@ -86,12 +134,24 @@ pub struct Config {
     pub stream_maxlen: u64,
     pub dedup_window: Duration,
     pub default_replay: usize,
+    /// TLS files for `rediss://`.
+    pub redis_tls: TlsFiles,
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<PathBuf>,
+    /// Required `aud` / `iss` of JWTs, when set.
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
     pub hmac_secret: Option<String>,
     pub hmac_channels: Vec<String>,
     pub ingest_token: Option<String>,
     pub allowed_origins: Vec<OriginPattern>,
+    /// Token buckets per tier and group.
+    pub rate_limits: Limits,
+    /// The per-IP shield; `None` is off.
+    pub ip_rate: Option<Rate>,
+    pub trusted_proxies: TrustedProxies,
+    /// Open WebSockets per node, at most.
+    pub max_connections: usize,
     pub log: String,
     pub log_format: LogFormat,
     /// Per-channel in-memory live buffer (broadcast capacity). A subscriber that falls
@@ -208,6 +268,51 @@ impl Config {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let rate_of = |tier: Tier, group: Group| -> Option<String> {
+            match (tier, group) {
+                (Tier::Free, Group::Ws) => cli.rate_free_ws.clone(),
+                (Tier::Free, Group::Api) => cli.rate_free_api.clone(),
+                (Tier::Free, Group::Ingest) => cli.rate_free_ingest.clone(),
+                (Tier::Pro, Group::Ws) => cli.rate_pro_ws.clone(),
+                (Tier::Pro, Group::Api) => cli.rate_pro_api.clone(),
+                (Tier::Pro, Group::Ingest) => cli.rate_pro_ingest.clone(),
+                (Tier::Business, Group::Ws) => cli.rate_business_ws.clone(),
+                (Tier::Business, Group::Api) => cli.rate_business_api.clone(),
+                (Tier::Business, Group::Ingest) => cli.rate_business_ingest.clone(),
+                (Tier::Internal, _) => None,
+            }
+        };
+        let rate_limits = Limits::from_values(|tier, group| {
+            non_empty(rate_of(tier, group)).unwrap_or_else(|| Limits::default_value(tier, group).to_string())
+        })
+        .map_err(|(var, message)| bad(var, message))?;
+        let ip_rate = Rate::parse(&cli.ip_rate).map_err(|e| bad("TICKSTREAM_IP_RATE", e))?;
+        let trusted_proxies = TrustedProxies(
+            cli.trusted_proxies
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    Cidr::parse(s).ok_or_else(|| {
+                        bad(
+                            "TICKSTREAM_TRUSTED_PROXIES",
+                            format!("bad address {s:?} (expected an IP or a CIDR such as 10.0.0.0/8)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        );
+        let redis_tls = TlsFiles {
+            ca: cli.redis_tls_ca,
+            client_cert: cli.redis_tls_cert,
+            client_key: cli.redis_tls_key,
+        };
+        if redis_tls.client_cert.is_some() != redis_tls.client_key.is_some() {
+            return Err(bad(
+                "TICKSTREAM_REDIS_TLS_CERT",
+                "TICKSTREAM_REDIS_TLS_CERT and TICKSTREAM_REDIS_TLS_KEY go together",
+            ));
+        }
         let log_format = match cli.log_format.trim() {
             "json" => LogFormat::Json,
             "pretty" => LogFormat::Pretty,
@@ -225,12 +330,19 @@ impl Config {
             stream_maxlen: number("TICKSTREAM_STREAM_MAXLEN", &cli.stream_maxlen, 1, 1_000_000_000)?,
             dedup_window,
             default_replay: number("TICKSTREAM_DEFAULT_REPLAY", &cli.default_replay, 0, 100_000)?,
+            redis_tls,
             jwt_secret,
             jwt_public_key: cli.jwt_public_key,
+            jwt_audience: non_empty(cli.jwt_audience),
+            jwt_issuer: non_empty(cli.jwt_issuer),
             hmac_secret: non_empty(cli.hmac_secret),
             hmac_channels,
             ingest_token: non_empty(cli.ingest_token),
             allowed_origins,
+            rate_limits,
+            ip_rate,
+            trusted_proxies,
+            max_connections: number("TICKSTREAM_MAX_CONNECTIONS", &cli.max_connections, 1, 10_000_000)?,
             log: cli.log,
             log_format,
             live_buffer: 1024,
@@ -247,20 +359,47 @@ impl Config {
         let cli = Cli {
             listen: "127.0.0.1:8080".into(),
             redis_url: None,
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
             partitions: "16".into(),
             stream_maxlen: "10000".into(),
             dedup_window: "24h".into(),
             default_replay: "100".into(),
             jwt_secret: None,
             jwt_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             hmac_secret: None,
             hmac_channels: "*".into(),
             ingest_token: None,
             allowed_origins: String::new(),
+            rate_free_ws: None,
+            rate_free_api: None,
+            rate_free_ingest: None,
+            rate_pro_ws: None,
+            rate_pro_api: None,
+            rate_pro_ingest: None,
+            rate_business_ws: None,
+            rate_business_api: None,
+            rate_business_ingest: None,
+            ip_rate: "50/s:100".into(),
+            trusted_proxies: String::new(),
+            max_connections: "50000".into(),
             log: "info".into(),
             log_format: "pretty".into(),
         };
         Config::from_cli(cli).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    /// What the storage engines are configured with.
+    pub fn store_settings(&self) -> Settings {
+        Settings {
+            partitions: self.partitions,
+            stream_maxlen: self.stream_maxlen,
+            dedup_window: self.dedup_window,
+            tail_block: self.tail_block,
+        }
     }
 
     /// Ticks each active channel keeps in memory for resumes: up to 1,024, never more
@@ -298,6 +437,12 @@ mod tests {
             (&["--allowed-origins", "example.com"], "TICKSTREAM_ALLOWED_ORIGINS"),
             (&["--log-format", "xml"], "TICKSTREAM_LOG_FORMAT"),
             (&["--jwt-secret", "short"], "TICKSTREAM_JWT_SECRET"),
+            (&["--rate-free-api", "lots"], "TICKSTREAM_RATE_FREE_API"),
+            (&["--rate-business-ingest", "10/d"], "TICKSTREAM_RATE_BUSINESS_INGEST"),
+            (&["--ip-rate", "50"], "TICKSTREAM_IP_RATE"),
+            (&["--trusted-proxies", "10.0.0.0/99"], "TICKSTREAM_TRUSTED_PROXIES"),
+            (&["--max-connections", "0"], "TICKSTREAM_MAX_CONNECTIONS"),
+            (&["--redis-tls-cert", "/x.pem"], "TICKSTREAM_REDIS_TLS_CERT"),
         ] {
             let err = Config::from_cli(cli(args)).unwrap_err();
             assert_eq!(err.var, var, "{args:?}");
@@ -325,5 +470,8 @@ mod tests {
         assert_eq!(c.default_replay, 100);
         assert_eq!(c.dedup_window, Duration::from_secs(86_400));
         assert!(c.redis_url.is_none());
+        assert_eq!(c.rate_limits, Limits::defaults());
+        assert_eq!(c.ip_rate.map(|r| r.to_string()).as_deref(), Some("50/s:100"));
+        assert_eq!(c.max_connections, 50_000);
     }
 }

@@ -30,6 +30,12 @@ pub enum ApiError {
     TooLarge(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A rate limit refused the request; `retry_after` is whole seconds.
+    #[error("{message}")]
+    RateLimited { retry_after: u64, message: String },
+    /// The node holds as many WebSockets as it may (`TICKSTREAM_MAX_CONNECTIONS`).
+    #[error("this node is at its connection limit, try again shortly")]
+    Overloaded,
 }
 
 impl ApiError {
@@ -56,6 +62,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         }
     }
 }
@@ -93,7 +101,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(error_body(code, &message))).into_response()
+        let mut response = (status, Json(error_body(code, &message))).into_response();
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
+        }
+        response
     }
 }
 

@@ -12,16 +12,18 @@
 //! every id; sessions drop the overlap by id.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, watch, Notify};
 
+use crate::keyspace::partition_of;
 use crate::metrics::Metrics;
 use crate::store::{IdRange, Store, StoreError, StreamInfo, TailWaker};
-use crate::tick::{now_ms, partition_of, StreamId, Tick};
+use crate::tick::{now_ms, StreamId, Tick};
 
 /// A partition reader that has not heard from the store for this long is stale, and
 /// `/readyz` says so: delivery silently dead must never look healthy.
@@ -50,7 +52,12 @@ impl LiveFrame {
 }
 
 struct ActiveChannel {
-    tx: broadcast::Sender<LiveFrame>,
+    /// The live buffer, made when the first tick is published on this node: a
+    /// channel that nobody writes to costs its subscribers no buffer at all (a
+    /// broadcast allocates every slot up front).
+    tx: Option<broadcast::Sender<LiveFrame>>,
+    /// Wakes the subscribers that joined before `tx` existed.
+    opened: Arc<Notify>,
     subscribers: usize,
     /// Last id published (or the stream's last id when the channel became active).
     cursor: StreamId,
@@ -125,7 +132,12 @@ impl Partition {
         self.lock().iter().map(|(c, a)| (c.clone(), a.cursor)).collect()
     }
 
-    fn publish(&self, batches: Vec<(Arc<str>, Vec<Tick>)>, ring: usize) {
+    /// A receiver of the channel's live buffer, once it has one.
+    fn receiver(&self, channel: &str) -> Option<broadcast::Receiver<LiveFrame>> {
+        self.lock().get(channel)?.tx.as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    fn publish(&self, batches: Vec<(Arc<str>, Vec<Tick>)>, ring: usize, live_buffer: usize) {
         // Serialize outside the lock: that is the expensive part.
         let frames: Vec<(Arc<str>, Vec<LiveFrame>)> = batches
             .into_iter()
@@ -136,12 +148,23 @@ impl Partition {
             let Some(active) = channels.get_mut(&channel) else {
                 continue;
             };
+            let tx = match &active.tx {
+                Some(tx) => tx.clone(),
+                None => {
+                    // Nobody can be subscribed to the new buffer yet: the first frames
+                    // reach the waiting subscribers through the ring once woken.
+                    let tx = broadcast::channel(live_buffer).0;
+                    active.tx = Some(tx.clone());
+                    active.opened.notify_waiters();
+                    tx
+                }
+            };
             for frame in frames {
                 if frame.id > active.cursor {
                     active.cursor = frame.id;
                     active.push_recent(frame.clone(), ring);
                     // No receivers is fine: the last one may have just left.
-                    let _ = active.tx.send(frame);
+                    let _ = tx.send(frame);
                 }
             }
         }
@@ -151,9 +174,65 @@ impl Partition {
 /// A session's handle on a channel's live ticks. Dropping it unsubscribes; the last
 /// one to go makes the channel inactive.
 pub struct LiveSubscription {
-    pub rx: broadcast::Receiver<LiveFrame>,
+    /// `None` until the channel's live buffer exists (its first live tick).
+    rx: Option<broadcast::Receiver<LiveFrame>>,
+    opened: Arc<Notify>,
     partition: Arc<Partition>,
     channel: Arc<str>,
+}
+
+/// Why a live subscription returned no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// It fell behind the live buffer: frames were dropped; catch up from the ring or
+    /// the stream.
+    Lagged,
+    /// The channel got its live buffer just now: its first frames are in the ring,
+    /// not in this receiver; catch up from the ring.
+    Opened,
+    /// The channel is gone (the hub shut down).
+    Closed,
+}
+
+impl LiveSubscription {
+    /// The next live frame.
+    pub async fn recv(&mut self) -> Result<LiveFrame, Interrupted> {
+        loop {
+            if let Some(rx) = &mut self.rx {
+                return rx.recv().await.map_err(|e| match e {
+                    RecvError::Lagged(_) => Interrupted::Lagged,
+                    RecvError::Closed => Interrupted::Closed,
+                });
+            }
+            // Registered before looking, so an opening between the look and the wait
+            // still wakes this subscriber.
+            let notified = self.opened.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(rx) = self.partition.receiver(&self.channel) {
+                self.rx = Some(rx);
+                return Err(Interrupted::Opened);
+            }
+            notified.await;
+        }
+    }
+
+    /// A frame that is ready now, if any (`Ok(None)`: nothing ready).
+    pub fn try_recv(&mut self) -> Result<Option<LiveFrame>, Interrupted> {
+        let Some(rx) = &mut self.rx else {
+            return Ok(None);
+        };
+        match rx.try_recv() {
+            Ok(frame) => Ok(Some(frame)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Lagged(_)) => Err(Interrupted::Lagged),
+            Err(TryRecvError::Closed) => Err(Interrupted::Closed),
+        }
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
 }
 
 impl Drop for LiveSubscription {
@@ -178,10 +257,6 @@ pub struct TailHealth {
 
 pub struct Hub {
     store: Store,
-    /// Whether the store answered its last health ping (every second). Handshakes
-    /// read this instead of pinging Redis each, so a storm of them costs Redis
-    /// nothing and is refused with 503 while Redis is away.
-    store_up: AtomicBool,
     partitions: Vec<Arc<Partition>>,
     live_buffer: usize,
     /// Capacity of each active channel's ring of recent ticks.
@@ -193,7 +268,6 @@ impl Hub {
     pub fn new(store: Store, partitions: u32, live_buffer: usize, ring: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
         Arc::new(Hub {
             store,
-            store_up: AtomicBool::new(true),
             partitions: (0..partitions)
                 .map(|index| {
                     Arc::new(Partition {
@@ -213,45 +287,12 @@ impl Hub {
         })
     }
 
-    /// Spawns one reader per partition and the store health check; they stop when
-    /// `shutdown` turns true.
+    /// Spawns one reader per partition; they stop when `shutdown` turns true.
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks: Vec<_> = self
-            .partitions
+        self.partitions
             .iter()
             .map(|p| tokio::spawn(self.clone().run_reader(p.clone(), shutdown.clone())))
-            .collect();
-        tasks.push(tokio::spawn(self.clone().watch_store(shutdown)));
-        tasks
-    }
-
-    /// True unless the store failed its last health ping.
-    pub fn store_up(&self) -> bool {
-        self.store_up.load(Ordering::Acquire)
-    }
-
-    /// Pings the store every second, so handshakes can refuse with 503 during an
-    /// outage without each pinging Redis.
-    async fn watch_store(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut log = ErrorLog::default();
-        loop {
-            let up = matches!(
-                tokio::time::timeout(Duration::from_secs(1), self.store.ping()).await,
-                Ok(Ok(()))
-            );
-            self.store_up.store(up, Ordering::Release);
-            if up {
-                if log.recovered() {
-                    tracing::info!("store reachable again");
-                }
-            } else if log.should_log() {
-                tracing::warn!("store unreachable: handshakes answer 503 until it returns");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
+            .collect()
     }
 
     /// Registers a live receiver for `channel`, activating the channel (and fixing its
@@ -358,16 +399,21 @@ impl Hub {
         seed: Option<Seed>,
     ) -> Option<LiveSubscription> {
         let mut channels = partition.lock();
-        let (key, rx) = match channels.get_key_value(channel) {
-            Some((key, active)) => (key.clone(), active.tx.subscribe()),
+        let (key, rx, opened) = match channels.get_key_value(channel) {
+            Some((key, active)) => (
+                key.clone(),
+                active.tx.as_ref().map(broadcast::Sender::subscribe),
+                active.opened.clone(),
+            ),
             None => {
                 let seed = seed?;
                 let key: Arc<str> = channel.into();
-                let (tx, rx) = broadcast::channel(self.live_buffer);
+                let opened = Arc::new(Notify::new());
                 channels.insert(
                     key.clone(),
                     ActiveChannel {
-                        tx,
+                        tx: None,
+                        opened: opened.clone(),
                         subscribers: 0,
                         cursor: seed.recent.back().map_or(StreamId::ZERO, |f| f.id),
                         recent: seed.recent,
@@ -382,7 +428,7 @@ impl Hub {
                     partition.last_heard_ms.store(now_ms(), Ordering::Release);
                 }
                 tokio::spawn(self.clone().wake_reader(partition.clone(), generation));
-                (key, rx)
+                (key, None, opened)
             }
         };
         if let Some(active) = channels.get_mut(&key) {
@@ -390,6 +436,7 @@ impl Hub {
         }
         Some(LiveSubscription {
             rx,
+            opened,
             partition: partition.clone(),
             channel: key,
         })
@@ -436,7 +483,7 @@ impl Hub {
                     if errors_logged.recovered() {
                         tracing::info!(partition = partition.index, "partition reader reconnected");
                     }
-                    partition.publish(batches, self.ring);
+                    partition.publish(batches, self.ring, self.live_buffer);
                 }
                 Err(e) => {
                     self.metrics.redis_errors.inc();

@@ -6,6 +6,9 @@
 //! - [`config`]: environment, `.env` and CLI flags, validated once at start-up.
 //! - [`tick`]: what a tick is; validation, event ids, stream ids, wire JSON.
 //! - [`auth`]: tokens (JWT, HMAC handshake, ingest token), channel patterns, Origin.
+//! - [`ratelimit`]: token buckets per subject and group (shared in Redis), the per-IP
+//!   flood shield, the client's address.
+//! - [`keyspace`]: every Redis key, and the partition function.
 //! - [`store`]: the engines (Redis streams, or the embedded memory engine).
 //! - [`hub`]: per node, one reader per partition; serializes each tick once and
 //!   broadcasts it to the channel's sessions.
@@ -23,20 +26,21 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod keyspace;
 pub mod metrics;
 pub mod nodes;
+pub mod ratelimit;
 pub mod session;
 pub mod store;
 pub mod tick;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 pub use config::Config;
 
@@ -44,10 +48,11 @@ use crate::auth::{Authenticator, DevCredentials};
 use crate::http::AppState;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::session::SessionContext;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreHealth};
 
 /// How long after the signal shutdown waits for sessions to send their 1012 close
 /// and end; the process exits within 10 s of SIGTERM (SPEC §7).
@@ -80,23 +85,16 @@ pub struct Server {
 impl Server {
     /// Connects the store, builds the hub and binds the listener.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        // rustls needs its crypto provider chosen before the first TLS connection;
+        // an embedder may have chosen one already, which is as good.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let store = match &config.redis_url {
             Some(url) => Store::Redis(Arc::new(
-                RedisStore::connect(
-                    url,
-                    config.partitions,
-                    config.stream_maxlen,
-                    config.dedup_window,
-                    config.tail_block,
-                )
-                .await
-                .map_err(StartError::Redis)?,
+                RedisStore::connect(url, &config.redis_tls, config.store_settings())
+                    .await
+                    .map_err(StartError::Redis)?,
             )),
-            None => Store::Memory(Arc::new(MemoryStore::new(
-                config.stream_maxlen,
-                config.dedup_window,
-                config.tail_block,
-            ))),
+            None => Store::Memory(Arc::new(MemoryStore::new(config.store_settings()))),
         };
         let (auth, dev) = Authenticator::new(&config)?;
         let listener = TcpListener::bind(config.listen)
@@ -113,11 +111,19 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, sessions_done) = mpsc::channel(1);
         let auth = Arc::new(auth);
+        let health = Arc::new(StoreHealth::default());
+        let limiter = Arc::new(RateLimiter::new(
+            config.rate_limits.clone(),
+            store.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
         let sessions = Arc::new(SessionContext {
             hub: hub.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
+            limiter: limiter.clone(),
             default_replay: config.default_replay,
             send_queue: config.send_queue,
             shutdown: shutdown_rx,
@@ -126,6 +132,10 @@ impl Server {
         let node = Arc::new(crate::nodes::Node::new(address, metrics.clone()));
         let state = AppState {
             node,
+            sockets: Arc::new(Semaphore::new(config.max_connections)),
+            shield: ratelimit::ip::shield(config.ip_rate),
+            limiter,
+            health,
             config: Arc::new(config),
             store,
             hub,
@@ -164,17 +174,19 @@ impl Server {
         } = self;
         let addr = listener.local_addr().map_err(StartError::Serve)?;
         announce(&state, addr, dev.as_ref());
-        let readers = state.hub.start(shutdown_tx.subscribe());
+        let mut background = state.hub.start(shutdown_tx.subscribe());
+        background.push(tokio::spawn(
+            state.health.clone().watch(state.store.clone(), shutdown_tx.subscribe()),
+        ));
+        if let Some(shield) = state.shield.clone() {
+            background.push(tokio::spawn(forget_quiet_addresses(shield, shutdown_tx.subscribe())));
+        }
         let heartbeat = tokio::spawn(state.node.clone().run(state.store.clone(), shutdown_tx.subscribe()));
-        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let listener = listener.tap_io(|tcp| {
-            // Ticks are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-        });
+        let app = http::router(state.clone());
         let signal_sessions = shutdown_tx.clone();
         let signalled_at = Arc::new(std::sync::OnceLock::new());
         let mark = signalled_at.clone();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let serve = http::serve::serve(listener, app, async move {
             shutdown.await;
             let _ = mark.set(tokio::time::Instant::now());
             tracing::info!("shutting down: closing sessions with 1012");
@@ -184,14 +196,13 @@ impl Server {
         // meanwhile. Whatever still runs at the deadline is dropped, so the process
         // exits within 10 s of the signal.
         let mut signalled = shutdown_tx.subscribe();
-        let served = tokio::select! {
-            r = serve.into_future() => r,
+        tokio::select! {
+            _ = serve => {}
             _ = async {
                 let _ = signalled.wait_for(|stop| *stop).await;
                 tokio::time::sleep(HTTP_DRAIN).await;
             } => {
                 tracing::warn!("shutdown: in-flight requests did not finish in time");
-                Ok(())
             }
         };
         let _ = shutdown_tx.send(true);
@@ -199,12 +210,23 @@ impl Server {
         // Every session holds a sender; recv() returns None once all have ended.
         let started = signalled_at.get().copied().unwrap_or_else(tokio::time::Instant::now);
         let _ = tokio::time::timeout_at(started + SHUTDOWN_GRACE, sessions_done.recv()).await;
-        for r in readers {
-            r.abort();
+        for task in background {
+            task.abort();
         }
         // The heartbeat task removes this node from the registry on its way out.
         let _ = tokio::time::timeout(Duration::from_secs(1), heartbeat).await;
-        served.map_err(StartError::Serve)
+        Ok(())
+    }
+}
+
+/// The shield remembers each address it has seen; addresses whose bucket is full
+/// again are forgotten once a minute, so its memory follows current traffic.
+async fn forget_quiet_addresses(shield: ratelimit::ip::Shield, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => shield.limiter().retain_recent(),
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

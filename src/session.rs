@@ -25,14 +25,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::auth::{Authenticator, Principal};
-use crate::hub::{Backoff, ErrorLog, Hub, LiveFrame, LiveSubscription};
+use crate::hub::{Backoff, ErrorLog, Hub, Interrupted, LiveFrame, LiveSubscription};
 use crate::metrics::Metrics;
+use crate::ratelimit::{Group, RateLimiter, Subject};
 use crate::store::{IdRange, Store, StoreError, StreamInfo};
 use crate::tick::{is_valid_channel, Since, StreamId, Tick};
 
@@ -46,6 +46,11 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A socket unwritable for this long is closed with 1013.
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
+/// After the server sends a close frame, it reads (and discards) what the client
+/// still sends for up to this long, waiting for the client's own close frame:
+/// closing the TCP socket while unread data sits in it makes the kernel reset the
+/// connection, and the client would never see the close frame (nor its code).
+pub const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Subscriptions one `/ws` connection may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// Inbound message budget: a burst of 20, refilled at 10 per second.
@@ -110,6 +115,8 @@ pub struct SessionContext {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
+    /// Each `subscribe` message costs a `ws` token.
+    pub limiter: Arc<RateLimiter>,
     pub default_replay: usize,
     pub send_queue: usize,
     pub shutdown: watch::Receiver<bool>,
@@ -164,7 +171,7 @@ pub async fn run(
         ctx: ctx.clone(),
         open: Vec::new(),
         live: Vec::new(),
-        catch_ups: JoinSet::new(),
+        catch_ups: Vec::new(),
         batch: Vec::new(),
         turn: 0,
     };
@@ -220,6 +227,14 @@ pub async fn run(
     }
     if let Some((code, reason)) = close {
         let _ = close_tx.send((code, reason));
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     drop(session);
     if !writer.is_finished() {
@@ -250,13 +265,15 @@ struct Session {
 impl Session {
     /// When the token stops being valid (exp + leeway); far future without `exp`.
     fn expiry(&self) -> tokio::time::Instant {
-        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+        const FAR: u64 = 365 * 86_400;
         let Some(exp) = self.principal.expires_at else {
-            return far;
+            return tokio::time::Instant::now() + Duration::from_secs(FAR);
         };
-        let deadline = exp + crate::auth::LEEWAY_SECS;
-        let now = crate::auth::unix_now();
-        tokio::time::Instant::now() + Duration::from_secs(deadline.saturating_sub(now))
+        // Saturating, and capped: a token may carry any `exp` up to u64::MAX, and an
+        // Instant that far out would overflow.
+        let deadline = exp.saturating_add(crate::auth::LEEWAY_SECS);
+        let left = deadline.saturating_sub(crate::auth::unix_now()).min(FAR);
+        tokio::time::Instant::now() + Duration::from_secs(left)
     }
 
     /// Handles one client message; `Some` closes the socket with that code.
@@ -291,13 +308,15 @@ impl Session {
                 } else {
                     match Since::parse(since.as_deref()) {
                         Ok(since) => {
-                            self.subscribe(SubscribeRequest {
-                                channel,
-                                since,
-                                seq,
-                                epoch,
-                            })
-                            .await
+                            if self.charge_subscribe(&channel).await {
+                                self.subscribe(SubscribeRequest {
+                                    channel,
+                                    since,
+                                    seq,
+                                    epoch,
+                                })
+                                .await
+                            }
                         }
                         Err(e) => self.refuse(&channel, "bad_since", &e.to_string()).await,
                     }
@@ -330,6 +349,31 @@ impl Session {
             true
         } else {
             false
+        }
+    }
+
+    /// Takes the subscribe's `ws` token; a refusal answers an `error` frame
+    /// `rate_limited` (with `retry_after` in seconds) and leaves the socket open.
+    async fn charge_subscribe(&self, channel: &str) -> bool {
+        let p = &self.principal;
+        match self
+            .ctx
+            .limiter
+            .check(Subject::Client(&p.sub), p.tier, Group::Ws, 1)
+            .await
+        {
+            Some(d) if !d.allowed => {
+                self.send(json!({
+                    "type": "error",
+                    "code": "rate_limited",
+                    "channel": channel,
+                    "message": "subscribe rate limit reached, retry later",
+                    "retry_after": d.retry_after_secs(),
+                }))
+                .await;
+                false
+            }
+            _ => true,
         }
     }
 
@@ -390,7 +434,7 @@ const BATCH: usize = 64;
 /// `send_queue / FEED_BATCH` slots, so it still holds about `send_queue` frames.
 const FEED_BATCH: usize = 32;
 
-type LiveNext = ReusableBoxFuture<'static, (Box<Handover>, Result<LiveFrame, RecvError>)>;
+type LiveNext = ReusableBoxFuture<'static, (Box<Handover>, Result<LiveFrame, Interrupted>)>;
 
 /// A live subscription held by the writer, waiting for its channel's next tick.
 struct LiveSlot {
@@ -398,8 +442,8 @@ struct LiveSlot {
     next: LiveNext,
 }
 
-async fn next_live(mut handover: Box<Handover>) -> (Box<Handover>, Result<LiveFrame, RecvError>) {
-    let r = handover.live.rx.recv().await;
+async fn next_live(mut handover: Box<Handover>) -> (Box<Handover>, Result<LiveFrame, Interrupted>) {
+    let r = handover.live.recv().await;
     (handover, r)
 }
 
@@ -420,19 +464,28 @@ struct Writer {
     /// Subscriptions whose frames may be written.
     open: Vec<u64>,
     live: Vec<LiveSlot>,
-    /// Catch-ups after a live feed lagged; aborted with the writer.
-    catch_ups: JoinSet<()>,
+    /// Catch-ups after a live feed lagged, by subscription: aborted when their
+    /// subscription closes, and with the writer.
+    catch_ups: Vec<(u64, AbortHandle)>,
     batch: Vec<Message>,
     /// Which live slot is polled first, rotating, so one busy channel cannot starve
     /// the others of a connection.
     turn: usize,
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        for (_, task) in &self.catch_ups {
+            task.abort();
+        }
+    }
+}
+
 enum Wake {
     /// The session ended, with the close frame to send, if any.
     Close(Option<(u16, &'static str)>),
     Queue(Outbound),
-    Live(usize, Box<Handover>, Result<LiveFrame, RecvError>),
+    Live(usize, Box<Handover>, Result<LiveFrame, Interrupted>),
 }
 
 impl Writer {
@@ -489,6 +542,12 @@ impl Writer {
             Outbound::Close(sub) => {
                 self.open.retain(|s| *s != sub);
                 self.live.retain(|slot| slot.sub != sub);
+                self.catch_ups.retain(|(s, task)| {
+                    if *s == sub {
+                        task.abort();
+                    }
+                    *s != sub && !task.is_finished()
+                });
             }
             Outbound::Live(handover) => {
                 if self.is_open(handover.cursor.sub) {
@@ -504,37 +563,35 @@ impl Writer {
 
     /// Writes a live subscription's ready ticks into the batch, then re-arms it; a
     /// lagged one goes to a catch-up task. Returns the tick frames added.
-    fn drain_live(&mut self, i: usize, mut handover: Box<Handover>, first: Result<LiveFrame, RecvError>) -> u64 {
-        let metrics = &self.ctx.metrics;
+    fn drain_live(&mut self, i: usize, mut handover: Box<Handover>, first: Result<LiveFrame, Interrupted>) -> u64 {
         let now_ms = crate::tick::now_ms();
         let mut added = 0;
         let mut next = first;
         loop {
             match next {
-                Ok(frame) => {
-                    let cursor = &mut handover.cursor;
-                    if let Some(gap) = cursor.admit(frame.id, frame.seq, &frame.epoch) {
-                        if let Some(gap) = gap {
-                            self.batch.push(gap);
+                Ok(frame) => added += self.admit_live(&mut handover.cursor, frame, now_ms),
+                Err(Interrupted::Opened) => {
+                    // The channel's first live ticks went to its ring before this
+                    // subscription had a receiver.
+                    let cursor = &handover.cursor;
+                    match self.ctx.hub.recent_after(&cursor.channel, cursor.last_sent) {
+                        Some(frames) => {
+                            for frame in frames {
+                                added += self.admit_live(&mut handover.cursor, frame, now_ms);
+                            }
                         }
-                        metrics
-                            .delivery_latency
-                            .observe(now_ms.saturating_sub(frame.id.ms) as f64 / 1000.0);
-                        self.batch.push(Message::Text(frame.text));
-                        added += 1;
+                        None => {
+                            self.catch_up(i, handover);
+                            return added;
+                        }
                     }
                 }
-                Err(RecvError::Lagged(_)) => {
-                    metrics.slow_consumer_catchups.inc();
-                    self.live.swap_remove(i);
-                    if let Some(out) = self.requeue.upgrade() {
-                        self.catch_ups
-                            .spawn(Box::pin(resume_live(self.ctx.clone(), handover, out)));
-                    }
-                    while self.catch_ups.try_join_next().is_some() {}
+                Err(Interrupted::Lagged) => {
+                    self.ctx.metrics.slow_consumer_catchups.inc();
+                    self.catch_up(i, handover);
                     return added;
                 }
-                Err(RecvError::Closed) => {
+                Err(Interrupted::Closed) => {
                     self.live.swap_remove(i);
                     return added;
                 }
@@ -542,15 +599,42 @@ impl Writer {
             if self.batch.len() >= BATCH {
                 break;
             }
-            next = match handover.live.rx.try_recv() {
-                Ok(frame) => Ok(frame),
-                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                Err(TryRecvError::Empty) => break,
+            next = match handover.live.try_recv() {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => break,
+                Err(e) => Err(e),
             };
         }
         self.live[i].next.set(next_live(handover));
         added
+    }
+
+    /// One live frame through the subscription's cursor into the batch; returns 1 if
+    /// it was a tick to send.
+    fn admit_live(&mut self, cursor: &mut Cursor, frame: LiveFrame, now_ms: u64) -> u64 {
+        let Some(gap) = cursor.admit(frame.id, frame.seq, &frame.epoch) else {
+            return 0;
+        };
+        if let Some(gap) = gap {
+            self.batch.push(gap);
+        }
+        self.ctx
+            .metrics
+            .delivery_latency
+            .observe(now_ms.saturating_sub(frame.id.ms) as f64 / 1000.0);
+        self.batch.push(Message::Text(frame.text));
+        1
+    }
+
+    /// Moves live slot `i` to a catch-up task (ring or stream), which hands it back.
+    fn catch_up(&mut self, i: usize, handover: Box<Handover>) {
+        self.live.swap_remove(i);
+        self.catch_ups.retain(|(_, task)| !task.is_finished());
+        if let Some(out) = self.requeue.upgrade() {
+            let sub = handover.cursor.sub;
+            let task = tokio::spawn(Box::pin(resume_live(self.ctx.clone(), handover, out)));
+            self.catch_ups.push((sub, task.abort_handle()));
+        }
     }
 
     /// Writes and flushes the batch; false when the connection is done.
@@ -614,7 +698,7 @@ fn poll_live(
     live: &mut [LiveSlot],
     turn: &mut usize,
     cx: &mut std::task::Context<'_>,
-) -> Poll<(usize, Box<Handover>, Result<LiveFrame, RecvError>)> {
+) -> Poll<(usize, Box<Handover>, Result<LiveFrame, Interrupted>)> {
     let n = live.len();
     for k in 0..n {
         let i = (*turn + k) % n;
@@ -699,8 +783,11 @@ impl Cursor {
                 self.last_seq = None;
                 Some(self.gap_frame("epoch", Some(id), None))
             }
+            // Saturating: a client may send any `seq`, up to u64::MAX.
             _ => match self.last_seq {
-                Some(last) if seq > last + 1 => Some(self.gap_frame("trimmed", Some(id), Some(seq - last - 1))),
+                Some(last) if seq > last.saturating_add(1) => {
+                    Some(self.gap_frame("trimmed", Some(id), Some(seq - last - 1)))
+                }
                 _ => None,
             },
         };
@@ -846,7 +933,7 @@ async fn subscription(
     req: SubscribeRequest,
     out: mpsc::Sender<Outbound>,
 ) -> Result<(), Gone> {
-    // Live first: from here on, every new tick reaches `live.rx`.
+    // Live first: from here on, every new tick reaches `live` (or its ring).
     let live = retry(&ctx.metrics, || ctx.hub.subscribe(&req.channel)).await;
     let cursor = Cursor {
         sub,

@@ -40,14 +40,6 @@ pub fn is_valid_channel(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
-/// The partition a channel lives in: the first four bytes of SHA-256(channel) as a
-/// big-endian u32, modulo the partition count (SPEC §1).
-pub fn partition_of(channel: &str, partitions: u32) -> u32 {
-    let digest = Sha256::digest(channel.as_bytes());
-    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    head % partitions.max(1)
-}
-
 /// A Redis stream id, `<ms>-<seq>`: the tick's identity and every client's resume
 /// cursor. Ordered as Redis orders them, so "ids > since" is a plain comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
@@ -523,11 +515,6 @@ mod tests {
         for bad in ["", ".a", "-a", "a b", "../x", "*", "a/b", "é", &"a".repeat(129), "a*"] {
             assert!(!is_valid_channel(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn partition_matches_the_spec_example() {
-        assert_eq!(partition_of("crypto.BTC-USD", 16), 5);
     }
 
     #[test]

@@ -233,11 +233,11 @@ async fn operations_endpoints_and_headers() {
 async fn history_in_the_first_storage_format_is_still_served() {
     let redis = RedisServer::start();
     let cfg = config(Some(&redis));
-    let p = tickstream::tick::partition_of("old.format", cfg.partitions);
+    let keys = tickstream::keyspace::ChannelKeys::new("old.format", cfg.partitions);
     let mut c = redis.client();
-    let stream = format!("tickstream:{{p{p}}}:s:old.format");
+    let stream = keys.stream.clone();
     let _: () = redis::cmd("HSET")
-        .arg(format!("tickstream:{{p{p}}}:m:old.format"))
+        .arg(&keys.meta)
         .arg("epoch")
         .arg("oldepoch0000")
         .arg("seq")
@@ -277,7 +277,7 @@ async fn history_in_the_first_storage_format_is_still_served() {
         let _: String = cmd.query(&mut c).unwrap();
     }
     let _: () = redis::cmd("ZADD")
-        .arg(format!("tickstream:{{p{p}}}:channels"))
+        .arg(&keys.registry)
         .arg(2000)
         .arg("old.format")
         .query(&mut c)

@@ -6,9 +6,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
+use super::admission::Admission;
 use super::{json_response, query, AppState};
 use crate::auth::{Principal, QueryCredentials};
 use crate::error::ApiError;
+use crate::ratelimit::Group;
 use crate::store::IdRange;
 use crate::tick::{is_valid_channel, StreamId};
 
@@ -27,23 +29,62 @@ pub struct HistoryQuery {
     creds: QueryCredentials,
 }
 
-/// Authenticates, then checks the channel name and that the token may read it.
-fn reader_for(
+#[derive(Debug, Default, Deserialize)]
+pub struct ChannelsQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    #[serde(flatten)]
+    creds: QueryCredentials,
+}
+
+/// A REST reader: any credential the WebSocket accepts, charged one `api` token.
+pub async fn reader(
+    state: &AppState,
+    headers: &HeaderMap,
+    creds: &QueryCredentials,
+    path: &str,
+    admission: &Admission,
+) -> Result<Principal, ApiError> {
+    let principal = admission
+        .authenticated(state.auth.authenticate(headers, creds, path), Group::Api)
+        .await?;
+    admission.charge(&principal, Group::Api, 1).await?;
+    Ok(principal)
+}
+
+/// Checks the channel name, authenticates, checks that the token may read the
+/// channel, then charges the request.
+async fn reader_for(
     state: &AppState,
     headers: &HeaderMap,
     creds: &QueryCredentials,
     uri: &OriginalUri,
     channel: Result<Path<String>, PathRejection>,
+    admission: &Admission,
 ) -> Result<(Principal, String), ApiError> {
     let channel = channel.map(|p| p.0).map_err(|_| ApiError::bad_channel())?;
     if !is_valid_channel(&channel) {
         return Err(ApiError::bad_channel());
     }
-    let principal = state.reader(headers, creds, uri.path())?;
+    let principal = admission
+        .authenticated(state.auth.authenticate(headers, creds, uri.path()), Group::Api)
+        .await?;
     if !principal.can_read(&channel) {
         return Err(crate::auth::AuthError::Forbidden(format!("channel {channel}")).into());
     }
+    admission.charge(&principal, Group::Api, 1).await?;
     Ok((principal, channel))
+}
+
+fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
+    match raw {
+        None | Some("") => Ok(DEFAULT_PAGE),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::bad_request("bad_limit", format!("limit must be 1..={MAX_PAGE}"))),
+    }
 }
 
 fn id_param(name: &str, raw: &Option<String>) -> Result<Option<StreamId>, ApiError> {
@@ -56,22 +97,38 @@ fn id_param(name: &str, raw: &Option<String>) -> Result<Option<StreamId>, ApiErr
         .transpose()
 }
 
+/// `GET /api/v1/channels`: the channels the token may read, by name, in pages.
+/// The token's patterns are applied to the names before anything is read per
+/// channel, so a token that may read nothing costs nothing.
 pub async fn channels(
     State(state): State<AppState>,
     uri: OriginalUri,
     headers: HeaderMap,
-    q: Result<Query<QueryCredentials>, QueryRejection>,
+    admission: Admission,
+    q: Result<Query<ChannelsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let creds = query(q)?;
-    let principal = state.reader(&headers, &creds, uri.path())?;
-    let list = state.store.channels().await?;
+    let q = query(q)?;
+    let principal = reader(&state, &headers, &q.creds, uri.path(), &admission).await?;
+    let limit = limit_param(q.limit.as_deref())?;
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) if is_valid_channel(c) => Some(c.to_string()),
+        Some(_) => return Err(ApiError::bad_request("bad_cursor", "cursor must be a channel name")),
+        None => None,
+    };
+    let mut names = if principal.channels.is_empty() {
+        Vec::new()
+    } else {
+        state.store.channel_names().await?
+    };
+    names.retain(|c| principal.can_read(c) && after.as_ref().is_none_or(|a| c > a));
+    let more = names.len() > limit;
+    names.truncate(limit);
+    let list = state.store.summaries(&names).await?;
     let mut out = String::from("{\"channels\":[");
-    let mut first = true;
-    for c in list.iter().filter(|c| principal.can_read(&c.channel)) {
-        if !first {
+    for (i, c) in list.iter().enumerate() {
+        if i > 0 {
             out.push(',');
         }
-        first = false;
         out.push_str(&format!("{{\"channel\":\"{}\",\"last_id\":", c.channel));
         match &c.last {
             Some(t) => match t.ts() {
@@ -82,7 +139,11 @@ pub async fn channels(
         }
         out.push_str(&format!(",\"length\":{}}}", c.length));
     }
-    out.push_str("]}");
+    out.push_str("],\"next\":");
+    match list.last().filter(|_| more) {
+        Some(c) => out.push_str(&format!("\"{}\"}}", c.channel)),
+        None => out.push_str("null}"),
+    }
     Ok(json_response(StatusCode::OK, out))
 }
 
@@ -91,18 +152,12 @@ pub async fn ticks(
     channel: Result<Path<String>, PathRejection>,
     uri: OriginalUri,
     headers: HeaderMap,
+    admission: Admission,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let (_, channel) = reader_for(&state, &headers, &q.creds, &uri, channel)?;
-    let limit = match q.limit.as_deref() {
-        None | Some("") => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| ApiError::bad_request("bad_limit", format!("limit must be 1..={MAX_PAGE}")))?,
-    };
+    let (_, channel) = reader_for(&state, &headers, &q.creds, &uri, channel, &admission).await?;
+    let limit = limit_param(q.limit.as_deref())?;
     let descending = match q.order.as_deref() {
         None | Some("") | Some("asc") => false,
         Some("desc") => true,
@@ -161,10 +216,11 @@ pub async fn latest(
     channel: Result<Path<String>, PathRejection>,
     uri: OriginalUri,
     headers: HeaderMap,
+    admission: Admission,
     q: Result<Query<QueryCredentials>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let creds = query(q)?;
-    let (_, channel) = reader_for(&state, &headers, &creds, &uri, channel)?;
+    let (_, channel) = reader_for(&state, &headers, &creds, &uri, channel, &admission).await?;
     match state.store.latest(&channel).await? {
         Some(t) => {
             let mut out = String::with_capacity(256);

@@ -8,9 +8,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
+use super::admission::Admission;
 use super::{json_response, AppState};
 use crate::auth::QueryCredentials;
 use crate::error::ApiError;
+use crate::ratelimit::Group;
 use crate::tick::{now_us, parse_body};
 
 /// Largest request body (SPEC §1).
@@ -20,10 +22,13 @@ pub async fn ingest(
     State(state): State<AppState>,
     creds: Result<Query<QueryCredentials>, QueryRejection>,
     headers: HeaderMap,
+    admission: Admission,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let creds = creds.map(|q| q.0).unwrap_or_default();
-    state.auth.authenticate_producer(&headers, &creds)?;
+    let creds = super::query(creds)?;
+    let producer = admission
+        .authenticated(state.auth.authenticate_producer(&headers, &creds), Group::Ingest)
+        .await?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -41,6 +46,9 @@ pub async fn ingest(
             return Err(e);
         }
     };
+    // One token per tick; a batch the bucket cannot pay for whole stores nothing.
+    let cost = u32::try_from(ticks.len()).unwrap_or(u32::MAX);
+    admission.charge(&producer, Group::Ingest, cost).await?;
     let results = state.store.append(&ticks).await?;
     let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
     state

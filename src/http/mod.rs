@@ -1,10 +1,12 @@
 //! The HTTP surface: routes, shared state and the layers every answer goes through
 //! (request id, security headers, CORS, one log line and one histogram sample per
-//! request).
+//! request, the client's address, the per-IP shield, rate headers).
 
+pub mod admission;
 pub mod history;
 pub mod ingest;
 pub mod ops;
+pub mod serve;
 pub mod ws;
 
 use std::sync::Arc;
@@ -16,17 +18,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::auth::{Authenticator, Principal, QueryCredentials};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::ratelimit::ip::Shield;
+use crate::ratelimit::RateLimiter;
 use crate::session::SessionContext;
-use crate::store::Store;
+use crate::store::{Store, StoreHealth};
 
 /// Everything handlers share; cheap to clone.
 #[derive(Clone)]
@@ -40,18 +44,14 @@ pub struct AppState {
     pub node: Arc<crate::nodes::Node>,
     /// Cloned into every session; shutdown waits until all clones are dropped.
     pub sessions_done: mpsc::Sender<()>,
-}
-
-impl AppState {
-    /// A REST reader: any token the WebSocket accepts.
-    pub fn reader(
-        &self,
-        headers: &axum::http::HeaderMap,
-        creds: &QueryCredentials,
-        path: &str,
-    ) -> Result<Principal, ApiError> {
-        Ok(self.auth.authenticate(headers, creds, path)?)
-    }
+    pub limiter: Arc<RateLimiter>,
+    /// The store's last health ping (handshakes refuse with 503 while it fails).
+    pub health: Arc<StoreHealth>,
+    /// One permit per open WebSocket (`TICKSTREAM_MAX_CONNECTIONS`); a session holds
+    /// its permit until it ends.
+    pub sockets: Arc<Semaphore>,
+    /// The per-IP flood shield; `None` when `TICKSTREAM_IP_RATE=off`.
+    pub shield: Option<Shield>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -98,6 +98,17 @@ pub fn router(state: AppState) -> Router {
         .route("/app.js", get(ops::dashboard_js))
         .route("/style.css", get(ops::dashboard_css))
         .fallback(ops::not_found)
+        .layer(middleware::from_fn(admission::rate_headers))
+        .layer(tower::util::option_layer(state.shield.clone().map(|shield| {
+            let refusal_state = state.clone();
+            tower_governor::GovernorLayer::new(shield).error_handler(move |e| match e {
+                tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
+                    admission::shield_refusal(&refusal_state, wait_time)
+                }
+                other => ApiError::bad_request("bad_request", other.to_string()).into_response(),
+            })
+        })))
+        .layer(middleware::from_fn_with_state(state.clone(), admission::client_ip))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(cors)
         .layer(SetResponseHeaderLayer::overriding(
@@ -111,7 +122,7 @@ pub fn router(state: AppState) -> Router {
 /// only: query strings can carry tokens and are never logged.
 async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let path = request.uri().path().to_string();
     let route = request
         .extensions()
@@ -127,7 +138,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     state
         .metrics
         .http_duration
-        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .with_label_values(&[method, route.as_str(), status.as_str()])
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         request_id = id.to_str().unwrap_or(""),
@@ -138,6 +149,21 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         "request"
     );
     response
+}
+
+/// A method as a metric label: one of the standard ones, else `other`, so a client
+/// inventing methods cannot create histogram series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 /// Query parameters, or 400 `bad_query` saying what was wrong with them.

@@ -39,6 +39,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let body = json!({
         "engine": state.store.engine_name(),
         "redis": redis,
+        "ratelimit": state.limiter.mode(),
         "tail": if tail_ok { "ok" } else { "stale" },
         "stale_partitions": tail.stale_partitions,
         "active_channels": state.hub.active_channels(),
@@ -56,15 +57,18 @@ pub async fn nodes(
     State(state): State<AppState>,
     uri: OriginalUri,
     headers: HeaderMap,
+    admission: super::admission::Admission,
     q: Result<Query<QueryCredentials>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let creds = super::query(q)?;
-    state.reader(&headers, &creds, uri.path())?;
+    super::history::reader(&state, &headers, &creds, uri.path(), &admission).await?;
     let nodes = state.node.list(&state.store).await?;
     Ok(json_response(StatusCode::OK, json!({ "nodes": nodes }).to_string()))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Brings the fallback gauge up to date with the limiter's mode.
+    state.limiter.mode();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

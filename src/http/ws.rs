@@ -1,7 +1,8 @@
-//! The WebSocket handshake, cheapest check first (ARCHITECTURE §5): channel name →
-//! Origin → token → channel permission → upgrade. Every refusal is a plain HTTP
-//! answer with a JSON body; no socket is opened and no session state exists before
-//! all checks pass.
+//! The WebSocket handshake, cheapest check first (docs/ARCHITECTURE.md "Admission"):
+//! channel name → Origin → (the per-IP shield ran before the handler) → token →
+//! storage reachable → channel permission → connection cap → `ws` token bucket →
+//! upgrade. Every refusal is a plain HTTP answer with a JSON body; no socket is opened
+//! and no session state exists before all checks pass.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -11,9 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::admission::Admission;
 use super::AppState;
 use crate::auth::{offers_subprotocol, AuthError, Principal, QueryCredentials, SUBPROTOCOL};
 use crate::error::{error_body, ApiError};
+use crate::ratelimit::Group;
 use crate::session::{self, SubscribeRequest, MAX_CLIENT_MESSAGE};
 use crate::store::StoreError;
 use crate::tick::{is_valid_channel, Since};
@@ -34,15 +39,16 @@ pub async fn single(
     query: Result<Query<WsQuery>, QueryRejection>,
     uri: OriginalUri,
     headers: HeaderMap,
+    admission: Admission,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let checked = (|| {
+    let checked = async {
         let channel = channel.map(|p| p.0).map_err(|_| ApiError::bad_channel())?;
         if !is_valid_channel(&channel) {
             return Err(ApiError::bad_channel());
         }
         let q = super::query(query)?;
-        let principal = authorize(&state, &headers, &q.creds, uri.path())?;
+        let principal = authorize(&state, &headers, &q.creds, uri.path(), &admission).await?;
         if !principal.can_read(&channel) {
             return Err(AuthError::Forbidden(format!("channel {channel}")).into());
         }
@@ -60,10 +66,12 @@ pub async fn single(
             seq,
             epoch: q.epoch.filter(|e| !e.is_empty()),
         };
-        Ok((principal, request))
-    })();
+        let permit = admit(&state, &principal, &admission).await?;
+        Ok((principal, request, permit))
+    }
+    .await;
     match checked {
-        Ok((principal, request)) => accept(state, &headers, upgrade, principal, Some(request)),
+        Ok((principal, request, permit)) => accept(state, &headers, upgrade, principal, Some(request), permit),
         Err(e) => refuse(&state, e),
     }
 }
@@ -74,27 +82,53 @@ pub async fn multiplexed(
     query: Result<Query<QueryCredentials>, QueryRejection>,
     uri: OriginalUri,
     headers: HeaderMap,
+    admission: Admission,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let checked = super::query(query).and_then(|creds| authorize(&state, &headers, &creds, uri.path()));
+    let checked = async {
+        let creds = super::query(query)?;
+        let principal = authorize(&state, &headers, &creds, uri.path(), &admission).await?;
+        let permit = admit(&state, &principal, &admission).await?;
+        Ok((principal, permit))
+    }
+    .await;
     match checked {
-        Ok(principal) => accept(state, &headers, upgrade, principal, None),
+        Ok((principal, permit)) => accept(state, &headers, upgrade, principal, None, permit),
         Err(e) => refuse(&state, e),
     }
+}
+
+/// The node's connection cap, then the `ws` bucket (one token for the handshake and,
+/// on `/ws/{channel}`, its subscription).
+async fn admit(
+    state: &AppState,
+    principal: &Principal,
+    admission: &Admission,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    let permit = state
+        .sockets
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded)?;
+    admission.charge(principal, Group::Ws, 1).await?;
+    Ok(permit)
 }
 
 /// Origin first (CSWSH defence), then the token. A request without Origin is a
 /// non-browser client; it is let through only because a valid token is required
 /// below in every case.
-fn authorize(
+async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     creds: &QueryCredentials,
     path: &str,
+    admission: &Admission,
 ) -> Result<Principal, ApiError> {
     state.auth.check_origin(headers)?;
-    let principal = state.auth.authenticate(headers, creds, path)?;
-    if !state.hub.store_up() {
+    let principal = admission
+        .authenticated(state.auth.authenticate(headers, creds, path), Group::Ws)
+        .await?;
+    if !state.health.is_up() {
         return Err(StoreError::Unreachable.into());
     }
     Ok(principal)
@@ -112,6 +146,7 @@ fn accept(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     principal: Principal,
     initial: Option<SubscribeRequest>,
+    permit: OwnedSemaphorePermit,
 ) -> Response {
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -139,5 +174,9 @@ fn accept(
     let done = state.sessions_done.clone();
     upgrade
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| session::run(socket, ctx, principal, initial, done))
+        .on_upgrade(move |socket| async move {
+            // The permit is held for the session's life: the cap counts open sockets.
+            session::run(socket, ctx, principal, initial, done).await;
+            drop(permit);
+        })
 }

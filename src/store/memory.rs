@@ -12,11 +12,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{Appended, ChannelSummary, IdRange, StoreError, StreamInfo, TailWaker};
+use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailWaker};
 use crate::tick::{new_epoch, now_ms, PreparedTick, StreamId, Tick};
 
 /// Most entries one tail read returns per channel, as `XREAD COUNT` does.
 const TAIL_COUNT: usize = 1000;
+/// Most event ids remembered for deduplication (about 200 bytes each). Redis keeps
+/// every marker for the whole window; this engine lives in the server's own memory,
+/// so beyond this count the oldest are forgotten early: a retry of a tick older than
+/// the newest 262,144 may then be stored again.
+pub const DEDUP_CAPACITY: usize = 262_144;
 
 struct Channel {
     name: Arc<str>,
@@ -49,19 +54,25 @@ pub struct MemoryStore {
     state: Mutex<State>,
     maxlen: usize,
     dedup_window: Duration,
+    dedup_capacity: usize,
     /// Bumped on every append, so tail readers wake without polling.
     appended: watch::Sender<u64>,
     block: Duration,
 }
 
 impl MemoryStore {
-    pub fn new(maxlen: u64, dedup_window: Duration, block: Duration) -> MemoryStore {
+    pub fn new(settings: Settings) -> MemoryStore {
+        Self::with_dedup_capacity(settings, DEDUP_CAPACITY)
+    }
+
+    pub fn with_dedup_capacity(settings: Settings, dedup_capacity: usize) -> MemoryStore {
         MemoryStore {
             state: Mutex::new(State::default()),
-            maxlen: usize::try_from(maxlen).unwrap_or(usize::MAX).max(1),
-            dedup_window,
+            maxlen: usize::try_from(settings.stream_maxlen).unwrap_or(usize::MAX).max(1),
+            dedup_window: settings.dedup_window,
+            dedup_capacity: dedup_capacity.max(1),
             appended: watch::channel(0).0,
-            block,
+            block: settings.tail_block,
         }
     }
 
@@ -132,6 +143,11 @@ impl MemoryStore {
         let expires = now + self.dedup_window;
         state.dedup.insert(dedup_key.clone(), (id, expires));
         state.dedup_order.push_back((expires, dedup_key));
+        while state.dedup_order.len() > self.dedup_capacity {
+            if let Some((_, key)) = state.dedup_order.pop_front() {
+                state.dedup.remove(&key);
+            }
+        }
         Appended {
             id,
             event_id: t.event_id.clone(),
@@ -182,19 +198,28 @@ impl MemoryStore {
         Ok(self.lock().channels.get(channel).map(|c| c.epoch.to_string()))
     }
 
-    pub async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
+    pub async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().channels.keys().map(|k| k.to_string()).collect())
+    }
+
+    pub async fn summaries(&self, names: &[String]) -> Result<Vec<ChannelSummary>, StoreError> {
         let state = self.lock();
-        let mut list: Vec<ChannelSummary> = state
-            .channels
-            .values()
-            .map(|c| ChannelSummary {
-                channel: c.name.to_string(),
-                last: c.entries.back().cloned(),
-                length: c.entries.len() as u64,
+        Ok(names
+            .iter()
+            .map(|name| {
+                let c = state.channels.get(name.as_str());
+                ChannelSummary {
+                    channel: name.clone(),
+                    last: c.and_then(|c| c.entries.back().cloned()),
+                    length: c.map_or(0, |c| c.entries.len() as u64),
+                }
             })
-            .collect();
-        list.sort_by(|a, b| a.channel.cmp(&b.channel));
-        Ok(list)
+            .collect())
+    }
+
+    /// Event ids currently remembered (tests).
+    pub fn dedup_len(&self) -> usize {
+        self.lock().dedup.len()
     }
 
     pub fn tail(self: &Arc<Self>, waker: Arc<TailWaker>) -> MemoryTail {
@@ -256,9 +281,30 @@ mod tests {
             .unwrap()
     }
 
+    fn settings(maxlen: u64) -> Settings {
+        Settings {
+            partitions: 16,
+            stream_maxlen: maxlen,
+            dedup_window: Duration::from_secs(60),
+            tail_block: Duration::from_millis(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dedup_memory_is_bounded_by_count() {
+        let s = MemoryStore::with_dedup_capacity(settings(100), 4);
+        let batch: Vec<_> = (0..10).map(|n| prepared("c", n)).collect();
+        s.append(&batch).await.unwrap();
+        assert_eq!(s.dedup_len(), 4);
+        // The newest are still remembered; the oldest were forgotten and store again.
+        assert!(s.append(&batch[9..]).await.unwrap()[0].duplicate);
+        assert!(!s.append(&batch[..1]).await.unwrap()[0].duplicate);
+        assert_eq!(s.dedup_len(), 4);
+    }
+
     #[tokio::test]
     async fn ids_and_seq_increase_and_duplicates_take_none() {
-        let s = MemoryStore::new(3, Duration::from_secs(60), Duration::from_millis(10));
+        let s = MemoryStore::new(settings(3));
         let batch: Vec<_> = (0..5).map(|n| prepared("c", n)).collect();
         let first = s.append(&batch).await.unwrap();
         assert!(first.windows(2).all(|w| w[0].id < w[1].id));

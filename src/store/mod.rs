@@ -10,13 +10,18 @@
 //! - [`memory::MemoryStore`]: the embedded default when `REDIS_URL` is unset; same
 //!   ids, `seq`, epochs, gaps and dedup, nothing durable.
 
+pub mod connections;
+pub mod health;
 pub mod memory;
 pub mod redis;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
+
+pub use health::StoreHealth;
 
 use crate::tick::{PreparedTick, StreamId, Tick};
 
@@ -34,6 +39,28 @@ pub enum StoreError {
     Config(String),
     #[error("redis is unreachable")]
     Unreachable,
+}
+
+/// What both engines are configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Fixed for a deployment: changing it would move channels to other keys.
+    pub partitions: u32,
+    /// Approximate cap of each channel's stream (`XADD MAXLEN ~`).
+    pub stream_maxlen: u64,
+    /// How long an event id is remembered for deduplication.
+    pub dedup_window: Duration,
+    /// How long a partition reader's blocking read waits before it re-checks its
+    /// channels.
+    pub tail_block: Duration,
+}
+
+/// A shared rate-limit bucket's answer (`redis/token_bucket.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketReply {
+    pub allowed: bool,
+    pub remaining: u64,
+    pub retry_after: Duration,
 }
 
 /// The outcome of appending one tick.
@@ -188,9 +215,37 @@ impl Store {
         dispatch!(self, s => s.epoch(channel).await)
     }
 
-    /// Every channel with a stream, sorted by name.
-    pub async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
-        dispatch!(self, s => s.channels().await)
+    /// Every channel name with a stream, sorted.
+    pub async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = dispatch!(self, s => s.channel_names().await)?;
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// Length and newest tick of each named channel, in the order given.
+    pub async fn summaries(&self, names: &[String]) -> Result<Vec<ChannelSummary>, StoreError> {
+        dispatch!(self, s => s.summaries(names).await)
+    }
+
+    /// True when the engine is shared by every node (Redis): rate-limit buckets and
+    /// the node registry live there. The memory engine is this process's alone.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
+    /// Takes tokens from a shared rate-limit bucket; `None` when the engine keeps no
+    /// shared buckets (the memory engine).
+    pub async fn take_tokens(
+        &self,
+        key: &str,
+        interval_us: f64,
+        burst: u32,
+        cost: u32,
+    ) -> Result<Option<BucketReply>, StoreError> {
+        match self {
+            Store::Redis(s) => s.take_tokens(key, interval_us, burst, cost).await.map(Some),
+            Store::Memory(_) => Ok(None),
+        }
     }
 
     /// Round trip to the engine (readiness).

@@ -1,52 +1,34 @@
 //! The Redis engine: one capped stream per channel, partitioned keyspace
-//! (ARCHITECTURE §2), the append script (`redis/append.lua`), a deadpool of
-//! multiplexed connections for plain commands and one dedicated connection per
-//! partition reader for blocking `XREAD` (CRATES.md trap 1: a blocking call on a
-//! shared connection would stall every command queued behind it).
+//! (`keyspace.rs`), the append script (`redis/append.lua`), the rate-limit script
+//! (`redis/token_bucket.lua`), a few shared multiplexed connections for ordinary
+//! commands and one dedicated connection per partition reader for blocking `XREAD`
+//! (a blocking call on a shared connection would stall every command queued behind
+//! it; docs/ARCHITECTURE.md "Live tail").
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, ServerErrorKind, Value};
+use redis::{ErrorKind, ServerErrorKind, Value};
 
-use super::{Appended, ChannelSummary, IdRange, StoreError, StreamInfo, TailWaker};
+use super::connections::{self, Connections, TlsFiles, COMMAND_TIMEOUT};
+use super::{Appended, BucketReply, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailWaker};
+use crate::keyspace::{self, ChannelKeys};
 use crate::nodes::NodeInfo;
-use crate::tick::{new_epoch, partition_of, PreparedTick, StreamId, Tick};
+use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
 /// Most entries one partition read returns per stream.
 const TAIL_COUNT: usize = 1000;
-/// Response timeout for pooled commands. redis-rs defaults to 500 ms (CRATES.md
-/// trap 2), which a large XRANGE page on a busy server can exceed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-/// Node registry: zset id → last heartbeat ms, and a hash per node.
-const NODES_KEY: &str = "tickstream:nodes";
-const NODE_PREFIX: &str = "tickstream:node:";
-/// The key recording the partition count a deployment was created with.
-const PARTITIONS_KEY: &str = "tickstream:partitions";
-
-/// Keys of one channel; every one carries the partition hash tag.
-struct Keys {
-    stream: String,
-    meta: String,
-    registry: String,
-    partition: u32,
-}
+/// Where the partition count was recorded before keys outside partitions got hash
+/// tags of their own; still read, so an upgrade keeps the safety check.
+const LEGACY_PARTITIONS_KEY: &str = "tickstream:partitions";
 
 pub struct RedisStore {
-    client: redis::Client,
-    pool: Pool,
+    connections: Connections,
     append_script: redis::Script,
-    partitions: u32,
-    maxlen: u64,
-    dedup_secs: u64,
-    block: Duration,
-}
-
-fn pool_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Pool(e.to_string())
+    bucket_script: redis::Script,
+    settings: Settings,
 }
 
 fn is_noscript(e: &redis::RedisError) -> bool {
@@ -54,49 +36,33 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 }
 
 impl RedisStore {
-    /// Connects, checks the deployment's partition count and loads the script.
-    pub async fn connect(
-        url: &str,
-        partitions: u32,
-        maxlen: u64,
-        dedup_window: Duration,
-        block: Duration,
-    ) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)?;
-        let conn_config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(Duration::from_secs(3)));
-        let pool = Pool::builder(Manager::new_with_config(url, conn_config)?)
-            .max_size(32)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(3)))
-            .recycle_timeout(Some(Duration::from_secs(3)))
-            .build()
-            .map_err(pool_err)?;
+    /// Connects, checks the deployment's partition count and loads the scripts. The
+    /// first command proves the URL, credentials and TLS, so start-up names what is
+    /// wrong (`WRONGPASS`, an unknown certificate issuer) instead of failing later.
+    pub async fn connect(url: &str, tls: &TlsFiles, settings: Settings) -> Result<RedisStore, StoreError> {
         let store = RedisStore {
-            client,
-            pool,
+            connections: Connections::new(connections::client(url, tls)?),
             append_script: redis::Script::new(include_str!("../../redis/append.lua")),
-            partitions,
-            maxlen,
-            dedup_secs: dedup_window.as_secs().max(1),
-            block,
+            bucket_script: redis::Script::new(include_str!("../../redis/token_bucket.lua")),
+            settings,
         };
-        let mut conn = store.conn().await?;
+        let partitions = settings.partitions;
+        let mut conn = store.connections.get().await?;
         // Changing the partition count would silently move every channel to other
         // keys: record it at first start and refuse a different value afterwards.
-        let (recorded,): (Option<u32>,) = redis::pipe()
+        let (legacy, recorded): (Option<u32>, Option<u32>) = redis::pipe()
+            .cmd("GET")
+            .arg(LEGACY_PARTITIONS_KEY)
             .cmd("SET")
-            .arg(PARTITIONS_KEY)
+            .arg(keyspace::PARTITIONS)
             .arg(partitions)
             .arg("NX")
             .ignore()
             .cmd("GET")
-            .arg(PARTITIONS_KEY)
+            .arg(keyspace::PARTITIONS)
             .query_async(&mut conn)
             .await?;
-        if let Some(recorded) = recorded {
+        for recorded in [legacy, recorded].into_iter().flatten() {
             if recorded != partitions {
                 return Err(StoreError::Config(format!(
                     "TICKSTREAM_PARTITIONS: this Redis holds a deployment with {recorded} partitions; \
@@ -105,20 +71,26 @@ impl RedisStore {
             }
         }
         store.append_script.load_async(&mut conn).await?;
+        store.bucket_script.load_async(&mut conn).await?;
         Ok(store)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool.get().await.map_err(pool_err)
+    fn keys(&self, channel: &str) -> ChannelKeys {
+        ChannelKeys::new(channel, self.settings.partitions)
     }
 
-    fn keys(&self, channel: &str) -> Keys {
-        let p = partition_of(channel, self.partitions);
-        Keys {
-            stream: format!("tickstream:{{p{p}}}:s:{channel}"),
-            meta: format!("tickstream:{{p{p}}}:m:{channel}"),
-            registry: format!("tickstream:{{p{p}}}:channels"),
-            partition: p,
+    /// Runs a pipeline of EVALSHA calls; when Redis no longer knows the script
+    /// (restarted, `SCRIPT FLUSH`), loads it and runs the pipeline again. Only for
+    /// scripts that are safe to repeat.
+    async fn run_scripts(&self, script: &redis::Script, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut conn = self.connections.get().await?;
+        match pipe.query_async(&mut conn).await {
+            Ok(r) => Ok(r),
+            Err(e) if is_noscript(&e) => {
+                script.load_async(&mut conn).await?;
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -150,27 +122,18 @@ impl RedisStore {
                 .arg(&k.meta)
                 .arg(&k.registry);
             for &i in members {
-                cmd.arg(format!(
-                    "tickstream:{{p{}}}:d:{}:{}",
-                    k.partition, channel, ticks[i].event_id
-                ));
+                cmd.arg(k.dedup(&ticks[i].event_id));
             }
-            cmd.arg(self.maxlen).arg(self.dedup_secs).arg(&epoch).arg(*channel);
+            cmd.arg(self.settings.stream_maxlen)
+                .arg(self.settings.dedup_window.as_secs().max(1))
+                .arg(&epoch)
+                .arg(*channel);
             for &i in members {
                 cmd.arg(&ticks[i].tail);
             }
         }
-        let mut conn = self.conn().await?;
-        let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
-            Ok(r) => r,
-            Err(e) if is_noscript(&e) => {
-                // Redis restarted or its script cache was flushed: load and retry.
-                // Retrying is safe because the script deduplicates by event id.
-                self.append_script.load_async(&mut conn).await?;
-                pipe.query_async(&mut conn).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // Safe to repeat after NOSCRIPT: the script deduplicates by event id.
+        let replies = self.run_scripts(&self.append_script, &pipe).await?;
         if replies.len() != groups.len() {
             return Err(StoreError::Protocol(format!(
                 "{} replies for {} channels",
@@ -199,9 +162,42 @@ impl RedisStore {
             .collect()
     }
 
+    /// One rate-limit check through `redis/token_bucket.lua`.
+    pub async fn take_tokens(
+        &self,
+        key: &str,
+        interval_us: f64,
+        burst: u32,
+        cost: u32,
+    ) -> Result<BucketReply, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(self.bucket_script.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(interval_us)
+            .arg(burst)
+            .arg(cost);
+        let replies = self.run_scripts(&self.bucket_script, &pipe).await?;
+        let reply = replies
+            .first()
+            .ok_or_else(|| StoreError::Protocol("no bucket reply".into()))?;
+        match as_array(reply).map(|items| items.iter().map(as_u64).collect::<Vec<_>>()) {
+            Some(v) if v.len() == 3 => match (v[0], v[1], v[2]) {
+                (Some(allowed), Some(remaining), Some(retry_us)) => Ok(BucketReply {
+                    allowed: allowed == 1,
+                    remaining,
+                    retry_after: Duration::from_micros(retry_us),
+                }),
+                _ => Err(protocol("bucket reply", reply)),
+            },
+            _ => Err(protocol("bucket reply", reply)),
+        }
+    }
+
     pub async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
         let k = self.keys(channel);
-        let mut conn = self.conn().await?;
+        let mut conn = self.connections.get().await?;
         let reply: Value = match redis::cmd("XINFO")
             .arg("STREAM")
             .arg(&k.stream)
@@ -243,7 +239,7 @@ impl RedisStore {
         count: usize,
     ) -> Result<Vec<Tick>, StoreError> {
         let k = self.keys(channel);
-        let mut conn = self.conn().await?;
+        let mut conn = self.connections.get().await?;
         let reply: Value = redis::cmd(command)
             .arg(&k.stream)
             .arg(start.to_string())
@@ -257,7 +253,7 @@ impl RedisStore {
 
     pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
         let k = self.keys(channel);
-        let mut conn = self.conn().await?;
+        let mut conn = self.connections.get().await?;
         Ok(redis::cmd("HGET")
             .arg(&k.meta)
             .arg("epoch")
@@ -265,23 +261,25 @@ impl RedisStore {
             .await?)
     }
 
-    pub async fn channels(&self) -> Result<Vec<ChannelSummary>, StoreError> {
-        let mut conn = self.conn().await?;
+    /// Every channel name with a stream, from the partitions' registries.
+    pub async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.connections.get().await?;
         let mut pipe = redis::pipe();
-        for p in 0..self.partitions {
-            pipe.cmd("ZRANGE")
-                .arg(format!("tickstream:{{p{p}}}:channels"))
-                .arg(0)
-                .arg(-1);
+        for p in 0..self.settings.partitions {
+            pipe.cmd("ZRANGE").arg(keyspace::registry(p)).arg(0).arg(-1);
         }
         let per_partition: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-        let mut names: Vec<String> = per_partition.into_iter().flatten().collect();
-        names.sort();
+        Ok(per_partition.into_iter().flatten().collect())
+    }
+
+    /// Length and newest tick of each named channel, in the order given.
+    pub async fn summaries(&self, names: &[String]) -> Result<Vec<ChannelSummary>, StoreError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
+        let mut conn = self.connections.get().await?;
         let mut pipe = redis::pipe();
-        for name in &names {
+        for name in names {
             let k = self.keys(name);
             pipe.cmd("XLEN").arg(&k.stream);
             pipe.cmd("XREVRANGE")
@@ -294,20 +292,24 @@ impl RedisStore {
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         let mut replies = replies.into_iter();
         names
-            .into_iter()
+            .iter()
             .map(|channel| {
                 let length = replies.next().as_ref().and_then(as_u64).unwrap_or(0);
                 let last = match replies.next() {
                     Some(v) => parse_entries(&channel.as_str().into(), v)?.pop(),
                     None => None,
                 };
-                Ok(ChannelSummary { channel, last, length })
+                Ok(ChannelSummary {
+                    channel: channel.clone(),
+                    last,
+                    length,
+                })
             })
             .collect()
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.connections.get().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
     }
@@ -315,8 +317,8 @@ impl RedisStore {
     pub async fn heartbeat(&self, node: &NodeInfo, stale: Duration) -> Result<(), StoreError> {
         let now = crate::tick::now_ms();
         let cutoff = now.saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
-        let key = format!("{NODE_PREFIX}{}", node.id);
-        let mut conn = self.conn().await?;
+        let key = keyspace::node(&node.id);
+        let mut conn = self.connections.get().await?;
         let _: () = redis::pipe()
             .cmd("HSET")
             .arg(&key)
@@ -332,12 +334,12 @@ impl RedisStore {
             .arg(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX))
             .ignore()
             .cmd("ZADD")
-            .arg(NODES_KEY)
+            .arg(keyspace::NODES)
             .arg(now)
             .arg(&node.id)
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
-            .arg(NODES_KEY)
+            .arg(keyspace::NODES)
             .arg("-inf")
             .arg(format!("({cutoff}"))
             .ignore()
@@ -347,14 +349,14 @@ impl RedisStore {
     }
 
     pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.connections.get().await?;
         let _: () = redis::pipe()
             .cmd("ZREM")
-            .arg(NODES_KEY)
+            .arg(keyspace::NODES)
             .arg(id)
             .ignore()
             .cmd("DEL")
-            .arg(format!("{NODE_PREFIX}{id}"))
+            .arg(keyspace::node(id))
             .ignore()
             .query_async(&mut conn)
             .await?;
@@ -363,9 +365,9 @@ impl RedisStore {
 
     pub async fn nodes(&self, stale: Duration) -> Result<Vec<NodeInfo>, StoreError> {
         let cutoff = crate::tick::now_ms().saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
-        let mut conn = self.conn().await?;
+        let mut conn = self.connections.get().await?;
         let ids: Vec<(String, u64)> = redis::cmd("ZRANGE")
-            .arg(NODES_KEY)
+            .arg(keyspace::NODES)
             .arg(cutoff)
             .arg("+inf")
             .arg("BYSCORE")
@@ -377,7 +379,7 @@ impl RedisStore {
         }
         let mut pipe = redis::pipe();
         for (id, _) in &ids {
-            pipe.cmd("HGETALL").arg(format!("{NODE_PREFIX}{id}"));
+            pipe.cmd("HGETALL").arg(keyspace::node(id));
         }
         let details: Vec<std::collections::HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         Ok(ids
@@ -397,7 +399,7 @@ impl RedisStore {
         RedisTail {
             store: self.clone(),
             conn: None,
-            prefix: format!("tickstream:{{p{partition}}}:s:"),
+            prefix: keyspace::stream_prefix(partition),
             waker,
         }
     }
@@ -408,7 +410,7 @@ impl RedisStore {
         if id == 0 {
             return;
         }
-        if let Ok(mut conn) = self.conn().await {
+        if let Ok(mut conn) = self.connections.get().await {
             let _: Result<Value, _> = redis::cmd("CLIENT").arg("UNBLOCK").arg(id).query_async(&mut conn).await;
         }
     }
@@ -425,13 +427,13 @@ pub struct RedisTail {
 impl RedisTail {
     async fn connect(&mut self) -> Result<&mut MultiplexedConnection, StoreError> {
         if self.conn.is_none() {
-            // The response timeout must outlast the block time (CRATES.md trap 2).
-            let config = AsyncConnectionConfig::new()
-                .set_response_timeout(Some(self.store.block + COMMAND_TIMEOUT))
-                .set_connection_timeout(Some(Duration::from_secs(3)));
+            // The response timeout must outlast the block time (redis-rs defaults to
+            // 500 ms, which would fail every blocking read).
+            let config = connections::connection_config(self.store.settings.tail_block + COMMAND_TIMEOUT);
             let mut conn = self
                 .store
-                .client
+                .connections
+                .client()
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
             let id: u64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
@@ -448,7 +450,7 @@ impl RedisTail {
         cmd.arg("COUNT")
             .arg(TAIL_COUNT)
             .arg("BLOCK")
-            .arg(u64::try_from(self.store.block.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(self.store.settings.tail_block.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS");
         for (channel, _) in cursors {
             cmd.arg(format!("{}{}", self.prefix, channel));

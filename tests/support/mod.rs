@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tickstream::tick::{partition_of, StreamId};
+use tickstream::keyspace::ChannelKeys;
+use tickstream::ratelimit::{Group, Limits, Rate, Tier};
+use tickstream::tick::StreamId;
 use tickstream::Config;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -128,15 +130,18 @@ impl RedisServer {
     }
 
     /// Number of data keys, for "Redis unchanged" checks. The node registry's
-    /// heartbeat keys come and go on their own schedule and are not counted.
+    /// heartbeat keys and the rate-limit buckets (accounting, not data; they expire
+    /// by themselves) are not counted.
     pub fn dbsize(&self) -> usize {
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut self.client()).expect("KEYS");
-        keys.iter().filter(|k| !k.starts_with("tickstream:node")).count()
+        keys.iter()
+            .filter(|k| !k.starts_with("tickstream:{nodes}") && !k.starts_with("tickstream:rl:"))
+            .count()
     }
 
     /// Every stream id of a channel, via XRANGE.
     pub fn xrange_ids(&self, channel: &str, partitions: u32) -> Vec<String> {
-        let key = format!("tickstream:{{p{}}}:s:{channel}", partition_of(channel, partitions));
+        let key = ChannelKeys::new(channel, partitions).stream;
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(key)
             .arg("-")
@@ -166,12 +171,19 @@ pub struct TestApp {
     http: reqwest::Client,
 }
 
+/// Limits so high no ordinary test meets them, while every request still goes
+/// through the shield and the token buckets (the rate-limit tests set their own).
+pub const GENEROUS: &str = "100000/s:100000";
+
 pub fn config(redis: Option<&RedisServer>) -> Config {
     let mut c = Config::defaults();
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.redis_url = redis.map(RedisServer::url);
     c.jwt_secret = Some(SECRET.into());
     c.ingest_token = Some(INGEST_TOKEN.into());
+    let generous = Rate::parse(GENEROUS).unwrap();
+    c.rate_limits = Limits::uniform(generous);
+    c.ip_rate = generous;
     c
 }
 
@@ -504,7 +516,14 @@ impl NodeProc {
     /// With extra environment variables.
     pub async fn start_with(redis: &RedisServer, env: &[(&str, &str)]) -> NodeProc {
         let port = free_port();
+        let mut generous: Vec<(&str, &str)> = vec![("TICKSTREAM_IP_RATE", GENEROUS)];
+        for tier in Tier::LIMITED {
+            for group in Group::ALL {
+                generous.push((Limits::variable(tier, group), GENEROUS));
+            }
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_tickstream"))
+            .envs(generous)
             .envs(env.iter().copied())
             .env_remove("TICKSTREAM_HMAC_SECRET")
             .env_remove("TICKSTREAM_JWT_PUBLIC_KEY")

@@ -1,0 +1,92 @@
+//! Every Redis key tickstream uses, and the partition function (docs/ARCHITECTURE.md
+//! "Keyspace"). Nothing else formats a key.
+//!
+//! A channel's keys carry its partition as the hash tag `{p<N>}`, so all keys of a
+//! partition live in one Redis Cluster slot: one `XREAD` can tail a whole partition
+//! and one script can touch all of a channel's keys. Keys outside partitions carry
+//! their own hash tags.
+
+use sha2::{Digest, Sha256};
+
+/// The partition a channel lives in: the first four bytes of SHA-256(channel) as a
+/// big-endian u32, modulo the partition count.
+pub fn partition_of(channel: &str, partitions: u32) -> u32 {
+    let digest = Sha256::digest(channel.as_bytes());
+    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    head % partitions.max(1)
+}
+
+/// The keys of one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelKeys {
+    pub partition: u32,
+    /// The history (stream).
+    pub stream: String,
+    /// `epoch` and `seq` (hash).
+    pub meta: String,
+    /// The partition's channel registry (zset channel → last append ms).
+    pub registry: String,
+    /// Dedup markers are `{dedup_prefix}<event_id>`.
+    dedup_prefix: String,
+}
+
+impl ChannelKeys {
+    pub fn new(channel: &str, partitions: u32) -> ChannelKeys {
+        let p = partition_of(channel, partitions);
+        ChannelKeys {
+            partition: p,
+            stream: format!("{}{channel}", stream_prefix(p)),
+            meta: format!("tickstream:{{p{p}}}:m:{channel}"),
+            registry: registry(p),
+            dedup_prefix: format!("tickstream:{{p{p}}}:d:{channel}:"),
+        }
+    }
+
+    /// The dedup marker of one event id.
+    pub fn dedup(&self, event_id: &str) -> String {
+        format!("{}{event_id}", self.dedup_prefix)
+    }
+}
+
+/// Stream keys of partition `p` are this prefix and the channel name.
+pub fn stream_prefix(p: u32) -> String {
+    format!("tickstream:{{p{p}}}:s:")
+}
+
+/// Partition `p`'s channel registry.
+pub fn registry(p: u32) -> String {
+    format!("tickstream:{{p{p}}}:channels")
+}
+
+/// The partition count a deployment was created with.
+pub const PARTITIONS: &str = "tickstream:{meta}:partitions";
+/// The node registry: zset node id → last heartbeat ms.
+pub const NODES: &str = "tickstream:{nodes}:index";
+
+/// One node's details (hash), beside [`NODES`] in its slot.
+pub fn node(id: &str) -> String {
+    format!("tickstream:{{nodes}}:node:{id}")
+}
+
+/// A rate-limit bucket; `subject` is already made key-safe
+/// (`ratelimit::Subject::key_part`).
+pub fn rate_bucket(subject: &str, group: &str) -> String {
+    format!("tickstream:rl:{{{subject}}}:{group}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        assert_eq!(partition_of("crypto.BTC-USD", 16), 5);
+        let k = ChannelKeys::new("crypto.BTC-USD", 16);
+        assert_eq!(k.stream, "tickstream:{p5}:s:crypto.BTC-USD");
+        assert_eq!(k.meta, "tickstream:{p5}:m:crypto.BTC-USD");
+        assert_eq!(k.registry, "tickstream:{p5}:channels");
+        assert_eq!(k.dedup("ab"), "tickstream:{p5}:d:crypto.BTC-USD:ab");
+        assert_eq!(rate_bucket("u:alice", "api"), "tickstream:rl:{u:alice}:api");
+        assert_eq!(node("node-1"), "tickstream:{nodes}:node:node-1");
+    }
+}

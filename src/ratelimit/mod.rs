@@ -1,0 +1,403 @@
+//! Admission by rate: token buckets per (subject, group), kept in Redis so every node
+//! shares them (docs/PROTOCOL.md "Rate limits").
+//!
+//! - [`bucket`]: the arithmetic (GCRA) and the node-local fallback buckets.
+//! - [`ip`]: who the client is on the network (peer address, trusted proxies) and the
+//!   per-IP flood shield that runs before anything else.
+//!
+//! A subject is a JWT `sub` or HMAC `client_id`, or the client IP for a request
+//! without a valid credential. Limits come per tier and group from
+//! `TICKSTREAM_RATE_<TIER>_<GROUP>`; tier `internal` is never limited. When Redis does
+//! not answer, the same limits are kept per node until it does again.
+
+pub mod bucket;
+pub mod ip;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use bucket::Decision;
+use bucket::LocalBuckets;
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreHealth};
+
+/// A client's rate-limit tier (JWT `tier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Tier {
+    #[default]
+    Free,
+    Pro,
+    Business,
+    /// The operator's own clients: never limited, no rate headers.
+    Internal,
+}
+
+impl Tier {
+    pub fn parse(raw: &str) -> Option<Tier> {
+        Some(match raw {
+            "free" => Tier::Free,
+            "pro" => Tier::Pro,
+            "business" => Tier::Business,
+            "internal" => Tier::Internal,
+            _ => return None,
+        })
+    }
+
+    /// The limited tiers, in the order of [`Limits`]' table.
+    pub const LIMITED: [Tier; 3] = [Tier::Free, Tier::Pro, Tier::Business];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Pro => "pro",
+            Tier::Business => "business",
+            Tier::Internal => "internal",
+        }
+    }
+}
+
+/// What a request spends tokens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// WebSocket handshakes and subscribes.
+    Ws,
+    /// REST reads.
+    Api,
+    /// Ingested ticks, one token each.
+    Ingest,
+}
+
+impl Group {
+    pub const ALL: [Group; 3] = [Group::Ws, Group::Api, Group::Ingest];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Ws => "ws",
+            Group::Api => "api",
+            Group::Ingest => "ingest",
+        }
+    }
+}
+
+/// A limit: `count` tokens per `period`, at most `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Parses `<n>/<s|m|h>[:<burst>]` (burst defaults to `n`); `off` or `unlimited`
+    /// gives `None`, no limit.
+    pub fn parse(raw: &str) -> Result<Option<Rate>, String> {
+        let raw = raw.trim();
+        if matches!(raw, "off" | "unlimited") {
+            return Ok(None);
+        }
+        let expected = || format!("expected <n>/<s|m|h>[:<burst>] (e.g. 60/m:20) or off, got {raw:?}");
+        let (rate, burst) = match raw.split_once(':') {
+            Some((rate, burst)) => (rate, Some(burst)),
+            None => (raw, None),
+        };
+        let (count, unit) = rate.split_once('/').ok_or_else(expected)?;
+        let count: u32 = count.trim().parse().map_err(|_| expected())?;
+        let period = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(expected()),
+        };
+        let burst = match burst {
+            Some(b) => b.trim().parse().map_err(|_| expected())?,
+            None => count,
+        };
+        if count == 0 || burst == 0 || count > 1_000_000 || burst > 1_000_000 {
+            return Err(format!("rate and burst must be 1..=1000000, got {raw:?}"));
+        }
+        Ok(Some(Rate { count, period, burst }))
+    }
+
+    /// Microseconds between two tokens.
+    pub fn interval_us(&self) -> f64 {
+        self.period.as_micros() as f64 / f64::from(self.count)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}:{}", self.count, self.burst)
+    }
+}
+
+/// Limits per tier and group; `None` is unlimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `[tier][group]` in the order of [`Tier::LIMITED`] and [`Group::ALL`].
+    table: [[Option<Rate>; 3]; 3],
+}
+
+impl Limits {
+    /// The defaults (docs/OPERATIONS.md "Rate limits" says why these).
+    pub const DEFAULTS: [[&'static str; 3]; 3] = [
+        // ws, api, ingest
+        ["60/m:30", "60/m:20", "100/s:1000"],
+        ["300/m:100", "600/m:100", "1000/s:5000"],
+        ["1200/m:300", "3000/m:500", "10000/s:20000"],
+    ];
+
+    /// The environment variable of a tier and group, e.g. `TICKSTREAM_RATE_FREE_API`.
+    pub fn variable(tier: Tier, group: Group) -> &'static str {
+        match (tier, group) {
+            (Tier::Free, Group::Ws) => "TICKSTREAM_RATE_FREE_WS",
+            (Tier::Free, Group::Api) => "TICKSTREAM_RATE_FREE_API",
+            (Tier::Free, Group::Ingest) => "TICKSTREAM_RATE_FREE_INGEST",
+            (Tier::Pro, Group::Ws) => "TICKSTREAM_RATE_PRO_WS",
+            (Tier::Pro, Group::Api) => "TICKSTREAM_RATE_PRO_API",
+            (Tier::Pro, Group::Ingest) => "TICKSTREAM_RATE_PRO_INGEST",
+            (Tier::Business, Group::Ws) => "TICKSTREAM_RATE_BUSINESS_WS",
+            (Tier::Business, Group::Api) => "TICKSTREAM_RATE_BUSINESS_API",
+            (Tier::Business, Group::Ingest) => "TICKSTREAM_RATE_BUSINESS_INGEST",
+            (Tier::Internal, _) => "TICKSTREAM_RATE_INTERNAL (unlimited)",
+        }
+    }
+
+    /// Builds the table from one value per tier and group (`value(tier, group)`),
+    /// naming the variable of the first bad one.
+    pub fn from_values(value: impl Fn(Tier, Group) -> String) -> Result<Limits, (&'static str, String)> {
+        let mut table = [[None; 3]; 3];
+        for (t, tier) in Tier::LIMITED.iter().enumerate() {
+            for (g, group) in Group::ALL.iter().enumerate() {
+                table[t][g] = Rate::parse(&value(*tier, *group)).map_err(|e| (Limits::variable(*tier, *group), e))?;
+            }
+        }
+        Ok(Limits { table })
+    }
+
+    pub fn defaults() -> Limits {
+        Limits::from_values(|t, g| Limits::default_value(t, g).to_string())
+            .unwrap_or_else(|(var, e)| unreachable!("{var}: {e}"))
+    }
+
+    pub fn default_value(tier: Tier, group: Group) -> &'static str {
+        let t = Tier::LIMITED.iter().position(|x| *x == tier).unwrap_or(0);
+        let g = Group::ALL.iter().position(|x| *x == group).unwrap_or(0);
+        Limits::DEFAULTS[t][g]
+    }
+
+    /// Every limited tier and group at `rate` (tests and benchmarks).
+    pub fn uniform(rate: Option<Rate>) -> Limits {
+        Limits { table: [[rate; 3]; 3] }
+    }
+
+    pub fn set(&mut self, tier: Tier, group: Group, rate: Option<Rate>) {
+        if let (Some(t), Some(g)) = (
+            Tier::LIMITED.iter().position(|x| *x == tier),
+            Group::ALL.iter().position(|x| *x == group),
+        ) {
+            self.table[t][g] = rate;
+        }
+    }
+
+    pub fn get(&self, tier: Tier, group: Group) -> Option<Rate> {
+        let t = Tier::LIMITED.iter().position(|x| *x == tier)?;
+        let g = Group::ALL.iter().position(|x| *x == group)?;
+        self.table[t][g]
+    }
+}
+
+/// Who is spending: an authenticated client, or an address.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// JWT `sub` or HMAC `client_id`.
+    Client(&'a str),
+    /// A request without a valid credential.
+    Ip(IpAddr),
+}
+
+impl Subject<'_> {
+    /// The bucket key's subject part: `u:<sub>` or `ip:<address>`, so no client can
+    /// name itself into another's bucket. A `sub` that is long or holds characters
+    /// that mean something in a key (`{`, `}`, spaces, controls) is hashed.
+    pub fn key_part(&self) -> String {
+        match self {
+            Subject::Ip(ip) => format!("ip:{ip}"),
+            Subject::Client(sub) => {
+                let plain = sub.len() <= 128 && sub.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+                if plain {
+                    format!("u:{sub}")
+                } else {
+                    use sha2::{Digest, Sha256};
+                    format!("h:{}", hex::encode(&Sha256::digest(sub.as_bytes())[..16]))
+                }
+            }
+        }
+    }
+}
+
+/// How long a check waits for Redis before deciding locally.
+const REDIS_WAIT: Duration = Duration::from_millis(500);
+/// After Redis failed a check, checks stay local this long before trying it again.
+const LOCAL_AFTER_FAILURE_MS: u64 = 1_000;
+
+/// The shared limiter.
+pub struct RateLimiter {
+    limits: Limits,
+    store: Store,
+    health: Arc<StoreHealth>,
+    local: LocalBuckets,
+    /// Unix ms until which checks are local because Redis just failed one.
+    local_until_ms: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: Limits, store: Store, health: Arc<StoreHealth>, metrics: Arc<Metrics>) -> RateLimiter {
+        RateLimiter {
+            limits,
+            store,
+            health,
+            local: LocalBuckets::default(),
+            local_until_ms: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// Takes `cost` tokens of `group` for `subject`. `None` when the tier is unlimited
+    /// (no headers either); otherwise the decision, refused or not, which the caller
+    /// answers with. Refusals are counted here.
+    pub async fn check(&self, subject: Subject<'_>, tier: Tier, group: Group, cost: u32) -> Option<Decision> {
+        if tier == Tier::Internal {
+            return None;
+        }
+        let rate = self.limits.get(tier, group)?;
+        let key_subject = subject.key_part();
+        let decision = if cost > rate.burst {
+            // Can never succeed: say when a full bucket would be back, take nothing.
+            Decision {
+                allowed: false,
+                limit: rate.burst,
+                remaining: 0,
+                retry_after: Duration::from_micros((f64::from(rate.burst) * rate.interval_us()) as u64),
+            }
+        } else {
+            match self.shared(&key_subject, group, &rate, cost).await {
+                Some(d) => d,
+                None => self
+                    .local
+                    .take(&key_subject, group, &rate, crate::tick::now_us() as f64, cost),
+            }
+        };
+        if !decision.allowed {
+            self.metrics.rate_limited.with_label_values(&[group.name()]).inc();
+        }
+        Some(decision)
+    }
+
+    /// The shared bucket's answer, or `None` to decide locally (memory engine, Redis
+    /// down or slow).
+    async fn shared(&self, subject: &str, group: Group, rate: &Rate, cost: u32) -> Option<Decision> {
+        if !self.store.is_shared() || self.is_local() {
+            return None;
+        }
+        let key = crate::keyspace::rate_bucket(subject, group.name());
+        let call = self.store.take_tokens(&key, rate.interval_us(), rate.burst, cost);
+        match tokio::time::timeout(REDIS_WAIT, call).await {
+            Ok(Ok(Some(reply))) => Some(Decision {
+                allowed: reply.allowed,
+                limit: rate.burst,
+                remaining: reply.remaining,
+                retry_after: reply.retry_after,
+            }),
+            Ok(Ok(None)) => None,
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.redis_errors.inc();
+                self.local_until_ms
+                    .store(crate::tick::now_ms() + LOCAL_AFTER_FAILURE_MS, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        !self.store.is_shared()
+            || !self.health.is_up()
+            || crate::tick::now_ms() < self.local_until_ms.load(Ordering::Acquire)
+    }
+
+    /// `"redis"` while buckets are shared, `"local"` while this node keeps them;
+    /// refreshes the `tickstream_ratelimit_local` gauge.
+    pub fn mode(&self) -> &'static str {
+        let local = self.is_local();
+        self.metrics.ratelimit_local.set(i64::from(local));
+        if local {
+            "local"
+        } else {
+            "redis"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_refuse_nonsense() {
+        assert_eq!(
+            Rate::parse("60/m:20"),
+            Ok(Some(Rate {
+                count: 60,
+                period: Duration::from_secs(60),
+                burst: 20
+            }))
+        );
+        assert_eq!(Rate::parse("5/s").unwrap().unwrap().burst, 5);
+        assert_eq!(Rate::parse("off"), Ok(None));
+        for bad in ["lots", "60", "60/d", "0/s", "5/s:0", "5/s:x", "-1/s", "5/s:2:3", ""] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Rate::parse("3000/m:500").unwrap().unwrap().to_string(), "3000/m:500");
+        assert_eq!(Rate::parse("3000/m").unwrap().unwrap().interval_us(), 20_000.0);
+    }
+
+    #[test]
+    fn every_default_parses_and_names_its_variable() {
+        let limits = Limits::defaults();
+        assert_eq!(limits.get(Tier::Free, Group::Api), Rate::parse("60/m:20").unwrap());
+        assert_eq!(limits.get(Tier::Internal, Group::Api), None);
+        assert_eq!(
+            Limits::variable(Tier::Business, Group::Ingest),
+            "TICKSTREAM_RATE_BUSINESS_INGEST"
+        );
+        let err = Limits::from_values(|t, g| {
+            if (t, g) == (Tier::Pro, Group::Ws) {
+                "lots".into()
+            } else {
+                "1/s".into()
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err.0, "TICKSTREAM_RATE_PRO_WS");
+    }
+
+    #[test]
+    fn subjects_cannot_collide_or_escape_the_hash_tag() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(Subject::Ip(ip).key_part(), "ip:10.0.0.1");
+        assert_eq!(Subject::Client("ip:10.0.0.1").key_part(), "u:ip:10.0.0.1");
+        assert_eq!(Subject::Client("alice").key_part(), "u:alice");
+        for odd in ["a}b", "a b", &"x".repeat(200), "é"] {
+            let k = Subject::Client(odd).key_part();
+            assert!(k.starts_with("h:") && k.len() == 34, "{odd}: {k}");
+        }
+    }
+}

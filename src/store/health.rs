@@ -1,0 +1,56 @@
+//! Whether the store answers, checked once a second by one task per node.
+//!
+//! Handshakes and the rate limiter read the last answer instead of each pinging
+//! Redis, so a storm of handshakes during an outage costs Redis nothing and is
+//! refused with 503 at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Store;
+use crate::hub::ErrorLog;
+
+/// How often, and how long at most, the store is pinged.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+pub struct StoreHealth {
+    up: AtomicBool,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            up: AtomicBool::new(true),
+        }
+    }
+}
+
+impl StoreHealth {
+    /// True unless the store failed its last health ping.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Pings the store every second until `shutdown` turns true.
+    pub async fn watch(self: Arc<Self>, store: Store, mut shutdown: watch::Receiver<bool>) {
+        let mut log = ErrorLog::default();
+        loop {
+            let up = matches!(tokio::time::timeout(PING_EVERY, store.ping()).await, Ok(Ok(())));
+            self.up.store(up, Ordering::Release);
+            if up {
+                if log.recovered() {
+                    tracing::info!("store reachable again");
+                }
+            } else if log.should_log() {
+                tracing::warn!("store unreachable: handshakes answer 503 until it returns");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PING_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
