@@ -84,3 +84,48 @@ async fn an_unreadable_key_stops_start_up_naming_the_variable() {
     let err = tickstream::Server::bind(cfg).await.err().expect("refused");
     assert!(err.to_string().starts_with("TICKSTREAM_JWT_PUBLIC_KEY"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_and_issuer_are_checked_when_configured() {
+    let mut cfg = config(None);
+    cfg.jwt_audience = Some("tickstream".into());
+    cfg.jwt_issuer = Some("https://auth.example".into());
+    let app = TestApp::start(cfg).await;
+    let with = |extra: serde_json::Value| {
+        let mut claims = json!({"sub": "k", "channels": ["*"]});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        token_with(claims)
+    };
+    let good = with(json!({"aud": "tickstream", "iss": "https://auth.example"}));
+    assert_eq!(app.get("/api/v1/channels", Some(&good)).await.0, 200);
+    let in_a_list = with(json!({"aud": ["other", "tickstream"], "iss": "https://auth.example"}));
+    assert_eq!(app.get("/api/v1/channels", Some(&in_a_list)).await.0, 200);
+    for (name, t) in [
+        (
+            "wrong audience",
+            with(json!({"aud": "other", "iss": "https://auth.example"})),
+        ),
+        ("no audience", with(json!({"iss": "https://auth.example"}))),
+        (
+            "wrong issuer",
+            with(json!({"aud": "tickstream", "iss": "https://evil.example"})),
+        ),
+        ("no issuer", with(json!({"aud": "tickstream"}))),
+    ] {
+        let (status, body) = app.get("/api/v1/channels", Some(&t)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{name}: {body}"
+        );
+    }
+    app.stop().await;
+
+    // Without them configured, tokens with any (or no) aud/iss are accepted as before.
+    let app = TestApp::start(config(None)).await;
+    let any = with(json!({"aud": "whatever", "iss": "anyone"}));
+    assert_eq!(app.get("/api/v1/channels", Some(&any)).await.0, 200);
+    app.stop().await;
+}

@@ -350,20 +350,6 @@ async fn sigterm_closes_sockets_with_1012_and_exits_0_within_10_s() {
     assert!(nodes.is_empty(), "{nodes:?}");
 }
 
-/// Redis's call count for a command (INFO commandstats).
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.client())
-        .unwrap();
-    info.lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_storm_reads_history_from_redis_once() {
     const CLIENTS: usize = 1000;

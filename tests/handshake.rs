@@ -13,10 +13,6 @@ use support::*;
 use tickstream::auth::unix_now;
 use tokio_tungstenite::tungstenite::Message;
 
-fn bearer(t: &str) -> (&'static str, String) {
-    ("authorization", format!("Bearer {t}"))
-}
-
 fn hmac_sig(secret: &str, client_id: &str, ts: u64, path: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{client_id}\n{ts}\n{path}").as_bytes());

@@ -208,6 +208,9 @@ async fn operations_endpoints_and_headers() {
     let (status, openapi) = app.get("/api/v1/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(openapi["paths"]["/api/v1/channels/{channel}/ticks"].is_object());
+    // The document lists itself, and the 429 every limited endpoint can answer.
+    assert!(openapi["paths"]["/api/v1/openapi.json"]["get"].is_object());
+    assert!(openapi["paths"]["/api/v1/channels/{channel}/ticks"]["get"]["responses"]["429"].is_object());
     let page = http.get(app.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.headers()["content-security-policy"]

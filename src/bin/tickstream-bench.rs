@@ -41,6 +41,11 @@ struct Args {
     /// Print only the JSON line.
     #[arg(long)]
     json_only: bool,
+    /// Rate-limit tier of the minted reader token: `internal` (never limited, no
+    /// bucket check) measures the server alone; `free` and the others measure it with
+    /// a token-bucket check per request (raise the server's limits to match the load).
+    #[arg(long, default_value = "internal")]
+    tier: String,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -93,6 +98,22 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         behind: usize,
     },
+    /// `count` WebSocket handshakes, `concurrency` at a time: the time from connect to
+    /// the `subscribed` frame.
+    Handshakes {
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// `sockets` connections each subscribing `per_socket` channels nobody writes to:
+    /// memory per empty subscription.
+    EmptySubscriptions {
+        #[arg(long, default_value_t = 100)]
+        sockets: usize,
+        #[arg(long, default_value_t = 256)]
+        per_socket: usize,
+    },
     /// REST pages of `limit` ticks at `rate` requests/s.
     History {
         #[arg(long, default_value_t = 1000)]
@@ -116,7 +137,7 @@ fn reader_token(args: &Args) -> String {
         std::process::exit(2);
     });
     let exp = tickstream::auth::unix_now() + 3600;
-    let claims = json!({"sub": "bench", "channels": ["*"], "exp": exp, "tier": "internal"});
+    let claims = json!({"sub": "bench", "channels": ["*"], "exp": exp, "tier": args.tier});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -733,6 +754,136 @@ async fn history(args: &Args, rate: u64, limit: usize, duration: u64, connection
     usage(report, (rss0, cpu0), (rss1, cpu1));
 }
 
+async fn handshakes(args: &Args, count: usize, concurrency: usize, report: &mut Report) {
+    let token = reader_token(args);
+    let run = format!("{:08x}", rand::random::<u32>());
+    let (rss0, cpu0) = server_usage(&args.url).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (url, token, run, next, failures) = (
+                args.url.clone(),
+                token.clone(),
+                run.clone(),
+                next.clone(),
+                failures.clone(),
+            );
+            tokio::spawn(async move {
+                let mut h = new_histogram();
+                while (next.fetch_add(1, Ordering::Relaxed) as usize) < count {
+                    let began = Instant::now();
+                    let path = format!("/ws/bench.hs.{run}?since=$");
+                    let subscribed = async {
+                        let mut ws = connect_ws(&url, &path, &token).await.ok()?;
+                        while let Some(Ok(m)) = ws.next().await {
+                            if let Message::Text(t) = m {
+                                if t.as_str().contains("\"type\":\"subscribed\"") {
+                                    return Some(ws);
+                                }
+                            }
+                        }
+                        None
+                    };
+                    match subscribed.await {
+                        Some(mut ws) => {
+                            let _ = h.record(began.elapsed().as_micros() as u64);
+                            let _ = ws.close(None).await;
+                        }
+                        None => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    let mut latency = new_histogram();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            latency.add(&h).ok();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (rss1, cpu1) = server_usage(&args.url).await;
+    report.put("handshakes", json!(latency.len()), latency.len().to_string());
+    report.put(
+        "handshakes_per_s",
+        json!((latency.len() as f64 / elapsed).round()),
+        format!("{:.0}/s", latency.len() as f64 / elapsed),
+    );
+    report.put(
+        "failures",
+        json!(failures.load(Ordering::Relaxed)),
+        failures.load(Ordering::Relaxed).to_string(),
+    );
+    report.latency("handshake_latency", &latency);
+    usage(report, (rss0, cpu0), (rss1, cpu1));
+}
+
+async fn empty_subscriptions(args: &Args, sockets: usize, per_socket: usize, report: &mut Report) {
+    let token = reader_token(args);
+    let run = format!("{:08x}", rand::random::<u32>());
+    let mut open = Vec::new();
+    for _ in 0..sockets {
+        match connect_ws(&args.url, "/ws", &token).await {
+            Ok(ws) => open.push(ws),
+            Err(e) => eprintln!("tickstream-bench: a client failed to connect: {e}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss0, cpu0) = server_usage(&args.url).await;
+    let tasks: Vec<_> = open
+        .into_iter()
+        .enumerate()
+        .map(|(s, mut ws)| {
+            let run = run.clone();
+            tokio::spawn(async move {
+                use futures_util::SinkExt;
+                // The inbound budget is a burst of 20, then 10 messages a second.
+                for c in 0..per_socket {
+                    if c >= 20 {
+                        tokio::time::sleep(Duration::from_millis(105)).await;
+                    }
+                    let m = json!({"type": "subscribe", "channel": format!("bench.empty.{run}.{s}.{c}"), "since": "$"});
+                    if ws.send(Message::Text(m.to_string().into())).await.is_err() {
+                        return None;
+                    }
+                }
+                let mut live = 0;
+                while live < per_socket {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.as_str().contains("\"type\":\"live\"") => live += 1,
+                        Some(Ok(_)) => {}
+                        _ => return None,
+                    }
+                }
+                Some(ws)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for t in tasks {
+        if let Ok(Some(ws)) = t.await {
+            held.push(ws);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss1, cpu1) = server_usage(&args.url).await;
+    let subscriptions = held.len() * per_socket;
+    let per = (rss1 - rss0) / subscriptions.max(1) as f64;
+    report.put(
+        "subscriptions",
+        json!(subscriptions),
+        format!("{subscriptions} on {} sockets", held.len()),
+    );
+    report.put("rss_per_subscription_bytes", json!(per.round()), format!("{per:.0} B"));
+    usage(report, (rss0, cpu0), (rss1, cpu1));
+    drop(held);
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -780,6 +931,17 @@ async fn main() {
         Scenario::ResumeStorm { clients, behind } => {
             resume_storm(&args, clients, behind, &mut report).await;
             ("resume-storm", json!({"clients": clients, "behind": behind}))
+        }
+        Scenario::Handshakes { count, concurrency } => {
+            handshakes(&args, count, concurrency, &mut report).await;
+            ("handshakes", json!({"count": count, "concurrency": concurrency}))
+        }
+        Scenario::EmptySubscriptions { sockets, per_socket } => {
+            empty_subscriptions(&args, sockets, per_socket, &mut report).await;
+            (
+                "empty-subscriptions",
+                json!({"sockets": sockets, "per_socket": per_socket}),
+            )
         }
         Scenario::History {
             rate,

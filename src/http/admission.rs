@@ -19,7 +19,7 @@ use super::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::error::ApiError;
 use crate::ratelimit::ip::ClientIp;
-use crate::ratelimit::{Decision, Group, Subject, Tier};
+use crate::ratelimit::{Decision, Group, RateLimiter, Subject, Tier};
 
 /// The decision of this request's bucket check, if one was made.
 #[derive(Clone, Default)]
@@ -64,7 +64,7 @@ pub fn shield_refusal(state: &AppState, wait_secs: u64) -> Response {
 
 /// A handler's access to the rate limiter for the request it serves.
 pub struct Admission {
-    state: AppState,
+    limiter: Arc<RateLimiter>,
     note: RateNote,
     ip: IpAddr,
 }
@@ -74,7 +74,7 @@ impl FromRequestParts<AppState> for Admission {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(Admission {
-            state: state.clone(),
+            limiter: state.limiter.clone(),
             note: parts.extensions.get::<RateNote>().cloned().unwrap_or_default(),
             ip: parts
                 .extensions
@@ -110,7 +110,7 @@ impl Admission {
     }
 
     async fn check(&self, subject: Subject<'_>, tier: Tier, group: Group, cost: u32) -> Result<(), ApiError> {
-        let Some(decision) = self.state.limiter.check(subject, tier, group, cost).await else {
+        let Some(decision) = self.limiter.check(subject, tier, group, cost).await else {
             return Ok(());
         };
         let _ = self.note.0.set(decision);

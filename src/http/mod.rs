@@ -80,7 +80,13 @@ pub fn router(state: AppState) -> Router {
         }))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, X_REQUEST_ID.clone()])
-        .expose_headers([X_REQUEST_ID.clone()]);
+        // A browser app may read its rate limits and when to retry.
+        .expose_headers([
+            X_REQUEST_ID.clone(),
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            header::RETRY_AFTER,
+        ]);
     Router::new()
         .route("/api/v1/ingest", post(ingest::ingest))
         .route("/api/v1/channels", get(history::channels))

@@ -389,6 +389,11 @@ impl WsClient {
         let _ = self.stream.send(m).await;
     }
 
+    /// Sends, reporting a failure (a reset connection) instead of ignoring it.
+    pub async fn try_send(&mut self, m: Message) -> Result<(), String> {
+        self.stream.send(m).await.map_err(|e| e.to_string())
+    }
+
     pub async fn next_within(&mut self, wait: Duration) -> Next {
         loop {
             match tokio::time::timeout(wait, self.stream.next()).await {
@@ -653,4 +658,76 @@ pub fn assert_same_ids(got: &[String], expected: &[String], what: &str) {
             first.and_then(|i| expected.get(i)),
         );
     }
+}
+
+/// An HTTP answer with its headers.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A numeric header, e.g. `Retry-After`.
+    pub fn number(&self, name: &str) -> Option<u64> {
+        self.header(name).and_then(|v| v.parse().ok())
+    }
+}
+
+impl TestApp {
+    /// A request with any method, headers and body; the whole answer.
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, String)], body: Option<String>) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Answer { status, headers, body }
+    }
+
+    /// GET with a bearer token (or none).
+    pub async fn get_answer(&self, path: &str, token: Option<&str>) -> Answer {
+        let headers: Vec<(&str, String)> = token
+            .map(|t| ("authorization", format!("Bearer {t}")))
+            .into_iter()
+            .collect();
+        self.request("GET", path, &headers, None).await
+    }
+}
+
+/// `Authorization: Bearer <t>` as a header pair.
+pub fn bearer(t: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {t}"))
+}
+
+/// A config whose every limited tier and group uses `rate` (e.g. `"60/m:3"`).
+pub fn with_limits(mut c: Config, rate: &str) -> Config {
+    c.rate_limits = Limits::uniform(Rate::parse(rate).unwrap());
+    c
+}
+
+/// Redis's call count for a command (INFO commandstats), e.g. `evalsha`, `xrange`.
+pub fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.client())
+        .unwrap();
+    info.lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
