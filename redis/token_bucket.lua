@@ -25,22 +25,22 @@ local cost = tonumber(ARGV[3])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 
+-- All arithmetic is on the distance from now (`ahead`): absolute microseconds are
+-- near 2^51, where a double has no fraction left, while the distance is small and
+-- keeps it. src/ratelimit/bucket.rs computes the same numbers the same way.
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then
-  tat = now
+local ahead = math.max(tat - now, 0)
+local window = burst * interval
+-- The epsilon keeps 19.9999999 (float division) from reading as 19 tokens.
+local function tokens(a)
+  return math.max(math.floor((window - a) / interval + 1e-6), 0)
 end
 
-local new_tat = tat + cost * interval
-local allow_at = new_tat - burst * interval
-if allow_at > now then
-  local remaining = math.floor((burst * interval - (tat - now)) / interval)
-  if remaining < 0 then
-    remaining = 0
-  end
-  return {0, remaining, math.ceil(allow_at - now)}
+local new_ahead = ahead + cost * interval
+if new_ahead - window > 0 then
+  return {0, tokens(ahead), math.ceil(new_ahead - window)}
 end
 
 -- The key expires when the bucket is full again: a full bucket and no key are the same.
-local ttl_ms = math.ceil((new_tat - now) / 1000)
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(ttl_ms, 1))
-return {1, math.floor((burst * interval - (new_tat - now)) / interval), 0}
+redis.call('SET', KEYS[1], string.format('%.0f', now + new_ahead), 'PX', math.max(math.ceil(new_ahead / 1000), 1))
+return {1, tokens(new_ahead), 0}

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::OriginPattern;
+use crate::acl::{ChannelPattern, OriginPattern};
+use crate::auth;
 use crate::ratelimit::ip::{Cidr, TrustedProxies};
 use crate::ratelimit::{Group, Limits, Rate, Tier};
 use crate::store::connections::TlsFiles;
@@ -136,15 +137,8 @@ pub struct Config {
     pub default_replay: usize,
     /// TLS files for `rediss://`.
     pub redis_tls: TlsFiles,
-    pub jwt_secret: Option<String>,
-    pub jwt_public_key: Option<PathBuf>,
-    /// Required `aud` / `iss` of JWTs, when set.
-    pub jwt_audience: Option<String>,
-    pub jwt_issuer: Option<String>,
-    pub hmac_secret: Option<String>,
-    pub hmac_channels: Vec<String>,
-    pub ingest_token: Option<String>,
-    pub allowed_origins: Vec<OriginPattern>,
+    /// Keys, secrets, tokens and origins.
+    pub auth: auth::Settings,
     /// Token buckets per tier and group.
     pub rate_limits: Limits,
     /// The per-IP shield; `None` is off.
@@ -244,16 +238,16 @@ impl Config {
                 return Err(bad("TICKSTREAM_JWT_SECRET", "must be at least 16 bytes"));
             }
         }
-        let hmac_channels: Vec<String> = cli
+        let hmac_channels = cli
             .hmac_channels
             .split(',')
-            .map(|s| s.trim().to_string())
+            .map(str::trim)
             .filter(|s| !s.is_empty())
-            .collect();
-        for p in &hmac_channels {
-            crate::auth::ChannelPattern::parse(p)
-                .ok_or_else(|| bad("TICKSTREAM_HMAC_CHANNELS", format!("bad channel pattern {p:?}")))?;
-        }
+            .map(|p| {
+                ChannelPattern::parse(p)
+                    .ok_or_else(|| bad("TICKSTREAM_HMAC_CHANNELS", format!("bad channel pattern {p:?}")))
+            })
+            .collect::<Result<_, _>>()?;
         let allowed_origins = cli
             .allowed_origins
             .split(',')
@@ -331,14 +325,16 @@ impl Config {
             dedup_window,
             default_replay: number("TICKSTREAM_DEFAULT_REPLAY", &cli.default_replay, 0, 100_000)?,
             redis_tls,
-            jwt_secret,
-            jwt_public_key: cli.jwt_public_key,
-            jwt_audience: non_empty(cli.jwt_audience),
-            jwt_issuer: non_empty(cli.jwt_issuer),
-            hmac_secret: non_empty(cli.hmac_secret),
-            hmac_channels,
-            ingest_token: non_empty(cli.ingest_token),
-            allowed_origins,
+            auth: auth::Settings {
+                jwt_secret,
+                jwt_public_key: cli.jwt_public_key,
+                jwt_audience: non_empty(cli.jwt_audience),
+                jwt_issuer: non_empty(cli.jwt_issuer),
+                hmac_secret: non_empty(cli.hmac_secret),
+                hmac_channels,
+                ingest_token: non_empty(cli.ingest_token),
+                allowed_origins,
+            },
             rate_limits,
             ip_rate,
             trusted_proxies,
@@ -406,12 +402,6 @@ impl Config {
     /// than the stream keeps (so the ring never serves what Redis has trimmed).
     pub fn recent_ring(&self) -> usize {
         usize::try_from(self.stream_maxlen).unwrap_or(usize::MAX).min(1024)
-    }
-
-    /// True when no verification key is configured: the server then makes its own
-    /// (SPEC §2 dev mode) rather than run with authentication off.
-    pub fn dev_mode(&self) -> bool {
-        self.jwt_secret.is_none() && self.jwt_public_key.is_none() && self.hmac_secret.is_none()
     }
 }
 

@@ -117,6 +117,6 @@ impl IntoResponse for ApiError {
 fn store_warning_due() -> bool {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
-    let now = crate::tick::now_us().max(0) as u64 / 1_000_000;
+    let now = crate::clock::now_us().max(0) as u64 / 1_000_000;
     LAST_SECOND.swap(now, Ordering::Relaxed) != now
 }

@@ -20,10 +20,12 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, watch, Notify};
 
+use crate::clock::now_ms;
 use crate::keyspace::partition_of;
 use crate::metrics::Metrics;
+use crate::retry::{Backoff, ErrorLog};
 use crate::store::{IdRange, Store, StoreError, StreamInfo, TailWaker};
-use crate::tick::{now_ms, StreamId, Tick};
+use crate::tick::{StreamId, Tick};
 
 /// A partition reader that has not heard from the store for this long is stale, and
 /// `/readyz` says so: delivery silently dead must never look healthy.
@@ -519,79 +521,5 @@ impl Hub {
     /// Channels with local subscribers (for metrics and tests).
     pub fn active_channels(&self) -> usize {
         self.partitions.iter().map(|p| p.lock().len()).sum()
-    }
-}
-
-/// Exponential backoff with full jitter, 100 ms doubling to 5 s: reconnecting nodes
-/// spread out instead of hammering a Redis that just came back.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        use rand::Rng;
-        let cap = (100u64 << self.attempt.min(6)).min(5_000);
-        self.attempt = self.attempt.saturating_add(1);
-        Duration::from_millis(rand::rng().random_range(cap / 2..=cap))
-    }
-}
-
-/// Rate-limits a repeating error's log lines: the first, then one every 30 s.
-#[derive(Debug, Default)]
-pub struct ErrorLog {
-    failing_since: Option<std::time::Instant>,
-    last_logged: Option<std::time::Instant>,
-}
-
-impl ErrorLog {
-    pub fn should_log(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        self.failing_since.get_or_insert(now);
-        match self.last_logged {
-            Some(t) if now.duration_since(t) < Duration::from_secs(30) => false,
-            _ => {
-                self.last_logged = Some(now);
-                true
-            }
-        }
-    }
-
-    /// True once after a failure streak ends.
-    pub fn recovered(&mut self) -> bool {
-        self.last_logged = None;
-        self.failing_since.take().is_some()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_stays_capped() {
-        let mut b = Backoff::default();
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            assert!(b.next_delay() <= Duration::from_secs(5));
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn error_log_is_rate_limited() {
-        let mut l = ErrorLog::default();
-        assert!(l.should_log());
-        assert!(!l.should_log());
-        assert!(l.recovered());
-        assert!(!l.recovered());
-        assert!(l.should_log());
     }
 }

@@ -21,7 +21,9 @@
 //! [`run`] starts a server and serves until the shutdown future completes; tests use
 //! [`Server::bind`] to learn the port before serving.
 
+pub mod acl;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -30,6 +32,7 @@ pub mod keyspace;
 pub mod metrics;
 pub mod nodes;
 pub mod ratelimit;
+pub mod retry;
 pub mod session;
 pub mod store;
 pub mod tick;
@@ -96,7 +99,7 @@ impl Server {
             )),
             None => Store::Memory(Arc::new(MemoryStore::new(config.store_settings()))),
         };
-        let (auth, dev) = Authenticator::new(&config)?;
+        let (auth, dev) = Authenticator::new(&config.auth)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
@@ -118,6 +121,7 @@ impl Server {
             health.clone(),
             metrics.clone(),
         ));
+        limiter.prepare().await.map_err(StartError::Redis)?;
         let sessions = Arc::new(SessionContext {
             hub: hub.clone(),
             store: store.clone(),

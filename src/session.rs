@@ -30,9 +30,10 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::auth::{Authenticator, Principal};
-use crate::hub::{Backoff, ErrorLog, Hub, Interrupted, LiveFrame, LiveSubscription};
+use crate::hub::{Hub, Interrupted, LiveFrame, LiveSubscription};
 use crate::metrics::Metrics;
-use crate::ratelimit::{Group, RateLimiter, Subject};
+use crate::ratelimit::{Group, RateLimiter};
+use crate::retry::{Backoff, ErrorLog};
 use crate::store::{IdRange, Store, StoreError, StreamInfo};
 use crate::tick::{is_valid_channel, Since, StreamId, Tick};
 
@@ -272,7 +273,7 @@ impl Session {
         // Saturating, and capped: a token may carry any `exp` up to u64::MAX, and an
         // Instant that far out would overflow.
         let deadline = exp.saturating_add(crate::auth::LEEWAY_SECS);
-        let left = deadline.saturating_sub(crate::auth::unix_now()).min(FAR);
+        let left = deadline.saturating_sub(crate::clock::unix_now()).min(FAR);
         tokio::time::Instant::now() + Duration::from_secs(left)
     }
 
@@ -356,12 +357,7 @@ impl Session {
     /// `rate_limited` (with `retry_after` in seconds) and leaves the socket open.
     async fn charge_subscribe(&self, channel: &str) -> bool {
         let p = &self.principal;
-        match self
-            .ctx
-            .limiter
-            .check(Subject::Client(&p.sub), p.tier, Group::Ws, 1)
-            .await
-        {
+        match self.ctx.limiter.check(p.subject(), p.tier, Group::Ws, 1).await {
             Some(d) if !d.allowed => {
                 self.send(json!({
                     "type": "error",
@@ -564,7 +560,7 @@ impl Writer {
     /// Writes a live subscription's ready ticks into the batch, then re-arms it; a
     /// lagged one goes to a catch-up task. Returns the tick frames added.
     fn drain_live(&mut self, i: usize, mut handover: Box<Handover>, first: Result<LiveFrame, Interrupted>) -> u64 {
-        let now_ms = crate::tick::now_ms();
+        let now_ms = crate::clock::now_ms();
         let mut added = 0;
         let mut next = first;
         loop {

@@ -6,7 +6,7 @@ mod support;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::*;
-use tickstream::auth::unix_now;
+use tickstream::clock::unix_now;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,8 +21,8 @@ fn sign(alg: Algorithm, key: &EncodingKey) -> String {
 
 async fn check(public: &str, good: String, others: Vec<(&str, String)>) {
     let mut cfg = config(None);
-    cfg.jwt_secret = None;
-    cfg.jwt_public_key = Some(fixture(public));
+    cfg.auth.jwt_secret = None;
+    cfg.auth.jwt_public_key = Some(fixture(public));
     let app = TestApp::start(cfg).await;
     let mut ws = app.ws("/ws/k.c", &good).await;
     assert_eq!(ws.next_json().await["type"], "subscribed");
@@ -76,11 +76,11 @@ async fn rs256_public_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_key_stops_start_up_naming_the_variable() {
     let mut cfg = config(None);
-    cfg.jwt_public_key = Some(fixture("missing.pem"));
+    cfg.auth.jwt_public_key = Some(fixture("missing.pem"));
     let err = tickstream::Server::bind(cfg).await.err().expect("refused");
     assert!(err.to_string().starts_with("TICKSTREAM_JWT_PUBLIC_KEY"), "{err}");
     let mut cfg = config(None);
-    cfg.jwt_public_key = Some(fixture("README.md"));
+    cfg.auth.jwt_public_key = Some(fixture("README.md"));
     let err = tickstream::Server::bind(cfg).await.err().expect("refused");
     assert!(err.to_string().starts_with("TICKSTREAM_JWT_PUBLIC_KEY"), "{err}");
 }
@@ -88,8 +88,8 @@ async fn an_unreadable_key_stops_start_up_naming_the_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audience_and_issuer_are_checked_when_configured() {
     let mut cfg = config(None);
-    cfg.jwt_audience = Some("tickstream".into());
-    cfg.jwt_issuer = Some("https://auth.example".into());
+    cfg.auth.jwt_audience = Some("tickstream".into());
+    cfg.auth.jwt_issuer = Some("https://auth.example".into());
     let app = TestApp::start(cfg).await;
     let with = |extra: serde_json::Value| {
         let mut claims = json!({"sub": "k", "channels": ["*"]});

@@ -250,7 +250,7 @@ async fn a_catch_up_ends_when_its_subscription_is_unsubscribed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_at_the_edges_of_their_types_never_panic() {
     let mut cfg = config(None);
-    cfg.hmac_secret = Some("hmac-secret".into());
+    cfg.auth.hmac_secret = Some("hmac-secret".into());
     let app = TestApp::start(cfg).await;
     // An HMAC `ts` at the ends of i64 is just too old or too new.
     for ts in [i64::MIN.to_string(), i64::MAX.to_string(), "-1".into()] {

@@ -256,7 +256,7 @@ async fn a_stuck_client_never_delays_the_others() {
             match normal.next_within(TIMEOUT).await {
                 Next::Json(f) if f["type"] == "tick" => {
                     let sent_us = f["data"]["sent_us"].as_i64().unwrap();
-                    lags_ms.push((tickstream::tick::now_us() - sent_us) as f64 / 1000.0);
+                    lags_ms.push((tickstream::clock::now_us() - sent_us) as f64 / 1000.0);
                     ids.push(f["id"].as_str().unwrap().to_string());
                 }
                 Next::Json(_) => {}
@@ -268,7 +268,7 @@ async fn a_stuck_client_never_delays_the_others() {
     let started = Instant::now();
     for round in 0..40 {
         let ticks: Vec<Value> = (0..500)
-            .map(|i| json!({"channel": "chaos.slow", "data": {"sent_us": tickstream::tick::now_us(), "i": i}, "key": format!("{round}-{i}")}))
+            .map(|i| json!({"channel": "chaos.slow", "data": {"sent_us": tickstream::clock::now_us(), "i": i}, "key": format!("{round}-{i}")}))
             .collect();
         app.ingest_retrying(&Value::Array(ticks)).await;
     }

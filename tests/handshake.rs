@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 use support::*;
-use tickstream::auth::unix_now;
+use tickstream::clock::unix_now;
 use tokio_tungstenite::tungstenite::Message;
 
 fn hmac_sig(secret: &str, client_id: &str, ts: u64, path: &str) -> String {
@@ -50,8 +50,8 @@ type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, u16, &'a str);
 async fn refused_handshakes_answer_json_before_the_upgrade() {
     let redis = RedisServer::start();
     let mut cfg = config(Some(&redis));
-    cfg.allowed_origins = vec![tickstream::auth::OriginPattern::parse("https://*.example.com").unwrap()];
-    cfg.hmac_secret = Some("hmac-secret".into());
+    cfg.auth.allowed_origins = vec![tickstream::acl::OriginPattern::parse("https://*.example.com").unwrap()];
+    cfg.auth.hmac_secret = Some("hmac-secret".into());
     let app = TestApp::start(cfg).await;
     let good = token(&["crypto.*"]);
     let now = unix_now();
@@ -451,7 +451,7 @@ async fn an_unsubscribe_stops_the_channel_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_answers_only_allowed_origins() {
     let mut cfg = config(None);
-    cfg.allowed_origins = vec![tickstream::auth::OriginPattern::parse("https://app.example.com").unwrap()];
+    cfg.auth.allowed_origins = vec![tickstream::acl::OriginPattern::parse("https://app.example.com").unwrap()];
     let app = TestApp::start(cfg).await;
     let http = reqwest::Client::new();
     let preflight = |origin: &'static str| {

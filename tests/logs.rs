@@ -45,7 +45,7 @@ async fn tokens_never_appear_in_logs() {
 
     let redis = RedisServer::start();
     let mut cfg = config(Some(&redis));
-    cfg.hmac_secret = Some("hmac-secret-for-logs".into());
+    cfg.auth.hmac_secret = Some("hmac-secret-for-logs".into());
     let app = TestApp::start(cfg).await;
     let reader = token(&["*"]);
     let bogus = "bogus-token-that-must-not-be-logged-1234567890";

@@ -4,8 +4,9 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tickstream::auth::ChannelPattern;
-use tickstream::tick::{body, is_valid_channel, parse_body, Since, StreamId, Tick};
+use tickstream::acl::ChannelPattern;
+use tickstream::tick::wire::body;
+use tickstream::tick::{is_valid_channel, parse_body, Since, StreamId, Tick};
 
 const CHANNEL: &str = "[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}";
 

@@ -136,7 +136,7 @@ fn reader_token(args: &Args) -> String {
         eprintln!("tickstream-bench: give --token or --secret (TICKSTREAM_JWT_SECRET)");
         std::process::exit(2);
     });
-    let exp = tickstream::auth::unix_now() + 3600;
+    let exp = tickstream::clock::unix_now() + 3600;
     let claims = json!({"sub": "bench", "channels": ["*"], "exp": exp, "tier": args.tier});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -252,7 +252,7 @@ fn number_after(frame: &str, key: &str) -> Option<u64> {
 }
 
 fn now_us() -> u64 {
-    tickstream::tick::now_us().max(0) as u64
+    tickstream::clock::now_us().max(0) as u64
 }
 
 fn new_histogram() -> Histogram<u64> {

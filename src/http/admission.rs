@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::error::ApiError;
-use crate::ratelimit::ip::ClientIp;
+use crate::ratelimit::ip::{shield_wait, ClientIp};
 use crate::ratelimit::{Decision, Group, RateLimiter, Subject, Tier};
 
 /// The decision of this request's bucket check, if one was made.
@@ -51,22 +51,32 @@ pub async fn rate_headers(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// The 429 answer of the per-IP shield, in the same JSON shape as every error.
-pub fn shield_refusal(state: &AppState, wait_secs: u64) -> Response {
-    state.metrics.rate_limited.with_label_values(&["ip"]).inc();
-    ApiError::RateLimited {
-        // tower-governor rounds down; one more second is never too early.
-        retry_after: wait_secs + 1,
-        message: "too many requests from this address".into(),
+/// The per-IP shield: a flood from one address gets 429 here, before any token is
+/// verified or Redis asked. Two kinds of request pass untouched: the operator's static
+/// ingest token (its producer is never limited) and `/healthz` (a liveness probe must
+/// not be refused because someone else floods from the balancer's address).
+pub async fn shield(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let (Some(shield), Some(ip)) = (&state.shield, request.extensions().get::<ClientIp>()) {
+        let exempt = request.uri().path() == "/healthz" || state.auth.is_ingest_token(request.headers());
+        if !exempt {
+            if let Some(retry_after) = shield_wait(shield, *ip) {
+                state.metrics.rate_limited.with_label_values(&["ip"]).inc();
+                return ApiError::RateLimited {
+                    retry_after,
+                    message: "too many requests from this address".into(),
+                }
+                .into_response();
+            }
+        }
     }
-    .into_response()
+    next.run(request).await
 }
 
 /// A handler's access to the rate limiter for the request it serves.
 pub struct Admission {
     limiter: Arc<RateLimiter>,
     note: RateNote,
-    ip: IpAddr,
+    ip: ClientIp,
 }
 
 impl FromRequestParts<AppState> for Admission {
@@ -79,7 +89,8 @@ impl FromRequestParts<AppState> for Admission {
             ip: parts
                 .extensions
                 .get::<ClientIp>()
-                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0),
+                .copied()
+                .unwrap_or(ClientIp(IpAddr::from([0, 0, 0, 0]))),
         })
     }
 }
@@ -87,8 +98,7 @@ impl FromRequestParts<AppState> for Admission {
 impl Admission {
     /// Takes `cost` tokens of `group` for `principal`; a refusal is a 429.
     pub async fn charge(&self, principal: &Principal, group: Group, cost: u32) -> Result<(), ApiError> {
-        self.check(Subject::Client(&principal.sub), principal.tier, group, cost)
-            .await
+        self.check(principal.subject(), principal.tier, group, cost).await
     }
 
     /// An authentication outcome. A request without a valid credential is charged to
@@ -102,7 +112,8 @@ impl Admission {
         match outcome {
             Ok(p) => Ok(p),
             Err(e @ (AuthError::Missing | AuthError::Invalid(_) | AuthError::Expired)) => {
-                self.check(Subject::Ip(self.ip), Tier::Free, group, 1).await?;
+                self.check(Subject::Ip(self.ip.rate_key()), Tier::Free, group, 1)
+                    .await?;
                 Err(e.into())
             }
             Err(e) => Err(e.into()),

@@ -52,8 +52,9 @@ pub async fn reader(
     Ok(principal)
 }
 
-/// Checks the channel name, authenticates, checks that the token may read the
-/// channel, then charges the request.
+/// Checks the channel name, authenticates and charges the request, then checks that
+/// the token may read the channel (a refused read is charged too, and says so in its
+/// rate headers).
 async fn reader_for(
     state: &AppState,
     headers: &HeaderMap,
@@ -66,13 +67,10 @@ async fn reader_for(
     if !is_valid_channel(&channel) {
         return Err(ApiError::bad_channel());
     }
-    let principal = admission
-        .authenticated(state.auth.authenticate(headers, creds, uri.path()), Group::Api)
-        .await?;
+    let principal = reader(state, headers, creds, uri.path(), admission).await?;
     if !principal.can_read(&channel) {
         return Err(crate::auth::AuthError::Forbidden(format!("channel {channel}")).into());
     }
-    admission.charge(&principal, Group::Api, 1).await?;
     Ok((principal, channel))
 }
 

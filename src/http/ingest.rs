@@ -11,9 +11,10 @@ use serde_json::json;
 use super::admission::Admission;
 use super::{json_response, AppState};
 use crate::auth::QueryCredentials;
+use crate::clock::now_us;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
-use crate::tick::{now_us, parse_body};
+use crate::tick::parse_body;
 
 /// Largest request body (SPEC §1).
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -105,15 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/style.css", get(ops::dashboard_css))
         .fallback(ops::not_found)
         .layer(middleware::from_fn(admission::rate_headers))
-        .layer(tower::util::option_layer(state.shield.clone().map(|shield| {
-            let refusal_state = state.clone();
-            tower_governor::GovernorLayer::new(shield).error_handler(move |e| match e {
-                tower_governor::GovernorError::TooManyRequests { wait_time, .. } => {
-                    admission::shield_refusal(&refusal_state, wait_time)
-                }
-                other => ApiError::bad_request("bad_request", other.to_string()).into_response(),
-            })
-        })))
+        .layer(middleware::from_fn_with_state(state.clone(), admission::shield))
         .layer(middleware::from_fn_with_state(state.clone(), admission::client_ip))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(cors)

@@ -49,6 +49,7 @@ pub async fn single(
         }
         let q = super::query(query)?;
         let principal = authorize(&state, &headers, &q.creds, uri.path(), &admission).await?;
+        let permit = admit(&state, &principal, &admission).await?;
         if !principal.can_read(&channel) {
             return Err(AuthError::Forbidden(format!("channel {channel}")).into());
         }
@@ -66,7 +67,6 @@ pub async fn single(
             seq,
             epoch: q.epoch.filter(|e| !e.is_empty()),
         };
-        let permit = admit(&state, &principal, &admission).await?;
         Ok((principal, request, permit))
     }
     .await;

@@ -31,31 +31,32 @@ impl Decision {
 
 /// One GCRA step. `tat` is the bucket's theoretical arrival time in microseconds (the
 /// moment it is full again; `<= now` means full); returns the decision and the new
-/// `tat` (unchanged when refused).
+/// `tat` (unchanged when refused). Computed on the distance from `now`, as the Lua
+/// script is, so both give the same answers (absolute microseconds leave a double no
+/// fraction).
 pub fn take(rate: &Rate, tat: f64, now: f64, cost: u32) -> (Decision, f64) {
     let interval = rate.interval_us();
-    let burst = f64::from(rate.burst);
-    let tat = tat.max(now);
-    let new_tat = tat + f64::from(cost) * interval;
-    let allow_at = new_tat - burst * interval;
+    let window = f64::from(rate.burst) * interval;
+    let ahead = (tat - now).max(0.0);
     // The epsilon keeps 19.999999 (float division) from reading as 19 tokens.
-    let tokens = |tat: f64| ((burst * interval - (tat - now)) / interval + 1e-6).floor().max(0.0) as u64;
-    if allow_at > now {
+    let tokens = |ahead: f64| ((window - ahead) / interval + 1e-6).floor().max(0.0) as u64;
+    let new_ahead = ahead + f64::from(cost) * interval;
+    if new_ahead - window > 0.0 {
         let decision = Decision {
             allowed: false,
             limit: rate.burst,
-            remaining: tokens(tat),
-            retry_after: Duration::from_micros((allow_at - now).ceil() as u64),
+            remaining: tokens(ahead),
+            retry_after: Duration::from_micros((new_ahead - window).ceil() as u64),
         };
         return (decision, tat);
     }
     let decision = Decision {
         allowed: true,
         limit: rate.burst,
-        remaining: tokens(new_tat),
+        remaining: tokens(new_ahead),
         retry_after: Duration::ZERO,
     };
-    (decision, new_tat)
+    (decision, now + new_ahead)
 }
 
 /// Most subjects the local fallback remembers. Beyond it, full buckets are forgotten

@@ -4,6 +4,9 @@
 //! - [`bucket`]: the arithmetic (GCRA) and the node-local fallback buckets.
 //! - [`ip`]: who the client is on the network (peer address, trusted proxies) and the
 //!   per-IP flood shield that runs before anything else.
+//! - [`shared`]: the buckets kept in Redis (`redis/token_bucket.lua`).
+//! - [`limiter`]: the check a request makes: shared buckets, or local ones while
+//!   Redis does not answer.
 //!
 //! A subject is a JWT `sub` or HMAC `client_id`, or the client IP for a request
 //! without a valid credential. Limits come per tier and group from
@@ -12,17 +15,14 @@
 
 pub mod bucket;
 pub mod ip;
+pub mod limiter;
+pub mod shared;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use bucket::Decision;
-use bucket::LocalBuckets;
-
-use crate::metrics::Metrics;
-use crate::store::{Store, StoreHealth};
+pub use limiter::RateLimiter;
 
 /// A client's rate-limit tier (JWT `tier`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -214,134 +214,35 @@ impl Limits {
     }
 }
 
-/// Who is spending: an authenticated client, or an address.
+/// Who is spending: a client by the credential it proved, or an address.
 #[derive(Debug, Clone, Copy)]
 pub enum Subject<'a> {
-    /// JWT `sub` or HMAC `client_id`.
-    Client(&'a str),
-    /// A request without a valid credential.
+    /// A JWT's `sub`.
+    Jwt(&'a str),
+    /// An HMAC-signed client's `client_id`.
+    Hmac(&'a str),
+    /// A request without a valid credential (an IPv6 address already cut to its /64).
     Ip(IpAddr),
 }
 
 impl Subject<'_> {
-    /// The bucket key's subject part: `u:<sub>` or `ip:<address>`, so no client can
-    /// name itself into another's bucket. A `sub` that is long or holds characters
-    /// that mean something in a key (`{`, `}`, spaces, controls) is hashed.
+    /// The bucket key's subject part: `jwt:<sub>`, `hmac:<client_id>` or `ip:<address>`,
+    /// so no client can name itself into another kind's bucket (an HMAC client that
+    /// signs `client_id=alice` does not spend JWT user alice's tokens). A name that is
+    /// long or holds characters that mean something in a key (`{`, `}`, spaces,
+    /// controls) is hashed.
     pub fn key_part(&self) -> String {
-        match self {
-            Subject::Ip(ip) => format!("ip:{ip}"),
-            Subject::Client(sub) => {
-                let plain = sub.len() <= 128 && sub.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
-                if plain {
-                    format!("u:{sub}")
-                } else {
-                    use sha2::{Digest, Sha256};
-                    format!("h:{}", hex::encode(&Sha256::digest(sub.as_bytes())[..16]))
-                }
-            }
-        }
-    }
-}
-
-/// How long a check waits for Redis before deciding locally.
-const REDIS_WAIT: Duration = Duration::from_millis(500);
-/// After Redis failed a check, checks stay local this long before trying it again.
-const LOCAL_AFTER_FAILURE_MS: u64 = 1_000;
-
-/// The shared limiter.
-pub struct RateLimiter {
-    limits: Limits,
-    store: Store,
-    health: Arc<StoreHealth>,
-    local: LocalBuckets,
-    /// Unix ms until which checks are local because Redis just failed one.
-    local_until_ms: AtomicU64,
-    metrics: Arc<Metrics>,
-}
-
-impl RateLimiter {
-    pub fn new(limits: Limits, store: Store, health: Arc<StoreHealth>, metrics: Arc<Metrics>) -> RateLimiter {
-        RateLimiter {
-            limits,
-            store,
-            health,
-            local: LocalBuckets::default(),
-            local_until_ms: AtomicU64::new(0),
-            metrics,
-        }
-    }
-
-    /// Takes `cost` tokens of `group` for `subject`. `None` when the tier is unlimited
-    /// (no headers either); otherwise the decision, refused or not, which the caller
-    /// answers with. Refusals are counted here.
-    pub async fn check(&self, subject: Subject<'_>, tier: Tier, group: Group, cost: u32) -> Option<Decision> {
-        if tier == Tier::Internal {
-            return None;
-        }
-        let rate = self.limits.get(tier, group)?;
-        let key_subject = subject.key_part();
-        let decision = if cost > rate.burst {
-            // Can never succeed: say when a full bucket would be back, take nothing.
-            Decision {
-                allowed: false,
-                limit: rate.burst,
-                remaining: 0,
-                retry_after: Duration::from_micros((f64::from(rate.burst) * rate.interval_us()) as u64),
-            }
-        } else {
-            match self.shared(&key_subject, group, &rate, cost).await {
-                Some(d) => d,
-                None => self
-                    .local
-                    .take(&key_subject, group, &rate, crate::tick::now_us() as f64, cost),
-            }
+        let (kind, name) = match self {
+            Subject::Ip(ip) => return format!("ip:{ip}"),
+            Subject::Jwt(sub) => ("jwt", *sub),
+            Subject::Hmac(id) => ("hmac", *id),
         };
-        if !decision.allowed {
-            self.metrics.rate_limited.with_label_values(&[group.name()]).inc();
-        }
-        Some(decision)
-    }
-
-    /// The shared bucket's answer, or `None` to decide locally (memory engine, Redis
-    /// down or slow).
-    async fn shared(&self, subject: &str, group: Group, rate: &Rate, cost: u32) -> Option<Decision> {
-        if !self.store.is_shared() || self.is_local() {
-            return None;
-        }
-        let key = crate::keyspace::rate_bucket(subject, group.name());
-        let call = self.store.take_tokens(&key, rate.interval_us(), rate.burst, cost);
-        match tokio::time::timeout(REDIS_WAIT, call).await {
-            Ok(Ok(Some(reply))) => Some(Decision {
-                allowed: reply.allowed,
-                limit: rate.burst,
-                remaining: reply.remaining,
-                retry_after: reply.retry_after,
-            }),
-            Ok(Ok(None)) => None,
-            Ok(Err(_)) | Err(_) => {
-                self.metrics.redis_errors.inc();
-                self.local_until_ms
-                    .store(crate::tick::now_ms() + LOCAL_AFTER_FAILURE_MS, Ordering::Release);
-                None
-            }
-        }
-    }
-
-    fn is_local(&self) -> bool {
-        !self.store.is_shared()
-            || !self.health.is_up()
-            || crate::tick::now_ms() < self.local_until_ms.load(Ordering::Acquire)
-    }
-
-    /// `"redis"` while buckets are shared, `"local"` while this node keeps them;
-    /// refreshes the `tickstream_ratelimit_local` gauge.
-    pub fn mode(&self) -> &'static str {
-        let local = self.is_local();
-        self.metrics.ratelimit_local.set(i64::from(local));
-        if local {
-            "local"
+        let plain = name.len() <= 128 && name.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+        if plain {
+            format!("{kind}:{name}")
         } else {
-            "redis"
+            use sha2::{Digest, Sha256};
+            format!("{kind}#{}", hex::encode(&Sha256::digest(name.as_bytes())[..16]))
         }
     }
 }
@@ -393,11 +294,12 @@ mod tests {
     fn subjects_cannot_collide_or_escape_the_hash_tag() {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(Subject::Ip(ip).key_part(), "ip:10.0.0.1");
-        assert_eq!(Subject::Client("ip:10.0.0.1").key_part(), "u:ip:10.0.0.1");
-        assert_eq!(Subject::Client("alice").key_part(), "u:alice");
+        assert_eq!(Subject::Jwt("ip:10.0.0.1").key_part(), "jwt:ip:10.0.0.1");
+        assert_eq!(Subject::Jwt("alice").key_part(), "jwt:alice");
+        assert_eq!(Subject::Hmac("alice").key_part(), "hmac:alice");
         for odd in ["a}b", "a b", &"x".repeat(200), "é"] {
-            let k = Subject::Client(odd).key_part();
-            assert!(k.starts_with("h:") && k.len() == 34, "{odd}: {k}");
+            let k = Subject::Jwt(odd).key_part();
+            assert!(k.starts_with("jwt#") && k.len() == 36, "{odd}: {k}");
         }
     }
 }

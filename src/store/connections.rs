@@ -12,11 +12,11 @@
 //! `Client::build_with_tls`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use tokio::sync::Mutex;
 
 use super::StoreError;
@@ -81,11 +81,18 @@ pub fn connection_config(response: Duration) -> AsyncConnectionConfig {
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
 }
 
+/// After a connection attempt fails, others fail at once for this long instead of
+/// each waiting out its own connect timeout: during an outage requests answer 503
+/// promptly rather than queueing behind one another's attempts.
+const FAIL_FAST: Duration = Duration::from_secs(1);
+
 /// The shared connections.
 pub struct Connections {
     client: redis::Client,
     slots: Vec<Mutex<Option<MultiplexedConnection>>>,
     next: AtomicUsize,
+    /// Unix ms until which a new connection is not attempted (see [`FAIL_FAST`]).
+    failing_until_ms: AtomicU64,
 }
 
 impl Connections {
@@ -94,6 +101,7 @@ impl Connections {
             client,
             slots: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            failing_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -109,15 +117,41 @@ impl Connections {
         let conn = match &*guard {
             Some(conn) => conn.clone(),
             None => {
-                let conn = self
+                if crate::clock::now_ms() < self.failing_until_ms.load(Ordering::Acquire) {
+                    return Err(StoreError::Unreachable);
+                }
+                let opened = self
                     .client
                     .get_multiplexed_async_connection_with_config(&connection_config(COMMAND_TIMEOUT))
-                    .await?;
+                    .await;
+                let conn = match opened {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let until = crate::clock::now_ms() + FAIL_FAST.as_millis() as u64;
+                        self.failing_until_ms.store(until, Ordering::Release);
+                        return Err(e.into());
+                    }
+                };
                 *guard = Some(conn.clone());
                 conn
             }
         };
         Ok(Conn { conn, slot })
+    }
+
+    /// Runs a pipeline of `EVALSHA` calls of `script`; when Redis no longer knows the
+    /// script (restarted, `SCRIPT FLUSH`), loads it and runs the pipeline again. Only
+    /// for scripts that are safe to repeat.
+    pub async fn run_script(&self, script: &redis::Script, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut conn = self.get().await?;
+        match pipe.query_async(&mut conn).await {
+            Ok(r) => Ok(r),
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(&mut conn).await?;
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

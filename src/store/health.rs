@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Store;
-use crate::hub::ErrorLog;
+use crate::retry::ErrorLog;
 
 /// How often, and how long at most, the store is pinged.
 const PING_EVERY: Duration = Duration::from_secs(1);

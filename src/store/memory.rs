@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailWaker};
-use crate::tick::{new_epoch, now_ms, PreparedTick, StreamId, Tick};
+use crate::clock::now_ms;
+use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
 /// Most entries one tail read returns per channel, as `XREAD COUNT` does.
 const TAIL_COUNT: usize = 1000;
@@ -135,7 +136,7 @@ impl MemoryStore {
             seq: channel.seq,
             epoch: channel.epoch.clone(),
             channel: channel.name.clone(),
-            body: crate::tick::body(channel.seq, &channel.epoch, &t.tail),
+            body: crate::tick::wire::body(channel.seq, &channel.epoch, &t.tail),
         });
         while channel.entries.len() > self.maxlen {
             channel.entries.pop_front();

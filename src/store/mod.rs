@@ -55,14 +55,6 @@ pub struct Settings {
     pub tail_block: Duration,
 }
 
-/// A shared rate-limit bucket's answer (`redis/token_bucket.lua`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BucketReply {
-    pub allowed: bool,
-    pub remaining: u64,
-    pub retry_after: Duration,
-}
-
 /// The outcome of appending one tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -227,24 +219,19 @@ impl Store {
         dispatch!(self, s => s.summaries(names).await)
     }
 
-    /// True when the engine is shared by every node (Redis): rate-limit buckets and
-    /// the node registry live there. The memory engine is this process's alone.
-    pub fn is_shared(&self) -> bool {
+    /// True when history survives this process and is shared by every node on the
+    /// same store (Redis). The memory engine is this process's alone.
+    pub fn is_durable(&self) -> bool {
         matches!(self, Store::Redis(_))
     }
 
-    /// Takes tokens from a shared rate-limit bucket; `None` when the engine keeps no
-    /// shared buckets (the memory engine).
-    pub async fn take_tokens(
-        &self,
-        key: &str,
-        interval_us: f64,
-        burst: u32,
-        cost: u32,
-    ) -> Result<Option<BucketReply>, StoreError> {
+    /// The shared Redis connections, for the components that keep keys of their own
+    /// beside the streams (the node registry, the rate limiter); `None` for the
+    /// memory engine, which has nothing to share.
+    pub fn shared(&self) -> Option<&connections::Connections> {
         match self {
-            Store::Redis(s) => s.take_tokens(key, interval_us, burst, cost).await.map(Some),
-            Store::Memory(_) => Ok(None),
+            Store::Redis(s) => Some(s.connections()),
+            Store::Memory(_) => None,
         }
     }
 
@@ -253,30 +240,6 @@ impl Store {
         match self {
             Store::Redis(s) => s.ping().await,
             Store::Memory(_) => Ok(()),
-        }
-    }
-
-    /// Records a node heartbeat and prunes nodes silent for `stale`.
-    pub async fn heartbeat(&self, node: &crate::nodes::NodeInfo, stale: std::time::Duration) -> Result<(), StoreError> {
-        match self {
-            Store::Redis(s) => s.heartbeat(node, stale).await,
-            Store::Memory(_) => Ok(()),
-        }
-    }
-
-    /// Removes a node's entry (graceful shutdown).
-    pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Redis(s) => s.deregister(id).await,
-            Store::Memory(_) => Ok(()),
-        }
-    }
-
-    /// Nodes heard from within `stale`.
-    pub async fn nodes(&self, stale: std::time::Duration) -> Result<Vec<crate::nodes::NodeInfo>, StoreError> {
-        match self {
-            Store::Redis(s) => s.nodes(stale).await,
-            Store::Memory(_) => Ok(Vec::new()),
         }
     }
 

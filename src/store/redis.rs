@@ -1,21 +1,18 @@
 //! The Redis engine: one capped stream per channel, partitioned keyspace
-//! (`keyspace.rs`), the append script (`redis/append.lua`), the rate-limit script
-//! (`redis/token_bucket.lua`), a few shared multiplexed connections for ordinary
-//! commands and one dedicated connection per partition reader for blocking `XREAD`
+//! (`keyspace.rs`), the append script (`redis/append.lua`), a few shared multiplexed
+//! connections for ordinary commands and one dedicated connection per partition reader for blocking `XREAD`
 //! (a blocking call on a shared connection would stall every command queued behind
 //! it; docs/ARCHITECTURE.md "Live tail").
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{ErrorKind, ServerErrorKind, Value};
+use redis::Value;
 
 use super::connections::{self, Connections, TlsFiles, COMMAND_TIMEOUT};
-use super::{Appended, BucketReply, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailWaker};
+use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailWaker};
 use crate::keyspace::{self, ChannelKeys};
-use crate::nodes::NodeInfo;
 use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
 /// Most entries one partition read returns per stream.
@@ -27,12 +24,7 @@ const LEGACY_PARTITIONS_KEY: &str = "tickstream:partitions";
 pub struct RedisStore {
     connections: Connections,
     append_script: redis::Script,
-    bucket_script: redis::Script,
     settings: Settings,
-}
-
-fn is_noscript(e: &redis::RedisError) -> bool {
-    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
 impl RedisStore {
@@ -43,7 +35,6 @@ impl RedisStore {
         let store = RedisStore {
             connections: Connections::new(connections::client(url, tls)?),
             append_script: redis::Script::new(include_str!("../../redis/append.lua")),
-            bucket_script: redis::Script::new(include_str!("../../redis/token_bucket.lua")),
             settings,
         };
         let partitions = settings.partitions;
@@ -71,27 +62,17 @@ impl RedisStore {
             }
         }
         store.append_script.load_async(&mut conn).await?;
-        store.bucket_script.load_async(&mut conn).await?;
         Ok(store)
+    }
+
+    /// The shared connections (the node registry and the rate limiter keep keys of
+    /// their own in the same Redis).
+    pub fn connections(&self) -> &Connections {
+        &self.connections
     }
 
     fn keys(&self, channel: &str) -> ChannelKeys {
         ChannelKeys::new(channel, self.settings.partitions)
-    }
-
-    /// Runs a pipeline of EVALSHA calls; when Redis no longer knows the script
-    /// (restarted, `SCRIPT FLUSH`), loads it and runs the pipeline again. Only for
-    /// scripts that are safe to repeat.
-    async fn run_scripts(&self, script: &redis::Script, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
-        let mut conn = self.connections.get().await?;
-        match pipe.query_async(&mut conn).await {
-            Ok(r) => Ok(r),
-            Err(e) if is_noscript(&e) => {
-                script.load_async(&mut conn).await?;
-                Ok(pipe.query_async(&mut conn).await?)
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     pub async fn append(&self, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
@@ -133,7 +114,7 @@ impl RedisStore {
             }
         }
         // Safe to repeat after NOSCRIPT: the script deduplicates by event id.
-        let replies = self.run_scripts(&self.append_script, &pipe).await?;
+        let replies = self.connections.run_script(&self.append_script, &pipe).await?;
         if replies.len() != groups.len() {
             return Err(StoreError::Protocol(format!(
                 "{} replies for {} channels",
@@ -160,39 +141,6 @@ impl RedisStore {
             .into_iter()
             .map(|r| r.ok_or_else(|| StoreError::Protocol("a tick got no append result".into())))
             .collect()
-    }
-
-    /// One rate-limit check through `redis/token_bucket.lua`.
-    pub async fn take_tokens(
-        &self,
-        key: &str,
-        interval_us: f64,
-        burst: u32,
-        cost: u32,
-    ) -> Result<BucketReply, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
-            .arg(self.bucket_script.get_hash())
-            .arg(1)
-            .arg(key)
-            .arg(interval_us)
-            .arg(burst)
-            .arg(cost);
-        let replies = self.run_scripts(&self.bucket_script, &pipe).await?;
-        let reply = replies
-            .first()
-            .ok_or_else(|| StoreError::Protocol("no bucket reply".into()))?;
-        match as_array(reply).map(|items| items.iter().map(as_u64).collect::<Vec<_>>()) {
-            Some(v) if v.len() == 3 => match (v[0], v[1], v[2]) {
-                (Some(allowed), Some(remaining), Some(retry_us)) => Ok(BucketReply {
-                    allowed: allowed == 1,
-                    remaining,
-                    retry_after: Duration::from_micros(retry_us),
-                }),
-                _ => Err(protocol("bucket reply", reply)),
-            },
-            _ => Err(protocol("bucket reply", reply)),
-        }
     }
 
     pub async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
@@ -312,87 +260,6 @@ impl RedisStore {
         let mut conn = self.connections.get().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
-    }
-
-    pub async fn heartbeat(&self, node: &NodeInfo, stale: Duration) -> Result<(), StoreError> {
-        let now = crate::tick::now_ms();
-        let cutoff = now.saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
-        let key = keyspace::node(&node.id);
-        let mut conn = self.connections.get().await?;
-        let _: () = redis::pipe()
-            .cmd("HSET")
-            .arg(&key)
-            .arg("address")
-            .arg(&node.address)
-            .arg("connections")
-            .arg(node.connections)
-            .arg("started")
-            .arg(node.started)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX))
-            .ignore()
-            .cmd("ZADD")
-            .arg(keyspace::NODES)
-            .arg(now)
-            .arg(&node.id)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(keyspace::NODES)
-            .arg("-inf")
-            .arg(format!("({cutoff}"))
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
-        let mut conn = self.connections.get().await?;
-        let _: () = redis::pipe()
-            .cmd("ZREM")
-            .arg(keyspace::NODES)
-            .arg(id)
-            .ignore()
-            .cmd("DEL")
-            .arg(keyspace::node(id))
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn nodes(&self, stale: Duration) -> Result<Vec<NodeInfo>, StoreError> {
-        let cutoff = crate::tick::now_ms().saturating_sub(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX));
-        let mut conn = self.connections.get().await?;
-        let ids: Vec<(String, u64)> = redis::cmd("ZRANGE")
-            .arg(keyspace::NODES)
-            .arg(cutoff)
-            .arg("+inf")
-            .arg("BYSCORE")
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for (id, _) in &ids {
-            pipe.cmd("HGETALL").arg(keyspace::node(id));
-        }
-        let details: Vec<std::collections::HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-        Ok(ids
-            .into_iter()
-            .zip(details)
-            .map(|((id, last_seen), d)| NodeInfo {
-                id,
-                address: d.get("address").cloned().unwrap_or_default(),
-                connections: d.get("connections").and_then(|c| c.parse().ok()).unwrap_or(0),
-                started: d.get("started").and_then(|c| c.parse().ok()).unwrap_or(0),
-                last_seen,
-            })
-            .collect())
     }
 
     pub fn tail(self: &Arc<Self>, partition: u32, waker: Arc<TailWaker>) -> RedisTail {
@@ -635,13 +502,13 @@ fn parse_entry(channel: &Arc<str>, v: Value, epochs: &mut Option<Arc<str>>) -> R
             _ => {}
         }
     }
-    let tail = crate::tick::tail(
+    let tail = crate::tick::wire::tail(
         legacy.ts_us,
         legacy.value.as_deref(),
         legacy.data.as_deref(),
         &legacy.event_id,
     );
-    read(crate::tick::body(legacy.seq, &legacy.epoch, &tail), epochs)
+    read(crate::tick::wire::body(legacy.seq, &legacy.epoch, &tail), epochs)
 }
 
 /// The fields of an entry in the first storage format.

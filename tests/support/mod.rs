@@ -179,8 +179,8 @@ pub fn config(redis: Option<&RedisServer>) -> Config {
     let mut c = Config::defaults();
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.redis_url = redis.map(RedisServer::url);
-    c.jwt_secret = Some(SECRET.into());
-    c.ingest_token = Some(INGEST_TOKEN.into());
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.auth.ingest_token = Some(INGEST_TOKEN.into());
     let generous = Rate::parse(GENEROUS).unwrap();
     c.rate_limits = Limits::uniform(generous);
     c.ip_rate = generous;
@@ -275,6 +275,12 @@ impl TestApp {
         self.http.get(self.url(path)).send().await.ok()?.text().await.ok()
     }
 
+    /// The body of a GET with a bearer token, as text.
+    pub async fn text_with_token(&self, path: &str, token: &str) -> Option<String> {
+        let resp = self.http.get(self.url(path)).bearer_auth(token).send().await.ok()?;
+        resp.text().await.ok()
+    }
+
     /// A sample from the server's Prometheus text at `path` (`/metrics` or
     /// `/metrics/system`); `None` when it is not exposed.
     pub async fn metric(&self, path: &str, name: &str) -> Option<f64> {
@@ -355,7 +361,7 @@ pub fn token(channels: &[&str]) -> String {
 /// A JWT with these claims (plus `exp` in an hour unless given).
 pub fn token_with(mut claims: Value) -> String {
     if claims.get("exp").is_none() {
-        claims["exp"] = json!(tickstream::auth::unix_now() + 3600);
+        claims["exp"] = json!(tickstream::clock::unix_now() + 3600);
     }
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
