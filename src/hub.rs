@@ -339,6 +339,21 @@ impl Hub {
         Some(active.recent.range(start..).cloned().collect())
     }
 
+    /// The ring's frame of the tick with id `id`, if the ring holds it.
+    pub fn frame_at(&self, channel: &str, id: StreamId) -> Option<LiveFrame> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        let i = active.recent.partition_point(|f| f.id < id);
+        active.recent.get(i).filter(|f| f.id == id).cloned()
+    }
+
+    /// Whether the ring holds every tick after `after` (so a resume from it needs no
+    /// store read).
+    pub fn ring_covers(&self, channel: &str, after: StreamId) -> bool {
+        let channels = self.partition(channel).lock();
+        channels.get(channel).is_some_and(|active| after >= active.floor)
+    }
+
     /// The last `n` ticks, when the ring holds them (or the whole stream is shorter).
     pub fn recent_last(&self, channel: &str, n: usize) -> Option<Vec<LiveFrame>> {
         let channels = self.partition(channel).lock();

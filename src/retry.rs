@@ -3,7 +3,34 @@
 //! second. Shared by everything that retries the store (readers, subscriptions, the
 //! health check).
 
+use std::future::Future;
 use std::time::Duration;
+
+use crate::metrics::Metrics;
+use crate::store::StoreError;
+
+/// Retries a store call with backoff until it succeeds: a subscription outlives a
+/// Redis outage and continues where it was (the stream is the source of truth).
+pub async fn until_ok<T, F, Fut>(metrics: &Metrics, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Backoff::default();
+    let mut log = ErrorLog::default();
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) => {
+                metrics.redis_errors.inc();
+                if log.should_log() {
+                    tracing::warn!(error = %e, "subscription: store unavailable, retrying");
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
 
 /// Exponential backoff with full jitter, 100 ms doubling to 5 s: reconnecting nodes
 /// spread out instead of hammering a Redis that just came back.

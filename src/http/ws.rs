@@ -19,7 +19,8 @@ use super::AppState;
 use crate::auth::{offers_subprotocol, AuthError, Principal, QueryCredentials, SUBPROTOCOL};
 use crate::error::{error_body, ApiError};
 use crate::ratelimit::Group;
-use crate::session::{self, SubscribeRequest, MAX_CLIENT_MESSAGE};
+use crate::session::protocol::{SubscribeRequest, MAX_CLIENT_MESSAGE};
+use crate::session::websocket;
 use crate::store::StoreError;
 use crate::tick::{is_valid_channel, Since};
 
@@ -66,6 +67,7 @@ pub async fn single(
             since,
             seq,
             epoch: q.epoch.filter(|e| !e.is_empty()),
+            from_event_id: false,
         };
         Ok((principal, request, permit))
     }
@@ -176,7 +178,7 @@ fn accept(
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             // The permit is held for the session's life: the cap counts open sockets.
-            session::run(socket, ctx, principal, initial, done).await;
+            websocket::run(socket, ctx, principal, initial, done).await;
             drop(permit);
         })
 }

@@ -1,0 +1,184 @@
+//! The protocol of a subscription, whatever transport carries it (docs/PROTOCOL.md
+//! §5): what a client may send, the frames the server sends, the close codes and
+//! the limits.
+
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::tick::{Since, StreamId};
+
+/// History is read in pages of this many ticks.
+pub const REPLAY_PAGE: usize = 1000;
+/// Largest client message; larger ones close the socket with 1008.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Server pings (SSE: keep-alive comments) this often…
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// …and drops a WebSocket client silent for this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection unwritable for this long is closed (1013).
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
+/// After the server sends a close frame, it reads (and discards) what the client
+/// still sends for up to this long, waiting for the client's own close frame:
+/// closing the TCP socket while unread data sits in it makes the kernel reset the
+/// connection, and the client would never see the close frame (nor its code).
+pub const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// Inbound message budget: a burst of 20, refilled at 10 per second.
+pub const INBOUND_BURST: f64 = 20.0;
+pub const INBOUND_PER_SEC: f64 = 10.0;
+
+/// WebSocket close codes (docs/PROTOCOL.md §5.6).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const POLICY: u16 = 1008;
+    pub const INTERNAL: u16 = 1011;
+    pub const RESTART: u16 = 1012;
+    pub const TRY_LATER: u16 = 1013;
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub const FORBIDDEN: u16 = 4003;
+    pub const RATE_LIMITED: u16 = 4029;
+}
+
+/// Why the server ends a connection: its WebSocket close code and reason.
+pub type Closing = (u16, &'static str);
+
+/// What a subscriber asked for.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    pub channel: String,
+    pub since: Since,
+    /// The `seq` of the tick at `since`: makes gap detection exact.
+    pub seq: Option<u64>,
+    pub epoch: Option<String>,
+    /// `since` is an SSE client's `Last-Event-ID`: an id this server sent, so its
+    /// `seq` and epoch can be looked up, and an id that no longer exists (and was not
+    /// trimmed away) means the stream it came from was lost.
+    pub from_event_id: bool,
+}
+
+/// A message from a WebSocket client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientMessage {
+    Subscribe {
+        channel: String,
+        #[serde(default)]
+        since: Option<String>,
+        #[serde(default)]
+        seq: Option<u64>,
+        #[serde(default)]
+        epoch: Option<String>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Refresh {
+        token: String,
+    },
+    Ping,
+}
+
+/// Parses one client text frame. Anything but a JSON object with a known `type` and
+/// its required fields is an error (the session closes with 1008).
+pub fn parse_client_message(raw: &str) -> Result<ClientMessage, &'static str> {
+    if raw.len() > MAX_CLIENT_MESSAGE {
+        return Err("message larger than 64 KiB");
+    }
+    serde_json::from_str(raw).map_err(|_| "expected a JSON object with a known type and its fields")
+}
+
+/// What a frame is: its `type`, and over SSE its `event:` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Subscribed,
+    Gap,
+    Tick,
+    Live,
+    Error,
+    Pong,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Subscribed => "subscribed",
+            Kind::Gap => "gap",
+            Kind::Tick => "tick",
+            Kind::Live => "live",
+            Kind::Error => "error",
+            Kind::Pong => "pong",
+        }
+    }
+}
+
+/// One frame for the client, as a transport takes it.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A JSON object; `id` is a tick's stream id (SSE writes it as `id:`).
+    Text {
+        kind: Kind,
+        id: Option<StreamId>,
+        text: Utf8Bytes,
+    },
+    /// Keep-alive: a WebSocket ping, an SSE comment.
+    Ping,
+}
+
+impl Frame {
+    pub fn json(kind: Kind, value: serde_json::Value) -> Frame {
+        Frame::Text {
+            kind,
+            id: None,
+            text: Utf8Bytes::from(value.to_string()),
+        }
+    }
+
+    /// A tick frame, already serialized (shared bytes).
+    pub fn tick(id: StreamId, text: Utf8Bytes) -> Frame {
+        Frame::Text {
+            kind: Kind::Tick,
+            id: Some(id),
+            text,
+        }
+    }
+
+    pub fn is_tick(&self) -> bool {
+        matches!(self, Frame::Text { kind: Kind::Tick, .. })
+    }
+}
+
+pub fn subscribed(channel: &str, epoch: Option<&str>, first: Option<StreamId>, last: Option<StreamId>) -> Frame {
+    Frame::json(
+        Kind::Subscribed,
+        json!({
+            "type": "subscribed",
+            "channel": channel,
+            "epoch": epoch,
+            "first_id": first.map(|id| id.to_string()),
+            "last_id": last.map(|id| id.to_string()),
+        }),
+    )
+}
+
+pub fn live(channel: &str, last_id: StreamId) -> Frame {
+    Frame::json(
+        Kind::Live,
+        json!({"type": "live", "channel": channel, "last_id": last_id.to_string()}),
+    )
+}
+
+/// An `error` frame: a refused subscribe or refresh (the connection stays open).
+pub fn error(channel: &str, code: &str, message: &str) -> Frame {
+    Frame::json(
+        Kind::Error,
+        json!({"type": "error", "code": code, "channel": channel, "message": message}),
+    )
+}
+
+pub fn pong() -> Frame {
+    Frame::json(Kind::Pong, json!({"type": "pong"}))
+}

@@ -1,0 +1,346 @@
+//! A subscription's start and its catch-ups: the history the client missed, from the
+//! node's ring of recent ticks when it holds all of it, else from the stream, through
+//! the connection's bounded queue; then the `live` frame and the hand-over of the live
+//! feed to the writer.
+//!
+//! The live feed is registered first, so "history up to now" ∪ "live after the tail
+//! cursor" covers every id; the overlap is dropped by [`Cursor::admit`].
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::cursor::{Admit, Cursor};
+use super::protocol::{self, Frame, SubscribeRequest, REPLAY_PAGE};
+use super::{Handover, Outbound, SessionContext};
+use crate::hub::LiveFrame;
+use crate::retry::until_ok;
+use crate::store::IdRange;
+use crate::tick::{Since, StreamId, Tick};
+
+/// Frames a start-up or catch-up puts in one queue slot (one wake-up of the writer per
+/// batch rather than per frame). The queue has `send_queue / FEED_BATCH` slots, so it
+/// still holds about `send_queue` frames.
+pub const FEED_BATCH: usize = 32;
+
+/// The subscription ended because its session is gone.
+pub(crate) struct Gone;
+
+/// A subscription's start-up or catch-up side: its cursor and the queue to the writer.
+struct Feed {
+    cursor: Cursor,
+    out: mpsc::Sender<Outbound>,
+    /// Frames not yet queued.
+    pending: Vec<Frame>,
+    pending_ticks: u64,
+}
+
+impl Feed {
+    fn new(cursor: Cursor, out: mpsc::Sender<Outbound>) -> Feed {
+        Feed {
+            cursor,
+            out,
+            pending: Vec::with_capacity(FEED_BATCH),
+            pending_ticks: 0,
+        }
+    }
+
+    async fn send(&mut self, frame: Frame) -> Result<(), Gone> {
+        self.pending_ticks += u64::from(frame.is_tick());
+        self.pending.push(frame);
+        if self.pending.len() >= FEED_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queues what is pending. Called before anything that may wait (a store read,
+    /// the hand-over), so frames are never held back while the feed waits.
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let out = Outbound::Sub {
+            sub: self.cursor.sub,
+            frames: std::mem::replace(&mut self.pending, Vec::with_capacity(FEED_BATCH)),
+            ticks: std::mem::take(&mut self.pending_ticks),
+        };
+        self.out.send(out).await.map_err(|_| Gone)
+    }
+
+    async fn gap(&mut self, reason: &str, resume_from: Option<StreamId>, missed: Option<u64>) -> Result<(), Gone> {
+        let frame = self.cursor.gap_frame(reason, resume_from, missed);
+        self.send(frame).await
+    }
+
+    async fn emit(
+        &mut self,
+        id: StreamId,
+        seq: u64,
+        epoch: &Arc<str>,
+        frame: impl FnOnce() -> Frame,
+    ) -> Result<(), Gone> {
+        match self.cursor.admit(id, seq, epoch) {
+            Admit::Skip => Ok(()),
+            Admit::Send => self.send(frame()).await,
+            Admit::SendAfter(gap) => {
+                self.send(gap).await?;
+                self.send(frame()).await
+            }
+        }
+    }
+
+    async fn emit_stored(&mut self, tick: &Tick) -> Result<(), Gone> {
+        self.emit(tick.id, tick.seq, &tick.epoch, || {
+            Frame::tick(tick.id, tick.to_frame().into())
+        })
+        .await
+    }
+
+    /// Sends one shared frame from the hub's ring.
+    async fn emit_frame(&mut self, frame: &LiveFrame) -> Result<(), Gone> {
+        self.emit(frame.id, frame.seq, &frame.epoch, || {
+            Frame::tick(frame.id, frame.text.clone())
+        })
+        .await
+    }
+
+    /// Sends everything after `last_sent`: from the hub's ring when it holds all of
+    /// it, else from the stream page by page until the ring takes over.
+    async fn catch_up(&mut self, ctx: &SessionContext) -> Result<(), Gone> {
+        loop {
+            if let Some(frames) = ctx.hub.recent_after(&self.cursor.channel, self.cursor.last_sent) {
+                for frame in &frames {
+                    self.emit_frame(frame).await?;
+                }
+                ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
+                return self.flush().await;
+            }
+            self.flush().await?;
+            let after = self.cursor.last_sent;
+            let channel = self.cursor.channel.as_str();
+            let page = until_ok(&ctx.metrics, || {
+                ctx.store.range(channel, IdRange::after(after), REPLAY_PAGE)
+            })
+            .await;
+            for tick in &page {
+                self.emit_stored(tick).await?;
+            }
+            ctx.metrics.replayed_ticks.inc_by(page.len() as u64);
+            if page.len() < REPLAY_PAGE {
+                return self.flush().await;
+            }
+        }
+    }
+}
+
+/// The stream's head as a subscription starts from it.
+struct Head {
+    epoch: Option<Arc<str>>,
+    first: Option<StreamId>,
+    last: Option<StreamId>,
+    last_seq: Option<u64>,
+    /// Entries were lost before `first` (trimmed).
+    trimmed: bool,
+    /// With `since` absent: the last ticks, when the ring holds them.
+    recent: Option<Vec<LiveFrame>>,
+}
+
+/// The head from the hub's ring, when the ring can answer the whole request: no Redis
+/// read at all, which is what keeps a reconnect storm after a restart cheap. `None`
+/// for older cursors and a changed epoch, which the store answers.
+fn ring_head(ctx: &SessionContext, req: &SubscribeRequest) -> Option<Head> {
+    let head = ctx.hub.head(&req.channel)?;
+    let recent = match req.since {
+        Since::Live => None,
+        Since::Default => Some(ctx.hub.recent_last(&req.channel, ctx.default_replay)?),
+        Since::After(since) => {
+            let same_epoch = match (&req.epoch, &head.epoch) {
+                (None, _) => true,
+                (Some(theirs), Some(ours)) => **theirs == **ours,
+                (Some(_), None) => false,
+            };
+            if !same_epoch || !ctx.hub.ring_covers(&req.channel, since) {
+                return None;
+            }
+            None
+        }
+    };
+    Some(Head {
+        epoch: head.epoch,
+        first: head.first_id,
+        last: head.last_id,
+        last_seq: head.last_seq,
+        // The ring holds everything the request needs: nothing it asks for is lost.
+        trimmed: false,
+        recent,
+    })
+}
+
+/// The head read from the store (`XINFO STREAM`).
+async fn store_head(ctx: &SessionContext, channel: &str) -> Head {
+    let info = until_ok(&ctx.metrics, || ctx.store.info(channel))
+        .await
+        .unwrap_or_default();
+    Head {
+        epoch: info.last.as_ref().map(|t| t.epoch.clone()),
+        first: info.first.as_ref().map(|t| t.id),
+        last: info.last.as_ref().map(|t| t.id),
+        last_seq: info.last.as_ref().map(|t| t.seq),
+        trimmed: info.has_trimmed(),
+        recent: None,
+    }
+}
+
+/// Places the cursor where the client asked to start, announcing a `gap` when the
+/// epoch changed or history after the cursor was trimmed, and replays the last ticks
+/// for `since` absent; `catch_up` replays the rest. Returns the `live` frame's
+/// `last_id` if no tick is sent at all.
+async fn position(
+    ctx: &SessionContext,
+    req: &SubscribeRequest,
+    head: Head,
+    vanished: bool,
+    feed: &mut Feed,
+) -> Result<StreamId, Gone> {
+    let current = head.last.unwrap_or(StreamId::ZERO);
+    match req.since {
+        Since::Live => {
+            feed.cursor.last_sent = current;
+            feed.cursor.epoch = head.epoch;
+            feed.cursor.last_seq = head.last_seq;
+            Ok(current)
+        }
+        Since::Default => {
+            if ctx.default_replay == 0 {
+                feed.cursor.last_sent = current;
+                return Ok(StreamId::ZERO);
+            }
+            match head.recent {
+                Some(frames) => {
+                    for frame in &frames {
+                        feed.emit_frame(frame).await?;
+                    }
+                    ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
+                }
+                None => {
+                    feed.flush().await?;
+                    let channel = req.channel.as_str();
+                    let mut recent = until_ok(&ctx.metrics, || {
+                        ctx.store.rev_range(channel, IdRange::ALL, ctx.default_replay)
+                    })
+                    .await;
+                    recent.reverse();
+                    for tick in &recent {
+                        feed.emit_stored(tick).await?;
+                    }
+                    ctx.metrics.replayed_ticks.inc_by(recent.len() as u64);
+                }
+            }
+            Ok(StreamId::ZERO)
+        }
+        Since::After(since) => {
+            feed.cursor.last_sent = since;
+            feed.cursor.last_seq = req.seq;
+            let client_epoch: Option<Arc<str>> = req.epoch.as_deref().map(Arc::from);
+            let trimmed_away = head.first.is_some_and(|first| since < first) && head.trimmed;
+            match (&client_epoch, &head.epoch) {
+                // The client's last tick is gone and was not trimmed away: the stream
+                // it came from was lost, whatever the ids look like now.
+                _ if vanished && !trimmed_away => {
+                    feed.gap("epoch", head.first, None).await?;
+                    feed.cursor.last_sent = StreamId::ZERO;
+                    feed.cursor.last_seq = None;
+                    feed.cursor.epoch = head.epoch;
+                }
+                (Some(theirs), ours) if ours.as_ref() != Some(theirs) => {
+                    // The stream the client knew is gone: everything kept now is new.
+                    feed.gap("epoch", head.first, None).await?;
+                    feed.cursor.last_sent = StreamId::ZERO;
+                    feed.cursor.last_seq = None;
+                    feed.cursor.epoch = head.epoch;
+                }
+                _ => {
+                    feed.cursor.epoch = head.epoch.or(client_epoch);
+                    // With `seq`, `Cursor::admit` sees the jump and announces it
+                    // exactly; without it the loss cannot be counted: say so.
+                    if trimmed_away && req.seq.is_none() {
+                        feed.gap("trimmed", head.first, None).await?;
+                    }
+                }
+            }
+            Ok(since)
+        }
+    }
+}
+
+/// A subscription's start, in a task of its own (aborted when the subscription ends).
+pub(crate) async fn run_subscription(
+    ctx: Arc<SessionContext>,
+    sub: u64,
+    req: SubscribeRequest,
+    out: mpsc::Sender<Outbound>,
+) {
+    let _ = start(&ctx, sub, req, out).await;
+}
+
+async fn start(
+    ctx: &SessionContext,
+    sub: u64,
+    mut req: SubscribeRequest,
+    out: mpsc::Sender<Outbound>,
+) -> Result<(), Gone> {
+    // Live first: from here on, every new tick reaches `live` (or its ring).
+    let live = until_ok(&ctx.metrics, || ctx.hub.subscribe(&req.channel)).await;
+    let mut vanished = false;
+    if let (true, Since::After(since)) = (req.from_event_id, req.since) {
+        match tick_at(ctx, &req.channel, since).await {
+            Some((seq, epoch)) => {
+                req.seq = Some(seq);
+                req.epoch = Some(epoch.to_string());
+            }
+            None => vanished = since != StreamId::ZERO,
+        }
+    }
+    let mut feed = Feed::new(Cursor::new(sub, req.channel.clone()), out);
+    let head = match ring_head(ctx, &req) {
+        Some(head) => head,
+        None => store_head(ctx, &req.channel).await,
+    };
+    let subscribed = protocol::subscribed(&req.channel, head.epoch.as_deref(), head.first, head.last);
+    feed.send(subscribed).await?;
+    let fallback = position(ctx, &req, head, vanished, &mut feed).await?;
+    feed.catch_up(ctx).await?;
+    let last_id = if feed.cursor.sent > 0 {
+        feed.cursor.last_sent
+    } else {
+        fallback
+    };
+    feed.send(protocol::live(&req.channel, last_id)).await?;
+    feed.flush().await?;
+    let Feed { cursor, out, .. } = feed;
+    out.send(Outbound::Live(Box::new(Handover { cursor, live })))
+        .await
+        .map_err(|_| Gone)
+}
+
+/// The `seq` and epoch of the tick with id `id`, from the ring or the stream.
+async fn tick_at(ctx: &SessionContext, channel: &str, id: StreamId) -> Option<(u64, Arc<str>)> {
+    if let Some(frame) = ctx.hub.frame_at(channel, id) {
+        return Some((frame.seq, frame.epoch));
+    }
+    let range = IdRange { from: id, to: id };
+    let found = until_ok(&ctx.metrics, || ctx.store.range(channel, range, 1)).await;
+    found.into_iter().next().map(|t| (t.seq, t.epoch))
+}
+
+/// A live feed that fell behind its channel's live buffer: catch up from the ring or
+/// the stream through the queue, then hand the feed back to the writer.
+pub(crate) async fn resume_live(ctx: Arc<SessionContext>, handover: Box<Handover>, out: mpsc::Sender<Outbound>) {
+    let Handover { cursor, live } = *handover;
+    let mut feed = Feed::new(cursor, out);
+    if Box::pin(feed.catch_up(&ctx)).await.is_ok() {
+        let Feed { cursor, out, .. } = feed;
+        let _ = out.send(Outbound::Live(Box::new(Handover { cursor, live }))).await;
+    }
+}

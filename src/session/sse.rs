@@ -1,0 +1,142 @@
+//! The Server-Sent Events transport (docs/PROTOCOL.md §5.7): one subscription whose
+//! frames are written as SSE events into the body of a streaming HTTP response, and
+//! the control loop that keeps it alive and ends it.
+//!
+//! Each frame is an event whose `event:` is the frame's `type` and whose `data:` is
+//! the frame's JSON on one line; a tick also gets `id:` (its stream id), so a browser's
+//! `EventSource` reconnects with `Last-Event-ID` by itself. The body is fed through a
+//! small bounded channel: a client that does not read fills it, the writer's write
+//! waits, and the stall rules of every connection apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{close, Closing, Frame, SubscribeRequest, PING_INTERVAL};
+use super::writer::{Transport, Writer};
+use super::{queue, Session, SessionContext};
+use crate::auth::Principal;
+
+/// Chunks in flight to the response body; a client that does not read holds them.
+pub const BODY_CHUNKS: usize = 4;
+
+/// The body of an SSE response.
+pub(crate) struct SseTransport {
+    body: mpsc::Sender<Bytes>,
+}
+
+/// Appends one frame as an SSE event.
+fn write_event(out: &mut Vec<u8>, frame: &Frame) {
+    match frame {
+        Frame::Text { kind, id, text } => {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(kind.name().as_bytes());
+            if let Some(id) = id {
+                out.extend_from_slice(b"\nid: ");
+                out.extend_from_slice(id.to_string().as_bytes());
+            }
+            out.extend_from_slice(b"\ndata: ");
+            // Frames are single-line JSON (serde_json escapes newlines in strings).
+            out.extend_from_slice(text.as_str().as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
+        // A comment line: proxies see traffic, EventSource ignores it.
+        Frame::Ping => out.extend_from_slice(b": keep-alive\n\n"),
+    }
+}
+
+impl Transport for SseTransport {
+    async fn write(&mut self, frames: &mut Vec<Frame>) -> Result<(), ()> {
+        let mut out = Vec::with_capacity(frames.iter().map(|_| 256).sum());
+        for frame in frames.drain(..) {
+            write_event(&mut out, &frame);
+        }
+        self.body.send(Bytes::from(out)).await.map_err(|_| ())
+    }
+
+    /// SSE has no close codes: the stream ends with an `error` event saying why,
+    /// then the body ends. A browser reconnects by itself (and resumes with
+    /// `Last-Event-ID`) unless the reconnect is refused.
+    async fn close(&mut self, (code, reason): Closing) {
+        let code = match code {
+            close::RESTART => "restarting",
+            close::TOKEN_EXPIRED => "token_expired",
+            close::TRY_LATER => "too_slow",
+            _ => "closed",
+        };
+        let frame = Frame::json(
+            super::protocol::Kind::Error,
+            serde_json::json!({"type": "error", "code": code, "message": reason}),
+        );
+        let mut out = Vec::new();
+        write_event(&mut out, &frame);
+        let _ = self.body.send(Bytes::from(out)).await;
+    }
+}
+
+/// Runs an SSE stream to its end: subscribes, then keeps it alive with a comment
+/// every 20 s until the client goes, the token expires or the server shuts down.
+pub async fn run(
+    body: mpsc::Sender<Bytes>,
+    ctx: Arc<SessionContext>,
+    principal: Principal,
+    request: SubscribeRequest,
+    _done: mpsc::Sender<()>,
+) {
+    ctx.metrics.connections.inc();
+    let (out_tx, out_rx) = queue(&ctx);
+    let (close_tx, close_rx) = oneshot::channel();
+    let gone = body.clone();
+    let writer = Writer::new(SseTransport { body }, out_rx, out_tx.downgrade(), ctx.clone());
+    let mut writer = tokio::spawn(writer.run(close_rx));
+    let mut session = Session::new(ctx.clone(), principal, out_tx);
+    let ending = match Box::pin(session.subscribe(request)).await {
+        Err(ending) => ending,
+        Ok(()) => {
+            let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = ping.tick() => session.try_send(Frame::Ping),
+                    closing = session.stopping() => break Some(closing),
+                    _ = gone.closed() => break None,
+                    _ = &mut writer => break None,
+                }
+            }
+        }
+    };
+    drop(session);
+    if let Some(closing) = ending {
+        let _ = close_tx.send(closing);
+    }
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+        writer.abort();
+    }
+    ctx.metrics.connections.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tick::StreamId;
+
+    #[test]
+    fn frames_are_written_as_events() {
+        let mut out = Vec::new();
+        write_event(
+            &mut out,
+            &Frame::tick(StreamId::new(5, 1), r#"{"type":"tick","id":"5-1"}"#.into()),
+        );
+        write_event(&mut out, &super::super::protocol::live("c", StreamId::new(5, 1)));
+        write_event(&mut out, &Frame::Ping);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "event: tick\nid: 5-1\ndata: {\"type\":\"tick\",\"id\":\"5-1\"}\n\n\
+             event: live\ndata: {\"channel\":\"c\",\"last_id\":\"5-1\",\"type\":\"live\"}\n\n\
+             : keep-alive\n\n"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! The writer of a connection: takes frames from the session's queue and, for
+//! subscriptions in their live phase, straight from their channel's live buffer, and
+//! writes what is ready in one batch through its [`Transport`] (a WebSocket or an SSE
+//! stream).
+//!
+//! A live tick costs one wake-up of this task and no queue hop. A client that does not
+//! read blocks only this task: its live feeds stop being drained, fall behind the live
+//! buffer, and later catch up from the node's ring or the stream (in a task of their
+//! own, so the writer never waits on Redis). A batch that cannot be written for
+//! [`WRITE_STALL`] ends the connection (1013).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio_util::sync::ReusableBoxFuture;
+
+use super::cursor::{Admit, Cursor};
+use super::protocol::{close, Closing, Frame, WRITE_STALL};
+use super::replay::resume_live;
+use super::{Handover, Outbound, SessionContext};
+use crate::hub::{Interrupted, LiveFrame};
+
+/// Frames written per flush, at most.
+const BATCH: usize = 64;
+
+/// Where frames go: a WebSocket, or the body of an SSE response.
+pub trait Transport: Send + 'static {
+    /// Writes `frames` (leaving it empty) and flushes; `Err` when the connection is
+    /// gone.
+    fn write(&mut self, frames: &mut Vec<Frame>) -> impl Future<Output = Result<(), ()>> + Send;
+
+    /// Tells the client why the connection ends (a WebSocket close frame, an SSE
+    /// `error` event) and flushes.
+    fn close(&mut self, closing: Closing) -> impl Future<Output = ()> + Send;
+}
+
+type LiveNext = ReusableBoxFuture<'static, (Box<Handover>, Result<LiveFrame, Interrupted>)>;
+
+/// A live subscription held by the writer, waiting for its channel's next tick.
+struct LiveSlot {
+    sub: u64,
+    next: LiveNext,
+}
+
+async fn next_live(mut handover: Box<Handover>) -> (Box<Handover>, Result<LiveFrame, Interrupted>) {
+    let r = handover.live.recv().await;
+    (handover, r)
+}
+
+pub(crate) struct Writer<T> {
+    transport: T,
+    queue: mpsc::Receiver<Outbound>,
+    /// For catch-up tasks; weak, so the queue still closes when the session ends.
+    requeue: mpsc::WeakSender<Outbound>,
+    ctx: Arc<SessionContext>,
+    /// Subscriptions whose frames may be written.
+    open: Vec<u64>,
+    live: Vec<LiveSlot>,
+    /// Catch-ups after a live feed lagged, by subscription: aborted when their
+    /// subscription closes, and with the writer.
+    catch_ups: Vec<(u64, AbortHandle)>,
+    batch: Vec<Frame>,
+    /// Which live slot is polled first, rotating, so one busy channel cannot starve
+    /// the others of a connection.
+    turn: usize,
+}
+
+impl<T> Drop for Writer<T> {
+    fn drop(&mut self) {
+        for (_, task) in &self.catch_ups {
+            task.abort();
+        }
+    }
+}
+
+enum Wake {
+    /// The session ended, with why, if the client should be told.
+    Close(Option<Closing>),
+    Queue(Outbound),
+    Live(usize, Box<Handover>, Result<LiveFrame, Interrupted>),
+}
+
+impl<T: Transport> Writer<T> {
+    pub(crate) fn new(
+        transport: T,
+        queue: mpsc::Receiver<Outbound>,
+        requeue: mpsc::WeakSender<Outbound>,
+        ctx: Arc<SessionContext>,
+    ) -> Writer<T> {
+        Writer {
+            transport,
+            queue,
+            requeue,
+            ctx,
+            open: Vec::new(),
+            live: Vec::new(),
+            catch_ups: Vec::new(),
+            batch: Vec::new(),
+            turn: 0,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut close_rx: oneshot::Receiver<Closing>) {
+        loop {
+            let (queue, live, turn) = (&mut self.queue, &mut self.live, &mut self.turn);
+            let wake = tokio::select! {
+                biased;
+                close = &mut close_rx => Wake::Close(close.ok()),
+                next = queue.recv() => match next {
+                    Some(out) => Wake::Queue(out),
+                    None => return,
+                },
+                (i, handover, first) = std::future::poll_fn(|cx| poll_live(live, turn, cx)) => Wake::Live(i, handover, first),
+            };
+            let mut delivered = 0;
+            match wake {
+                Wake::Close(closing) => {
+                    if let Some(closing) = closing {
+                        Box::pin(self.finish(closing)).await;
+                    }
+                    return;
+                }
+                Wake::Queue(out) => delivered += self.take(out),
+                Wake::Live(i, handover, first) => delivered += self.drain_live(i, handover, first),
+            }
+            while self.batch.len() < BATCH {
+                match self.queue.try_recv() {
+                    Ok(out) => delivered += self.take(out),
+                    Err(_) => break,
+                }
+            }
+            self.ctx.metrics.ticks_delivered.inc_by(delivered);
+            if !self.write_batch().await {
+                return;
+            }
+        }
+    }
+
+    fn is_open(&self, sub: u64) -> bool {
+        self.open.contains(&sub)
+    }
+
+    /// Applies one queued item; returns the tick frames it added to the batch.
+    fn take(&mut self, out: Outbound) -> u64 {
+        match out {
+            Outbound::Session(frame) => self.batch.push(frame),
+            Outbound::Sub { sub, frames, ticks } if self.is_open(sub) => {
+                self.batch.extend(frames);
+                return ticks;
+            }
+            Outbound::Sub { .. } => {}
+            Outbound::Open(sub) => self.open.push(sub),
+            Outbound::Close(sub) => {
+                self.open.retain(|s| *s != sub);
+                self.live.retain(|slot| slot.sub != sub);
+                self.catch_ups.retain(|(s, task)| {
+                    if *s == sub {
+                        task.abort();
+                    }
+                    *s != sub && !task.is_finished()
+                });
+            }
+            Outbound::Live(handover) => {
+                if self.is_open(handover.cursor.sub) {
+                    self.live.push(LiveSlot {
+                        sub: handover.cursor.sub,
+                        next: ReusableBoxFuture::new(next_live(handover)),
+                    });
+                }
+            }
+        }
+        0
+    }
+
+    /// Writes a live subscription's ready ticks into the batch, then re-arms it; a
+    /// lagged one goes to a catch-up task. Returns the tick frames added.
+    fn drain_live(&mut self, i: usize, mut handover: Box<Handover>, first: Result<LiveFrame, Interrupted>) -> u64 {
+        let now_ms = crate::clock::now_ms();
+        let mut added = 0;
+        let mut next = first;
+        loop {
+            match next {
+                Ok(frame) => added += self.admit_live(&mut handover.cursor, frame, now_ms),
+                Err(Interrupted::Opened) => {
+                    // The channel's first live ticks went to its ring before this
+                    // subscription had a receiver.
+                    let cursor = &handover.cursor;
+                    match self.ctx.hub.recent_after(&cursor.channel, cursor.last_sent) {
+                        Some(frames) => {
+                            for frame in frames {
+                                added += self.admit_live(&mut handover.cursor, frame, now_ms);
+                            }
+                        }
+                        None => {
+                            self.catch_up(i, handover);
+                            return added;
+                        }
+                    }
+                }
+                Err(Interrupted::Lagged) => {
+                    self.ctx.metrics.slow_consumer_catchups.inc();
+                    self.catch_up(i, handover);
+                    return added;
+                }
+                Err(Interrupted::Closed) => {
+                    self.live.swap_remove(i);
+                    return added;
+                }
+            }
+            if self.batch.len() >= BATCH {
+                break;
+            }
+            next = match handover.live.try_recv() {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+        }
+        self.live[i].next.set(next_live(handover));
+        added
+    }
+
+    /// One live frame through the subscription's cursor into the batch; returns 1 if
+    /// it was a tick to send.
+    fn admit_live(&mut self, cursor: &mut Cursor, frame: LiveFrame, now_ms: u64) -> u64 {
+        match cursor.admit(frame.id, frame.seq, &frame.epoch) {
+            Admit::Skip => return 0,
+            Admit::Send => {}
+            Admit::SendAfter(gap) => self.batch.push(gap),
+        }
+        self.ctx
+            .metrics
+            .delivery_latency
+            .observe(now_ms.saturating_sub(frame.id.ms) as f64 / 1000.0);
+        self.batch.push(Frame::tick(frame.id, frame.text));
+        1
+    }
+
+    /// Moves live slot `i` to a catch-up task (ring or stream), which hands it back.
+    fn catch_up(&mut self, i: usize, handover: Box<Handover>) {
+        self.live.swap_remove(i);
+        self.catch_ups.retain(|(_, task)| !task.is_finished());
+        if let Some(out) = self.requeue.upgrade() {
+            let sub = handover.cursor.sub;
+            let task = tokio::spawn(Box::pin(resume_live(self.ctx.clone(), handover, out)));
+            self.catch_ups.push((sub, task.abort_handle()));
+        }
+    }
+
+    /// Writes and flushes the batch; false when the connection is done.
+    async fn write_batch(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let write = self.transport.write(&mut self.batch);
+        // Most writes complete at once; the stall timer is only armed for a
+        // connection that actually blocks, so a healthy fan-out touches no timer.
+        let outcome = {
+            let mut write = std::pin::pin!(write);
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => tokio::time::timeout(WRITE_STALL, write).await,
+            }
+        };
+        self.batch.clear();
+        match outcome {
+            Ok(Ok(())) => true,
+            Ok(Err(())) => false,
+            Err(_) => {
+                let closing = (close::TRY_LATER, "too slow");
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close(closing)).await;
+                false
+            }
+        }
+    }
+
+    /// Frames already queued go first (a pong, an error frame), then the close; all
+    /// within a second, so a stuck connection cannot hold up the end of the session.
+    async fn finish(&mut self, closing: Closing) {
+        while let Ok(out) = self.queue.try_recv() {
+            self.take(out);
+        }
+        let transport = &mut self.transport;
+        let batch = &mut self.batch;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async move {
+            if transport.write(batch).await.is_ok() {
+                transport.close(closing).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// The first live subscription with a tick (or an interruption) ready, starting at
+/// `turn`.
+fn poll_live(
+    live: &mut [LiveSlot],
+    turn: &mut usize,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<(usize, Box<Handover>, Result<LiveFrame, Interrupted>)> {
+    let n = live.len();
+    for k in 0..n {
+        let i = (*turn + k) % n;
+        if let Poll::Ready((handover, r)) = live[i].next.poll(cx) {
+            *turn = i + 1;
+            return Poll::Ready((i, handover, r));
+        }
+    }
+    Poll::Pending
+}
