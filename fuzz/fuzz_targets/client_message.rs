@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tickstream::session::{parse_client_message, ClientMessage};
+use tickstream::session::protocol::{parse_client_message, ClientMessage};
 use tickstream::tick::{is_valid_channel, Since};
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tickstream::tick::{is_valid_channel, parse_body, MAX_BATCH, MAX_DATA_BYTES};
+use tickstream::tick::ingest::{MAX_BATCH, MAX_DATA_BYTES};
+use tickstream::tick::{is_valid_channel, parse_body};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(ticks) = parse_body(data, 1_700_000_000_000_000) {

@@ -1,20 +1,19 @@
 //! REST reads of history: the channel list, pages of ticks, the latest tick.
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::admission::Admission;
-use super::{json_response, query, AppState};
-use crate::auth::{Principal, QueryCredentials};
+use super::extract::{authorize_read, Caller, ChannelName, Params};
+use super::{json_response, AppState};
 use crate::error::ApiError;
 use crate::ratelimit::Group;
 use crate::store::IdRange;
+use crate::tick::id::parse_moment;
 use crate::tick::{is_valid_channel, StreamId};
 
-/// Largest page (SPEC §4).
+/// Largest page.
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
@@ -25,53 +24,12 @@ pub struct HistoryQuery {
     limit: Option<String>,
     order: Option<String>,
     cursor: Option<String>,
-    #[serde(flatten)]
-    creds: QueryCredentials,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ChannelsQuery {
     limit: Option<String>,
     cursor: Option<String>,
-    #[serde(flatten)]
-    creds: QueryCredentials,
-}
-
-/// A REST reader: any credential the WebSocket accepts, charged one `api` token.
-pub async fn reader(
-    state: &AppState,
-    headers: &HeaderMap,
-    creds: &QueryCredentials,
-    path: &str,
-    admission: &Admission,
-) -> Result<Principal, ApiError> {
-    let principal = admission
-        .authenticated(state.auth.authenticate(headers, creds, path), Group::Api)
-        .await?;
-    admission.charge(&principal, Group::Api, 1).await?;
-    Ok(principal)
-}
-
-/// Checks the channel name, authenticates and charges the request, then checks that
-/// the token may read the channel (a refused read is charged too, and says so in its
-/// rate headers).
-async fn reader_for(
-    state: &AppState,
-    headers: &HeaderMap,
-    creds: &QueryCredentials,
-    uri: &OriginalUri,
-    channel: Result<Path<String>, PathRejection>,
-    admission: &Admission,
-) -> Result<(Principal, String), ApiError> {
-    let channel = channel.map(|p| p.0).map_err(|_| ApiError::bad_channel())?;
-    if !is_valid_channel(&channel) {
-        return Err(ApiError::bad_channel());
-    }
-    let principal = reader(state, headers, creds, uri.path(), admission).await?;
-    if !principal.can_read(&channel) {
-        return Err(crate::auth::AuthError::Forbidden(format!("channel {channel}")).into());
-    }
-    Ok((principal, channel))
 }
 
 fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
@@ -85,14 +43,33 @@ fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-fn id_param(name: &str, raw: &Option<String>) -> Result<Option<StreamId>, ApiError> {
-    raw.as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|e| ApiError::bad_request("bad_id", format!("{name}: {e}")))
-        })
-        .transpose()
+/// Which end of a moment's millisecond a bound means.
+#[derive(Clone, Copy)]
+enum Edge {
+    /// `since=t:…` (exclusive ids): after the millisecond before, so the first tick
+    /// appended at or after the moment is included.
+    Before,
+    /// `until=t:…` (inclusive ids): up to the last id of the moment's millisecond.
+    End,
+}
+
+/// An id parameter; `since` and `until` also take a moment, `t:<RFC 3339>` or
+/// `t:<unix ms>`.
+fn id_param(name: &str, raw: &Option<String>, moment: Option<Edge>) -> Result<Option<StreamId>, ApiError> {
+    let Some(raw) = raw.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = |e: &dyn std::fmt::Display| ApiError::bad_request("bad_id", format!("{name}: {e}"));
+    match (raw.strip_prefix("t:"), moment) {
+        (Some(t), Some(edge)) => {
+            let ms = parse_moment(t).map_err(|e| bad(&e))?;
+            Ok(Some(match edge {
+                Edge::Before => StreamId::new(ms, 0).prev(),
+                Edge::End => StreamId::new(ms, u64::MAX),
+            }))
+        }
+        _ => raw.parse().map(Some).map_err(|e| bad(&e)),
+    }
 }
 
 /// `GET /api/v1/channels`: the channels the token may read, by name, in pages.
@@ -100,13 +77,10 @@ fn id_param(name: &str, raw: &Option<String>) -> Result<Option<StreamId>, ApiErr
 /// channel, so a token that may read nothing costs nothing.
 pub async fn channels(
     State(state): State<AppState>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    admission: Admission,
-    q: Result<Query<ChannelsQuery>, QueryRejection>,
+    Params(q): Params<ChannelsQuery>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    let principal = reader(&state, &headers, &q.creds, uri.path(), &admission).await?;
+    let principal = caller.reader(&state, Group::Api).await?;
     let limit = limit_param(q.limit.as_deref())?;
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) if is_valid_channel(c) => Some(c.to_string()),
@@ -147,23 +121,21 @@ pub async fn channels(
 
 pub async fn ticks(
     State(state): State<AppState>,
-    channel: Result<Path<String>, PathRejection>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    admission: Admission,
-    q: Result<Query<HistoryQuery>, QueryRejection>,
+    ChannelName(channel): ChannelName,
+    Params(q): Params<HistoryQuery>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    let (_, channel) = reader_for(&state, &headers, &q.creds, &uri, channel, &admission).await?;
+    let principal = caller.reader(&state, Group::Api).await?;
+    authorize_read(&principal, &channel)?;
     let limit = limit_param(q.limit.as_deref())?;
     let descending = match q.order.as_deref() {
         None | Some("") | Some("asc") => false,
         Some("desc") => true,
         Some(_) => return Err(ApiError::bad_request("bad_order", "order must be asc or desc")),
     };
-    let since = id_param("since", &q.since)?;
-    let until = id_param("until", &q.until)?;
-    let cursor = id_param("cursor", &q.cursor)?;
+    let since = id_param("since", &q.since, Some(Edge::Before))?;
+    let until = id_param("until", &q.until, Some(Edge::End))?;
+    let cursor = id_param("cursor", &q.cursor, None)?;
     // `since` is exclusive, `until` inclusive; the cursor continues in the page order.
     let mut range = IdRange {
         from: since.map_or(StreamId::ZERO, StreamId::next),
@@ -211,14 +183,12 @@ pub async fn ticks(
 
 pub async fn latest(
     State(state): State<AppState>,
-    channel: Result<Path<String>, PathRejection>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    admission: Admission,
-    q: Result<Query<QueryCredentials>, QueryRejection>,
+    ChannelName(channel): ChannelName,
+    Params(_): Params<crate::auth::QueryCredentials>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let creds = query(q)?;
-    let (_, channel) = reader_for(&state, &headers, &creds, &uri, channel, &admission).await?;
+    let principal = caller.reader(&state, Group::Api).await?;
+    authorize_read(&principal, &channel)?;
     match state.store.latest(&channel).await? {
         Some(t) => {
             let mut out = String::with_capacity(256);

@@ -2,13 +2,12 @@
 //! one round trip.
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
-use super::admission::Admission;
+use super::extract::{Caller, Params};
 use super::{json_response, AppState};
 use crate::auth::QueryCredentials;
 use crate::clock::now_us;
@@ -16,21 +15,18 @@ use crate::error::ApiError;
 use crate::ratelimit::Group;
 use crate::tick::parse_body;
 
-/// Largest request body (SPEC §1).
+/// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
 
 pub async fn ingest(
     State(state): State<AppState>,
-    creds: Result<Query<QueryCredentials>, QueryRejection>,
-    headers: HeaderMap,
-    admission: Admission,
+    Params(_): Params<QueryCredentials>,
+    caller: Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let creds = super::query(creds)?;
-    let producer = admission
-        .authenticated(state.auth.authenticate_producer(&headers, &creds), Group::Ingest)
-        .await?;
-    let declared = headers
+    let producer = caller.producer(&state).await?;
+    let declared = caller
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
@@ -49,7 +45,7 @@ pub async fn ingest(
     };
     // One token per tick; a batch the bucket cannot pay for whole stores nothing.
     let cost = u32::try_from(ticks.len()).unwrap_or(u32::MAX);
-    admission.charge(&producer, Group::Ingest, cost).await?;
+    caller.admission.charge(&producer, Group::Ingest, cost).await?;
     let results = state.store.append(&ticks).await?;
     let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
     state

@@ -3,10 +3,13 @@
 //! request, the client's address, the per-IP shield, rate headers).
 
 pub mod admission;
+pub mod extract;
+pub mod handshake;
 pub mod history;
 pub mod ingest;
 pub mod ops;
 pub mod serve;
+pub mod sse;
 pub mod ws;
 
 use std::sync::Arc;
@@ -24,7 +27,6 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::ip::Shield;
@@ -96,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(ops::openapi))
         .route("/ws", get(ws::multiplexed))
         .route("/ws/{channel}", get(ws::single))
+        .route("/sse/{channel}", get(sse::stream))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -162,12 +165,6 @@ fn method_label(method: &Method) -> &'static str {
         Method::PATCH => "PATCH",
         _ => "other",
     }
-}
-
-/// Query parameters, or 400 `bad_query` saying what was wrong with them.
-pub fn query<T>(q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|q| q.0)
-        .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
 }
 
 /// A JSON body answer with the given status (helper for hand-built JSON).

@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{OriginalUri, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::extract::{Caller, Params};
 use super::{json_response, AppState};
 use crate::auth::QueryCredentials;
 use crate::error::ApiError;
-use crate::store::Store;
+use crate::ratelimit::Group;
 
 /// The dashboard loads only its own script and style and talks only to this server.
 const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -26,9 +26,9 @@ pub async fn healthz() -> Response {
 /// 200 when the store answers and every live reader has heard from it recently;
 /// 503 naming what is down otherwise.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let redis = match &state.store {
-        Store::Memory(_) => "not_used",
-        Store::Redis(_) => match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+    let redis = match state.store.is_durable() {
+        false => "not_used",
+        true => match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
             Ok(Ok(())) => "ok",
             _ => "down",
         },
@@ -55,13 +55,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Nodes serving from the same Redis. Needs a valid token: addresses are internal.
 pub async fn nodes(
     State(state): State<AppState>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    admission: super::admission::Admission,
-    q: Result<Query<QueryCredentials>, QueryRejection>,
+    Params(_): Params<QueryCredentials>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let creds = super::query(q)?;
-    super::history::reader(&state, &headers, &creds, uri.path(), &admission).await?;
+    caller.reader(&state, Group::Api).await?;
     let nodes = state.node.list(&state.store).await?;
     Ok(json_response(StatusCode::OK, json!({ "nodes": nodes }).to_string()))
 }

@@ -106,14 +106,37 @@ pub enum Since {
     After(StreamId),
 }
 
+/// A `since` that is neither an id, `$`, nor a moment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a stream id (<ms>-<seq>, e.g. 1732348800123-0), $, t:<RFC 3339> or t:<unix ms>")]
+pub struct BadSince;
+
 impl Since {
-    pub fn parse(raw: Option<&str>) -> Result<Since, BadStreamId> {
+    /// `since` as a client writes it. A moment, `t:<RFC 3339>` or `t:<unix ms>`,
+    /// starts at the first tick appended at or after it: after the last id of the
+    /// millisecond before (stream ids count milliseconds of append time).
+    pub fn parse(raw: Option<&str>) -> Result<Since, BadSince> {
         match raw {
             None | Some("") => Ok(Since::Default),
             Some("$") => Ok(Since::Live),
-            Some(id) => id.parse().map(Since::After),
+            Some(raw) => match raw.strip_prefix("t:") {
+                Some(moment) => Ok(Since::After(StreamId::new(parse_moment(moment)?, 0).prev())),
+                None => raw.parse().map(Since::After).map_err(|_| BadSince),
+            },
         }
     }
+}
+
+/// A moment in Unix milliseconds: an RFC 3339 time (with an offset; sub-millisecond
+/// parts are dropped, so the whole millisecond it falls in is included) or a number
+/// of milliseconds. Before 1970 is refused.
+pub fn parse_moment(raw: &str) -> Result<u64, BadSince> {
+    use time::format_description::well_known::Rfc3339;
+    if !raw.is_empty() && raw.len() <= 20 && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw.parse().map_err(|_| BadSince);
+    }
+    let t = time::OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| BadSince)?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| BadSince)
 }
 
 #[cfg(test)]
@@ -144,5 +167,27 @@ mod tests {
         assert_eq!(Since::parse(None), Ok(Since::Default));
         assert_eq!(Since::parse(Some("$")), Ok(Since::Live));
         assert_eq!(Since::parse(Some("0-0")), Ok(Since::After(StreamId::ZERO)));
+        assert_eq!(Since::parse(Some("yesterday")), Err(BadSince));
+    }
+
+    #[test]
+    fn a_moment_starts_at_the_first_tick_of_its_millisecond() {
+        // 2026-11-23T08:00:00.123Z is 1795420800123 ms.
+        let at = Since::After(StreamId::new(1795420800122, u64::MAX));
+        assert_eq!(Since::parse(Some("t:1795420800123")), Ok(at));
+        assert_eq!(Since::parse(Some("t:2026-11-23T08:00:00.123Z")), Ok(at));
+        assert_eq!(Since::parse(Some("t:2026-11-23T09:00:00.123+01:00")), Ok(at));
+        assert_eq!(Since::parse(Some("t:2026-11-23T08:00:00.123999Z")), Ok(at));
+        // Everything, from the start of time.
+        assert_eq!(Since::parse(Some("t:0")), Ok(Since::After(StreamId::ZERO)));
+        for bad in [
+            "t:",
+            "t:soon",
+            "t:1969-12-31T23:59:59Z",
+            "t:-5",
+            "t:2026-11-23T08:00:00",
+        ] {
+            assert_eq!(Since::parse(Some(bad)), Err(BadSince), "{bad}");
+        }
     }
 }

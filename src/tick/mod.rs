@@ -15,7 +15,7 @@ pub mod id;
 pub mod ingest;
 pub mod wire;
 
-pub use id::{BadStreamId, Since, StreamId};
+pub use id::{BadSince, BadStreamId, Since, StreamId};
 pub use ingest::{parse_body, BodyError, IngestTick, PreparedTick, TickError};
 pub use wire::{new_epoch, Tick};
 

@@ -1,0 +1,81 @@
+//! `GET /sse/{channel}`: the same subscription as `/ws/{channel}` (same checks, same
+//! guarantee, same order of frames) as a Server-Sent Events stream, for clients that
+//! cannot use WebSocket (docs/PROTOCOL.md §5.7). A browser's `EventSource` reconnects
+//! by itself with `Last-Event-ID`, which resumes exactly as `since` would.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use super::extract::{authorize_read, Caller, ChannelName, Params};
+use super::handshake::{admit, refuse, Admitted, StartQuery};
+use super::AppState;
+use crate::error::ApiError;
+use crate::session::sse::{self, BODY_CHUNKS};
+use crate::tick::{Since, StreamId};
+
+pub async fn stream(
+    State(state): State<AppState>,
+    channel: Result<ChannelName, ApiError>,
+    query: Result<Params<StartQuery>, ApiError>,
+    caller: Caller,
+) -> Response {
+    let checked = async {
+        let ChannelName(channel) = channel?;
+        let Params(query) = query?;
+        let last_event_id = last_event_id(&caller)?;
+        let admitted = admit(&state, &caller).await?;
+        authorize_read(&admitted.principal, &channel)?;
+        let mut request = query.request(channel)?;
+        if let Some(id) = last_event_id {
+            // The URL's `since` (and its `seq`) are where the stream first began;
+            // `Last-Event-ID` is where the client is now.
+            request.since = Since::After(id);
+            request.seq = None;
+            request.from_event_id = true;
+        }
+        Ok((admitted, request))
+    }
+    .await;
+    let (Admitted { principal, permit }, request) = match checked {
+        Ok(ok) => ok,
+        Err(e) => return refuse(&state, e),
+    };
+    state.metrics.handshakes.with_label_values(&["ok"]).inc();
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_CHUNKS);
+    let ctx = state.sessions.clone();
+    let done = state.sessions_done.clone();
+    tokio::spawn(async move {
+        sse::run(body_tx, ctx, principal, request, done).await;
+        drop(permit);
+    });
+    let body = Body::from_stream(futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    }));
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies that buffer responses (nginx) would hold the stream back.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The `Last-Event-ID` a reconnecting `EventSource` sends: a tick id this server
+/// wrote (empty means none).
+fn last_event_id(caller: &Caller) -> Result<Option<StreamId>, ApiError> {
+    match caller.headers.get("last-event-id").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(raw)) if raw.trim().is_empty() => Ok(None),
+        Some(Ok(raw)) => raw
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| ApiError::bad_request("bad_since", format!("Last-Event-ID: {e}"))),
+        Some(Err(_)) => Err(ApiError::bad_request("bad_since", "Last-Event-ID: not a stream id")),
+    }
+}
