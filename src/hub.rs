@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::keyspace::partition_of;
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, ErrorLog};
-use crate::store::{IdRange, Store, StoreError, StreamInfo, TailWaker};
+use crate::store::{IdRange, Store, StoreError, StreamInfo, TailBatch, TailWaker};
 use crate::tick::{StreamId, Tick};
 
 /// A partition reader that has not heard from the store for this long is stale, and
@@ -139,17 +139,22 @@ impl Partition {
         self.lock().get(channel)?.tx.as_ref().map(broadcast::Sender::subscribe)
     }
 
-    fn publish(&self, batches: Vec<(Arc<str>, Vec<Tick>)>, ring: usize, live_buffer: usize) {
+    fn publish(&self, batches: Vec<TailBatch>, ring: usize, live_buffer: usize) {
         // Serialize outside the lock: that is the expensive part.
-        let frames: Vec<(Arc<str>, Vec<LiveFrame>)> = batches
+        let frames: Vec<(Arc<str>, Vec<LiveFrame>, StreamId)> = batches
             .into_iter()
-            .map(|(c, ticks)| (c, ticks.iter().map(LiveFrame::new).collect()))
+            .map(|b| (b.channel, b.ticks.iter().map(LiveFrame::new).collect(), b.last))
             .collect();
         let mut channels = self.lock();
-        for (channel, frames) in frames {
+        for (channel, frames, last) in frames {
             let Some(active) = channels.get_mut(&channel) else {
                 continue;
             };
+            if frames.is_empty() {
+                // Only unreadable entries: move past them.
+                active.cursor = active.cursor.max(last);
+                continue;
+            }
             let tx = match &active.tx {
                 Some(tx) => tx.clone(),
                 None => {
@@ -169,6 +174,7 @@ impl Partition {
                     let _ = tx.send(frame);
                 }
             }
+            active.cursor = active.cursor.max(last);
         }
     }
 }

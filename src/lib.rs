@@ -91,11 +91,17 @@ impl Server {
         // rustls needs its crypto provider chosen before the first TLS connection;
         // an embedder may have chosen one already, which is as good.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let metrics = Arc::new(Metrics::new());
         let store = match &config.redis_url {
             Some(url) => Store::Redis(Arc::new(
-                RedisStore::connect(url, &config.redis_tls, config.store_settings())
-                    .await
-                    .map_err(StartError::Redis)?,
+                RedisStore::connect(
+                    url,
+                    &config.redis_tls,
+                    config.store_settings(),
+                    metrics.bad_entries.clone(),
+                )
+                .await
+                .map_err(StartError::Redis)?,
             )),
             None => Store::Memory(Arc::new(MemoryStore::new(config.store_settings()))),
         };
@@ -103,7 +109,6 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
-        let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
             store.clone(),
             config.partitions,

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub slow_consumer_catchups: IntCounter,
     pub http_duration: HistogramVec,
     pub ratelimit_local: IntGauge,
+    pub bad_entries: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -96,6 +97,10 @@ impl Metrics {
             ratelimit_local: gauge(
                 "tickstream_ratelimit_local",
                 "1 while rate limiting falls back to local buckets.",
+            ),
+            bad_entries: counter(
+                "tickstream_bad_entries_total",
+                "Stream entries skipped because they cannot be read as ticks.",
             ),
             registry: r,
         }

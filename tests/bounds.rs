@@ -331,3 +331,39 @@ async fn the_inbound_throttle_close_frame_reaches_the_client() {
     flood_closes_with_4029(&app, "/ws/flood.c?since=$").await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_whose_client_stopped_reading_still_closes_when_its_token_expires() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(Some(&redis))).await;
+    // Far more history than the connection's queue and socket buffers hold.
+    let pad = "x".repeat(2000);
+    for round in 0..10 {
+        let ticks: Vec<_> = (0..500)
+            .map(|i| json!({"channel": "stuck.c", "data": {"pad": pad}, "key": format!("{round}-{i}")}))
+            .collect();
+        assert_eq!(app.ingest(&serde_json::Value::Array(ticks)).await.0, 201);
+    }
+    // Valid for about one more second (exp + the 30 s leeway).
+    let short = token_with(json!({"sub": "stuck", "channels": ["*"], "exp": tickstream::clock::unix_now() - 29}));
+    let mut ws = app.ws("/ws", &short).await;
+    ws.send(json!({"type": "subscribe", "channel": "stuck.c", "since": "0-0"}))
+        .await;
+    // The client reads nothing and keeps asking for pongs, which the server cannot
+    // queue while the replay fills the queue: the session must still notice expiry,
+    // long before the 10 s write stall would end the connection anyway.
+    let started = Instant::now();
+    let ended = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if ws.try_send(Message::Text(r#"{"type":"ping"}"#.into())).await.is_err() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the socket was never closed"
+        );
+    };
+    assert!(ended < Duration::from_secs(8), "closed {ended:?} after subscribing");
+    assert_eq!(app.get("/healthz", None).await.0, 200);
+    app.stop().await;
+}

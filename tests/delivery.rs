@@ -1,4 +1,4 @@
-//! The delivery contract (SPEC §3): replay then live, every tick after the cursor
+//! The delivery contract (docs/PROTOCOL.md §5): replay then live, every tick after the cursor
 //! exactly once and in order, gaps announced, across reconnects and restarts, on both
 //! engines.
 
@@ -460,5 +460,192 @@ async fn clients_resume_exactly_after_a_server_restart() {
     let next = app.ingest_one("r.c", 7e7).await;
     let f = ws.next_json().await;
     assert_eq!((f["id"].as_str(), f["seq"].as_u64()), (Some(next.as_str()), Some(81)));
+    app.stop().await;
+}
+
+/// The ingest time of a tick: the millisecond part of its id.
+fn ms_of(id: &str) -> u64 {
+    id.split('-').next().unwrap().parse().unwrap()
+}
+
+fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// Ticks appended in three bursts, at least a few milliseconds apart.
+async fn three_bursts(app: &TestApp, channel: &str) -> Vec<Vec<String>> {
+    let mut bursts = Vec::new();
+    for b in 0..3 {
+        let ticks: Vec<Value> = (0..4)
+            .map(|i| json!({"channel": channel, "value": b * 10 + i, "key": format!("{b}-{i}")}))
+            .collect();
+        let (status, body) = app.ingest(&Value::Array(ticks)).await;
+        assert_eq!(status, 201, "{body}");
+        bursts.push(
+            body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bursts
+}
+
+async fn resume_by_time(engine: Engine) {
+    let app = TestApp::start(engine.config()).await;
+    let t = token(&["*"]);
+    let bursts = three_bursts(&app, "bytime.c").await;
+    let from_second: Vec<String> = bursts[1..].concat();
+    let second_ms = ms_of(&bursts[1][0]);
+    for since in [format!("t:{second_ms}"), format!("t:{}", rfc3339(second_ms))] {
+        // WebSocket, one channel and multiplexed.
+        let mut ws = app.ws(&format!("/ws/bytime.c?since={since}"), &t).await;
+        assert_eq!(
+            tick_ids(&ws.until_type("live").await),
+            from_second,
+            "/ws/{{channel}} {since}"
+        );
+        let mut ws = app.ws("/ws", &t).await;
+        ws.send(json!({"type": "subscribe", "channel": "bytime.c", "since": since}))
+            .await;
+        assert_eq!(tick_ids(&ws.until_type("live").await), from_second, "/ws {since}");
+        // Server-Sent Events.
+        let mut sse = SseClient::connect(&app, &format!("/sse/bytime.c?since={since}"), &t)
+            .await
+            .unwrap();
+        assert_eq!(event_ids(&sse.until_event("live").await), from_second, "/sse {since}");
+        // History: since is the first tick at or after the moment, until the last
+        // one at or before it.
+        let until = format!("t:{}", ms_of(bursts[1].last().unwrap()));
+        let (status, page) = app
+            .get(
+                &format!("/api/v1/channels/bytime.c/ticks?since={since}&until={until}"),
+                Some(&t),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<String> = page["ticks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, bursts[1], "history {since}..={until}");
+    }
+    // A moment that is not one is refused.
+    let (status, body) = app.get("/api/v1/channels/bytime.c/ticks?since=t:soon", Some(&t)).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_id")));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_by_time_memory() {
+    resume_by_time(Engine::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_by_time_redis() {
+    resume_by_time(Engine::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_by_time_older_than_the_kept_history_is_a_trimmed_gap() {
+    let mut cfg = config(None);
+    cfg.stream_maxlen = 5;
+    let app = TestApp::start(cfg).await;
+    let ids = ingest_n(&app, "bytime.t", 12).await;
+    let mut ws = app
+        .ws(&format!("/ws/bytime.t?since=t:{}", ms_of(&ids[0])), &token(&["*"]))
+        .await;
+    let frames = ws.until_type("live").await;
+    let gap = frames.iter().find(|f| f["type"] == "gap").expect("a gap");
+    assert_eq!(gap["reason"], "trimmed");
+    assert!(gap["missed"].is_null());
+    assert_eq!(tick_ids(&frames), ids[7..]);
+    app.stop().await;
+}
+
+/// Two channels of one partition, so one reader tails both.
+fn same_partition_pair() -> (String, String) {
+    let p = |c: &str| tickstream::keyspace::partition_of(c, 16);
+    let first = "bad.a".to_string();
+    let second = (0..).map(|i| format!("bad.b{i}")).find(|c| p(c) == p(&first)).unwrap();
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stream_entry_is_skipped_and_delivery_goes_on() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(config(Some(&redis))).await;
+    let (bad, neighbour) = same_partition_pair();
+    let t = token(&["*"]);
+    let before = app.ingest_one(&bad, 1.0).await;
+    app.ingest_one(&neighbour, 1.0).await;
+    let mut ws = app.ws("/ws", &t).await;
+    for c in [&bad, &neighbour] {
+        ws.send(json!({"type": "subscribe", "channel": c, "since": "$"})).await;
+        ws.until_type("live").await;
+    }
+    // Something that is not a tick lands in the stream, then one that took a `seq`
+    // (its body damaged).
+    let keys = tickstream::keyspace::ChannelKeys::new(&bad, 16);
+    let mut c = redis.client();
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg("j")
+        .arg("garbage")
+        .query(&mut c)
+        .unwrap();
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(&keys.meta)
+        .arg("seq")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg("x")
+        .arg("1")
+        .query(&mut c)
+        .unwrap();
+    // Delivery goes on, on that channel and on its partition's others.
+    let next = app.ingest_one(&bad, 2.0).await;
+    let other = app.ingest_one(&neighbour, 2.0).await;
+    let mut seen = Vec::new();
+    while seen.iter().filter(|f: &&Value| f["type"] == "tick").count() < 2 {
+        seen.push(ws.next_json().await);
+    }
+    let gap = seen
+        .iter()
+        .find(|f| f["type"] == "gap")
+        .expect("the lost seq is announced");
+    assert_eq!(
+        (gap["reason"].as_str(), gap["missed"].as_u64()),
+        (Some("trimmed"), Some(1)),
+        "{gap}"
+    );
+    assert_eq!(gap["channel"], bad.as_str());
+    let ids = tick_ids(&seen);
+    assert!(ids.contains(&next) && ids.contains(&other), "{seen:?}");
+    // History skips the entries too, and says nothing false.
+    let (status, page) = app.get(&format!("/api/v1/channels/{bad}/ticks"), Some(&t)).await;
+    assert_eq!(status, 200, "{page}");
+    let kept: Vec<&str> = page["ticks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [before.as_str(), next.as_str()]);
+    assert!(app
+        .metric("/metrics", "tickstream_bad_entries_total")
+        .await
+        .is_some_and(|n| n >= 2.0));
     app.stop().await;
 }

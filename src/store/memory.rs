@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailWaker};
+use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailBatch, TailWaker};
 use crate::clock::now_ms;
 use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
@@ -231,7 +231,7 @@ impl MemoryStore {
         }
     }
 
-    fn collect_after(&self, cursors: &[(Arc<str>, StreamId)]) -> Vec<(Arc<str>, Vec<Tick>)> {
+    fn collect_after(&self, cursors: &[(Arc<str>, StreamId)]) -> Vec<TailBatch> {
         let state = self.lock();
         cursors
             .iter()
@@ -239,7 +239,12 @@ impl MemoryStore {
                 let c = state.channels.get(&**name)?;
                 let start = c.lower_bound(cursor.next());
                 let ticks: Vec<Tick> = c.entries.range(start..).take(TAIL_COUNT).cloned().collect();
-                (!ticks.is_empty()).then(|| (name.clone(), ticks))
+                let last = ticks.last()?.id;
+                Some(TailBatch {
+                    channel: name.clone(),
+                    ticks,
+                    last,
+                })
             })
             .collect()
     }
@@ -254,7 +259,7 @@ pub struct MemoryTail {
 }
 
 impl MemoryTail {
-    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
         // Mark the current version seen *before* looking, so an append between the
         // look and the wait still wakes us.
         self.appended.borrow_and_update();

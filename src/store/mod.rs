@@ -14,6 +14,7 @@ pub mod connections;
 pub mod health;
 pub mod memory;
 pub mod redis;
+pub mod reply;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -137,6 +138,17 @@ pub enum Store {
     Memory(Arc<memory::MemoryStore>),
 }
 
+/// What one tail read brought for one channel.
+#[derive(Debug)]
+pub struct TailBatch {
+    pub channel: Arc<str>,
+    /// The new ticks, in id order.
+    pub ticks: Vec<Tick>,
+    /// The last entry read, readable or not: the reader's cursor moves past an entry
+    /// that cannot be parsed instead of reading it again forever.
+    pub last: StreamId,
+}
+
 /// A partition reader's source of new entries.
 pub enum TailReader {
     Redis(redis::RedisTail),
@@ -144,9 +156,9 @@ pub enum TailReader {
 }
 
 impl TailReader {
-    /// Waits up to the block time for entries after each cursor; returns per channel
-    /// the new ticks in id order (possibly none).
-    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+    /// Waits up to the block time for entries after each cursor; returns what each
+    /// channel with new entries got.
+    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
         match self {
             TailReader::Redis(t) => t.read(cursors).await,
             TailReader::Memory(t) => t.read(cursors).await,

@@ -11,7 +11,10 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use super::connections::{self, Connections, TlsFiles, COMMAND_TIMEOUT};
-use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailWaker};
+use super::reply::{
+    as_array, as_id, as_str, as_u64, pairs, parse_entries, parse_entry_opt, protocol, streams_of, Unreadable,
+};
+use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailBatch, TailWaker};
 use crate::keyspace::{self, ChannelKeys};
 use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
@@ -25,17 +28,25 @@ pub struct RedisStore {
     connections: Connections,
     append_script: redis::Script,
     settings: Settings,
+    unreadable: Unreadable,
 }
 
 impl RedisStore {
     /// Connects, checks the deployment's partition count and loads the scripts. The
     /// first command proves the URL, credentials and TLS, so start-up names what is
     /// wrong (`WRONGPASS`, an unknown certificate issuer) instead of failing later.
-    pub async fn connect(url: &str, tls: &TlsFiles, settings: Settings) -> Result<RedisStore, StoreError> {
+    /// `unreadable` counts stream entries that cannot be read as ticks.
+    pub async fn connect(
+        url: &str,
+        tls: &TlsFiles,
+        settings: Settings,
+        unreadable: prometheus::IntCounter,
+    ) -> Result<RedisStore, StoreError> {
         let store = RedisStore {
             connections: Connections::new(connections::client(url, tls)?),
             append_script: redis::Script::new(include_str!("../../redis/append.lua")),
             settings,
+            unreadable: Unreadable::new(unreadable),
         };
         let partitions = settings.partitions;
         let mut conn = store.connections.get().await?;
@@ -162,8 +173,8 @@ impl RedisStore {
             match as_str(key).as_deref() {
                 Some("length") => info.length = as_u64(value).unwrap_or(0),
                 Some("entries-added") => info.entries_added = as_u64(value).unwrap_or(0),
-                Some("first-entry") => info.first = parse_entry_opt(&name, value)?,
-                Some("last-entry") => info.last = parse_entry_opt(&name, value)?,
+                Some("first-entry") => info.first = parse_entry_opt(&name, value, &self.unreadable)?,
+                Some("last-entry") => info.last = parse_entry_opt(&name, value, &self.unreadable)?,
                 _ => {}
             }
         }
@@ -196,7 +207,7 @@ impl RedisStore {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        parse_entries(&channel.into(), reply)
+        Ok(parse_entries(&channel.into(), reply, &self.unreadable)?.ticks)
     }
 
     pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
@@ -244,7 +255,9 @@ impl RedisStore {
             .map(|channel| {
                 let length = replies.next().as_ref().and_then(as_u64).unwrap_or(0);
                 let last = match replies.next() {
-                    Some(v) => parse_entries(&channel.as_str().into(), v)?.pop(),
+                    Some(v) => parse_entries(&channel.as_str().into(), v, &self.unreadable)?
+                        .ticks
+                        .pop(),
                     None => None,
                 };
                 Ok(ChannelSummary {
@@ -312,7 +325,7 @@ impl RedisTail {
             .ok_or_else(|| StoreError::Protocol("no reader connection".into()))
     }
 
-    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<(Arc<str>, Vec<Tick>)>, StoreError> {
+    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(TAIL_COUNT)
@@ -350,183 +363,15 @@ impl RedisTail {
                 .find(|(c, _)| &**c == name)
                 .map(|(c, _)| c.clone())
                 .unwrap_or_else(|| name.into());
-            let ticks = parse_entries(&channel, entries)?;
-            out.push((channel, ticks));
+            let entries = parse_entries(&channel, entries, &self.store.unreadable)?;
+            if let Some(last) = entries.last {
+                out.push(TailBatch {
+                    channel,
+                    ticks: entries.ticks,
+                    last,
+                });
+            }
         }
         Ok(out)
-    }
-}
-
-// ---- reply parsing -------------------------------------------------------------
-//
-// Hand-written over `redis::Value` (rather than the crate's typed stream replies) so
-// RESP2 arrays and RESP3 maps both parse, and so a tick is built straight from the
-// reply without an intermediate HashMap per entry.
-
-fn protocol(what: &str, v: &Value) -> StoreError {
-    StoreError::Protocol(format!("{what}: {v:?}"))
-}
-
-fn as_array(v: &Value) -> Option<&[Value]> {
-    match v {
-        Value::Array(items) | Value::Set(items) => Some(items),
-        _ => None,
-    }
-}
-
-fn as_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
-        _ => None,
-    }
-}
-
-fn as_str(v: &Value) -> Option<String> {
-    as_bytes(v)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .map(str::to_string)
-}
-
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        other => as_bytes(other).and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
-    }
-}
-
-fn as_id(v: &Value) -> Option<StreamId> {
-    std::str::from_utf8(as_bytes(v)?).ok()?.parse().ok()
-}
-
-/// Key/value pairs of a RESP2 flat array or a RESP3 map.
-fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
-    match v {
-        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (k, v)).collect()),
-        Value::Array(items) => Some(
-            items
-                .chunks(2)
-                .filter(|c| c.len() == 2)
-                .map(|c| (&c[0], &c[1]))
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
-/// XREAD's reply, taken apart: RESP2 `[[key, entries], …]` or RESP3 `{key: entries}`;
-/// nil on timeout.
-fn streams_of(reply: Value) -> Vec<(Value, Value)> {
-    match reply {
-        Value::Map(kv) => kv,
-        Value::Array(items) => items
-            .into_iter()
-            .filter_map(|s| match s {
-                Value::Array(mut kv) if kv.len() == 2 => {
-                    let entries = kv.pop()?;
-                    Some((kv.pop()?, entries))
-                }
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Entries of XRANGE, XREVRANGE or XREAD. Takes the reply by value so each stored
-/// body moves into its tick without a copy.
-fn parse_entries(channel: &Arc<str>, v: Value) -> Result<Vec<Tick>, StoreError> {
-    let items = match v {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(items) | Value::Set(items) => items,
-        other => return Err(protocol("entries", &other)),
-    };
-    let mut epochs = None;
-    items
-        .into_iter()
-        .map(|e| parse_entry(channel, e, &mut epochs))
-        .collect()
-}
-
-fn parse_entry_opt(channel: &Arc<str>, v: &Value) -> Result<Option<Tick>, StoreError> {
-    match v {
-        Value::Nil => Ok(None),
-        other => parse_entry(channel, other.clone(), &mut None).map(Some),
-    }
-}
-
-/// `[id, [field, value, …]]` → Tick. An entry is `j` (see `redis/append.lua`); entries
-/// written before that format (fields `q`, `ep`, `ts`, `e`, `v`, `d`) are still read.
-fn parse_entry(channel: &Arc<str>, v: Value, epochs: &mut Option<Arc<str>>) -> Result<Tick, StoreError> {
-    let (id, fields) = match v {
-        Value::Array(mut parts) if parts.len() == 2 => {
-            let fields = parts.pop().unwrap_or(Value::Nil);
-            (parts.pop().unwrap_or(Value::Nil), fields)
-        }
-        other => return Err(protocol("entry", &other)),
-    };
-    let id = as_id(&id).ok_or_else(|| protocol("entry id", &id))?;
-    let read = |body: String, epochs: &mut Option<Arc<str>>| {
-        Tick::from_body(id, channel.clone(), body, epochs).map_err(|e| StoreError::Protocol(format!("entry {id}: {e}")))
-    };
-    let body_of = |value: Value| into_string(value).ok_or_else(|| StoreError::Protocol(format!("entry {id}: body")));
-    // Fields as (name, value) pairs: a RESP2 flat array or a RESP3 map.
-    let fields: Vec<(Value, Value)> = match fields {
-        // The current format, `[j, body]`: no pairs to build.
-        Value::Array(mut items) if items.len() == 2 && as_bytes(&items[0]) == Some(b"j") => {
-            let body = items.pop().unwrap_or(Value::Nil);
-            return read(body_of(body)?, epochs);
-        }
-        Value::Map(kv) => kv,
-        Value::Array(items) => {
-            let mut kv = Vec::with_capacity(items.len() / 2);
-            let mut items = items.into_iter();
-            while let (Some(k), Some(v)) = (items.next(), items.next()) {
-                kv.push((k, v));
-            }
-            kv
-        }
-        other => return Err(protocol("entry fields", &other)),
-    };
-    let mut legacy = LegacyEntry::default();
-    for (name, value) in fields {
-        match as_bytes(&name) {
-            Some(b"j") => return read(body_of(value)?, epochs),
-            Some(b"q") => legacy.seq = as_u64(&value).unwrap_or(0),
-            Some(b"ep") => legacy.epoch = as_str(&value).unwrap_or_default(),
-            Some(b"ts") => legacy.ts_us = as_str(&value).and_then(|s| s.parse().ok()).unwrap_or(0),
-            Some(b"v") => legacy.value = as_str(&value),
-            Some(b"d") => legacy.data = as_str(&value),
-            Some(b"e") => legacy.event_id = as_str(&value).unwrap_or_default(),
-            _ => {}
-        }
-    }
-    let tail = crate::tick::wire::tail(
-        legacy.ts_us,
-        legacy.value.as_deref(),
-        legacy.data.as_deref(),
-        &legacy.event_id,
-    );
-    read(crate::tick::wire::body(legacy.seq, &legacy.epoch, &tail), epochs)
-}
-
-/// The fields of an entry in the first storage format.
-#[derive(Default)]
-struct LegacyEntry {
-    seq: u64,
-    epoch: String,
-    ts_us: i64,
-    value: Option<String>,
-    data: Option<String>,
-    event_id: String,
-}
-
-fn into_string(v: Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b).ok(),
-        Value::SimpleString(s) => Some(s),
-        Value::VerbatimString { text, .. } => Some(text),
-        _ => None,
     }
 }

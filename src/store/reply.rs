@@ -1,0 +1,250 @@
+//! Redis replies taken apart by hand, over `redis::Value` (rather than the crate's
+//! typed stream replies), so RESP2 arrays and RESP3 maps both parse and a tick is built
+//! straight from the reply without an intermediate map per entry.
+//!
+//! A stream entry that cannot be read as a tick (written by something else, or
+//! damaged) is skipped, counted in `tickstream_bad_entries_total` and logged, never
+//! fatal: one bad entry must not stall its partition's reader or fail every history
+//! page that covers it. Clients see it only if it took a `seq`: the next tick's `seq`
+//! then shows the hole, and they get a `gap` (docs/PROTOCOL.md §5.4).
+
+use std::sync::{Arc, Mutex};
+
+use redis::Value;
+
+use super::StoreError;
+use crate::retry::ErrorLog;
+use crate::tick::{StreamId, Tick};
+
+/// Counts and logs the stream entries that cannot be read.
+pub struct Unreadable {
+    counter: prometheus::IntCounter,
+    log: Mutex<ErrorLog>,
+}
+
+impl Unreadable {
+    pub fn new(counter: prometheus::IntCounter) -> Unreadable {
+        Unreadable {
+            counter,
+            log: Mutex::new(ErrorLog::default()),
+        }
+    }
+
+    fn note(&self, channel: &str, id: StreamId, error: &StoreError) {
+        self.counter.inc();
+        let due = self.log.lock().map(|mut l| l.should_log()).unwrap_or(true);
+        if due {
+            tracing::warn!(channel, id = %id, error = %error, "skipping a stream entry that is not a tick (logged at most every 30 s)");
+        }
+    }
+}
+
+/// Entries of XRANGE, XREVRANGE or XREAD: the readable ticks, and the id of the last
+/// entry, readable or not.
+pub struct Entries {
+    pub ticks: Vec<Tick>,
+    pub last: Option<StreamId>,
+}
+
+pub fn protocol(what: &str, v: &Value) -> StoreError {
+    StoreError::Protocol(format!("{what}: {v:?}"))
+}
+
+pub fn as_array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
+pub fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+pub fn as_str(v: &Value) -> Option<String> {
+    as_bytes(v)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_string)
+}
+
+pub fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => as_bytes(other).and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()),
+    }
+}
+
+pub fn as_id(v: &Value) -> Option<StreamId> {
+    std::str::from_utf8(as_bytes(v)?).ok()?.parse().ok()
+}
+
+/// Key/value pairs of a RESP2 flat array or a RESP3 map.
+pub fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (k, v)).collect()),
+        Value::Array(items) => Some(
+            items
+                .chunks(2)
+                .filter(|c| c.len() == 2)
+                .map(|c| (&c[0], &c[1]))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// XREAD's reply, taken apart: RESP2 `[[key, entries], …]` or RESP3 `{key: entries}`;
+/// nil on timeout.
+pub fn streams_of(reply: Value) -> Vec<(Value, Value)> {
+    match reply {
+        Value::Map(kv) => kv,
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let entries = kv.pop()?;
+                    Some((kv.pop()?, entries))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Entries of XRANGE, XREVRANGE or XREAD. Takes the reply by value so each stored
+/// body moves into its tick without a copy.
+pub fn parse_entries(channel: &Arc<str>, v: Value, unreadable: &Unreadable) -> Result<Entries, StoreError> {
+    let items = match v {
+        Value::Nil => Vec::new(),
+        Value::Array(items) | Value::Set(items) => items,
+        other => return Err(protocol("entries", &other)),
+    };
+    let mut epochs = None;
+    let mut out = Entries {
+        ticks: Vec::with_capacity(items.len()),
+        last: None,
+    };
+    for entry in items {
+        let (id, fields) = split_entry(entry)?;
+        out.last = Some(id);
+        match parse_fields(channel, id, fields, &mut epochs) {
+            Ok(tick) => out.ticks.push(tick),
+            Err(e) => unreadable.note(channel, id, &e),
+        }
+    }
+    Ok(out)
+}
+
+/// The first or last entry of `XINFO STREAM`; an unreadable one counts as absent.
+pub fn parse_entry_opt(channel: &Arc<str>, v: &Value, unreadable: &Unreadable) -> Result<Option<Tick>, StoreError> {
+    if matches!(v, Value::Nil) {
+        return Ok(None);
+    }
+    let (id, fields) = split_entry(v.clone())?;
+    match parse_fields(channel, id, fields, &mut None) {
+        Ok(tick) => Ok(Some(tick)),
+        Err(e) => {
+            unreadable.note(channel, id, &e);
+            Ok(None)
+        }
+    }
+}
+
+/// `[id, fields]`; an entry whose id is not a stream id is a reply we do not
+/// understand at all.
+fn split_entry(v: Value) -> Result<(StreamId, Value), StoreError> {
+    match v {
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let fields = parts.pop().unwrap_or(Value::Nil);
+            let id = parts.pop().unwrap_or(Value::Nil);
+            let id = as_id(&id).ok_or_else(|| protocol("entry id", &id))?;
+            Ok((id, fields))
+        }
+        other => Err(protocol("entry", &other)),
+    }
+}
+
+/// An entry's fields → Tick. An entry is `j` (see `redis/append.lua`); entries
+/// written before that format (fields `q`, `ep`, `ts`, `e`, `v`, `d`) are still read.
+fn parse_fields(
+    channel: &Arc<str>,
+    id: StreamId,
+    fields: Value,
+    epochs: &mut Option<Arc<str>>,
+) -> Result<Tick, StoreError> {
+    let read = |body: String, epochs: &mut Option<Arc<str>>| {
+        Tick::from_body(id, channel.clone(), body, epochs).map_err(|e| StoreError::Protocol(format!("entry {id}: {e}")))
+    };
+    let body_of = |value: Value| into_string(value).ok_or_else(|| StoreError::Protocol(format!("entry {id}: body")));
+    // Fields as (name, value) pairs: a RESP2 flat array or a RESP3 map.
+    let fields: Vec<(Value, Value)> = match fields {
+        // The current format, `[j, body]`: no pairs to build.
+        Value::Array(mut items) if items.len() == 2 && as_bytes(&items[0]) == Some(b"j") => {
+            let body = items.pop().unwrap_or(Value::Nil);
+            return read(body_of(body)?, epochs);
+        }
+        Value::Map(kv) => kv,
+        Value::Array(items) => {
+            let mut kv = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                kv.push((k, v));
+            }
+            kv
+        }
+        other => return Err(protocol("entry fields", &other)),
+    };
+    let mut legacy = LegacyEntry::default();
+    for (name, value) in fields {
+        match as_bytes(&name) {
+            Some(b"j") => return read(body_of(value)?, epochs),
+            Some(b"q") => legacy.seq = as_u64(&value).unwrap_or(0),
+            Some(b"ep") => legacy.epoch = as_str(&value).unwrap_or_default(),
+            Some(b"ts") => legacy.ts_us = as_str(&value).and_then(|s| s.parse().ok()).unwrap_or(0),
+            Some(b"v") => legacy.value = as_str(&value),
+            Some(b"d") => legacy.data = as_str(&value),
+            Some(b"e") => legacy.event_id = as_str(&value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    // A first-format entry has at least its seq, epoch and event id; anything else
+    // is not a tick.
+    if legacy.seq == 0 || legacy.epoch.is_empty() || legacy.event_id.is_empty() {
+        return Err(StoreError::Protocol(format!(
+            "entry {id}: neither a tick body nor tick fields"
+        )));
+    }
+    let tail = crate::tick::wire::tail(
+        legacy.ts_us,
+        legacy.value.as_deref(),
+        legacy.data.as_deref(),
+        &legacy.event_id,
+    );
+    read(crate::tick::wire::body(legacy.seq, &legacy.epoch, &tail), epochs)
+}
+
+/// The fields of an entry in the first storage format.
+#[derive(Default)]
+struct LegacyEntry {
+    seq: u64,
+    epoch: String,
+    ts_us: i64,
+    value: Option<String>,
+    data: Option<String>,
+    event_id: String,
+}
+
+fn into_string(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
+    }
+}
