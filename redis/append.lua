@@ -1,4 +1,4 @@
--- tickstream: append a channel's ticks, atomically (SPEC §1, ARCHITECTURE §2 and §7).
+-- tickstream: append a channel's ticks, atomically (docs/PROTOCOL.md §2, docs/ARCHITECTURE.md §2 and §3).
 --
 -- Dedup, epoch, seq, XADD and the channel registry happen in one script, so that
 -- concurrent duplicates are stored once and `seq` has no holes: nothing can run

@@ -1,5 +1,5 @@
 //! Configuration: read once at start-up from the environment (and `.env`), with a
-//! CLI flag per variable that overrides it (SPEC §6).
+//! CLI flag per variable that overrides it (every variable is listed in `.env.example`).
 //!
 //! clap reads every value as a string and [`Config::from_cli`] validates it, so a bad
 //! value stops start-up with a message that names the *variable* (operators set

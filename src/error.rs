@@ -4,7 +4,7 @@
 //! [`AuthError`], [`TickError`], …). They become an HTTP answer in exactly one place,
 //! the [`IntoResponse`] impl of [`ApiError`] below, which picks the status and the
 //! stable machine-readable `error` code of the JSON body `{"error","message"}`
-//! (SPEC §4). Clients branch on `error`; `message` is for people and may change.
+//! (docs/PROTOCOL.md §4). Clients branch on `error`; `message` is for people and may change.
 //!
 //! Internal details (Redis error text, file paths) are logged, never sent: a 503 says
 //! "storage unavailable", the log says why.

@@ -22,19 +22,19 @@
 //! [`Server::bind`] to learn the port before serving.
 
 pub mod acl;
-pub mod auth;
+pub(crate) mod auth;
 pub mod clock;
 pub mod config;
-pub mod error;
-pub mod http;
-pub mod hub;
+pub(crate) mod error;
+pub(crate) mod http;
+pub(crate) mod hub;
 pub mod keyspace;
-pub mod metrics;
-pub mod nodes;
+pub(crate) mod metrics;
+pub(crate) mod nodes;
 pub mod ratelimit;
-pub mod retry;
+pub(crate) mod retry;
 pub mod session;
-pub mod store;
+pub(crate) mod store;
 pub mod tick;
 
 use std::future::Future;
@@ -49,7 +49,7 @@ pub use config::Config;
 
 use crate::auth::{Authenticator, DevCredentials};
 use crate::http::AppState;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::session::SessionContext;
@@ -58,7 +58,7 @@ use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError, StoreHealth};
 
 /// How long after the signal shutdown waits for sessions to send their 1012 close
-/// and end; the process exits within 10 s of SIGTERM (SPEC §7).
+/// and end; the process exits within 10 s of SIGTERM (docs/OPERATIONS.md "Upgrades").
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// How long in-flight HTTP requests get to finish after the signal.
 const HTTP_DRAIN: Duration = Duration::from_secs(6);
@@ -111,9 +111,11 @@ impl Server {
             .map_err(|e| StartError::Bind(config.listen, e))?;
         let hub = Hub::new(
             store.clone(),
-            config.partitions,
-            config.live_buffer,
-            config.recent_ring(),
+            HubSettings {
+                partitions: config.partitions,
+                live_buffer: config.live_buffer,
+                ring: config.recent_ring(),
+            },
             metrics.clone(),
         );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

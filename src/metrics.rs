@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §7).
+//! Prometheus metrics (docs/PROTOCOL.md §7).
 //!
 //! One registry per server instance, not a global: tests run several servers in one
 //! process and each must count only its own traffic.

@@ -1,4 +1,4 @@
-//! RS256 / ES256 tokens verified with a PEM public key (SPEC §2): the algorithm is
+//! RS256 / ES256 tokens verified with a PEM public key (docs/PROTOCOL.md §3.2): the algorithm is
 //! pinned by the key, so a token signed any other way is refused.
 
 mod support;

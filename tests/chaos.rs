@@ -1,4 +1,4 @@
-//! Faults with real processes (SPEC §3, §7): `redis-server` and the `tickstream`
+//! Faults with real processes (docs/PROTOCOL.md §5, docs/OPERATIONS.md): `redis-server` and the `tickstream`
 //! binary started here and killed or stopped by pid. Each test checks, against
 //! `XRANGE`, that every client got every tick after its cursor exactly once, in
 //! order, or an announced gap.

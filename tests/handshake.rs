@@ -1,4 +1,4 @@
-//! The WebSocket handshake and hostile client input (SPEC §2, §3): every refusal is
+//! The WebSocket handshake and hostile client input (docs/PROTOCOL.md §3, §5): every refusal is
 //! an HTTP answer with a JSON error before any upgrade, and leaves Redis unchanged;
 //! bad messages on an open socket close it with the documented code.
 

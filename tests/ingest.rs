@@ -1,4 +1,4 @@
-//! Ingest (SPEC §1, §4): validation all-or-nothing, deduplication, the event id, and
+//! Ingest (docs/PROTOCOL.md §2, §4): validation all-or-nothing, deduplication, the event id, and
 //! that refused requests leave Redis untouched.
 
 mod support;
@@ -21,7 +21,7 @@ async fn a_tick_is_stored_with_the_spec_event_id_and_seq() {
     assert_eq!(result["event_id"], expected.as_str());
     assert_eq!(result["duplicate"], false);
     let id = result["id"].as_str().unwrap();
-    // The stream key is partitioned as SPEC §1 says.
+    // The stream key is partitioned as docs/PROTOCOL.md §2.4 says.
     assert_eq!(redis.xrange_ids("crypto.BTC-USD", 16), vec![id.to_string()]);
     let exists: bool = redis::cmd("EXISTS")
         .arg("tickstream:{p5}:s:crypto.BTC-USD")

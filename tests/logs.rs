@@ -1,4 +1,4 @@
-//! Tokens never reach logs (SPEC §2): every request below carries a token in the
+//! Tokens never reach logs (docs/PROTOCOL.md §3.1): every request below carries a token in the
 //! query string, the bearer subprotocol or a header, and the captured log output,
 //! at TRACE for every crate, must not contain any of them.
 //!

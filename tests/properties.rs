@@ -41,7 +41,7 @@ proptest! {
         seq in any::<u64>(),
         ms in 0u64..4_000_000_000_000,
     ) {
-        // At least one of them (SPEC §1); an empty object is a valid `data`.
+        // At least one of them (docs/PROTOCOL.md §2.1); an empty object is a valid `data`.
         let data = if value.is_none() { Some(data.unwrap_or_default()) } else { data };
         let mut sent = json!({"channel": channel, "ts": "2026-11-23T08:00:00.123456+02:00"});
         if let Some(v) = value { sent["value"] = json!(v); }

@@ -1,4 +1,4 @@
-//! REST reads and operations endpoints (SPEC §4, §7).
+//! REST reads and operations endpoints (docs/PROTOCOL.md §6, §7).
 
 mod support;
 

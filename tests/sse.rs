@@ -40,7 +40,7 @@ async fn a_stream_carries_the_same_frames_as_a_websocket() {
     }
     assert_eq!(event_ids(&events), history);
     let live = ingest_n(&app, "sse.c", 5, 2).await;
-    let got: Vec<String> = vec![sse.next_event().await, sse.next_event().await]
+    let got: Vec<String> = [sse.next_event().await, sse.next_event().await]
         .iter()
         .map(|e| e.data["id"].as_str().unwrap().to_string())
         .collect();
@@ -54,7 +54,8 @@ async fn a_stream_is_refused_like_a_websocket_handshake() {
     let mut cfg = config(Some(&redis));
     cfg.rate_limits = tickstream::ratelimit::Limits::uniform(tickstream::ratelimit::Rate::parse("2/h:2").unwrap());
     let app = TestApp::start(cfg).await;
-    let cases: Vec<(&str, String, Vec<(&str, String)>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no token", "/sse/sse.a".into(), vec![], 401, "missing_token"),
         (
             "bad channel",

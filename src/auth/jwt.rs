@@ -25,7 +25,7 @@ pub struct Claims {
     pub scope: Scope,
 }
 
-/// `scope` as an array (SPEC) or, as OAuth servers issue it, one space-separated string.
+/// `scope` as an array (docs/PROTOCOL.md §3.2) or, as OAuth servers issue it, one space-separated string.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Scope {

@@ -13,12 +13,12 @@
 //! exactly once, in id order, and any discontinuity (trimmed history, a new epoch)
 //! is announced by a `gap` frame first.
 
-pub mod cursor;
+pub(crate) mod cursor;
 pub mod protocol;
-pub mod replay;
-pub mod sse;
-pub mod websocket;
-pub mod writer;
+pub(crate) mod replay;
+pub(crate) mod sse;
+pub(crate) mod websocket;
+pub(crate) mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;

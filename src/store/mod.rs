@@ -1,4 +1,4 @@
-//! Storage engines behind one interface (ARCHITECTURE §6).
+//! Storage engines behind one interface (docs/ARCHITECTURE.md §6).
 //!
 //! [`Store`] is an enum rather than a trait object: there are exactly two engines,
 //! async trait methods are not object-safe without boxing every call, and a `match`
@@ -76,10 +76,6 @@ pub struct StreamInfo {
 }
 
 impl StreamInfo {
-    pub fn epoch(&self) -> Option<&str> {
-        self.last.as_ref().map(|t| &*t.epoch)
-    }
-
     pub fn has_trimmed(&self) -> bool {
         self.entries_added > self.length
     }

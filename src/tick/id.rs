@@ -95,7 +95,7 @@ impl FromStr for StreamId {
     }
 }
 
-/// Where a subscriber wants to start (SPEC §3 `since`).
+/// Where a subscriber wants to start (docs/PROTOCOL.md §5.1 `since`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
     /// `since` absent: the last `TICKSTREAM_DEFAULT_REPLAY` ticks.

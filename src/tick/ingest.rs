@@ -16,7 +16,7 @@ pub const MAX_KEY_CHARS: usize = 128;
 /// Most ticks in one ingest batch.
 pub const MAX_BATCH: usize = 1000;
 
-/// One tick as a producer posts it. Unknown fields are refused (SPEC §1), so a typo
+/// One tick as a producer posts it. Unknown fields are refused (docs/PROTOCOL.md §2.1), so a typo
 /// such as `"vaule"` fails loudly instead of storing a tick without its value.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +67,7 @@ pub struct PreparedTick {
 }
 
 impl IngestTick {
-    /// Validates against SPEC §1; `now_us` is the default `ts`.
+    /// Validates against docs/PROTOCOL.md §2.1; `now_us` is the default `ts`.
     pub fn prepare(self, now_us: i64) -> Result<PreparedTick, TickError> {
         if !is_valid_channel(&self.channel) {
             return Err(TickError::BadChannel);
@@ -163,7 +163,7 @@ pub fn parse_body(bytes: &[u8], now_us: i64) -> Result<Vec<PreparedTick>, BodyEr
         .collect()
 }
 
-/// SPEC §1 event id: lowercase hex SHA-256 of the compact, key-sorted JSON array
+/// The event id (docs/PROTOCOL.md §2.3): lowercase hex SHA-256 of the compact, key-sorted JSON array
 /// `["k",channel,key]` or `["t",channel,ts_us,value,data]`. serde_json's `Value`
 /// keeps object keys in a BTreeMap, so its compact output is already key-sorted.
 pub fn event_id(

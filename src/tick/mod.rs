@@ -19,7 +19,7 @@ pub use id::{BadSince, BadStreamId, Since, StreamId};
 pub use ingest::{parse_body, BodyError, IngestTick, PreparedTick, TickError};
 pub use wire::{new_epoch, Tick};
 
-/// Longest channel name (SPEC §1: one leading character plus up to 127 more).
+/// Longest channel name (docs/PROTOCOL.md §1: one leading character plus up to 127 more).
 pub const MAX_CHANNEL_LEN: usize = 128;
 
 /// `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`, checked by hand: it runs on every request

@@ -122,7 +122,7 @@ impl Tick {
         Some(&self.body[start..start + len])
     }
 
-    /// Writes the tick object of SPEC §1; with `as_frame` it is the WebSocket
+    /// Writes the tick object of docs/PROTOCOL.md §2.5; with `as_frame` it is the WebSocket
     /// `tick` frame (the same object with `"type":"tick"` first). The members the
     /// stream id determines come first, then the stored body as it is.
     pub fn write_json(&self, out: &mut String, as_frame: bool) {

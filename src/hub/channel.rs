@@ -1,0 +1,222 @@
+//! A channel as the hub keeps it while it has local subscribers: its live buffer,
+//! its ring of recent ticks and its tail cursor; the partition that holds it; and a
+//! session's handle on it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, Notify};
+
+use crate::store::{TailBatch, TailWaker};
+use crate::tick::{StreamId, Tick};
+
+/// One tick, serialized once per node and shared by every session (cloning is a
+/// reference-count bump).
+#[derive(Debug, Clone)]
+pub struct LiveFrame {
+    pub id: StreamId,
+    pub seq: u64,
+    pub epoch: Arc<str>,
+    /// The complete `{"type":"tick",…}` frame.
+    pub text: Utf8Bytes,
+}
+
+impl LiveFrame {
+    pub fn new(tick: &Tick) -> LiveFrame {
+        LiveFrame {
+            id: tick.id,
+            seq: tick.seq,
+            epoch: tick.epoch.clone(),
+            text: Utf8Bytes::from(tick.to_frame()),
+        }
+    }
+}
+
+pub(crate) struct ActiveChannel {
+    /// The live buffer, made when the first tick is published on this node: a
+    /// channel that nobody writes to costs its subscribers no buffer at all (a
+    /// broadcast allocates every slot up front).
+    pub(crate) tx: Option<broadcast::Sender<LiveFrame>>,
+    /// Wakes the subscribers that joined before `tx` existed.
+    pub(crate) opened: Arc<Notify>,
+    pub(crate) subscribers: usize,
+    /// Last id published (or the stream's last id when the channel became active).
+    pub(crate) cursor: StreamId,
+    /// The channel's latest ticks, a contiguous suffix of its stream ending at
+    /// `cursor`: resumes and catch-ups of recent history are served from here
+    /// instead of each reading Redis (a reconnect storm costs Redis nothing).
+    pub(crate) recent: VecDeque<LiveFrame>,
+    /// Every stream entry with an id greater than this is in `recent`.
+    pub(crate) floor: StreamId,
+    /// The stream's oldest kept id as last read, for `subscribed` frames.
+    pub(crate) first_id: Option<StreamId>,
+    pub(crate) first_read: Instant,
+    /// One session refreshes `first_id` at a time; the others use the last value.
+    pub(crate) refreshing: bool,
+}
+
+impl ActiveChannel {
+    pub(crate) fn push_recent(&mut self, frame: LiveFrame, capacity: usize) {
+        if self.recent.back().is_some_and(|last| last.epoch != frame.epoch) {
+            // The stream was lost and began again (a new epoch): what the ring holds
+            // is no longer part of it.
+            self.recent.clear();
+            self.floor = frame.id.prev();
+        }
+        if self.recent.len() >= capacity {
+            if let Some(old) = self.recent.pop_front() {
+                self.floor = old.id;
+            }
+        }
+        self.recent.push_back(frame);
+    }
+}
+
+pub(crate) struct Partition {
+    pub(crate) index: u32,
+    /// Activations of this partition's channels run one at a time, so a storm of
+    /// first subscribers to one channel reads its recent history from Redis once.
+    pub(crate) activation: tokio::sync::Mutex<()>,
+    pub(crate) channels: Mutex<HashMap<Arc<str>, ActiveChannel>>,
+    pub(crate) waker: Arc<TailWaker>,
+    /// Bumped whenever a channel is added to the set.
+    pub(crate) generation: AtomicU64,
+    /// The generation of the set the reader's current read uses.
+    pub(crate) reading_generation: AtomicU64,
+    /// Unix ms of the store's last answer to this reader; 0 while idle.
+    pub(crate) last_heard_ms: AtomicU64,
+}
+
+impl Partition {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, ActiveChannel>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn cursors(&self) -> Vec<(Arc<str>, StreamId)> {
+        self.lock().iter().map(|(c, a)| (c.clone(), a.cursor)).collect()
+    }
+
+    /// A receiver of the channel's live buffer, once it has one.
+    pub(crate) fn receiver(&self, channel: &str) -> Option<broadcast::Receiver<LiveFrame>> {
+        self.lock().get(channel)?.tx.as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    pub(crate) fn publish(&self, batches: Vec<TailBatch>, ring: usize, live_buffer: usize) {
+        // Serialize outside the lock: that is the expensive part.
+        let frames: Vec<(Arc<str>, Vec<LiveFrame>, StreamId)> = batches
+            .into_iter()
+            .map(|b| (b.channel, b.ticks.iter().map(LiveFrame::new).collect(), b.last))
+            .collect();
+        let mut channels = self.lock();
+        for (channel, frames, last) in frames {
+            let Some(active) = channels.get_mut(&channel) else {
+                continue;
+            };
+            if frames.is_empty() {
+                // Only unreadable entries: move past them.
+                active.cursor = active.cursor.max(last);
+                continue;
+            }
+            let tx = match &active.tx {
+                Some(tx) => tx.clone(),
+                None => {
+                    // Nobody can be subscribed to the new buffer yet: the first frames
+                    // reach the waiting subscribers through the ring once woken.
+                    let tx = broadcast::channel(live_buffer).0;
+                    active.tx = Some(tx.clone());
+                    active.opened.notify_waiters();
+                    tx
+                }
+            };
+            for frame in frames {
+                if frame.id > active.cursor {
+                    active.cursor = frame.id;
+                    active.push_recent(frame.clone(), ring);
+                    // No receivers is fine: the last one may have just left.
+                    let _ = tx.send(frame);
+                }
+            }
+            active.cursor = active.cursor.max(last);
+        }
+    }
+}
+
+/// A session's handle on a channel's live ticks. Dropping it unsubscribes; the last
+/// one to go makes the channel inactive.
+pub struct LiveSubscription {
+    /// `None` until the channel's live buffer exists (its first live tick).
+    pub(crate) rx: Option<broadcast::Receiver<LiveFrame>>,
+    pub(crate) opened: Arc<Notify>,
+    pub(crate) partition: Arc<Partition>,
+    pub(crate) channel: Arc<str>,
+}
+
+/// Why a live subscription returned no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    /// It fell behind the live buffer: frames were dropped; catch up from the ring or
+    /// the stream.
+    Lagged,
+    /// The channel got its live buffer just now: its first frames are in the ring,
+    /// not in this receiver; catch up from the ring.
+    Opened,
+    /// The channel is gone (the hub shut down).
+    Closed,
+}
+
+impl LiveSubscription {
+    /// The next live frame.
+    pub async fn recv(&mut self) -> Result<LiveFrame, Interrupted> {
+        loop {
+            if let Some(rx) = &mut self.rx {
+                return rx.recv().await.map_err(|e| match e {
+                    RecvError::Lagged(_) => Interrupted::Lagged,
+                    RecvError::Closed => Interrupted::Closed,
+                });
+            }
+            // Registered before looking, so an opening between the look and the wait
+            // still wakes this subscriber.
+            let notified = self.opened.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(rx) = self.partition.receiver(&self.channel) {
+                self.rx = Some(rx);
+                return Err(Interrupted::Opened);
+            }
+            notified.await;
+        }
+    }
+
+    /// A frame that is ready now, if any (`Ok(None)`: nothing ready).
+    pub fn try_recv(&mut self) -> Result<Option<LiveFrame>, Interrupted> {
+        let Some(rx) = &mut self.rx else {
+            return Ok(None);
+        };
+        match rx.try_recv() {
+            Ok(frame) => Ok(Some(frame)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Lagged(_)) => Err(Interrupted::Lagged),
+            Err(TryRecvError::Closed) => Err(Interrupted::Closed),
+        }
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+impl Drop for LiveSubscription {
+    fn drop(&mut self) {
+        let mut channels = self.partition.lock();
+        if let Some(active) = channels.get_mut(&self.channel) {
+            active.subscribers -= 1;
+            if active.subscribers == 0 {
+                channels.remove(&self.channel);
+            }
+        }
+    }
+}

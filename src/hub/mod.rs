@@ -1,0 +1,261 @@
+//! The live tail and fan-out of one node (docs/ARCHITECTURE.md §4).
+//!
+//! - [`channel`]: an active channel (live buffer, ring, cursor), its partition, and a
+//!   session's handle on it.
+//! - [`reader`]: one reader task per partition, tailing the store.
+//!
+//! While a partition has active channels (channels with at least one local
+//! subscriber), its reader blocks on the store for all of them at once (one `XREAD`
+//! over every active stream of the partition), serializes each new tick once into a
+//! [`LiveFrame`] and broadcasts it to that channel's sessions. A node's reads
+//! therefore grow with its active partitions, never with its clients.
+//!
+//! When a channel becomes active its tail cursor is fixed *before* the first
+//! subscriber replays history, so "replay up to now" ∪ "live after the cursor" covers
+//! every id; sessions drop the overlap by id.
+
+pub mod channel;
+pub mod reader;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, Notify};
+
+use crate::clock::now_ms;
+use crate::keyspace::partition_of;
+use crate::metrics::Metrics;
+use crate::store::{IdRange, Store, StoreError, StreamInfo, TailWaker};
+use crate::tick::StreamId;
+use channel::{ActiveChannel, Partition};
+pub use channel::{Interrupted, LiveFrame, LiveSubscription};
+
+/// What the hub is sized with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubSettings {
+    pub partitions: u32,
+    /// Frames each active channel's live buffer holds; a subscriber further behind
+    /// catches up from the ring or the stream instead.
+    pub live_buffer: usize,
+    /// Recent ticks each active channel keeps for resumes and catch-ups.
+    pub ring: usize,
+}
+
+/// What a newly active channel starts with: read once, by the first subscriber.
+struct Seed {
+    recent: VecDeque<LiveFrame>,
+    floor: StreamId,
+    first_id: Option<StreamId>,
+}
+
+/// The head of a channel's stream as the hub knows it.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub epoch: Option<Arc<str>>,
+    pub first_id: Option<StreamId>,
+    pub last_id: Option<StreamId>,
+    /// `seq` of the tick at `last_id`, when the ring holds it.
+    pub last_seq: Option<u64>,
+}
+
+pub struct Hub {
+    store: Store,
+    partitions: Vec<Arc<Partition>>,
+    live_buffer: usize,
+    /// Capacity of each active channel's ring of recent ticks.
+    ring: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(store: Store, settings: HubSettings, metrics: Arc<Metrics>) -> Arc<Hub> {
+        Arc::new(Hub {
+            store,
+            partitions: (0..settings.partitions)
+                .map(|index| {
+                    Arc::new(Partition {
+                        index,
+                        activation: tokio::sync::Mutex::new(()),
+                        channels: Mutex::new(HashMap::new()),
+                        waker: Arc::new(TailWaker::default()),
+                        generation: AtomicU64::new(0),
+                        reading_generation: AtomicU64::new(0),
+                        last_heard_ms: AtomicU64::new(0),
+                    })
+                })
+                .collect(),
+            live_buffer: settings.live_buffer.max(16),
+            ring: settings.ring.max(1),
+            metrics,
+        })
+    }
+
+    /// Registers a live receiver for `channel`, activating the channel (and fixing its
+    /// tail cursor) if this node had no subscriber for it. Call this *before*
+    /// replaying history.
+    pub async fn subscribe(self: &Arc<Self>, channel: &str) -> Result<LiveSubscription, StoreError> {
+        let partition = self.partition(channel).clone();
+        if let Some(sub) = self.join(&partition, channel, None) {
+            return Ok(sub);
+        }
+        let _one_at_a_time = partition.activation.lock().await;
+        if let Some(sub) = self.join(&partition, channel, None) {
+            return Ok(sub);
+        }
+        let info = self.store.info(channel).await?;
+        let mut newest = self.store.rev_range(channel, IdRange::ALL, self.ring).await?;
+        newest.reverse();
+        let whole_stream = newest.len() < self.ring && !info.as_ref().is_some_and(StreamInfo::has_trimmed);
+        let floor = match newest.first() {
+            // Nothing was ever trimmed and all of it fitted: every id is here.
+            _ if whole_stream => StreamId::ZERO,
+            Some(first) => first.id.prev(),
+            None => StreamId::ZERO,
+        };
+        let seed = Seed {
+            recent: newest.iter().map(LiveFrame::new).collect(),
+            floor,
+            first_id: info.and_then(|i| i.first).map(|t| t.id),
+        };
+        self.join(&partition, channel, Some(seed))
+            .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))
+    }
+
+    /// Ticks after `after`, when the node-local ring holds all of them.
+    pub fn recent_after(&self, channel: &str, after: StreamId) -> Option<Vec<LiveFrame>> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        if after < active.floor {
+            return None;
+        }
+        let start = active.recent.partition_point(|f| f.id <= after);
+        Some(active.recent.range(start..).cloned().collect())
+    }
+
+    /// The ring's frame of the tick with id `id`, if the ring holds it.
+    pub fn frame_at(&self, channel: &str, id: StreamId) -> Option<LiveFrame> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        let i = active.recent.partition_point(|f| f.id < id);
+        active.recent.get(i).filter(|f| f.id == id).cloned()
+    }
+
+    /// Whether the ring holds every tick after `after` (so a resume from it needs no
+    /// store read).
+    pub fn ring_covers(&self, channel: &str, after: StreamId) -> bool {
+        let channels = self.partition(channel).lock();
+        channels.get(channel).is_some_and(|active| after >= active.floor)
+    }
+
+    /// The last `n` ticks, when the ring holds them (or the whole stream is shorter).
+    pub fn recent_last(&self, channel: &str, n: usize) -> Option<Vec<LiveFrame>> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        if active.recent.len() < n && active.floor != StreamId::ZERO {
+            return None;
+        }
+        let start = active.recent.len().saturating_sub(n);
+        Some(active.recent.range(start..).cloned().collect())
+    }
+
+    /// The stream's epoch, first and last id for a `subscribed` frame, without a
+    /// store read per subscriber: `first_id` is re-read at most once a second per
+    /// channel (trimming moves it; everything else the hub tracks exactly).
+    pub fn head(self: &Arc<Self>, channel: &str) -> Option<Head> {
+        let mut channels = self.partition(channel).lock();
+        let active = channels.get_mut(channel)?;
+        if active.first_read.elapsed() > Duration::from_secs(1) && !active.refreshing {
+            // Refreshed in the background (this subscriber uses the last value), so a
+            // subscriber that goes away mid-read cannot leave the flag set.
+            active.refreshing = true;
+            tokio::spawn(self.clone().refresh_first_id(channel.into()));
+        }
+        // When the ring holds the whole stream its first tick is the exact answer.
+        let first_id = match active.recent.front() {
+            Some(f) if active.floor == StreamId::ZERO => Some(f.id),
+            _ => active.first_id,
+        };
+        Some(Head {
+            epoch: active.recent.back().map(|f| f.epoch.clone()),
+            first_id,
+            last_id: (active.cursor != StreamId::ZERO).then_some(active.cursor),
+            last_seq: active.recent.back().map(|f| f.seq),
+        })
+    }
+
+    async fn refresh_first_id(self: Arc<Self>, channel: Arc<str>) {
+        // A failed read keeps the last value: it only feeds `first_id`.
+        let read = self.store.info(&channel).await;
+        let mut channels = self.partition(&channel).lock();
+        if let Some(active) = channels.get_mut(&channel) {
+            active.refreshing = false;
+            if let Ok(info) = read {
+                active.first_id = info.and_then(|i| i.first).map(|t| t.id);
+                active.first_read = Instant::now();
+            }
+        }
+    }
+
+    fn partition(&self, channel: &str) -> &Arc<Partition> {
+        let index = partition_of(channel, self.partitions.len() as u32) as usize;
+        &self.partitions[index]
+    }
+
+    /// Joins an active channel, or activates it with `seed` when given.
+    fn join(
+        self: &Arc<Self>,
+        partition: &Arc<Partition>,
+        channel: &str,
+        seed: Option<Seed>,
+    ) -> Option<LiveSubscription> {
+        let mut channels = partition.lock();
+        let (key, rx, opened) = match channels.get_key_value(channel) {
+            Some((key, active)) => (
+                key.clone(),
+                active.tx.as_ref().map(broadcast::Sender::subscribe),
+                active.opened.clone(),
+            ),
+            None => {
+                let seed = seed?;
+                let key: Arc<str> = channel.into();
+                let opened = Arc::new(Notify::new());
+                channels.insert(
+                    key.clone(),
+                    ActiveChannel {
+                        tx: None,
+                        opened: opened.clone(),
+                        subscribers: 0,
+                        cursor: seed.recent.back().map_or(StreamId::ZERO, |f| f.id),
+                        recent: seed.recent,
+                        floor: seed.floor,
+                        first_id: seed.first_id,
+                        first_read: Instant::now(),
+                        refreshing: false,
+                    },
+                );
+                let generation = partition.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                if partition.last_heard_ms.load(Ordering::Acquire) == 0 {
+                    partition.last_heard_ms.store(now_ms(), Ordering::Release);
+                }
+                tokio::spawn(self.clone().wake_reader(partition.clone(), generation));
+                (key, None, opened)
+            }
+        };
+        if let Some(active) = channels.get_mut(&key) {
+            active.subscribers += 1;
+        }
+        Some(LiveSubscription {
+            rx,
+            opened,
+            partition: partition.clone(),
+            channel: key,
+        })
+    }
+
+    /// Channels with local subscribers (for metrics and tests).
+    pub fn active_channels(&self) -> usize {
+        self.partitions.iter().map(|p| p.lock().len()).sum()
+    }
+}
