@@ -13,8 +13,14 @@ use tokio::sync::watch;
 use super::Store;
 use crate::retry::ErrorLog;
 
-/// How often, and how long at most, the store is pinged.
+/// How often the store is pinged…
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// …how long a ping may take…
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// …and how many pings in a row must fail before the store counts as down. One slow
+/// ping is a busy node (a storm of handshakes queues commands ahead of it), not an
+/// outage: refusing every handshake for it would make the storm worse.
+const FAILURES_TO_DOWN: u32 = 2;
 
 pub struct StoreHealth {
     up: AtomicBool,
@@ -29,7 +35,7 @@ impl Default for StoreHealth {
 }
 
 impl StoreHealth {
-    /// True unless the store failed its last health ping.
+    /// True unless the store failed its last health pings.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -37,14 +43,17 @@ impl StoreHealth {
     /// Pings the store every second until `shutdown` turns true.
     pub async fn watch(self: Arc<Self>, store: Store, mut shutdown: watch::Receiver<bool>) {
         let mut log = ErrorLog::default();
+        let mut failures = 0;
         loop {
-            let up = matches!(tokio::time::timeout(PING_EVERY, store.ping()).await, Ok(Ok(())));
+            let answered = matches!(tokio::time::timeout(PING_TIMEOUT, store.ping()).await, Ok(Ok(())));
+            failures = if answered { 0 } else { failures + 1 };
+            let up = failures < FAILURES_TO_DOWN;
             self.up.store(up, Ordering::Release);
-            if up {
+            if answered {
                 if log.recovered() {
                     tracing::info!("store reachable again");
                 }
-            } else if log.should_log() {
+            } else if !up && log.should_log() {
                 tracing::warn!("store unreachable: handshakes answer 503 until it returns");
             }
             tokio::select! {
