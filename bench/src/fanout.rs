@@ -70,41 +70,48 @@ async fn subscriber(mut ws: Ws, target: Arc<AtomicU64>, stop: Arc<AtomicBool>) -
     };
     let mut last_seq: Option<u64> = None;
     let mut missing = BTreeSet::new();
-    // One periodic timer per subscriber rather than a timeout per read.
+    // One periodic timer per subscriber rather than a timeout per read, polled only
+    // when every frame already read has been handled.
     let mut check = tokio::time::interval(Duration::from_millis(200));
-    loop {
+    'run: loop {
+        while let Some(frame) = ws.buffered() {
+            let f = match frame {
+                Frame::Text(f) if is_tick(f) => f,
+                Frame::Close(_) => break 'run,
+                _ => continue,
+            };
+            let (Some(seq), Some(sent)) = (number_after(f, b"\"seq\":"), number_after(f, b"\"sent_us\":")) else {
+                continue;
+            };
+            seen.received += 1;
+            let _ = seen.latency_us.record(now_us().saturating_sub(sent).max(1));
+            match last_seq {
+                Some(last) if seq == last + 1 => last_seq = Some(seq),
+                Some(last) if seq > last => {
+                    // Seqs skipped so far: lost unless they turn up late (reordered).
+                    missing.extend((last + 1..seq).take(100_000));
+                    last_seq = Some(seq);
+                }
+                Some(_) if missing.remove(&seq) => seen.reordered += 1,
+                Some(_) => seen.duplicated += 1,
+                None => last_seq = Some(seq),
+            }
+        }
         let t = target.load(Ordering::Acquire);
         if t > 0 && seen.received >= t {
             break;
         }
-        let (seq, sent) = tokio::select! {
-            frame = ws.next() => match frame {
-                Ok(Frame::Text(f)) if is_tick(f) => match (number_after(f, b"\"seq\":"), number_after(f, b"\"sent_us\":")) {
-                    (Some(seq), Some(sent)) => (seq, sent),
-                    _ => continue,
-                },
-                Ok(Frame::Text(_) | Frame::Other) => continue,
-                Ok(Frame::Close(_)) | Err(_) => break,
-            },
+        tokio::select! {
+            more = ws.read_more() => {
+                if !matches!(more, Ok(true)) {
+                    break;
+                }
+            }
             _ = check.tick() => {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
-                continue;
             }
-        };
-        seen.received += 1;
-        let _ = seen.latency_us.record(now_us().saturating_sub(sent).max(1));
-        match last_seq {
-            Some(last) if seq == last + 1 => last_seq = Some(seq),
-            Some(last) if seq > last => {
-                // Seqs skipped so far: lost unless they turn up late (reordered).
-                missing.extend((last + 1..seq).take(100_000));
-                last_seq = Some(seq);
-            }
-            Some(_) if missing.remove(&seq) => seen.reordered += 1,
-            Some(_) => seen.duplicated += 1,
-            None => last_seq = Some(seq),
         }
     }
     seen.lost = missing.len() as u64;

@@ -169,7 +169,7 @@ fn reader_token(args: &Args) -> String {
     })
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
     let mut report = Report::default();

@@ -3,27 +3,56 @@
 //! `POST`, `/ws/{channel}`, `/healthz`, `/metrics/system`).
 //!
 //! Each ingest batch is encoded once, as WebSocket frames in one buffer per channel,
-//! and that buffer is written once to each subscriber: the least work a fan-out can
-//! do. Run against it, the bench shows its own ceiling, and beside it what
+//! and that buffer is written to each subscriber's socket straight from the ingest
+//! request, one non-blocking write each (a subscriber whose socket is full gets the
+//! rest from a task of its own): the least work a fan-out can do. Run against it, the bench shows its own ceiling, and beside it what
 //! tickstream's extra work (storage, the ring, cursors, gaps) costs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-/// Batches queued per subscriber; a subscriber further behind loses batches (and the
-/// bench counts them lost).
-const QUEUE: usize = 4096;
+/// A subscriber's socket, written directly while it keeps up.
+struct Subscriber {
+    write: OwnedWriteHalf,
+    /// What could not be written at once (in order), and whether its task is writing
+    /// it: while either holds, new batches queue behind.
+    backlog: Mutex<(VecDeque<Arc<Vec<u8>>>, bool)>,
+    wake: Notify,
+    gone: std::sync::atomic::AtomicBool,
+}
+
+impl Subscriber {
+    fn send(&self, frames: &Arc<Vec<u8>>) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        if backlog.0.is_empty() && !backlog.1 {
+            match self.write.try_write(frames) {
+                Ok(n) if n == frames.len() => return,
+                Ok(n) => backlog.0.push_back(Arc::new(frames[n..].to_vec())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => backlog.0.push_back(frames.clone()),
+                Err(_) => {
+                    self.gone.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+            }
+        } else {
+            backlog.0.push_back(frames.clone());
+        }
+        backlog.1 = true;
+        self.wake.notify_one();
+    }
+}
 
 #[derive(Default)]
 struct Channel {
     seq: u64,
-    subscribers: Vec<mpsc::Sender<Arc<Vec<u8>>>>,
+    subscribers: Vec<Arc<Subscriber>>,
 }
 
 #[derive(Default)]
@@ -210,9 +239,11 @@ fn ingest(state: &State, body: &[u8]) -> String {
     for (name, frames) in batches {
         if let Some(channel) = channels.get_mut(&name) {
             let frames = Arc::new(frames);
-            channel.subscribers.retain(|s| !s.is_closed());
+            channel
+                .subscribers
+                .retain(|s| !s.gone.load(std::sync::atomic::Ordering::Acquire));
             for s in &channel.subscribers {
-                let _ = s.try_send(frames.clone());
+                s.send(&frames);
             }
         }
     }
@@ -237,7 +268,13 @@ async fn websocket(mut tcp: TcpStream, state: Arc<State>, channel: String, key: 
         &format!(r#"{{"channel":"{channel}","last_id":"0-0","type":"live"}}"#),
     );
     tcp.write_all(&out).await?;
-    let (tx, mut rx) = mpsc::channel::<Arc<Vec<u8>>>(QUEUE);
+    let (mut read, write) = tcp.into_split();
+    let subscriber = Arc::new(Subscriber {
+        write,
+        backlog: Mutex::new((VecDeque::new(), false)),
+        wake: Notify::new(),
+        gone: std::sync::atomic::AtomicBool::new(false),
+    });
     state
         .channels
         .lock()
@@ -245,23 +282,50 @@ async fn websocket(mut tcp: TcpStream, state: Arc<State>, channel: String, key: 
         .entry(channel)
         .or_default()
         .subscribers
-        .push(tx);
-    let (mut read, mut write) = tcp.into_split();
-    let mut discard = [0u8; 1024];
-    loop {
-        tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(frames) => write.write_all(&frames).await?,
-                None => return Ok(()),
-            },
-            n = read.read(&mut discard) => {
-                // What clients send (pongs, close) needs no answer here.
-                if n? == 0 {
-                    return Ok(());
+        .push(subscriber.clone());
+    let writer = tokio::spawn({
+        let s = subscriber.clone();
+        async move {
+            loop {
+                s.wake.notified().await;
+                loop {
+                    let next = {
+                        let mut backlog = s.backlog.lock().unwrap_or_else(|e| e.into_inner());
+                        match backlog.0.pop_front() {
+                            Some(b) => b,
+                            None => {
+                                backlog.1 = false;
+                                break;
+                            }
+                        }
+                    };
+                    if write_fully(&s.write, &next).await.is_err() {
+                        s.gone.store(true, std::sync::atomic::Ordering::Release);
+                        return;
+                    }
                 }
             }
         }
+    });
+    // What clients send (pongs, close) needs no answer here.
+    let mut discard = [0u8; 1024];
+    while read.read(&mut discard).await? > 0 {}
+    subscriber.gone.store(true, std::sync::atomic::Ordering::Release);
+    writer.abort();
+    Ok(())
+}
+
+/// Writes all of `bytes` through a shared write half.
+async fn write_fully(write: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        write.writable().await?;
+        match write.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

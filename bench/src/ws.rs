@@ -78,6 +78,35 @@ impl Ws {
         Ok(n)
     }
 
+    /// The next frame already in the buffer, if a whole one is there; no I/O (pings
+    /// are passed over unanswered: for the fan-out scenarios, which end long before
+    /// a server drops a silent client).
+    pub fn buffered(&mut self) -> Option<Frame<'_>> {
+        let (header, len, opcode) = self.parse()?;
+        let from = self.start + header;
+        self.start = from + len;
+        let payload = &self.buf[from..from + len];
+        Some(match opcode {
+            0x1 => Frame::Text(payload),
+            0x8 => Frame::Close((payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))),
+            _ => Frame::Other,
+        })
+    }
+
+    /// Reads more from the socket into the buffer; `false` at end of stream.
+    /// Cancel-safe.
+    pub async fn read_more(&mut self) -> io::Result<bool> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        Ok(self.fill().await? > 0)
+    }
+
     /// The next frame. Cancel-safe: bytes read before a cancellation stay buffered.
     pub async fn next(&mut self) -> io::Result<Frame<'_>> {
         loop {

@@ -55,18 +55,29 @@ pub struct SessionContext {
 /// their subscription's number: the writer drops those of a subscription the session
 /// has closed, so nothing of a channel follows the frame that says it was dropped,
 /// however a subscription task's last frames race with its abort.
+///
+/// Every variant is a word or a box: the queue allocates its slots in blocks of 32,
+/// and an idle connection keeps its first block for life (a 48-byte item made that
+/// block 1.5 KiB; boxed, it is 0.5 KiB).
 pub(crate) enum Outbound {
-    /// Frames of subscription `sub` (its `subscribed`, replayed ticks, `gap`, `live`),
-    /// up to [`FEED_BATCH`] at a time; `ticks` of them are tick frames.
-    Sub { sub: u64, frames: Vec<Frame>, ticks: u64 },
+    /// Frames of a subscription (its `subscribed`, replayed ticks, `gap`, `live`), up
+    /// to [`FEED_BATCH`] at a time.
+    Sub(Box<SubFrames>),
     /// The session's own frames (pong, error, keep-alive).
-    Session(Frame),
+    Session(Box<Frame>),
     /// From here on, frames of `sub` may be written.
     Open(u64),
     /// Subscription `sub` is over: its later frames and its live feed are dropped.
     Close(u64),
     /// A subscription has replayed history and hands its live feed to the writer.
     Live(Box<Handover>),
+}
+
+/// Frames of subscription `sub`; `ticks` of them are tick frames.
+pub(crate) struct SubFrames {
+    pub sub: u64,
+    pub frames: Vec<Frame>,
+    pub ticks: u64,
 }
 
 /// A subscription in its live phase: where it stands and its channel's live feed.
@@ -158,11 +169,11 @@ impl Session {
 
     /// Queues a frame of the session's own (keep-alive), unless the queue is full.
     pub(crate) fn try_send(&self, frame: Frame) {
-        let _ = self.out.try_send(Outbound::Session(frame));
+        let _ = self.out.try_send(Outbound::Session(Box::new(frame)));
     }
 
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), Ending> {
-        self.queue(Outbound::Session(frame)).await
+        self.queue(Outbound::Session(Box::new(frame))).await
     }
 
     pub(crate) async fn refuse(&self, channel: &str, code: &str, message: &str) -> Result<(), Ending> {

@@ -115,15 +115,12 @@ impl Kind {
     }
 }
 
-/// One frame for the client, as a transport takes it.
+/// One frame for the client, as a transport takes it. Kept as small as the text it
+/// shares (a connection's queue holds blocks of these, idle or not).
 #[derive(Debug, Clone)]
 pub enum Frame {
-    /// A JSON object; `id` is a tick's stream id (SSE writes it as `id:`).
-    Text {
-        kind: Kind,
-        id: Option<StreamId>,
-        text: Utf8Bytes,
-    },
+    /// A JSON object.
+    Text { kind: Kind, text: Utf8Bytes },
     /// Keep-alive: a WebSocket ping, an SSE comment.
     Ping,
 }
@@ -132,23 +129,25 @@ impl Frame {
     pub fn json(kind: Kind, value: serde_json::Value) -> Frame {
         Frame::Text {
             kind,
-            id: None,
             text: Utf8Bytes::from(value.to_string()),
         }
     }
 
     /// A tick frame, already serialized (shared bytes).
-    pub fn tick(id: StreamId, text: Utf8Bytes) -> Frame {
-        Frame::Text {
-            kind: Kind::Tick,
-            id: Some(id),
-            text,
-        }
+    pub fn tick(text: Utf8Bytes) -> Frame {
+        Frame::Text { kind: Kind::Tick, text }
     }
 
     pub fn is_tick(&self) -> bool {
         matches!(self, Frame::Text { kind: Kind::Tick, .. })
     }
+}
+
+/// The `id` of a tick frame, read from its text: tick frames begin
+/// `{"type":"tick","id":"<id>"` (`Tick::write_json`).
+pub fn tick_id(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(r#"{"type":"tick","id":""#)?;
+    rest.split('"').next()
 }
 
 pub fn subscribed(channel: &str, epoch: Option<&str>, first: Option<StreamId>, last: Option<StreamId>) -> Frame {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::cursor::{Admit, Cursor};
 use super::protocol::{self, Frame, SubscribeRequest, REPLAY_PAGE};
-use super::{Handover, Outbound, SessionContext};
+use super::{Handover, Outbound, SessionContext, SubFrames};
 use crate::hub::LiveFrame;
 use crate::retry::until_ok;
 use crate::store::IdRange;
@@ -60,11 +60,11 @@ impl Feed {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let out = Outbound::Sub {
+        let out = Outbound::Sub(Box::new(SubFrames {
             sub: self.cursor.sub,
             frames: std::mem::replace(&mut self.pending, Vec::with_capacity(FEED_BATCH)),
             ticks: std::mem::take(&mut self.pending_ticks),
-        };
+        }));
         self.out.send(out).await.map_err(|_| Gone)
     }
 
@@ -91,18 +91,14 @@ impl Feed {
     }
 
     async fn emit_stored(&mut self, tick: &Tick) -> Result<(), Gone> {
-        self.emit(tick.id, tick.seq, &tick.epoch, || {
-            Frame::tick(tick.id, tick.to_frame().into())
-        })
-        .await
+        self.emit(tick.id, tick.seq, &tick.epoch, || Frame::tick(tick.to_frame().into()))
+            .await
     }
 
     /// Sends one shared frame from the hub's ring.
     async fn emit_frame(&mut self, frame: &LiveFrame) -> Result<(), Gone> {
-        self.emit(frame.id, frame.seq, &frame.epoch, || {
-            Frame::tick(frame.id, frame.text.clone())
-        })
-        .await
+        self.emit(frame.id, frame.seq, &frame.epoch, || Frame::tick(frame.text.clone()))
+            .await
     }
 
     /// Sends everything after `last_sent`: from the hub's ring when it holds all of

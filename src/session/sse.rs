@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{close, Closing, Frame, SubscribeRequest, PING_INTERVAL};
+use super::protocol::{close, tick_id, Closing, Frame, SubscribeRequest, PING_INTERVAL};
 use super::writer::{Transport, Writer};
 use super::{queue, Session, SessionContext};
 use crate::auth::Principal;
@@ -30,12 +30,12 @@ pub(crate) struct SseTransport {
 /// Appends one frame as an SSE event.
 fn write_event(out: &mut Vec<u8>, frame: &Frame) {
     match frame {
-        Frame::Text { kind, id, text } => {
+        Frame::Text { kind, text } => {
             out.extend_from_slice(b"event: ");
             out.extend_from_slice(kind.name().as_bytes());
-            if let Some(id) = id {
+            if let Some(id) = tick_id(text.as_str()) {
                 out.extend_from_slice(b"\nid: ");
-                out.extend_from_slice(id.to_string().as_bytes());
+                out.extend_from_slice(id.as_bytes());
             }
             out.extend_from_slice(b"\ndata: ");
             // Frames are single-line JSON (serde_json escapes newlines in strings).
@@ -127,7 +127,7 @@ mod tests {
         let mut out = Vec::new();
         write_event(
             &mut out,
-            &Frame::tick(StreamId::new(5, 1), r#"{"type":"tick","id":"5-1"}"#.into()),
+            &Frame::tick(r#"{"type":"tick","id":"5-1"}"#.into()),
         );
         write_event(&mut out, &super::super::protocol::live("c", StreamId::new(5, 1)));
         write_event(&mut out, &Frame::Ping);

@@ -97,12 +97,25 @@ pub async fn run(
     };
     let ending = match ending {
         Some(ending) => ending,
-        None => Box::pin(control(&mut session, &mut stream, &mut writer)).await,
+        None => control(&mut session, &mut stream, &mut writer).await,
     };
     drop(session);
+    // Boxed: the end of a connection is short and rare, and would otherwise size
+    // every connection's task for its whole life.
+    Box::pin(finish(ending, close_tx, stream, writer)).await;
+    ctx.metrics.connections.dec();
+}
+
+/// Tells the writer how the connection ends; after a close frame, reads (and
+/// discards) until the client's own close frame; then gives the writer a moment.
+async fn finish(
+    ending: Ending,
+    close_tx: oneshot::Sender<Closing>,
+    mut stream: SplitStream<WebSocket>,
+    mut writer: tokio::task::JoinHandle<()>,
+) {
     if let Some(closing) = ending {
         let _ = close_tx.send(closing);
-        // The close handshake: read (and discard) until the client's own close frame.
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
             while let Some(Ok(message)) = stream.next().await {
                 if matches!(message, Message::Close(_)) {
@@ -116,7 +129,6 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         writer.abort();
     }
-    ctx.metrics.connections.dec();
 }
 
 /// The control loop: client messages, pings, the idle timeout, expiry and shutdown.

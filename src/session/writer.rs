@@ -147,12 +147,12 @@ impl<T: Transport> Writer<T> {
     /// Applies one queued item; returns the tick frames it added to the batch.
     fn take(&mut self, out: Outbound) -> u64 {
         match out {
-            Outbound::Session(frame) => self.batch.push(frame),
-            Outbound::Sub { sub, frames, ticks } if self.is_open(sub) => {
-                self.batch.extend(frames);
-                return ticks;
+            Outbound::Session(frame) => self.batch.push(*frame),
+            Outbound::Sub(sub) if self.is_open(sub.sub) => {
+                self.batch.extend(sub.frames);
+                return sub.ticks;
             }
-            Outbound::Sub { .. } => {}
+            Outbound::Sub(_) => {}
             Outbound::Open(sub) => self.open.push(sub),
             Outbound::Close(sub) => {
                 self.open.retain(|s| *s != sub);
@@ -236,7 +236,7 @@ impl<T: Transport> Writer<T> {
             .metrics
             .delivery_latency
             .observe(now_ms.saturating_sub(frame.id.ms) as f64 / 1000.0);
-        self.batch.push(Frame::tick(frame.id, frame.text));
+        self.batch.push(Frame::tick(frame.text));
         1
     }
 
@@ -263,7 +263,15 @@ impl<T: Transport> Writer<T> {
             let mut write = std::pin::pin!(write);
             match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                 Poll::Ready(r) => Ok(r),
-                Poll::Pending => tokio::time::timeout(WRITE_STALL, write).await,
+                Poll::Pending => {
+                    // Boxed: the timer only exists for a blocked write, and inline it
+                    // would size every connection's writer for its whole life.
+                    let stall = Box::pin(tokio::time::sleep(WRITE_STALL));
+                    tokio::select! {
+                        r = write => Ok(r),
+                        _ = stall => Err(()),
+                    }
+                }
             }
         };
         self.batch.clear();
