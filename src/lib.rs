@@ -1,21 +1,26 @@
 //! tickstream: a WebSocket fan-out server for high-frequency ticks, backed by Redis
 //! streams.
 //!
-//! The path of a tick, and the module that owns each step:
+//! The path of a tick, and the module that owns each step (docs/ARCHITECTURE.md §1):
 //!
 //! - [`config`]: environment, `.env` and CLI flags, validated once at start-up.
-//! - [`tick`]: what a tick is; validation, event ids, stream ids, wire JSON.
-//! - [`auth`]: tokens (JWT, HMAC handshake, ingest token), channel patterns, Origin.
+//! - [`tick`]: what a tick is; stream ids and `since` cursors, ingest validation and
+//!   event ids, the wire JSON.
+//! - [`acl`]: channel and Origin patterns (what a token's `channels` grant).
+//! - [`auth`]: who is asking: JWT, the HMAC-signed handshake, the ingest token.
 //! - [`ratelimit`]: token buckets per subject and group (shared in Redis), the per-IP
 //!   flood shield, the client's address.
 //! - [`keyspace`]: every Redis key, and the partition function.
-//! - [`store`]: the engines (Redis streams, or the embedded memory engine).
+//! - [`store`]: the engines (Redis streams, or the embedded memory engine) and the
+//!   store's health.
 //! - [`hub`]: per node, one reader per partition; serializes each tick once and
-//!   broadcasts it to the channel's sessions.
-//! - [`session`]: one WebSocket; replay from the stream, then live, exactly once.
-//! - [`http`]: routes and handlers (ingest, history, handshake, operations).
-//! - [`metrics`]: Prometheus metrics, one registry per server.
+//!   broadcasts it to the channel's subscribers.
+//! - [`session`]: a client's subscriptions, transport-free (cursor, replay, writer),
+//!   and its two transports, WebSocket and Server-Sent Events.
+//! - [`http`]: the accept loop, admission, extractors, routes and handlers.
 //! - [`nodes`]: the registry of nodes sharing one Redis (heartbeats).
+//! - [`retry`], [`clock`]: backoff and quiet error logs; the one clock.
+//! - [`metrics`]: Prometheus metrics, one registry per server.
 //! - [`error`]: the error policy; errors become HTTP answers in one place.
 //!
 //! [`run`] starts a server and serves until the shutdown future completes; tests use

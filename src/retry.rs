@@ -7,14 +7,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::metrics::Metrics;
-use crate::store::StoreError;
 
 /// Retries a store call with backoff until it succeeds: a subscription outlives a
 /// Redis outage and continues where it was (the stream is the source of truth).
-pub async fn until_ok<T, F, Fut>(metrics: &Metrics, mut call: F) -> T
+pub async fn until_ok<T, E, F, Fut>(metrics: &Metrics, mut call: F) -> T
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut backoff = Backoff::default();
     let mut log = ErrorLog::default();

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::http::Http;
 use crate::report::{histogram, server_usage, BenchCpu, Report};
-use crate::ws::{is_tick, is_type, number_after, Frame, Ws};
+use crate::ws::{is_tick, is_type, Field, Frame, Ws};
 use crate::{now_us, Args};
 
 /// What one subscriber saw.
@@ -73,18 +73,22 @@ async fn subscriber(mut ws: Ws, target: Arc<AtomicU64>, stop: Arc<AtomicBool>) -
     // One periodic timer per subscriber rather than a timeout per read, polled only
     // when every frame already read has been handled.
     let mut check = tokio::time::interval(Duration::from_millis(200));
+    let (seq_field, sent_field) = (Field::new(b"\"seq\":"), Field::new(b"\"sent_us\":"));
     'run: loop {
+        // Every frame of one read arrived by the time the read returned: one clock
+        // read per read, not per frame.
+        let now = now_us();
         while let Some(frame) = ws.buffered() {
             let f = match frame {
                 Frame::Text(f) if is_tick(f) => f,
                 Frame::Close(_) => break 'run,
                 _ => continue,
             };
-            let (Some(seq), Some(sent)) = (number_after(f, b"\"seq\":"), number_after(f, b"\"sent_us\":")) else {
+            let (Some(seq), Some(sent)) = (seq_field.number(f), sent_field.number(f)) else {
                 continue;
             };
             seen.received += 1;
-            let _ = seen.latency_us.record(now_us().saturating_sub(sent).max(1));
+            let _ = seen.latency_us.record(now.saturating_sub(sent).max(1));
             match last_seq {
                 Some(last) if seq == last + 1 => last_seq = Some(seq),
                 Some(last) if seq > last => {
@@ -227,9 +231,7 @@ pub async fn run(
     report.put("clients", json!(connected), format!("{connected} of {clients}"));
     report.put("channels", json!(channels), channels.to_string());
     report.put("ticks_produced", json!(produced), produced.to_string());
-    report.put("deliveries", json!(received), received.to_string());
-    let rate = received as f64 / duration as f64;
-    report.put("deliveries_per_s", json!(rate.round()), format!("{rate:.0}/s"));
+    report.count("deliveries", received, duration as f64);
     report.latency("latency", &latency);
     report.put("lost", json!(missing), missing.to_string());
     report.put("duplicated", json!(dup), dup.to_string());

@@ -24,6 +24,13 @@ impl Report {
         self.rows.push((key.into(), shown));
     }
 
+    /// `key` (a count) and `<key>_per_s` over `seconds`.
+    pub fn count(&mut self, key: &str, count: u64, seconds: f64) {
+        self.put(key, json!(count), count.to_string());
+        let rate = count as f64 / seconds.max(f64::MIN_POSITIVE);
+        self.put(&format!("{key}_per_s"), json!(rate.round()), format!("{rate:.0}/s"));
+    }
+
     pub fn latency(&mut self, prefix: &str, h: &Histogram<u64>) {
         for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
             let ms = h.value_at_quantile(q) as f64 / 1000.0;
@@ -73,6 +80,17 @@ impl Report {
             },
         );
     }
+}
+
+/// Waits for the workers and adds up the latencies each recorded.
+pub async fn merged(workers: Vec<tokio::task::JoinHandle<Histogram<u64>>>) -> Histogram<u64> {
+    let mut all = histogram();
+    for w in workers {
+        if let Ok(h) = w.await {
+            all.add(&h).ok();
+        }
+    }
+    all
 }
 
 pub fn histogram() -> Histogram<u64> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::http::Http;
-use crate::report::{histogram, server_usage, BenchCpu, Report};
+use crate::report::{histogram, merged, server_usage, BenchCpu, Report};
 use crate::{reader_token, Args};
 
 /// HTTP batches as fast as `concurrency` connections allow, some duplicates.
@@ -19,7 +19,6 @@ pub async fn ingest(args: &Args, batch: usize, concurrency: usize, duration: u64
     let stored = Arc::new(AtomicU64::new(0));
     let duplicates = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut latency = histogram();
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
             let (url, token, run) = (args.url.clone(), args.ingest_token.clone(), run.clone());
@@ -57,21 +56,12 @@ pub async fn ingest(args: &Args, batch: usize, concurrency: usize, duration: u64
             })
         })
         .collect();
-    for t in tasks {
-        if let Ok(h) = t.await {
-            latency.add(&h).ok();
-        }
-    }
+    let latency = merged(tasks).await;
     let elapsed = started.elapsed().as_secs_f64();
     report.bench(&cpu);
     let usage1 = server_usage(&args.url).await;
     let total = stored.load(Ordering::Relaxed) + duplicates.load(Ordering::Relaxed);
-    report.put("ticks", json!(total), total.to_string());
-    report.put(
-        "ticks_per_s",
-        json!((total as f64 / elapsed).round()),
-        format!("{:.0}/s", total as f64 / elapsed),
-    );
+    report.count("ticks", total, elapsed);
     report.put(
         "duplicates",
         json!(duplicates.load(Ordering::Relaxed)),
@@ -138,21 +128,11 @@ pub async fn history(args: &Args, rate: u64, limit: usize, duration: u64, connec
             })
         })
         .collect();
-    let mut latency = histogram();
-    for t in tasks {
-        if let Ok(h) = t.await {
-            latency.add(&h).ok();
-        }
-    }
+    let latency = merged(tasks).await;
     let elapsed = started.elapsed().as_secs_f64();
     report.bench(&cpu);
     let usage1 = server_usage(&args.url).await;
-    report.put("requests", json!(latency.len()), latency.len().to_string());
-    report.put(
-        "requests_per_s",
-        json!((latency.len() as f64 / elapsed).round()),
-        format!("{:.0}/s", latency.len() as f64 / elapsed),
-    );
+    report.count("requests", latency.len(), elapsed);
     report.put(
         "failures",
         json!(failures.load(Ordering::Relaxed)),

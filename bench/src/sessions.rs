@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::fanout::connect_many;
 use crate::http::Http;
-use crate::report::{histogram, server_usage, BenchCpu, Report};
+use crate::report::{histogram, merged, server_usage, BenchCpu, Report};
 use crate::ws::{is_tick, is_type, Frame, Ws};
 use crate::{reader_token, Args};
 
@@ -160,21 +160,11 @@ pub async fn handshakes(args: &Args, count: usize, concurrency: usize, report: &
             })
         })
         .collect();
-    let mut latency = histogram();
-    for t in tasks {
-        if let Ok(h) = t.await {
-            latency.add(&h).ok();
-        }
-    }
+    let latency = merged(tasks).await;
     let elapsed = started.elapsed().as_secs_f64();
     report.bench(&cpu);
     let usage1 = server_usage(&args.url).await;
-    report.put("handshakes", json!(latency.len()), latency.len().to_string());
-    report.put(
-        "handshakes_per_s",
-        json!((latency.len() as f64 / elapsed).round()),
-        format!("{:.0}/s", latency.len() as f64 / elapsed),
-    );
+    report.count("handshakes", latency.len(), elapsed);
     let failed = failures.load(Ordering::Relaxed);
     report.put("failures", json!(failed), failed.to_string());
     report.latency("handshake_latency", &latency);

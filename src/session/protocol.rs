@@ -181,3 +181,25 @@ pub fn error(channel: &str, code: &str, message: &str) -> Frame {
 pub fn pong() -> Frame {
     Frame::json(Kind::Pong, json!({"type": "pong"}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tick_id;
+    use crate::tick::wire::{body, tail};
+    use crate::tick::{StreamId, Tick};
+
+    #[test]
+    fn a_tick_frame_s_id_is_read_back_from_its_text() {
+        let mut epochs = None;
+        let tail = tail(1732348800123000, Some("1"), None, "ab");
+        let t = Tick::from_body(
+            StreamId::new(1732348800123, 7),
+            "c".into(),
+            body(1, "e", &tail),
+            &mut epochs,
+        )
+        .unwrap();
+        assert_eq!(tick_id(&t.to_frame()), Some("1732348800123-7"));
+        assert_eq!(tick_id(r#"{"type":"live","last_id":"1-0"}"#), None);
+    }
+}

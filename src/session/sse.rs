@@ -125,10 +125,7 @@ mod tests {
     #[test]
     fn frames_are_written_as_events() {
         let mut out = Vec::new();
-        write_event(
-            &mut out,
-            &Frame::tick(r#"{"type":"tick","id":"5-1"}"#.into()),
-        );
+        write_event(&mut out, &Frame::tick(r#"{"type":"tick","id":"5-1"}"#.into()));
         write_event(&mut out, &super::super::protocol::live("c", StreamId::new(5, 1)));
         write_event(&mut out, &Frame::Ping);
         let text = String::from_utf8(out).unwrap();
