@@ -11,12 +11,16 @@
 -- KEYS[3+i] dedup   tickstream:{p<N>}:d:<channel>:<event_id of tick i>
 -- ARGV[1] MAXLEN (approximate)   ARGV[2] dedup window, seconds
 -- ARGV[3] epoch to use if the channel has none yet   ARGV[4] channel
--- then per tick i, ARGV[4+i]: the tick's tail, the JSON members its producer
+-- ARGV[5] '1' when the caller will WAIT for replicas (TICKSTREAM_REDIS_WAIT): then a
+--         duplicate writes too (its marker's expiry, unchanged), so that the WAIT
+--         that follows also covers the original it points to (replication is one
+--         ordered stream)
+-- then per tick i, ARGV[5+i]: the tick's tail, the JSON members its producer
 -- determines, serialized by the node: "ts":"…","value":…,"data":…,"event_id":"…"}
 --
 -- Each entry has one field, `j`: "seq":<seq>,"epoch":"<epoch>", then the tail. A
 -- reader splices it behind the members the stream id gives (id, channel, ingest_ts)
--- and has the whole tick object without re-serializing anything (src/tick.rs).
+-- and has the whole tick object without re-serializing anything (src/tick/wire.rs).
 --
 -- Returns {id_1, duplicate_1, id_2, duplicate_2, ...}; a duplicate returns the
 -- original id and takes no seq.
@@ -30,6 +34,12 @@ for i = 1, n do
   local dedup = KEYS[3 + i]
   local original = redis.call('GET', dedup)
   if original then
+    if ARGV[5] == '1' then
+      local ttl = redis.call('PTTL', dedup)
+      if ttl > 0 then
+        redis.call('PEXPIRE', dedup, ttl)
+      end
+    end
     out[#out + 1] = original
     out[#out + 1] = 1
   else
@@ -38,7 +48,7 @@ for i = 1, n do
       epoch = redis.call('HGET', KEYS[2], 'epoch')
     end
     local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-    local body = string.format('"seq":%d,"epoch":"%s",', seq, epoch) .. ARGV[4 + i]
+    local body = string.format('"seq":%d,"epoch":"%s",', seq, epoch) .. ARGV[5 + i]
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'j', body)
     redis.call('SET', dedup, id, 'EX', ARGV[2])
     out[#out + 1] = id

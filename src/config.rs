@@ -15,7 +15,7 @@ use crate::acl::{ChannelPattern, OriginPattern};
 use crate::auth;
 use crate::ratelimit::ip::{Cidr, TrustedProxies};
 use crate::ratelimit::{Group, Limits, Rate, Tier};
-use crate::store::connections::TlsFiles;
+use crate::store::target::{self, TlsFiles};
 use crate::store::Settings;
 
 /// Command-line flags, each backed by its environment variable.
@@ -29,10 +29,15 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "TICKSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// `redis://[user:password@]host:port` or `rediss://` (TLS) for the Redis engine;
-    /// unset runs the in-memory engine.
+    /// `redis://[user:password@]host:port` or `rediss://` (TLS) for the Redis engine,
+    /// `redis+cluster://[user:password@]h1:p1,h2:p2` or `rediss+cluster://` for a
+    /// Redis Cluster; unset runs the in-memory engine.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Replicas an ingest waits for (Redis WAIT, 1 s, else 503) before it answers
+    /// 201, so acknowledged ticks survive a failover; 0: do not wait.
+    #[arg(long, env = "TICKSTREAM_REDIS_WAIT", default_value = "0")]
+    pub redis_wait: String,
     /// PEM CA certificate(s) for `rediss://` (default: the system trust store).
     #[arg(long, env = "TICKSTREAM_REDIS_TLS_CA")]
     pub redis_tls_ca: Option<PathBuf>,
@@ -137,6 +142,8 @@ pub struct Config {
     pub default_replay: usize,
     /// TLS files for `rediss://`.
     pub redis_tls: TlsFiles,
+    /// Replicas each ingest waits for before answering 201 (0: none).
+    pub redis_wait: u32,
     /// Keys, secrets, tokens and origins.
     pub auth: auth::Settings,
     /// Token buckets per tier and group.
@@ -217,12 +224,19 @@ impl Config {
             .map_err(|_| bad("TICKSTREAM_LISTEN", format!("must be host:port, got {:?}", cli.listen)))?;
         let redis_url = non_empty(cli.redis_url);
         if let Some(url) = &redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(bad(
-                    "REDIS_URL",
-                    "must start with redis:// (Redis Cluster is not supported yet)",
-                ));
-            }
+            target::parse(url).map_err(|why| bad("REDIS_URL", why))?;
+        }
+        let redis_wait: u32 = cli.redis_wait.trim().parse().ok().filter(|n| *n <= 64).ok_or_else(|| {
+            bad(
+                "TICKSTREAM_REDIS_WAIT",
+                format!("must be a number of replicas, 0 to 64, got {:?}", cli.redis_wait),
+            )
+        })?;
+        if redis_wait > 0 && redis_url.is_none() {
+            return Err(bad(
+                "TICKSTREAM_REDIS_WAIT",
+                "waits for Redis replicas, so it needs REDIS_URL",
+            ));
         }
         let dedup_window = parse_duration(&cli.dedup_window)
             .filter(|d| !d.is_zero())
@@ -325,6 +339,7 @@ impl Config {
             dedup_window,
             default_replay: number("TICKSTREAM_DEFAULT_REPLAY", &cli.default_replay, 0, 100_000)?,
             redis_tls,
+            redis_wait,
             auth: auth::Settings {
                 jwt_secret,
                 jwt_public_key: cli.jwt_public_key,
@@ -355,6 +370,7 @@ impl Config {
         let cli = Cli {
             listen: "127.0.0.1:8080".into(),
             redis_url: None,
+            redis_wait: "0".into(),
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
@@ -395,6 +411,7 @@ impl Config {
             stream_maxlen: self.stream_maxlen,
             dedup_window: self.dedup_window,
             tail_block: self.tail_block,
+            wait_replicas: self.redis_wait,
         }
     }
 
@@ -424,6 +441,12 @@ mod tests {
             (&["--dedup-window", "soon"], "TICKSTREAM_DEDUP_WINDOW"),
             (&["--stream-maxlen=-5"], "TICKSTREAM_STREAM_MAXLEN"),
             (&["--redis-url", "http://x"], "REDIS_URL"),
+            (&["--redis-url", "redis+cluster://nohost"], "REDIS_URL"),
+            (&["--redis-wait", "1"], "TICKSTREAM_REDIS_WAIT"),
+            (
+                &["--redis-url", "redis://h:1", "--redis-wait", "many"],
+                "TICKSTREAM_REDIS_WAIT",
+            ),
             (&["--allowed-origins", "example.com"], "TICKSTREAM_ALLOWED_ORIGINS"),
             (&["--log-format", "xml"], "TICKSTREAM_LOG_FORMAT"),
             (&["--jwt-secret", "short"], "TICKSTREAM_JWT_SECRET"),

@@ -16,6 +16,38 @@ pub fn partition_of(channel: &str, partitions: u32) -> u32 {
     head % partitions.max(1)
 }
 
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag (the first
+/// non-empty `{…}`), or of the whole key, modulo 16384.
+pub fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(bytes)) % 16384
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The slot every key of partition `p` lives in.
+pub fn partition_slot(p: u32) -> u16 {
+    slot_of(&registry(p))
+}
+
 /// The keys of one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelKeys {
@@ -88,5 +120,21 @@ mod tests {
         assert_eq!(k.dedup("ab"), "tickstream:{p5}:d:crypto.BTC-USD:ab");
         assert_eq!(rate_bucket("u:alice", "api"), "tickstream:rl:{u:alice}:api");
         assert_eq!(node("node-1"), "tickstream:{nodes}:node:node-1");
+    }
+
+    #[test]
+    fn slots_are_redis_cluster_s() {
+        // Values from `CLUSTER KEYSLOT` and the Redis Cluster specification.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("{user1000}.followers"));
+        assert_eq!(slot_of("foo{}{bar}"), slot_of("foo{}{bar}"));
+        assert_eq!(slot_of("foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
+        assert_eq!(slot_of("foo{{bar}}zap"), crc16(b"{bar") % 16384);
+        let k = ChannelKeys::new("crypto.BTC-USD", 16);
+        for key in [&k.stream, &k.meta, &k.registry, &k.dedup("ab")] {
+            assert_eq!(slot_of(key), partition_slot(5), "{key}");
+        }
+        assert_eq!(slot_of(PARTITIONS), slot_of("meta"));
     }
 }

@@ -11,8 +11,8 @@
 //! - [`ratelimit`]: token buckets per subject and group (shared in Redis), the per-IP
 //!   flood shield, the client's address.
 //! - [`keyspace`]: every Redis key, and the partition function.
-//! - [`store`]: the engines (Redis streams, or the embedded memory engine) and the
-//!   store's health.
+//! - [`store`]: the engines (Redis streams on one Redis or a Redis Cluster, or the
+//!   embedded memory engine), the store's health, failover honesty.
 //! - [`hub`]: per node, one reader per partition; serializes each tick once and
 //!   broadcasts it to the channel's subscribers.
 //! - [`session`]: a client's subscriptions, transport-free (cursor, replay, writer),
@@ -60,6 +60,7 @@ use crate::ratelimit::RateLimiter;
 use crate::session::SessionContext;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::target;
 use crate::store::{Store, StoreError, StoreHealth};
 
 /// How long after the signal shutdown waits for sessions to send their 1012 close
@@ -100,10 +101,12 @@ impl Server {
         let store = match &config.redis_url {
             Some(url) => Store::Redis(Arc::new(
                 RedisStore::connect(
-                    url,
+                    target::parse(url)
+                        .map_err(|why| StartError::Redis(StoreError::Config(format!("REDIS_URL {why}"))))?,
                     &config.redis_tls,
                     config.store_settings(),
                     metrics.bad_entries.clone(),
+                    metrics.rollbacks.clone(),
                 )
                 .await
                 .map_err(StartError::Redis)?,

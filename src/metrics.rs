@@ -22,6 +22,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub ratelimit_local: IntGauge,
     pub bad_entries: IntCounter,
+    /// Channels this node moved to a new epoch because a failover rolled their
+    /// stream back behind what was delivered.
+    pub rollbacks: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -101,6 +104,10 @@ impl Metrics {
             bad_entries: counter(
                 "tickstream_bad_entries_total",
                 "Stream entries skipped because they cannot be read as ticks.",
+            ),
+            rollbacks: counter(
+                "tickstream_rollbacks_total",
+                "Channels moved to a new epoch because a failover rolled their stream back.",
             ),
             registry: r,
         }

@@ -4,34 +4,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{json, Value};
+use support::property::{self, ingest_n};
 use support::*;
-use tokio::sync::Mutex;
-
-async fn ingest_n(app: &TestApp, channel: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let batch: Vec<Value> = chunk
-            .iter()
-            .map(|i| json!({"channel": channel, "value": *i as f64, "key": format!("{channel}-{i}-{}", rand::random::<u64>())}))
-            .collect();
-        let (status, body) = app.ingest(&Value::Array(batch)).await;
-        assert_eq!(status, 201, "{body}");
-        ids.extend(
-            body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_string()),
-        );
-    }
-    ids
-}
 
 async fn replay_defaults(engine: Engine) {
     let app = TestApp::start(engine.config()).await;
@@ -239,180 +217,14 @@ async fn multiplexed_socket_subscribes_and_unsubscribes() {
     app.stop().await;
 }
 
-/// One client's view: connects (and sometimes reconnects) with a cursor, collects
-/// ticks until it has seen `until`, and returns (cursor it started after, ids, seqs).
-async fn client_run(
-    app: Arc<TestApp>,
-    channel: String,
-    start: Option<(String, u64)>,
-    reconnects: usize,
-    done: Arc<Mutex<Option<String>>>,
-) -> (String, Vec<String>) {
-    let t = token(&["*"]);
-    let mut resume = start.clone();
-    let mut epoch: Option<String> = None;
-    let mut ids: Vec<String> = Vec::new();
-    let mut last_seq: Option<u64> = None;
-    let mut started_after: Option<String> = start.as_ref().map(|(id, _)| id.clone());
-    let mut left = reconnects;
-    loop {
-        let path = match &resume {
-            None => format!("/ws/{channel}"),
-            Some((id, seq)) => {
-                let mut p = format!("/ws/{channel}?since={id}&seq={seq}");
-                if let Some(e) = &epoch {
-                    p.push_str(&format!("&epoch={e}"));
-                }
-                p
-            }
-        };
-        let mut ws = app.ws(&path, &t).await;
-        let mut budget = if left > 0 {
-            rand::rng().random_range(1..200)
-        } else {
-            usize::MAX
-        };
-        loop {
-            let f = match ws.next_within(Duration::from_millis(300)).await {
-                Next::Json(f) => f,
-                Next::Timeout => {
-                    let target = done.lock().await.clone();
-                    match target {
-                        Some(last)
-                            if ids.last() == Some(&last)
-                                || (ids.is_empty() && started_after.as_deref() == Some(last.as_str())) =>
-                        {
-                            return (started_after.unwrap_or_else(|| "0-0".into()), ids)
-                        }
-                        _ => continue,
-                    }
-                }
-                Next::Closed(code, reason) => panic!("closed {code:?} {reason}"),
-            };
-            match f["type"].as_str() {
-                Some("tick") => {
-                    let seq = f["seq"].as_u64().unwrap();
-                    if let Some(last) = last_seq {
-                        assert_eq!(seq, last + 1, "seq continuity on {channel}");
-                    }
-                    last_seq = Some(seq);
-                    epoch = f["epoch"].as_str().map(str::to_string);
-                    let id = f["id"].as_str().unwrap().to_string();
-                    if started_after.is_none() {
-                        // since absent: the cursor is the tick before the first replayed.
-                        started_after = Some(format!("before:{id}"));
-                    }
-                    ids.push(id.clone());
-                    budget -= 1;
-                    if budget == 0 {
-                        left -= 1;
-                        resume = Some((id, seq));
-                        ws.close().await;
-                        break;
-                    }
-                }
-                Some("live") if started_after.is_none() => {
-                    started_after = Some(f["last_id"].as_str().unwrap().to_string());
-                }
-                Some("gap") => panic!("unexpected gap {f}"),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The core property: producers ingest continuously while ≥ 30 clients join at
-/// random moments with random cursors, some reconnecting mid-stream. Each client's
-/// ids must equal the stream's ids after its cursor, exactly once, in order.
+/// The core property (`support::property`) on one server of each engine; for the
+/// Redis engine, REST history is XRANGE.
 async fn exactly_once(engine: Engine) {
     let app = Arc::new(TestApp::start(engine.config()).await);
-    let channels = ["p.one", "p.two", "p.three"];
-    for c in channels {
-        ingest_n(&app, c, 120).await;
-    }
-    let done: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let dones: HashMap<&str, Arc<Mutex<Option<String>>>> =
-        channels.iter().map(|c| (*c, Arc::new(Mutex::new(None)))).collect();
-    drop(done);
-
-    // Producers: one per channel, batches of random size, for ~3 s.
-    let mut producers = Vec::new();
-    for (p, c) in channels.iter().enumerate() {
-        let app = app.clone();
-        let c = c.to_string();
-        producers.push(tokio::spawn(async move {
-            for round in 0..60 {
-                let n = rand::rng().random_range(1..20);
-                let batch: Vec<Value> = (0..n)
-                    .map(|i| json!({"channel": c, "value": (round * 100 + i) as f64, "data": {"producer": p}, "key": format!("{c}-{round}-{i}")}))
-                    .collect();
-                let (status, body) = app.ingest(&Value::Array(batch)).await;
-                assert_eq!(status, 201, "{body}");
-                let pause = rand::rng().random_range(5..80);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-        }));
-    }
-
-    // Clients: 36, joining at random moments with random cursors.
-    let mut clients = Vec::new();
-    for i in 0..36 {
-        let app = app.clone();
-        let channel = channels[i % channels.len()].to_string();
-        let done = dones[channel.as_str()].clone();
-        clients.push(tokio::spawn(async move {
-            let join_at = rand::rng().random_range(0..2500);
-            tokio::time::sleep(Duration::from_millis(join_at)).await;
-            let history = app.history_ids(&channel, "0-0").await;
-            let start = match i % 4 {
-                0 => None,
-                1 => Some(("0-0".to_string(), 0)),
-                _ => {
-                    let k = rand::rng().random_range(0..history.len());
-                    Some((history[k].clone(), k as u64 + 1))
-                }
-            };
-            let reconnects = if i % 3 == 0 { 3 } else { 0 };
-            let result = client_run(app, channel.clone(), start, reconnects, done).await;
-            (channel, result)
-        }));
-    }
-    for p in producers {
-        p.await.unwrap();
-    }
-    // Tell clients where each stream ends.
-    for c in channels {
-        let last = app.history_ids(c, "0-0").await.last().cloned();
-        *dones[c].lock().await = last;
-    }
-    let mut checked = 0;
-    for client in clients {
-        let (channel, (after, ids)) = tokio::time::timeout(Duration::from_secs(60), client)
-            .await
-            .expect("client finished")
-            .unwrap();
-        let all = app.history_ids(&channel, "0-0").await;
-        let expected: Vec<String> = match after.strip_prefix("before:") {
-            Some(first) => {
-                let pos = all
-                    .iter()
-                    .position(|id| id == first)
-                    .expect("first replayed id is in the stream");
-                assert!(
-                    all.len() - pos >= 100 || pos == 0,
-                    "default replay starts within the last 100"
-                );
-                all[pos..].to_vec()
-            }
-            None => all.iter().filter(|id| sid(id) > sid(&after)).cloned().collect(),
-        };
-        assert_eq!(ids.len(), expected.len(), "client on {channel} after {after}: count");
-        assert_eq!(ids, expected, "client on {channel} after {after}");
-        checked += ids.len();
-    }
-    // For the Redis engine, REST history is XRANGE.
+    let channels: Vec<String> = ["p.one", "p.two", "p.three"].iter().map(|c| c.to_string()).collect();
+    let checked = property::exactly_once(std::slice::from_ref(&app), &channels).await;
     if let Some(redis) = engine.redis_server() {
-        for c in channels {
+        for c in &channels {
             assert_eq!(app.history_ids(c, "0-0").await, redis.xrange_ids(c, 16));
         }
     }

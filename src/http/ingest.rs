@@ -88,7 +88,8 @@ pub async fn ingest(
     // One token per tick; a batch the bucket cannot pay for whole stores nothing.
     let cost = u32::try_from(ticks.len()).unwrap_or(u32::MAX);
     caller.admission.charge(&producer, Group::Ingest, cost).await?;
-    let results = state.store.append(&ticks).await?;
+    let fences = state.hub.fences(ticks.iter().map(|t| t.channel.as_str()));
+    let results = state.store.append(&ticks, &fences).await?;
     let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
     state
         .metrics

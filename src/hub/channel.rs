@@ -11,7 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, Notify};
 
-use crate::store::{TailBatch, TailWaker};
+use crate::store::{Fence, TailBatch, TailWaker};
 use crate::tick::{StreamId, Tick};
 
 /// One tick, serialized once per node and shared by every session (cloning is a
@@ -60,6 +60,15 @@ pub(crate) struct ActiveChannel {
 }
 
 impl ActiveChannel {
+    /// What this node delivered last (the ring always holds the last frame published).
+    pub(crate) fn fence(&self) -> Option<Fence> {
+        self.recent.back().map(|f| Fence {
+            epoch: f.epoch.clone(),
+            id: f.id,
+            seq: f.seq,
+        })
+    }
+
     pub(crate) fn push_recent(&mut self, frame: LiveFrame, capacity: usize) {
         if self.recent.back().is_some_and(|last| last.epoch != frame.epoch) {
             // The stream was lost and began again (a new epoch): what the ring holds
@@ -103,6 +112,29 @@ impl Partition {
     /// A receiver of the channel's live buffer, once it has one.
     pub(crate) fn receiver(&self, channel: &str) -> Option<broadcast::Receiver<LiveFrame>> {
         self.lock().get(channel)?.tx.as_ref().map(broadcast::Sender::subscribe)
+    }
+
+    /// The last tick published (or seeded) for each active channel: what this node
+    /// has delivered.
+    pub(crate) fn delivered(&self) -> Vec<(Arc<str>, Fence)> {
+        self.lock()
+            .iter()
+            .filter_map(|(c, a)| a.fence().map(|f| (c.clone(), f)))
+            .collect()
+    }
+
+    /// A failover rolled `channel` back to `survivor`: the ring forgets what the
+    /// stream no longer has, and the reader reads on from the survivor (whatever
+    /// comes next is new, and `Cursor::admit` announces it with a `rollback` gap).
+    pub(crate) fn rolled_back(&self, channel: &str, survivor: StreamId) {
+        let mut channels = self.lock();
+        if let Some(active) = channels.get_mut(channel) {
+            while active.recent.back().is_some_and(|f| f.id > survivor) {
+                active.recent.pop_back();
+            }
+            active.floor = active.floor.min(survivor);
+            active.cursor = survivor;
+        }
     }
 
     pub(crate) fn publish(&self, batches: Vec<TailBatch>, ring: usize, live_buffer: usize) {

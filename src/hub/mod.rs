@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::clock::now_ms;
 use crate::keyspace::partition_of;
 use crate::metrics::Metrics;
-use crate::store::{IdRange, Store, StoreError, StreamInfo, TailWaker};
+use crate::store::{Fences, IdRange, Store, StoreError, StreamInfo, TailWaker};
 use crate::tick::StreamId;
 use channel::{ActiveChannel, Partition};
 pub use channel::{Interrupted, LiveFrame, LiveSubscription};
@@ -252,6 +252,23 @@ impl Hub {
             partition: partition.clone(),
             channel: key,
         })
+    }
+
+    /// What this node delivered of each of `channels` it has subscribers for: an
+    /// ingest through this node checks the stream against it first (a failover may
+    /// have rolled it back; `store::redis::failover`).
+    pub fn fences<'a>(&self, channels: impl IntoIterator<Item = &'a str>) -> Fences {
+        let mut fences = Fences::new();
+        for channel in channels {
+            if fences.contains_key(channel) {
+                continue;
+            }
+            let channels = self.partition(channel).lock();
+            if let Some(fence) = channels.get(channel).and_then(ActiveChannel::fence) {
+                fences.insert(channel.to_string(), fence);
+            }
+        }
+        fences
     }
 
     /// Channels with local subscribers (for metrics and tests).

@@ -1,7 +1,8 @@
 //! One reader task per partition: while the partition has active channels, one
 //! blocking `XREAD` over all of their streams, on a connection of its own; what it
 //! returns is published to the channels' sessions. On a store error the reader backs
-//! off and continues from its cursors: the stream is the source of truth.
+//! off and continues from its cursors: the stream is the source of truth. Each fresh
+//! connection is first checked for streams a failover rolled back.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use super::channel::Partition;
 use super::Hub;
 use crate::clock::now_ms;
 use crate::retry::{Backoff, ErrorLog};
+use crate::store::{StoreError, TailBatch, TailReader};
+use crate::tick::epoch::is_rollback_of;
+use crate::tick::StreamId;
 
 /// A partition reader that has not heard from the store for this long is stale, and
 /// `/readyz` says so: delivery silently dead must never look healthy.
@@ -51,6 +55,9 @@ impl Hub {
         let mut tail = self.store.tail(partition.index, partition.waker.clone());
         let mut backoff = Backoff::default();
         let mut errors_logged = ErrorLog::default();
+        // A fresh connection (after an error, a failover, the first one) is checked
+        // for rolled-back streams before the reader reads on from its cursors.
+        let mut check_pending = false;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -66,7 +73,7 @@ impl Hub {
             }
             partition.reading_generation.store(generation, Ordering::Release);
             let result = tokio::select! {
-                r = tail.read(&cursors) => r,
+                r = self.read_checked(&partition, &mut tail, &mut check_pending, &cursors) => r,
                 _ = shutdown.changed() => return,
             };
             match result {
@@ -91,6 +98,54 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Connects, checks for rolled-back streams when the connection is fresh, then
+    /// reads. A failed check is tried again before the next read.
+    async fn read_checked(
+        &self,
+        partition: &Partition,
+        tail: &mut TailReader,
+        check_pending: &mut bool,
+        cursors: &[(Arc<str>, StreamId)],
+    ) -> Result<Vec<TailBatch>, StoreError> {
+        *check_pending |= tail.connect().await?;
+        if *check_pending {
+            self.check_rollbacks(partition).await?;
+            *check_pending = false;
+            // The check may have moved cursors back to the survivors.
+            return tail.read(&partition.cursors()).await;
+        }
+        tail.read(cursors).await
+    }
+
+    /// Finds the partition's channels whose stream came back behind what this node
+    /// delivered (a failover lost their last ticks), and moves each to its next
+    /// epoch (docs/ARCHITECTURE.md §4 "Failover").
+    async fn check_rollbacks(&self, partition: &Partition) -> Result<(), StoreError> {
+        let delivered = partition.delivered();
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<Arc<str>> = delivered.iter().map(|(c, _)| c.clone()).collect();
+        let Some(heads) = self.store.heads(&names).await? else {
+            return Ok(());
+        };
+        for ((channel, fence), head) in delivered.iter().zip(heads) {
+            let same = head.epoch.as_deref() == Some(&*fence.epoch);
+            let moved_on = head
+                .epoch
+                .as_deref()
+                .is_some_and(|now| is_rollback_of(now, &fence.epoch));
+            let behind = head.last_id.unwrap_or(StreamId::ZERO) < fence.id || (same && head.seq < fence.seq);
+            if !(behind && (same || moved_on)) {
+                continue;
+            }
+            if let Some(rolled) = self.store.roll_back(channel, fence).await? {
+                partition.rolled_back(channel, rolled.survivor);
+            }
+        }
+        Ok(())
     }
 
     pub fn tail_health(&self) -> TailHealth {

@@ -40,7 +40,7 @@ impl SharedBuckets {
             .arg(rate.interval_us())
             .arg(rate.burst)
             .arg(cost);
-        let replies = redis.run_script(&self.script, &pipe).await?;
+        let replies = redis.run_scripts(&[&self.script], &pipe).await?;
         let reply = replies
             .into_iter()
             .next()

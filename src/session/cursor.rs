@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::protocol::{Frame, Kind};
+use crate::tick::epoch::is_rollback_of;
 use crate::tick::StreamId;
 
 /// What a subscription has sent, and in which epoch.
@@ -18,6 +19,10 @@ pub struct Cursor {
     pub channel: String,
     pub last_sent: StreamId,
     pub last_seq: Option<u64>,
+    /// `last_seq` is what the client said it had (a resume's `seq`), not the `seq` of
+    /// a tick this cursor saw: a wrong claim may make a wrong gap, but must not make
+    /// a `rollback`.
+    pub seq_claimed: bool,
     pub epoch: Option<Arc<str>>,
     /// Ticks sent so far.
     pub sent: u64,
@@ -41,6 +46,7 @@ impl Cursor {
             channel,
             last_sent: StreamId::ZERO,
             last_seq: None,
+            seq_claimed: false,
             epoch: None,
             sent: 0,
         }
@@ -62,28 +68,41 @@ impl Cursor {
         )
     }
 
-    /// Decides one tick and, unless it is skipped, moves the cursor to it. A tick of
-    /// another epoch than the last one sent is preceded by a `gap` `epoch`; a `seq`
-    /// that skips within the epoch (history trimmed under a lagging client) by a `gap`
-    /// `trimmed` with the exact count.
+    /// Decides one tick and, unless it is skipped, moves the cursor to it.
+    ///
+    /// - A tick of another epoch than the last one sent is new, whatever its id, and
+    ///   is preceded by a `gap`: `rollback` when its epoch is what a failover made of
+    ///   the old one (`tick::epoch`), else `epoch`. (Only within one epoch does an id
+    ///   at or below `last_sent` mean "already sent".)
+    /// - Within the epoch, a `seq` that skips (history trimmed under a lagging
+    ///   client) is a `gap` `trimmed` with the exact count, and a `seq` that goes
+    ///   back (a failover rolled the stream back under this subscription, before
+    ///   anyone moved it to a new epoch) a `gap` `rollback`.
     pub fn admit(&mut self, id: StreamId, seq: u64, epoch: &Arc<str>) -> Admit {
-        if id <= self.last_sent {
+        let other_epoch = self.epoch.as_ref().filter(|e| *e != epoch);
+        if other_epoch.is_none() && id <= self.last_sent {
             return Admit::Skip;
         }
-        let gap = match &self.epoch {
-            Some(e) if e != epoch => {
-                self.last_seq = None;
-                Some(self.gap_frame("epoch", Some(id), None))
+        let gap = match other_epoch {
+            Some(old) => {
+                let reason = if is_rollback_of(epoch, old) {
+                    "rollback"
+                } else {
+                    "epoch"
+                };
+                Some(self.gap_frame(reason, Some(id), None))
             }
             // Saturating: a client may send any `seq`, up to u64::MAX.
-            _ => match self.last_seq {
+            None => match self.last_seq {
                 Some(last) if seq > last.saturating_add(1) => {
                     Some(self.gap_frame("trimmed", Some(id), Some(seq - last - 1)))
                 }
+                Some(last) if seq <= last && !self.seq_claimed => Some(self.gap_frame("rollback", Some(id), None)),
                 _ => None,
             },
         };
         self.epoch = Some(epoch.clone());
+        self.seq_claimed = false;
         self.last_seq = Some(seq);
         self.last_sent = id;
         self.sent += 1;
@@ -159,10 +178,46 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_is_announced_and_its_ticks_are_new_whatever_their_ids() {
+        let old: Arc<str> = "k3v9q2xaw1mz".into();
+        let rolled: Arc<str> = crate::tick::epoch::after_rollback(&old).into();
+        let mut c = Cursor::new(1, "c".into());
+        assert!(matches!(c.admit(id(10), 7, &old), Admit::Send));
+        assert!(matches!(c.admit(id(11), 8, &old), Admit::Send));
+        // The failover lost 10 and 11; the new epoch's first tick even got a lower id.
+        let gap = gap_of(c.admit(id(9), 1, &rolled));
+        assert_eq!(
+            (gap["reason"].as_str(), gap["after"].as_str()),
+            (Some("rollback"), Some("11-0"))
+        );
+        assert!(gap["missed"].is_null());
+        assert!(matches!(c.admit(id(12), 2, &rolled), Admit::Send));
+        assert!(matches!(c.admit(id(12), 2, &rolled), Admit::Skip));
+    }
+
+    #[test]
+    fn a_seq_that_goes_back_within_the_epoch_is_a_rollback() {
+        let e: Arc<str> = "e1".into();
+        let mut c = Cursor::new(1, "c".into());
+        assert!(matches!(c.admit(id(10), 100, &e), Admit::Send));
+        // A tick stored after a failover, before the stream moved to a new epoch.
+        let gap = gap_of(c.admit(id(20), 96, &e));
+        assert_eq!(gap["reason"], "rollback");
+        assert!(matches!(c.admit(id(21), 97, &e), Admit::Send));
+        // A claimed seq is only a claim: no rollback from it.
+        let mut c = Cursor::new(1, "c".into());
+        c.last_sent = id(5);
+        c.last_seq = Some(1000);
+        c.seq_claimed = true;
+        assert!(matches!(c.admit(id(6), 5, &e), Admit::Send));
+    }
+
+    #[test]
     fn the_largest_seq_a_client_can_claim_does_not_overflow() {
         let e: Arc<str> = "e1".into();
         let mut c = Cursor::new(1, "c".into());
         c.last_seq = Some(u64::MAX);
+        c.seq_claimed = true;
         assert!(matches!(c.admit(id(1), 5, &e), Admit::Send));
     }
 }

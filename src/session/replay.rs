@@ -16,6 +16,7 @@ use super::{Handover, Outbound, SessionContext, SubFrames};
 use crate::hub::LiveFrame;
 use crate::retry::until_ok;
 use crate::store::IdRange;
+use crate::tick::epoch::is_rollback_of;
 use crate::tick::{Since, StreamId, Tick};
 
 /// Frames a start-up or catch-up puts in one queue slot (one wake-up of the writer per
@@ -238,6 +239,7 @@ async fn position(
         Since::After(since) => {
             feed.cursor.last_sent = since;
             feed.cursor.last_seq = req.seq;
+            feed.cursor.seq_claimed = req.seq.is_some();
             let client_epoch: Option<Arc<str>> = req.epoch.as_deref().map(Arc::from);
             let trimmed_away = head.first.is_some_and(|first| since < first) && head.trimmed;
             match (&client_epoch, &head.epoch) {
@@ -248,6 +250,12 @@ async fn position(
                     feed.cursor.last_sent = StreamId::ZERO;
                     feed.cursor.last_seq = None;
                     feed.cursor.epoch = head.epoch;
+                }
+                // A failover rolled the client's epoch back: what survived of it is
+                // still in the stream after `since`, then the new epoch, whose first
+                // tick `Cursor::admit` announces with a `rollback` gap.
+                (Some(theirs), Some(ours)) if is_rollback_of(ours, theirs) => {
+                    feed.cursor.epoch = client_epoch;
                 }
                 (Some(theirs), ours) if ours.as_ref() != Some(theirs) => {
                     // The stream the client knew is gone: everything kept now is new.

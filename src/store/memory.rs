@@ -293,6 +293,7 @@ mod tests {
             stream_maxlen: maxlen,
             dedup_window: Duration::from_secs(60),
             tail_block: Duration::from_millis(10),
+            wait_replicas: 0,
         }
     }
 

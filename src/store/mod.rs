@@ -5,8 +5,9 @@
 //! costs nothing on the hot path. The hub, sessions and HTTP handlers only ever see
 //! `Store`, so the same tests run against both engines.
 //!
-//! - [`redis::RedisStore`]: the product. Streams, the append script, a connection
-//!   pool for commands and one dedicated connection per partition reader.
+//! - [`redis::RedisStore`]: the product, on one Redis or a Redis Cluster
+//!   ([`target`]). Streams, the append script, shared connections for commands
+//!   ([`connections`]) and one dedicated connection per partition reader.
 //! - [`memory::MemoryStore`]: the embedded default when `REDIS_URL` is unset; same
 //!   ids, `seq`, epochs, gaps and dedup, nothing durable.
 
@@ -15,6 +16,7 @@ pub mod health;
 pub mod memory;
 pub mod redis;
 pub mod reply;
+pub mod target;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -40,6 +42,10 @@ pub enum StoreError {
     Config(String),
     #[error("redis is unreachable")]
     Unreachable,
+    /// `TICKSTREAM_REDIS_WAIT`: the ticks are stored, but fewer replicas than asked
+    /// confirmed them within the timeout, so a failover could still lose them.
+    #[error("{acked} of {wanted} replicas confirmed the write in time")]
+    NotReplicated { acked: u64, wanted: u32 },
 }
 
 /// What both engines are configured with.
@@ -54,7 +60,22 @@ pub struct Settings {
     /// How long a partition reader's blocking read waits before it re-checks its
     /// channels.
     pub tail_block: Duration,
+    /// Replicas each ingest waits for (`WAIT`) before it answers 201; 0: none.
+    pub wait_replicas: u32,
 }
+
+/// What a node delivered of a channel: its last tick's id, `seq` and epoch. A
+/// stream found behind its fence was rolled back by a failover
+/// (`redis::failover`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: Arc<str>,
+    pub id: StreamId,
+    pub seq: u64,
+}
+
+/// Fences by channel name.
+pub type Fences = std::collections::HashMap<String, Fence>;
 
 /// The outcome of appending one tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,8 +144,22 @@ pub struct TailWaker {
     /// Memory engine: wakes the reader's wait.
     pub notify: Notify,
     /// Redis engine: the reader connection's `CLIENT ID` (0 = none yet), for
-    /// `CLIENT UNBLOCK`.
+    /// `CLIENT UNBLOCK`…
     pub redis_client_id: AtomicU64,
+    /// …on the cluster node it reads from (`None` on one Redis).
+    node: std::sync::Mutex<Option<connections::NodeAddr>>,
+}
+
+impl TailWaker {
+    pub fn set_reader(&self, client_id: u64, node: Option<connections::NodeAddr>) {
+        *self.node.lock().unwrap_or_else(|e| e.into_inner()) = node;
+        self.redis_client_id
+            .store(client_id, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn node(&self) -> Option<connections::NodeAddr> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// The engine.
@@ -147,11 +182,20 @@ pub struct TailBatch {
 
 /// A partition reader's source of new entries.
 pub enum TailReader {
-    Redis(redis::RedisTail),
+    Redis(redis::tail::RedisTail),
     Memory(memory::MemoryTail),
 }
 
 impl TailReader {
+    /// Connects if need be; `true` for a fresh connection, after which the hub checks
+    /// for streams a failover rolled back before it reads on (`hub/reader.rs`).
+    pub async fn connect(&mut self) -> Result<bool, StoreError> {
+        match self {
+            TailReader::Redis(t) => t.connect().await,
+            TailReader::Memory(_) => Ok(false),
+        }
+    }
+
     /// Waits up to the block time for entries after each cursor; returns what each
     /// channel with new entries got.
     pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
@@ -179,9 +223,14 @@ impl Store {
         }
     }
 
-    /// Appends validated ticks in order, deduplicated; one round trip for the batch.
-    pub async fn append(&self, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
-        dispatch!(self, s => s.append(ticks).await)
+    /// Appends validated ticks in order, deduplicated; one round trip per partition
+    /// of the batch. `fences` are what this node delivered of the batch's channels
+    /// (the memory engine never fails over and ignores them).
+    pub async fn append(&self, ticks: &[PreparedTick], fences: &Fences) -> Result<Vec<Appended>, StoreError> {
+        match self {
+            Store::Redis(s) => s.append(ticks, fences).await,
+            Store::Memory(s) => s.append(ticks).await,
+        }
     }
 
     /// Length, trim state and first/last entries; `None` when the channel has no stream.
@@ -240,6 +289,24 @@ impl Store {
         match self {
             Store::Redis(s) => Some(s.connections()),
             Store::Memory(_) => None,
+        }
+    }
+
+    /// Where each of `channels` (of one partition) stands; the memory engine never
+    /// fails over, so it has nothing to say.
+    pub async fn heads(&self, channels: &[Arc<str>]) -> Result<Option<Vec<redis::failover::StoredHead>>, StoreError> {
+        match self {
+            Store::Redis(s) => Ok(Some(s.heads(channels).await?)),
+            Store::Memory(_) => Ok(None),
+        }
+    }
+
+    /// Moves a channel whose stream is behind `fence` to its next epoch (see
+    /// `redis::failover`); `None` for the memory engine, which never fails over.
+    pub async fn roll_back(&self, channel: &str, fence: &Fence) -> Result<Option<redis::failover::Rolled>, StoreError> {
+        match self {
+            Store::Redis(s) => Ok(Some(s.roll_back(channel, fence).await?)),
+            Store::Memory(_) => Ok(None),
         }
     }
 

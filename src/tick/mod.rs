@@ -11,13 +11,15 @@
 //! epochs, ids and event ids are restricted alphabets, and `value` / `data` are stored
 //! as compact JSON that serde_json produced.
 
+pub mod epoch;
 pub mod id;
 pub mod ingest;
 pub mod wire;
 
+pub use epoch::new_epoch;
 pub use id::{BadSince, BadStreamId, Since, StreamId};
 pub use ingest::{parse_body, BodyError, IngestTick, PreparedTick, TickError};
-pub use wire::{new_epoch, Tick};
+pub use wire::Tick;
 
 /// Longest channel name (docs/PROTOCOL.md §1: one leading character plus up to 127 more).
 pub const MAX_CHANNEL_LEN: usize = 128;

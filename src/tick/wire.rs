@@ -148,17 +148,6 @@ impl Tick {
     }
 }
 
-/// A fresh random epoch: 12 lowercase base-36 characters (62 bits), enough that two
-/// lives of one channel never share one.
-pub fn new_epoch() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::rng();
-    (0..12)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

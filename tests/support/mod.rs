@@ -8,6 +8,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod property;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

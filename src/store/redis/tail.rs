@@ -1,0 +1,168 @@
+//! The partition readers' side of the Redis engine: one blocking `XREAD` over every
+//! active stream of a partition, on a connection of the reader's own — never a shared
+//! one, where a blocking call would stall every command queued behind it
+//! (docs/ARCHITECTURE.md §4).
+//!
+//! On a cluster that connection goes to the master serving the partition's slot, as
+//! the cluster says when the reader connects. Any error (`MOVED` after a failover or
+//! a resharding, a connection lost, a timeout) drops it, and the next read asks the
+//! cluster again; an idle reader also re-asks every few seconds, so a slot that moved
+//! quietly is followed too. Each fresh connection is reported ([`RedisTail::connect`])
+//! so the hub can check, before it reads on, whether the stream came back shorter
+//! than what it delivered (a failover that lost ticks; `failover.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+
+use super::RedisStore;
+use crate::keyspace;
+use crate::store::connections::{NodeAddr, COMMAND_TIMEOUT};
+use crate::store::reply::{as_str, parse_entries, protocol, streams_of};
+use crate::store::{StoreError, TailBatch, TailWaker};
+use crate::tick::StreamId;
+
+/// Most entries one partition read returns per stream.
+const TAIL_COUNT: usize = 1000;
+/// How often a cluster reader asks again which master serves its slot, when nothing
+/// else made it reconnect.
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+impl RedisStore {
+    pub fn tail(self: &Arc<Self>, partition: u32, waker: Arc<TailWaker>) -> RedisTail {
+        RedisTail {
+            store: self.clone(),
+            conn: None,
+            slot: keyspace::partition_slot(partition),
+            prefix: keyspace::stream_prefix(partition),
+            waker,
+        }
+    }
+
+    /// `CLIENT UNBLOCK` the reader's blocking XREAD (on the node it reads from), so
+    /// it re-reads its channel set.
+    pub async fn unblock(&self, waker: &TailWaker) {
+        let id = waker.redis_client_id.load(Ordering::Acquire);
+        if id == 0 {
+            return;
+        }
+        let node = waker.node();
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(id);
+        let _ = self.connections.on_node(node.as_ref(), cmd).await;
+    }
+}
+
+/// A partition reader's dedicated connection (never pooled, never cloned).
+pub struct RedisTail {
+    store: Arc<RedisStore>,
+    conn: Option<Reading>,
+    /// The cluster slot of the partition's keys.
+    slot: u16,
+    prefix: String,
+    waker: Arc<TailWaker>,
+}
+
+struct Reading {
+    conn: MultiplexedConnection,
+    /// The cluster master it reads from (`None` on one Redis).
+    node: Option<NodeAddr>,
+    since: Instant,
+}
+
+impl RedisTail {
+    /// Connects if need be; `true` when this is a fresh connection (the first, or
+    /// after an error, or to the slot's new master).
+    pub async fn connect(&mut self) -> Result<bool, StoreError> {
+        if let Some(reading) = &self.conn {
+            let due = reading.node.is_some() && reading.since.elapsed() >= RESOLVE_EVERY;
+            if !due {
+                return Ok(false);
+            }
+            // Still the slot's master? (A failover without an error on this
+            // connection: the old master may still answer, as a replica.)
+            match self.store.connections.master_of(self.slot).await {
+                Ok(master) if Some(&master) == reading.node.as_ref() => {
+                    if let Some(reading) = &mut self.conn {
+                        reading.since = Instant::now();
+                    }
+                    return Ok(false);
+                }
+                Ok(_) => self.drop_connection(),
+                Err(e) => return Err(e),
+            }
+        }
+        // The response timeout must outlast the block time (redis-rs defaults to
+        // 500 ms, which would fail every blocking read).
+        let response = self.store.settings.tail_block + COMMAND_TIMEOUT;
+        let (mut conn, node) = self.store.connections.dedicated(self.slot, response).await?;
+        let id: u64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+        self.waker.set_reader(id, node.clone());
+        self.conn = Some(Reading {
+            conn,
+            node,
+            since: Instant::now(),
+        });
+        Ok(true)
+    }
+
+    fn drop_connection(&mut self) {
+        // After a timeout or an I/O error its state is unknown, and a fresh one gets a
+        // fresh CLIENT ID (and, on a cluster, the slot's current master).
+        self.conn = None;
+        self.waker.set_reader(0, None);
+    }
+
+    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(TAIL_COUNT)
+            .arg("BLOCK")
+            .arg(u64::try_from(self.store.settings.tail_block.as_millis()).unwrap_or(u64::MAX))
+            .arg("STREAMS");
+        for (channel, _) in cursors {
+            cmd.arg(format!("{}{}", self.prefix, channel));
+        }
+        for (_, cursor) in cursors {
+            // The reader tracks its own cursors; `$` would lose entries appended
+            // between two calls.
+            cmd.arg(cursor.to_string());
+        }
+        self.connect().await?;
+        let Some(reading) = &mut self.conn else {
+            return Err(StoreError::Protocol("no reader connection".into()));
+        };
+        let reply: Result<Value, _> = cmd.query_async(&mut reading.conn).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_connection();
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::new();
+        for (key, entries) in streams_of(reply) {
+            let key = as_str(&key).ok_or_else(|| protocol("XREAD key", &key))?;
+            let Some(name) = key.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            let channel = cursors
+                .iter()
+                .find(|(c, _)| &**c == name)
+                .map(|(c, _)| c.clone())
+                .unwrap_or_else(|| name.into());
+            let entries = parse_entries(&channel, entries, &self.store.unreadable)?;
+            if let Some(last) = entries.last {
+                out.push(TailBatch {
+                    channel,
+                    ticks: entries.ticks,
+                    last,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

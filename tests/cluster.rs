@@ -1,0 +1,502 @@
+//! Redis Cluster (docs/OPERATIONS.md "Redis Cluster", docs/PROTOCOL.md §5.4): one
+//! local cluster of 3 masters and 3 replicas serves every scenario, in sequence (a
+//! cluster takes seconds to start, and the failover scenarios need it alone). Each
+//! scenario uses channels of its own; the failovers leave the cluster whole again.
+//! Timings are printed (`--nocapture`), not asserted.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::cluster::RedisCluster;
+use support::property;
+use support::*;
+use tickstream::keyspace::{self, partition_of, ChannelKeys};
+
+fn cluster_config(cluster: &RedisCluster) -> tickstream::Config {
+    let mut c = config(None);
+    c.redis_url = Some(cluster.url());
+    c
+}
+
+/// Runs a blocking wait on the cluster's processes without stalling the servers that
+/// share this runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// A channel name (`prefix.<n>`) whose partition the master at `master` serves now.
+fn channel_on(cluster: &RedisCluster, master: usize, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}.{n}"))
+        .find(|c| blocking(|| cluster.master_of(keyspace::partition_slot(partition_of(c, 16)))) == master)
+        .unwrap_or_default()
+}
+
+fn master_of_channel(cluster: &RedisCluster, channel: &str) -> usize {
+    blocking(|| cluster.master_of(keyspace::partition_slot(partition_of(channel, 16))))
+}
+
+/// Collects the frames of one channel's subscription until `ticks` ticks came.
+async fn ticks_until(ws: &mut WsClient, ticks: usize) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while frames.iter().filter(|f: &&Value| f["type"] == "tick").count() < ticks {
+        match ws.next_within(Duration::from_secs(30)).await {
+            Next::Json(f) => frames.push(f),
+            Next::Timeout => panic!("no tick for 30 s; so far {frames:?}"),
+            Next::Closed(code, reason) => panic!("closed {code:?} {reason} after {frames:?}"),
+        }
+    }
+    frames
+}
+
+fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "tick")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn batch(channel: &str, tag: &str, n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"channel": channel, "value": i as f64, "key": format!("{tag}-{i}")}))
+            .collect(),
+    )
+}
+
+/// Posts `body` until it is answered 201 (503 is retried), for up to 60 s.
+async fn ingest_until_201(app: &TestApp, body: &Value) -> (Vec<String>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    loop {
+        let (status, answer) = app.ingest(body).await;
+        if status == 201 {
+            let ids = answer["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect();
+            return (ids, refused);
+        }
+        assert_eq!(status, 503, "only 503 while the cluster fails over: {answer}");
+        refused += 1;
+        assert!(Instant::now() < deadline, "ingest kept failing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster() {
+    let started = Instant::now();
+    let mut cluster = blocking(|| RedisCluster::start(3));
+    eprintln!("cluster of 3 masters + 3 replicas up in {:?}", started.elapsed());
+    channels_land_on_their_slot_owners(&cluster).await;
+    exactly_once_with_two_nodes(&cluster).await;
+    rate_limits_are_shared_by_nodes(&cluster).await;
+    a_graceful_failover_loses_nothing(&cluster).await;
+    a_hard_failover_that_lost_ticks_is_announced(&mut cluster).await;
+    waited_ticks_survive_a_hard_failover(&mut cluster).await;
+}
+
+/// Channels spread over all 16 partitions: each channel's keys are in the slot our
+/// keyspace computes and on the master serving it; one batch over all of them (one
+/// pipeline per partition), the channel list across every master, and delivery.
+async fn channels_land_on_their_slot_owners(cluster: &RedisCluster) {
+    let app = TestApp::start(cluster_config(cluster)).await;
+    let run = run_id();
+    let mut names = vec![String::new(); 16];
+    let mut n = 0;
+    while names.iter().any(String::is_empty) {
+        let name = format!("place.{run}.{n}");
+        let p = partition_of(&name, 16) as usize;
+        if names[p].is_empty() {
+            names[p] = name;
+        }
+        n += 1;
+    }
+    let body = Value::Array(
+        names
+            .iter()
+            .map(|c| json!({"channel": c, "value": 1.0, "key": "k"}))
+            .collect(),
+    );
+    let (status, answer) = app.ingest(&body).await;
+    assert_eq!(status, 201, "{answer}");
+    let mut masters = HashSet::new();
+    for name in &names {
+        let key = ChannelKeys::new(name, 16).stream;
+        let slot = keyspace::slot_of(&key);
+        assert_eq!(
+            cluster.nodes[0].query(&["CLUSTER", "KEYSLOT", &key]),
+            Some(slot.to_string()),
+            "our slot of {key} is Redis's"
+        );
+        let owner = blocking(|| cluster.master_of(slot));
+        masters.insert(owner);
+        assert_eq!(
+            cluster.nodes[owner].query(&["XLEN", &key]).as_deref(),
+            Some("1"),
+            "{key} on the master of slot {slot}"
+        );
+    }
+    assert_eq!(masters.len(), 3, "16 partitions spread over every master");
+    // Delivery from every partition's reader, on its master.
+    let t = token(&[&format!("place.{run}.*")]);
+    let mut ws = app.ws("/ws", &t).await;
+    for name in &names {
+        ws.send(json!({"type": "subscribe", "channel": name, "since": "0-0"}))
+            .await;
+    }
+    let frames = ticks_until(&mut ws, 16).await;
+    let seen: HashSet<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "tick")
+        .map(|f| f["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 16);
+    // The channel list reads every partition's registry, on every master.
+    let (status, list) = app.get("/api/v1/channels?limit=1000", Some(&t)).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["channels"].as_array().unwrap().len(), 16, "{list}");
+    let (status, ready) = app.get("/readyz", None).await;
+    assert_eq!((status, ready["redis"].as_str()), (200, Some("ok")), "{ready}");
+    app.stop().await;
+}
+
+/// The core property with two tickstream nodes on the cluster, one channel per
+/// master: producers post through either node, clients (re)connect to either.
+async fn exactly_once_with_two_nodes(cluster: &RedisCluster) {
+    let started = Instant::now();
+    let a = Arc::new(TestApp::start(cluster_config(cluster)).await);
+    let b = Arc::new(TestApp::start(cluster_config(cluster)).await);
+    let run = run_id();
+    let channels: Vec<String> = (0..3)
+        .map(|m| channel_on(cluster, master_at(cluster, m), &format!("once.{run}.m{m}")))
+        .collect();
+    let checked = property::exactly_once(&[a.clone(), b.clone()], &channels).await;
+    assert!(checked > 1000, "checked {checked} deliveries");
+    let (status, nodes) = a.get("/api/v1/nodes", Some(&token(&["*"]))).await;
+    assert_eq!(status, 200);
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2, "{nodes}");
+    eprintln!(
+        "exactly once, 2 nodes, 3 masters: {checked} deliveries checked in {:?}",
+        started.elapsed()
+    );
+    for app in [a, b] {
+        if let Ok(app) = Arc::try_unwrap(app) {
+            app.stop().await;
+        }
+    }
+}
+
+/// The index of the `n`th master (in node order).
+fn master_at(cluster: &RedisCluster, n: usize) -> usize {
+    let masters: Vec<usize> = blocking(|| {
+        (0..cluster.nodes.len())
+            .filter(|&i| cluster.nodes[i].is_master())
+            .collect()
+    });
+    masters[n % masters.len()]
+}
+
+/// Two nodes, one bucket in the cluster: the burst is shared.
+async fn rate_limits_are_shared_by_nodes(cluster: &RedisCluster) {
+    let a = TestApp::start(with_limits(cluster_config(cluster), "3/h:3")).await;
+    let b = TestApp::start(with_limits(cluster_config(cluster), "3/h:3")).await;
+    let t = token_with(json!({"sub": format!("rl-{}", run_id()), "channels": ["*"]}));
+    let path = "/api/v1/channels/rl.c/latest";
+    assert_eq!(
+        a.get_answer(path, Some(&t)).await.number("x-ratelimit-remaining"),
+        Some(2)
+    );
+    assert_eq!(
+        b.get_answer(path, Some(&t)).await.number("x-ratelimit-remaining"),
+        Some(1)
+    );
+    assert_eq!(
+        a.get_answer(path, Some(&t)).await.number("x-ratelimit-remaining"),
+        Some(0)
+    );
+    assert_eq!(b.get_answer(path, Some(&t)).await.status, 429);
+    let (_, ready) = a.get("/readyz", None).await;
+    assert_eq!(ready["ratelimit"], "redis", "{ready}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `CLUSTER FAILOVER` of the master serving a busy channel, while clients are
+/// subscribed and a producer posts: nothing lost, nothing twice, sockets stay open.
+async fn a_graceful_failover_loses_nothing(cluster: &RedisCluster) {
+    let app = TestApp::start(cluster_config(cluster)).await;
+    let run = run_id();
+    let master = master_at(cluster, 0);
+    let channel = channel_on(cluster, master, &format!("graceful.{run}"));
+    let replica = blocking(|| cluster.replica_of(master));
+    let t = token(&["*"]);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut ws = app.ws(&format!("/ws/{channel}?since=0-0"), &t).await;
+        ws.until_type("live").await;
+        clients.push(ws);
+    }
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut failed_over: Option<Duration> = None;
+    let t0 = Instant::now();
+    for round in 0..40 {
+        if round == 10 {
+            assert_eq!(
+                cluster.nodes[replica].query(&["CLUSTER", "FAILOVER"]).as_deref(),
+                Some("OK")
+            );
+        }
+        let (ids, r) = ingest_until_201(&app, &batch(&channel, &format!("g{round}"), 5)).await;
+        refused += r;
+        acked.extend(ids);
+        if round >= 10 && failed_over.is_none() && blocking(|| cluster.nodes[replica].is_master()) {
+            failed_over = Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    blocking(|| cluster.wait_master(replica));
+    let history = app.history_ids(&channel, "0-0").await;
+    assert_same_ids(&history, &acked, "history after a graceful failover");
+    for ws in &mut clients {
+        let frames = ticks_until(ws, acked.len()).await;
+        assert!(!frames.iter().any(|f| f["type"] == "gap"), "no gap: {frames:?}");
+        assert_eq!(tick_ids(&frames), acked, "every tick once, in order");
+        let s = seqs(&frames);
+        assert!(s.windows(2).all(|w| w[1] == w[0] + 1), "seq continuous");
+    }
+    eprintln!(
+        "graceful failover: replica took over within {:?} of the request; {} ingests answered 503 meanwhile; 5 sockets kept, {} ticks each",
+        failed_over.map(|d| d.saturating_sub(Duration::ZERO)),
+        refused,
+        acked.len()
+    );
+    blocking(|| cluster.wait_whole());
+    app.stop().await;
+}
+
+/// Cuts `replica` off its master: stopped (SIGSTOP), then the master's replication
+/// buffer for it overflows (a large write with a 1 MB limit), so the master drops the
+/// link and whatever it had not sent. Writes after this reach the master only.
+fn cut_off(cluster: &RedisCluster, master: usize, replica: usize, slot_tag: u32) {
+    signal(cluster.nodes[replica].pid(), "STOP");
+    let m = &cluster.nodes[master];
+    assert_eq!(
+        m.query(&["CONFIG", "SET", "client-output-buffer-limit", "replica 1mb 1mb 0"])
+            .as_deref(),
+        Some("OK")
+    );
+    let junk = "x".repeat(16 * 1024 * 1024);
+    let key = format!("junk:{{p{slot_tag}}}");
+    assert_eq!(m.query(&["SET", &key, &junk]).as_deref(), Some("OK"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m
+        .query(&["INFO", "replication"])
+        .is_some_and(|i| !i.contains("connected_slaves:0"))
+    {
+        assert!(Instant::now() < deadline, "the master kept its replica");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills the master (SIGKILL) and lets the cut-off replica run again: it takes over
+/// without the writes it never got. Returns how long until it was master.
+fn kill_master(cluster: &mut RedisCluster, master: usize, replica: usize) -> Duration {
+    let t0 = Instant::now();
+    cluster.nodes[master].kill();
+    signal(cluster.nodes[replica].pid(), "CONT");
+    cluster.wait_master(replica);
+    t0.elapsed()
+}
+
+/// The old master comes back (as a replica of the new one); the cluster is whole.
+fn heal(cluster: &mut RedisCluster, master: usize) {
+    cluster.nodes[master].start_again();
+    cluster.wait_whole();
+}
+
+/// A hard failover that lost acknowledged ticks: on the channel that lost some,
+/// clients get a `rollback` gap and the new epoch; on a channel of the same master
+/// that lost nothing, and on another master's channel, exact continuity.
+async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster) {
+    let app = TestApp::start(cluster_config(cluster)).await;
+    let run = run_id();
+    let master = master_at(cluster, 1);
+    let replica = blocking(|| cluster.replica_of(master));
+    let lost = channel_on(cluster, master, &format!("hard.{run}.lost"));
+    let kept = (0..)
+        .map(|n| format!("hard.{run}.kept.{n}"))
+        .find(|c| partition_of(c, 16) != partition_of(&lost, 16) && master_of_channel(cluster, c) == master)
+        .unwrap_or_default();
+    let other = channel_on(cluster, master_at(cluster, 2), &format!("hard.{run}.other"));
+    let t = token(&["*"]);
+    let mut subs = Vec::new();
+    for c in [&lost, &kept, &other] {
+        let (ids, _) = ingest_until_201(&app, &batch(c, "pre", 50)).await;
+        assert_eq!(ids.len(), 50);
+        let mut ws = app.ws(&format!("/ws/{c}?since=0-0"), &t).await;
+        assert_eq!(tick_ids(&ws.until_type("live").await).len(), 50);
+        subs.push(ws);
+    }
+    let before = app.history_ids(&lost, "0-0").await;
+    let first_epoch = app.get(&format!("/api/v1/channels/{lost}/latest"), Some(&t)).await.1["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    blocking(|| cut_off(cluster, master, replica, partition_of(&lost, 16)));
+    // Acknowledged, delivered, and only on the master that is about to die.
+    let (doomed, _) = ingest_until_201(&app, &batch(&lost, "doomed", 20)).await;
+    let (other_mid, _) = ingest_until_201(&app, &batch(&other, "mid", 20)).await;
+    let got = ticks_until(&mut subs[0], 20).await;
+    assert_eq!(tick_ids(&got), doomed, "the doomed ticks were delivered");
+    // Readiness while a slot has no master.
+    let probe = {
+        let url = app.url("/readyz");
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..150 {
+                if let Ok(r) = reqwest::get(&url).await {
+                    seen.push(r.status().as_u16());
+                }
+                if seen.contains(&503) && seen.last() == Some(&200) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        })
+    };
+    let took = blocking(|| kill_master(cluster, master, replica));
+
+    let t1 = Instant::now();
+    let (after_lost, refused) = ingest_until_201(&app, &batch(&lost, "after", 10)).await;
+    let ingest_back = t1.elapsed();
+    let (after_kept, _) = ingest_until_201(&app, &batch(&kept, "after", 10)).await;
+    let (after_other, _) = ingest_until_201(&app, &batch(&other, "after", 10)).await;
+
+    // The channel that lost 20 acknowledged ticks: announced, then the new epoch.
+    let frames = ticks_until(&mut subs[0], 10).await;
+    let gap = frames
+        .iter()
+        .find(|f| f["type"] == "gap")
+        .expect("a gap before the new epoch");
+    assert_eq!(gap["reason"], "rollback", "{gap}");
+    assert_eq!(gap["after"].as_str(), doomed.last().map(String::as_str), "{gap}");
+    let new_ticks: Vec<&Value> = frames.iter().filter(|f| f["type"] == "tick").collect();
+    assert_eq!(tick_ids(&frames), after_lost, "every tick of the new epoch");
+    let new_epoch = new_ticks[0]["epoch"].as_str().unwrap().to_string();
+    assert_eq!(new_epoch, format!("{first_epoch}.1"), "the successor epoch");
+    assert_eq!(
+        seqs(&frames),
+        (1..=10).collect::<Vec<u64>>(),
+        "seq starts again in the new epoch"
+    );
+    assert!(
+        sid(&after_lost[0]) > sid(doomed.last().unwrap()),
+        "new ids above every id delivered"
+    );
+    let history = app.history_ids(&lost, "0-0").await;
+    assert_same_ids(
+        &history,
+        &[before.clone(), after_lost.clone()].concat(),
+        "history: the doomed ticks are gone",
+    );
+
+    // Nothing lost, nothing announced: the same master's other channel, and another
+    // master's channel.
+    let expectations = [after_kept.clone(), [other_mid.clone(), after_other.clone()].concat()];
+    for (ws, expected) in subs[1..].iter_mut().zip(expectations) {
+        let frames = ticks_until(ws, expected.len()).await;
+        assert!(!frames.iter().any(|f| f["type"] == "gap"), "no gap: {frames:?}");
+        assert_eq!(tick_ids(&frames), expected);
+    }
+
+    // Clients resuming with the old epoch: from a survivor, the rest of the old epoch,
+    // then the gap; from a lost tick, the gap at once.
+    let survivor = &before[39];
+    let mut ws = app
+        .ws(&format!("/ws/{lost}?since={survivor}&seq=40&epoch={first_epoch}"), &t)
+        .await;
+    let frames = ws.until_type("live").await;
+    let kinds: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "tick" || f["type"] == "gap")
+        .map(|f| f["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "tick").count(), 20, "{frames:?}");
+    assert_eq!(kinds[10], "gap", "10 survivors, then the gap: {frames:?}");
+    assert_eq!(tick_ids(&frames), [before[40..].to_vec(), after_lost.clone()].concat());
+    let doomed_id = &doomed[5];
+    let mut ws = app
+        .ws(&format!("/ws/{lost}?since={doomed_id}&seq=56&epoch={first_epoch}"), &t)
+        .await;
+    let frames = ws.until_type("live").await;
+    let gap = frames.iter().find(|f| f["type"] == "gap").expect("gap");
+    assert_eq!(gap["reason"], "rollback", "{gap}");
+    assert_eq!(tick_ids(&frames), after_lost);
+    assert!(
+        app.metric("/metrics", "tickstream_rollbacks_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    let readiness = probe.await.unwrap();
+    assert!(
+        readiness.contains(&503) && readiness.last() == Some(&200),
+        "/readyz 503 while a slot had no master, 200 after: {readiness:?}"
+    );
+    eprintln!(
+        "hard failover: replica master {took:?} after the kill; ingest answered 201 again {ingest_back:?} later ({refused} posts refused with 503); 20 acknowledged ticks lost and announced as a rollback gap"
+    );
+    blocking(|| heal(cluster, master));
+    app.stop().await;
+}
+
+/// `TICKSTREAM_REDIS_WAIT=1`: the same hard failover, and every tick answered 201
+/// survives it; what was not confirmed was answered 503 and lands on retry, once.
+async fn waited_ticks_survive_a_hard_failover(cluster: &mut RedisCluster) {
+    let mut cfg = cluster_config(cluster);
+    cfg.redis_wait = 1;
+    let app = TestApp::start(cfg).await;
+    let run = run_id();
+    let master = master_at(cluster, 2);
+    let replica = blocking(|| cluster.replica_of(master));
+    let channel = channel_on(cluster, master, &format!("wait.{run}"));
+    let (mut acked, _) = ingest_until_201(&app, &batch(&channel, "pre", 30)).await;
+    blocking(|| cut_off(cluster, master, replica, partition_of(&channel, 16)));
+    let unconfirmed = batch(&channel, "unconfirmed", 10);
+    let (status, answer) = app.ingest(&unconfirmed).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (503, Some("unavailable")),
+        "{answer}"
+    );
+    let took = blocking(|| kill_master(cluster, master, replica));
+    // With no replica left, nothing can be confirmed: 503 until the old master is
+    // back as a replica of the new one.
+    blocking(|| heal(cluster, master));
+    let (ids, refused) = ingest_until_201(&app, &unconfirmed).await;
+    acked.extend(ids);
+    let history = app.history_ids(&channel, "0-0").await;
+    assert_same_ids(&history, &acked, "every acknowledged tick, once");
+    eprintln!(
+        "WAIT 1: hard failover in {took:?}; the unconfirmed batch answered 503, and 201 after {refused} retries once a replica was back; {} ticks acknowledged, {} in history",
+        acked.len(),
+        history.len()
+    );
+    app.stop().await;
+}

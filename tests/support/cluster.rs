@@ -1,0 +1,293 @@
+//! A local Redis Cluster for the cluster tests: `masters` masters with one replica
+//! each, `redis-server --cluster-enabled yes` on free ports in temporary directories,
+//! joined with `redis-cli --cluster create`. One cluster serves every test of a test
+//! binary (starting one takes seconds); tests that break it (failovers) hold it alone
+//! and leave it whole again: three masters, each with a replica in sync.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// How long a node may be silent before the others count it as failed. Short, so a
+/// hard failover takes seconds; long enough that a busy CI machine does not fail a
+/// master over by itself.
+pub const NODE_TIMEOUT_MS: u64 = 3000;
+
+pub struct ClusterNode {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    fn start() -> ClusterNode {
+        let mut node = ClusterNode {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let dir: PathBuf = self.dir.path().into();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            // A replica cut off from its master for a while may still take over: the
+            // hard-failover tests cut one off on purpose.
+            .args(["--cluster-replica-validity-factor", "0"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--protected-mode",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.query(&["PING"]).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cluster node on port {} did not start", self.port);
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// A plain connection to this one node.
+    pub fn client(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(format!("redis://{}", self.addr())).ok()?;
+        client.get_connection_with_timeout(Duration::from_secs(2)).ok()
+    }
+
+    /// One command on this node, as text (`None` when it does not answer).
+    pub fn query(&self, args: &[&str]) -> Option<String> {
+        let mut conn = self.client()?;
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let v: redis::Value = cmd.query(&mut conn).ok()?;
+        Some(text(&v))
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on its port and directory (it rejoins the cluster from its
+    /// `nodes.conf`; a master that was failed over comes back as a replica).
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// A field of `INFO <section>`, or of `CLUSTER INFO` for section "cluster".
+    fn info(&self, section: &str, field: &str) -> Option<String> {
+        let info = if section == "cluster" {
+            self.query(&["CLUSTER", "INFO"])?
+        } else {
+            self.query(&["INFO", section])?
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.info("replication", "role").as_deref() == Some("master")
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis reply as text: bulk strings as they are, arrays joined by newlines.
+fn text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::VerbatimString { text, .. } => text.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::Okay => "OK".into(),
+        redis::Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join("\n"),
+        redis::Value::Nil => String::new(),
+        other => format!("{other:?}"),
+    }
+}
+
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl RedisCluster {
+    /// `masters` masters and one replica each, every slot assigned, state ok.
+    pub fn start(masters: usize) -> RedisCluster {
+        let nodes: Vec<ClusterNode> = (0..masters * 2).map(|_| ClusterNode::start()).collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(n.addr());
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_whole();
+        cluster
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(ClusterNode::addr).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Waits until every node says `cluster_state:ok`, half the nodes are masters,
+    /// and every replica's link to its master is up.
+    pub fn wait_whole(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .all(|n| n.info("cluster", "cluster_state").as_deref() == Some("ok"))
+                && self.nodes.iter().filter(|n| n.is_master()).count() * 2 == self.nodes.len()
+                && self
+                    .nodes
+                    .iter()
+                    .filter(|n| !n.is_master())
+                    .all(|n| n.info("replication", "master_link_status").as_deref() == Some("up"));
+            if ok {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let states: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{}: {:?} {:?} {:?}",
+                            n.port,
+                            n.info("cluster", "cluster_state"),
+                            n.info("replication", "role"),
+                            n.info("replication", "master_link_status")
+                        )
+                    })
+                    .collect();
+                panic!("the cluster did not become whole: {states:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The node (index) that is master for `slot` now, as the live masters say.
+    pub fn master_of(&self, slot: u16) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.child.is_none() || !n.is_master() {
+                    continue;
+                }
+                let Some(mut conn) = n.client() else { continue };
+                let slots: redis::Value = match redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                if let Some(port) = owner_port(&slots, slot) {
+                    if let Some(j) = self.nodes.iter().position(|m| m.port == port) {
+                        if self.nodes[j].child.is_some() && self.nodes[j].is_master() {
+                            return j;
+                        }
+                    }
+                }
+                let _ = i;
+            }
+            assert!(Instant::now() < deadline, "no master for slot {slot}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The replica (index) of the master at `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = self.nodes[master]
+            .query(&["CLUSTER", "MYID"])
+            .expect("master answers CLUSTER MYID");
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.child.is_some()
+                    && !n.is_master()
+                    && n.info("replication", "master_port").and_then(|p| p.parse().ok())
+                        == Some(self.nodes[master].port)
+                    && n.query(&["CLUSTER", "MYID"]).is_some_and(|own| own != id)
+            })
+            .expect("the master has a replica")
+    }
+
+    /// Waits until `node` is a master (a failover finished).
+    pub fn wait_master(&self, node: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.nodes[node].is_master() {
+            assert!(Instant::now() < deadline, "node {node} did not become master");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The port of the master serving `slot` in a `CLUSTER SLOTS` reply.
+fn owner_port(slots: &redis::Value, slot: u16) -> Option<u16> {
+    let redis::Value::Array(ranges) = slots else {
+        return None;
+    };
+    ranges.iter().find_map(|r| {
+        let redis::Value::Array(items) = r else { return None };
+        let (redis::Value::Int(start), redis::Value::Int(end)) = (items.first()?, items.get(1)?) else {
+            return None;
+        };
+        if !(*start..=*end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let redis::Value::Array(master) = items.get(2)? else {
+            return None;
+        };
+        match master.get(1)? {
+            redis::Value::Int(port) => u16::try_from(*port).ok(),
+            _ => None,
+        }
+    })
+}
