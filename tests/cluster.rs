@@ -363,7 +363,7 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
     let (other_mid, _) = ingest_until_201(&app, &batch(&other, "mid", 20)).await;
     let got = ticks_until(&mut subs[0], 20).await;
     assert_eq!(tick_ids(&got), doomed, "the doomed ticks were delivered");
-    // Readiness while a slot has no master.
+    // Readiness, and ingest into the dying master's slot, while it has no master.
     let probe = {
         let url = app.url("/readyz");
         tokio::spawn(async move {
@@ -380,8 +380,38 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
             seen
         })
     };
+    let producer = {
+        let url = app.url("/api/v1/ingest");
+        let channel = kept.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            for i in 0..300 {
+                let body = json!({"channel": channel, "value": 1.0, "key": format!("during-{i}")});
+                let status = http
+                    .post(&url)
+                    .bearer_auth(INGEST_TOKEN)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                statuses.push(status);
+                if statuses.contains(&503) && status == 201 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            statuses
+        })
+    };
     let took = blocking(|| kill_master(cluster, master, replica));
 
+    let during = producer.await.unwrap();
+    assert!(
+        during.contains(&503) && during.last() == Some(&201),
+        "ingest into the failed master's slots: 503, then 201 by itself: {during:?}"
+    );
     let t1 = Instant::now();
     let (after_lost, refused) = ingest_until_201(&app, &batch(&lost, "after", 10)).await;
     let ingest_back = t1.elapsed();
@@ -418,7 +448,13 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
 
     // Nothing lost, nothing announced: the same master's other channel, and another
     // master's channel.
-    let expectations = [after_kept.clone(), [other_mid.clone(), after_other.clone()].concat()];
+    // The kept channel: whatever was answered 201 during the failover, then `after`.
+    let kept_history = app.history_ids(&kept, "0-0").await;
+    assert!(kept_history.ends_with(&after_kept));
+    let expectations = [
+        kept_history[50..].to_vec(),
+        [other_mid.clone(), after_other.clone()].concat(),
+    ];
     for (ws, expected) in subs[1..].iter_mut().zip(expectations) {
         let frames = ticks_until(ws, expected.len()).await;
         assert!(!frames.iter().any(|f| f["type"] == "gap"), "no gap: {frames:?}");
@@ -460,7 +496,8 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
         "/readyz 503 while a slot had no master, 200 after: {readiness:?}"
     );
     eprintln!(
-        "hard failover: replica master {took:?} after the kill; ingest answered 201 again {ingest_back:?} later ({refused} posts refused with 503); 20 acknowledged ticks lost and announced as a rollback gap"
+        "hard failover: replica master {took:?} after the kill; a producer posting every 100 ms into the failed master's slots got {} answers 503 (or no answer), then 201; the next batch took {ingest_back:?} ({refused} refused); 20 acknowledged ticks lost and announced as a rollback gap",
+        during.iter().filter(|s| **s != 201).count()
     );
     blocking(|| heal(cluster, master));
     app.stop().await;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use std::net::TcpListener;
 
 /// How long a node may be silent before the others count it as failed. Short, so a
 /// hard failover takes seconds; long enough that a busy CI machine does not fail a
@@ -24,7 +24,7 @@ pub struct ClusterNode {
 impl ClusterNode {
     fn start() -> ClusterNode {
         let mut node = ClusterNode {
-            port: free_port(),
+            port: free_cluster_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };
@@ -127,6 +127,21 @@ impl ClusterNode {
 impl Drop for ClusterNode {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A free port whose cluster bus port (port + 10000) is free too (and exists).
+fn free_cluster_port() -> u16 {
+    loop {
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if port <= 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
     }
 }
 
