@@ -1,37 +1,198 @@
--- tickstream: append a channel's ticks, atomically (docs/PROTOCOL.md §2, docs/ARCHITECTURE.md §2 and §3).
+-- tickstream: append a channel's ticks and fold them into its candles, atomically
+-- (docs/PROTOCOL.md §2 and §6 "Candles", docs/ARCHITECTURE.md §2, §3 and §14).
 --
--- Dedup, epoch, seq, XADD and the channel registry happen in one script, so that
--- concurrent duplicates are stored once and `seq` has no holes: nothing can run
--- between the dedup check and the append. One call takes every tick of one channel
--- in an ingest batch, in order (a batch costs one script call per channel, not per tick).
+-- Dedup, epoch, seq, XADD, the channel registry and the candles happen in one script,
+-- so that concurrent duplicates are stored once, `seq` has no holes, a duplicate
+-- never counts in a candle and no reader sees a half-updated candle: nothing can run
+-- between the dedup check, the append and the candle update. One call takes every
+-- tick of one channel in an ingest batch, in order (a batch costs one script call per
+-- channel, not per tick), and reads and writes each candle it touches once.
 --
 -- KEYS[1] stream    tickstream:{p<N>}:s:<channel>
 -- KEYS[2] meta      tickstream:{p<N>}:m:<channel>    (hash: epoch, seq)
 -- KEYS[3] registry  tickstream:{p<N>}:channels       (zset: channel -> last append ms)
--- KEYS[3+i] dedup   tickstream:{p<N>}:d:<channel>:<event_id of tick i>
+-- KEYS[3+k] candles tickstream:{p<N>}:c:<interval k>:<channel> (zset: bucket start -> candle)
+-- KEYS[3+c+i] dedup tickstream:{p<N>}:d:<channel>:<event_id of tick i>
 -- ARGV[1] MAXLEN (approximate)   ARGV[2] dedup window, seconds
 -- ARGV[3] epoch to use if the channel has none yet   ARGV[4] channel
 -- ARGV[5] '1' when the caller will WAIT for replicas (TICKSTREAM_REDIS_WAIT): then a
 --         duplicate writes too (its marker's expiry, unchanged), so that the WAIT
 --         that follows also covers the original it points to (replication is one
 --         ordered stream)
--- then per tick i, ARGV[5+i]: the tick's tail, the JSON members its producer
--- determines, serialized by the node: "ts":"…","value":…,"data":…,"event_id":"…"}
+-- ARGV[6] c, the number of candle intervals (0: candles off)
+-- ARGV[6+k] interval k in ms   ARGV[6+c+k] its retention in ms
+-- then per tick i, four arguments from ARGV[6+2c+4(i-1)+1]: the tick's tail (the JSON
+-- members its producer determines, serialized by the node:
+-- "ts":"…","value":…,"data":…,"event_id":"…"}), its ts in Unix µs, its value as
+-- number text ('' when none), its data.volume as number text ('' when none)
 --
 -- Each entry has one field, `j`: "seq":<seq>,"epoch":"<epoch>", then the tail. A
 -- reader splices it behind the members the stream id gives (id, channel, ingest_ts)
 -- and has the whole tick object without re-serializing anything (src/tick/wire.rs).
 --
+-- A candle is one member of its interval's sorted set, scored by its bucket start:
+-- start|count|open|high|low|close|volume|open_ts|open_id|close_ts|close_id (the
+-- format of src/candles/candle.rs). Open is the tick with the smallest (ts, stream
+-- id), close the largest, so a late tick updates its older bucket exactly. Each
+-- interval keeps the buckets newer than its newest bucket minus its retention.
+--
 -- Returns {id_1, duplicate_1, id_2, duplicate_2, ...}; a duplicate returns the
 -- original id and takes no seq.
+--
+-- A second entry point serves `tickstream candles rebuild`: ARGV[1] 'replace', KEYS
+-- the stream, then the candle keys; ARGV[2] the stream's last id the rebuild folded up
+-- to, ARGV[3] c, then the intervals and retentions as above, then pairs of interval
+-- number and packed candle. If ticks were appended after that id it changes nothing
+-- and returns {'moved', last id} (the rebuild folds the newer ticks and calls again);
+-- else each rebuilt candle replaces the stored one of its bucket unless the stored
+-- one counts more ticks (it then also holds ticks the stream has since trimmed), and
+-- it returns {'ok'}. Atomic, so a rebuild is exact while ingest runs, and idempotent.
 
-local n = #KEYS - 3
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms or 0), tonumber(seq or 0)
+end
+
+-- (ts_a, id_a) < (ts_b, id_b); ts are decimal strings of µs.
+local function before(ts_a, id_a, ts_b, id_b)
+  local a, b = tonumber(ts_a), tonumber(ts_b)
+  if a ~= b then
+    return a < b
+  end
+  local ams, aseq = id_parts(id_a)
+  local bms, bseq = id_parts(id_b)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+
+local function unpack_candle(member)
+  local f = {}
+  for part in string.gmatch(member .. '|', '([^|]*)|') do
+    f[#f + 1] = part
+  end
+  return {
+    start = f[1], count = tonumber(f[2]), open = f[3], high = f[4], low = f[5],
+    close = f[6], volume = f[7], ots = f[8], oid = f[9], cts = f[10], cid = f[11],
+  }
+end
+
+local function pack_candle(x)
+  return table.concat({
+    x.start, string.format('%d', x.count), x.open, x.high, x.low, x.close, x.volume,
+    x.ots, x.oid, x.cts, x.cid,
+  }, '|')
+end
+
+-- Adds candle y (ticks of the same bucket) to candle x.
+local function merge(x, y)
+  x.count = x.count + y.count
+  if before(y.ots, y.oid, x.ots, x.oid) then
+    x.open, x.ots, x.oid = y.open, y.ots, y.oid
+  end
+  if before(x.cts, x.cid, y.cts, y.cid) then
+    x.close, x.cts, x.cid = y.close, y.cts, y.cid
+  end
+  if tonumber(y.high) > tonumber(x.high) then
+    x.high = y.high
+  end
+  if tonumber(y.low) < tonumber(x.low) then
+    x.low = y.low
+  end
+  if y.volume ~= '' then
+    if x.volume == '' then
+      x.volume = y.volume
+    else
+      x.volume = string.format('%.17g', tonumber(x.volume) + tonumber(y.volume))
+    end
+  end
+end
+
+-- Folds `pending[k]` (bucket start -> candle to add) into candle key `key`, keeping
+-- `retention` ms back from the newest bucket.
+local function store_candles(key, retention, pending, starts)
+  if #starts == 0 then
+    return
+  end
+  local newest = nil
+  local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
+  if top[2] then
+    newest = tonumber(top[2])
+  end
+  for _, start in ipairs(starts) do
+    local s = tonumber(start)
+    if not newest or s > newest then
+      newest = s
+    end
+  end
+  local cutoff = newest - retention
+  for _, start in ipairs(starts) do
+    if tonumber(start) > cutoff then
+      local add = pending[start]
+      local existing = redis.call('ZRANGEBYSCORE', key, start, start, 'LIMIT', 0, 1)
+      if existing[1] then
+        local x = unpack_candle(existing[1])
+        merge(x, add)
+        add = x
+        redis.call('ZREM', key, existing[1])
+      end
+      redis.call('ZADD', key, start, pack_candle(add))
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', cutoff))
+end
+
+if ARGV[1] == 'replace' then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  local last_id = '0-0'
+  if last[1] then
+    last_id = last[1][1]
+  end
+  if last_id ~= ARGV[2] then
+    return {'moved', last_id}
+  end
+  local c = tonumber(ARGV[3])
+  local rebuilt = {}
+  for k = 1, c do
+    rebuilt[k] = {}
+  end
+  for j = 4 + 2 * c, #ARGV, 2 do
+    local k = tonumber(ARGV[j])
+    rebuilt[k][#rebuilt[k] + 1] = ARGV[j + 1]
+  end
+  for k = 1, c do
+    local key = KEYS[1 + k]
+    for _, member in ipairs(rebuilt[k]) do
+      local y = unpack_candle(member)
+      local existing = redis.call('ZRANGEBYSCORE', key, y.start, y.start, 'LIMIT', 0, 1)
+      if not existing[1] or unpack_candle(existing[1]).count <= y.count then
+        if existing[1] then
+          redis.call('ZREM', key, existing[1])
+        end
+        redis.call('ZADD', key, y.start, member)
+      end
+    end
+    local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
+    if top[2] then
+      local cutoff = tonumber(top[2]) - tonumber(ARGV[3 + c + k])
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', cutoff))
+    end
+  end
+  return {'ok'}
+end
+
+local c = tonumber(ARGV[6])
+local n = #KEYS - 3 - c
+local base = 6 + 2 * c
 local out = {}
 local epoch = nil
 local last_id = nil
+local pending, starts = {}, {}
+for k = 1, c do
+  pending[k], starts[k] = {}, {}
+end
 
 for i = 1, n do
-  local dedup = KEYS[3 + i]
+  local dedup = KEYS[3 + c + i]
+  local a = base + 4 * (i - 1)
   local original = redis.call('GET', dedup)
   if original then
     if ARGV[5] == '1' then
@@ -48,13 +209,36 @@ for i = 1, n do
       epoch = redis.call('HGET', KEYS[2], 'epoch')
     end
     local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-    local body = string.format('"seq":%d,"epoch":"%s",', seq, epoch) .. ARGV[5 + i]
+    local body = string.format('"seq":%d,"epoch":"%s",', seq, epoch) .. ARGV[a + 1]
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'j', body)
     redis.call('SET', dedup, id, 'EX', ARGV[2])
     out[#out + 1] = id
     out[#out + 1] = 0
     last_id = id
+    local ts, value = ARGV[a + 2], ARGV[a + 3]
+    if value ~= '' then
+      local ms = math.floor(tonumber(ts) / 1000)
+      for k = 1, c do
+        local interval = tonumber(ARGV[6 + k])
+        local start = string.format('%.0f', math.floor(ms / interval) * interval)
+        local y = {
+          start = start, count = 1, open = value, high = value, low = value, close = value,
+          volume = ARGV[a + 4], ots = ts, oid = id, cts = ts, cid = id,
+        }
+        local x = pending[k][start]
+        if x then
+          merge(x, y)
+        else
+          pending[k][start] = y
+          starts[k][#starts[k] + 1] = start
+        end
+      end
+    end
   end
+end
+
+for k = 1, c do
+  store_candles(KEYS[3 + k], tonumber(ARGV[6 + c + k]), pending[k], starts[k])
 end
 
 if last_id then

@@ -17,8 +17,8 @@
 -- epoch), and the stream's id counter raised to the last delivered id (XSETID), so
 -- the new epoch's ticks get ids above every id a client has seen.
 --
--- Returns {epoch now, the stream's last entry id ('0-0' if none), 1 if this call
--- moved it on else 0}.
+-- Returns {epoch now, the newest entry id at or below ARGV[2] ('0-0' if none), 1 if
+-- this call moved it on else 0}.
 
 local function id_parts(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -35,6 +35,13 @@ local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local last_id = '0-0'
 if last[1] then
   last_id = last[1][1]
+end
+-- The newest entry at or below what was delivered: where readers go on from (ticks
+-- appended since the failover may already stand above it, and must not be skipped).
+local kept = redis.call('XREVRANGE', KEYS[1], ARGV[2], '-', 'COUNT', 1)
+local survivor = '0-0'
+if kept[1] then
+  survivor = kept[1][1]
 end
 
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
@@ -63,4 +70,4 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
 end
 
-return {epoch or false, last_id, moved}
+return {epoch or false, survivor, moved}

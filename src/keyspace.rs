@@ -8,6 +8,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::candles::Interval;
+
 /// The partition a channel lives in: the first four bytes of SHA-256(channel) as a
 /// big-endian u32, modulo the partition count.
 pub fn partition_of(channel: &str, partitions: u32) -> u32 {
@@ -60,6 +62,7 @@ pub struct ChannelKeys {
     pub registry: String,
     /// Dedup markers are `{dedup_prefix}<event_id>`.
     dedup_prefix: String,
+    channel: String,
 }
 
 impl ChannelKeys {
@@ -71,7 +74,18 @@ impl ChannelKeys {
             meta: format!("tickstream:{{p{p}}}:m:{channel}"),
             registry: registry(p),
             dedup_prefix: format!("tickstream:{{p{p}}}:d:{channel}:"),
+            channel: channel.to_string(),
         }
+    }
+
+    /// The channel's candles of one interval (zset: bucket start → candle).
+    pub fn candles(&self, interval: Interval) -> String {
+        format!(
+            "tickstream:{{p{}}}:c:{}:{}",
+            self.partition,
+            interval.name(),
+            self.channel
+        )
     }
 
     /// The dedup marker of one event id.
@@ -118,6 +132,7 @@ mod tests {
         assert_eq!(k.meta, "tickstream:{p5}:m:crypto.BTC-USD");
         assert_eq!(k.registry, "tickstream:{p5}:channels");
         assert_eq!(k.dedup("ab"), "tickstream:{p5}:d:crypto.BTC-USD:ab");
+        assert_eq!(k.candles(Interval::M1), "tickstream:{p5}:c:1m:crypto.BTC-USD");
         assert_eq!(rate_bucket("u:alice", "api"), "tickstream:rl:{u:alice}:api");
         assert_eq!(node("node-1"), "tickstream:{nodes}:node:node-1");
     }
@@ -132,7 +147,13 @@ mod tests {
         assert_eq!(slot_of("foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
         assert_eq!(slot_of("foo{{bar}}zap"), crc16(b"{bar") % 16384);
         let k = ChannelKeys::new("crypto.BTC-USD", 16);
-        for key in [&k.stream, &k.meta, &k.registry, &k.dedup("ab")] {
+        for key in [
+            &k.stream,
+            &k.meta,
+            &k.registry,
+            &k.dedup("ab"),
+            &k.candles(Interval::D1),
+        ] {
             assert_eq!(slot_of(key), partition_slot(5), "{key}");
         }
         assert_eq!(slot_of(PARTITIONS), slot_of("meta"));

@@ -10,6 +10,7 @@
 //! - [`auth`]: who is asking: JWT, the HMAC-signed handshake, the ingest token.
 //! - [`ratelimit`]: token buckets per subject and group (shared in Redis), the per-IP
 //!   flood shield, the client's address.
+//! - [`candles`]: OHLCV candles of `value`: intervals, the fold, retention.
 //! - [`keyspace`]: every Redis key, and the partition function.
 //! - [`store`]: the engines (Redis streams on one Redis or a Redis Cluster, or the
 //!   embedded memory engine), the store's health, failover honesty.
@@ -28,6 +29,7 @@
 
 pub mod acl;
 pub(crate) mod auth;
+pub mod candles;
 pub mod clock;
 pub mod config;
 pub(crate) mod error;
@@ -98,21 +100,7 @@ impl Server {
         // an embedder may have chosen one already, which is as good.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let metrics = Arc::new(Metrics::new());
-        let store = match &config.redis_url {
-            Some(url) => Store::Redis(Arc::new(
-                RedisStore::connect(
-                    target::parse(url)
-                        .map_err(|why| StartError::Redis(StoreError::Config(format!("REDIS_URL {why}"))))?,
-                    &config.redis_tls,
-                    config.store_settings(),
-                    metrics.bad_entries.clone(),
-                    metrics.rollbacks.clone(),
-                )
-                .await
-                .map_err(StartError::Redis)?,
-            )),
-            None => Store::Memory(Arc::new(MemoryStore::new(config.store_settings()))),
-        };
+        let store = open_store(&config, &metrics).await?;
         let (auth, dev) = Authenticator::new(&config.auth)?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -144,6 +132,7 @@ impl Server {
             auth: auth.clone(),
             limiter: limiter.clone(),
             default_replay: config.default_replay,
+            candles: config.candles,
             send_queue: config.send_queue,
             shutdown: shutdown_rx,
         });
@@ -252,6 +241,60 @@ async fn forget_quiet_addresses(shield: ratelimit::ip::Shield, mut shutdown: wat
 /// Starts a server from `config` and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     Server::bind(config).await?.run(shutdown).await
+}
+
+/// The store `REDIS_URL` names, or the memory engine without it.
+async fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, StartError> {
+    Ok(match &config.redis_url {
+        Some(url) => Store::Redis(Arc::new(
+            RedisStore::connect(
+                target::parse(url).map_err(|why| StartError::Redis(StoreError::Config(format!("REDIS_URL {why}"))))?,
+                &config.redis_tls,
+                config.store_settings(),
+                metrics.bad_entries.clone(),
+                metrics.rollbacks.clone(),
+            )
+            .await
+            .map_err(StartError::Redis)?,
+        )),
+        None => Store::Memory(Arc::new(MemoryStore::new(config.store_settings()))),
+    })
+}
+
+/// `tickstream candles rebuild`: recomputes the candles of `channel` (else of every
+/// channel) from the ticks still in the streams, calling `done` after each channel;
+/// returns how many channels it rebuilt. Safe while servers run (see
+/// `RedisStore::rebuild_candles`).
+pub async fn rebuild_candles(
+    config: &Config,
+    channel: Option<String>,
+    mut done: impl FnMut(&str, usize),
+) -> Result<usize, StartError> {
+    if !config.store_settings().candles.enabled {
+        return Err(StartError::Redis(StoreError::Config(
+            "TICKSTREAM_CANDLES is off: there are no candles to rebuild".into(),
+        )));
+    }
+    if config.redis_url.is_none() {
+        return Err(StartError::Redis(StoreError::Config(
+            "REDIS_URL is not set: the memory engine's candles live and die with its server".into(),
+        )));
+    }
+    if let Some(c) = channel.as_deref().filter(|c| !tick::is_valid_channel(c)) {
+        return Err(StartError::Redis(StoreError::Config(format!(
+            "{c:?} is not a channel name"
+        ))));
+    }
+    let store = open_store(config, &Metrics::new()).await?;
+    let channels = match channel {
+        Some(c) => vec![c],
+        None => store.channel_names().await.map_err(StartError::Redis)?,
+    };
+    for channel in &channels {
+        let ticks = store.rebuild_candles(channel).await.map_err(StartError::Redis)?;
+        done(channel, ticks);
+    }
+    Ok(channels.len())
 }
 
 fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {

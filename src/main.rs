@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tickstream::config::{Cli, Config, LogFormat};
+use tickstream::config::{CandlesCommand, Cli, Command, Config, LogFormat};
 
 fn main() -> ExitCode {
     // A missing .env is normal; a malformed one is worth saying.
@@ -14,7 +14,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let config = match Config::from_cli(Cli::parse()) {
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tickstream: configuration error: {e}");
@@ -29,11 +31,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Candles {
+        action: CandlesCommand::Rebuild { channel },
+    }) = command
+    {
+        return rebuild(&runtime, config, channel);
+    }
     match runtime.block_on(tickstream::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "tickstream stopped");
             eprintln!("tickstream: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tickstream candles rebuild`: one line per channel, then a total.
+fn rebuild(runtime: &tokio::runtime::Runtime, config: Config, channel: Option<String>) -> ExitCode {
+    let result = runtime.block_on(tickstream::rebuild_candles(&config, channel, |channel, ticks| {
+        println!("{channel}: candles rebuilt from {ticks} ticks");
+    }));
+    match result {
+        Ok(channels) => {
+            println!("{channels} channel(s) rebuilt");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tickstream: candles rebuild: {e}");
             ExitCode::FAILURE
         }
     }

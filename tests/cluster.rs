@@ -103,6 +103,7 @@ async fn on_a_redis_cluster() {
     channels_land_on_their_slot_owners(&cluster).await;
     exactly_once_with_two_nodes(&cluster).await;
     rate_limits_are_shared_by_nodes(&cluster).await;
+    candles_are_exact_on_a_cluster(&cluster).await;
     a_graceful_failover_loses_nothing(&cluster).await;
     a_hard_failover_that_lost_ticks_is_announced(&mut cluster).await;
     waited_ticks_survive_a_hard_failover(&mut cluster).await;
@@ -193,9 +194,10 @@ async fn exactly_once_with_two_nodes(cluster: &RedisCluster) {
         started.elapsed()
     );
     for app in [a, b] {
-        if let Ok(app) = Arc::try_unwrap(app) {
-            app.stop().await;
-        }
+        let app = Arc::try_unwrap(app)
+            .ok()
+            .expect("the property's tasks have ended and let go of the servers");
+        app.stop().await;
     }
 }
 
@@ -232,6 +234,35 @@ async fn rate_limits_are_shared_by_nodes(cluster: &RedisCluster) {
     assert_eq!(ready["ratelimit"], "redis", "{ready}");
     a.stop().await;
     b.stop().await;
+}
+
+/// Candles on channels of several partitions (so several masters): exact against
+/// the reference past the stream's cap, and unchanged by a rebuild.
+async fn candles_are_exact_on_a_cluster(cluster: &RedisCluster) {
+    let mut cfg = cluster_config(cluster);
+    cfg.stream_maxlen = 50;
+    let app = TestApp::start(cfg.clone()).await;
+    let seed = u64::from(std::process::id());
+    let mut references = Vec::new();
+    for n in 0..3 {
+        let channel = format!("cc.{}.{n}", run_id());
+        let reference = support::candles::candles_match_reference(&app, &channel, seed + n).await;
+        references.push((channel, reference));
+    }
+    let rebuilt = tickstream::rebuild_candles(&cfg, None, |_, _| {}).await.unwrap();
+    assert!(rebuilt >= 3, "{rebuilt} channels rebuilt");
+    let t = token(&["*"]);
+    for (channel, reference) in &references {
+        for (interval, _) in support::candles::INTERVALS {
+            let got = support::candles::read_all(&app, &t, channel, interval, 1000).await;
+            support::candles::assert_matches(
+                &got,
+                &reference.candles(interval),
+                &format!("{channel} {interval} rebuilt"),
+            );
+        }
+    }
+    app.stop().await;
 }
 
 /// `CLUSTER FAILOVER` of the master serving a busy channel, while clients are
@@ -292,8 +323,10 @@ async fn a_graceful_failover_loses_nothing(cluster: &RedisCluster) {
 /// buffer for it overflows (a large write with a 1 MB limit), so the master drops the
 /// link and whatever it had not sent. Writes after this reach the master only.
 fn cut_off(cluster: &RedisCluster, master: usize, replica: usize, slot_tag: u32) {
-    signal(cluster.nodes[replica].pid(), "STOP");
     let m = &cluster.nodes[master];
+    // Everything written so far reaches the replica first: only what follows is lost.
+    assert_eq!(m.query(&["WAIT", "1", "5000"]).as_deref(), Some("1"));
+    signal(cluster.nodes[replica].pid(), "STOP");
     assert_eq!(
         m.query(&["CONFIG", "SET", "client-output-buffer-limit", "replica 1mb 1mb 0"])
             .as_deref(),
@@ -313,13 +346,10 @@ fn cut_off(cluster: &RedisCluster, master: usize, replica: usize, slot_tag: u32)
 }
 
 /// Kills the master (SIGKILL) and lets the cut-off replica run again: it takes over
-/// without the writes it never got. Returns how long until it was master.
-fn kill_master(cluster: &mut RedisCluster, master: usize, replica: usize) -> Duration {
-    let t0 = Instant::now();
+/// (see [`RedisCluster::wait_master`]) without the writes it never got.
+fn kill_master(cluster: &mut RedisCluster, master: usize, replica: usize) {
     cluster.nodes[master].kill();
     signal(cluster.nodes[replica].pid(), "CONT");
-    cluster.wait_master(replica);
-    t0.elapsed()
 }
 
 /// The old master comes back (as a replica of the new one); the cluster is whole.
@@ -380,6 +410,10 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
             seen
         })
     };
+    let t0 = Instant::now();
+    blocking(|| kill_master(cluster, master, replica));
+    // Started after the kill, so nothing it gets answered 201 can be lost with the
+    // old master.
     let producer = {
         let url = app.url("/api/v1/ingest");
         let channel = kept.clone();
@@ -405,7 +439,8 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
             statuses
         })
     };
-    let took = blocking(|| kill_master(cluster, master, replica));
+    blocking(|| cluster.wait_master(replica));
+    let took = t0.elapsed();
 
     let during = producer.await.unwrap();
     assert!(
@@ -522,7 +557,10 @@ async fn waited_ticks_survive_a_hard_failover(cluster: &mut RedisCluster) {
         (503, Some("unavailable")),
         "{answer}"
     );
-    let took = blocking(|| kill_master(cluster, master, replica));
+    let t0 = Instant::now();
+    blocking(|| kill_master(cluster, master, replica));
+    blocking(|| cluster.wait_master(replica));
+    let took = t0.elapsed();
     // With no replica left, nothing can be confirmed: 503 until the old master is
     // back as a replica of the new one.
     blocking(|| heal(cluster, master));

@@ -11,6 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::extract::Caller;
 use super::AppState;
 use crate::auth::Principal;
+use crate::candles::CandleSettings;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
 use crate::session::protocol::SubscribeRequest;
@@ -55,11 +56,16 @@ pub struct StartQuery {
     since: Option<String>,
     seq: Option<String>,
     epoch: Option<String>,
+    candles: Option<String>,
 }
 
 impl StartQuery {
-    /// The subscription these parameters ask for (400 `bad_since` / `bad_seq`).
-    pub fn request(self, channel: String) -> Result<SubscribeRequest, ApiError> {
+    /// The subscription these parameters ask for (400 `bad_since` / `bad_seq` /
+    /// `bad_interval`).
+    pub fn request(self, channel: String, settings: &CandleSettings) -> Result<SubscribeRequest, ApiError> {
+        let candles = settings
+            .live(self.candles.as_deref())
+            .map_err(|why| ApiError::bad_request("bad_interval", why))?;
         let since =
             Since::parse(self.since.as_deref()).map_err(|e| ApiError::bad_request("bad_since", e.to_string()))?;
         let seq = match self.seq.as_deref().filter(|s| !s.is_empty()) {
@@ -75,6 +81,7 @@ impl StartQuery {
             seq,
             epoch: self.epoch.filter(|e| !e.is_empty()),
             from_event_id: false,
+            candles,
         })
     }
 }

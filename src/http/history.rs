@@ -7,11 +7,21 @@ use serde::Deserialize;
 
 use super::extract::{authorize_read, Caller, ChannelName, Params};
 use super::{json_response, AppState};
+use crate::candles::Order;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
 use crate::store::IdRange;
 use crate::tick::id::parse_moment;
 use crate::tick::{is_valid_channel, StreamId};
+
+/// `order`: `asc` (default) or `desc`.
+pub(super) fn order_param(raw: Option<&str>) -> Result<Order, ApiError> {
+    match raw {
+        None | Some("") | Some("asc") => Ok(Order::Asc),
+        Some("desc") => Ok(Order::Desc),
+        Some(_) => Err(ApiError::bad_request("bad_order", "order must be asc or desc")),
+    }
+}
 
 /// Largest page.
 pub const MAX_PAGE: usize = 1000;
@@ -32,7 +42,8 @@ pub struct ChannelsQuery {
     cursor: Option<String>,
 }
 
-fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
+/// `limit`: 1..=1000, default 100.
+pub(super) fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
     match raw {
         None | Some("") => Ok(DEFAULT_PAGE),
         Some(raw) => raw
@@ -128,11 +139,7 @@ pub async fn ticks(
     let principal = caller.reader(&state, Group::Api).await?;
     authorize_read(&principal, &channel)?;
     let limit = limit_param(q.limit.as_deref())?;
-    let descending = match q.order.as_deref() {
-        None | Some("") | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err(ApiError::bad_request("bad_order", "order must be asc or desc")),
-    };
+    let descending = order_param(q.order.as_deref())? == Order::Desc;
     let since = id_param("since", &q.since, Some(Edge::Before))?;
     let until = id_param("until", &q.until, Some(Edge::End))?;
     let cursor = id_param("cursor", &q.cursor, None)?;

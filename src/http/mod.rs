@@ -3,6 +3,7 @@
 //! request, the client's address, the per-IP shield, rate headers).
 
 pub mod admission;
+pub mod candles;
 pub mod extract;
 pub mod handshake;
 pub mod history;
@@ -94,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/channels", get(history::channels))
         .route("/api/v1/channels/{channel}/ticks", get(history::ticks))
         .route("/api/v1/channels/{channel}/latest", get(history::latest))
+        .route("/api/v1/channels/{channel}/candles", get(candles::candles))
         .route("/api/v1/nodes", get(ops::nodes))
         .route("/api/v1/openapi.json", get(ops::openapi))
         .route("/ws", get(ws::multiplexed))

@@ -28,7 +28,7 @@ pub async fn stream(
         let last_event_id = last_event_id(&caller)?;
         let admitted = admit(&state, &caller).await?;
         authorize_read(&admitted.principal, &channel)?;
-        let mut request = query.request(channel)?;
+        let mut request = query.request(channel, &state.config.candles)?;
         if let Some(id) = last_event_id {
             // The URL's `since` (and its `seq`) are where the stream first began;
             // `Last-Event-ID` is where the client is now.

@@ -28,7 +28,7 @@ pub async fn single(
         let Params(query) = query?;
         let admitted = admit(&state, &caller).await?;
         authorize_read(&admitted.principal, &channel)?;
-        let request = query.request(channel)?;
+        let request = query.request(channel, &state.config.candles)?;
         Ok((admitted, request))
     }
     .await;

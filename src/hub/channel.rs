@@ -133,7 +133,9 @@ impl Partition {
                 active.recent.pop_back();
             }
             active.floor = active.floor.min(survivor);
-            active.cursor = survivor;
+            // Never forward: entries between the reader's cursor and the survivor
+            // are still unread.
+            active.cursor = active.cursor.min(survivor);
         }
     }
 

@@ -3,6 +3,8 @@
 //! - [`channel`]: an active channel (live buffer, ring, cursor), its partition, and a
 //!   session's handle on it.
 //! - [`reader`]: one reader task per partition, tailing the store.
+//! - [`candles`]: live candle feeds, one per channel and interval, shared by their
+//!   subscribers.
 //!
 //! While a partition has active channels (channels with at least one local
 //! subscriber), its reader blocks on the store for all of them at once (one `XREAD`
@@ -14,6 +16,7 @@
 //! subscriber replays history, so "replay up to now" ∪ "live after the cursor" covers
 //! every id; sessions drop the overlap by id.
 
+pub mod candles;
 pub mod channel;
 pub mod reader;
 
@@ -29,6 +32,7 @@ use crate::keyspace::partition_of;
 use crate::metrics::Metrics;
 use crate::store::{Fences, IdRange, Store, StoreError, StreamInfo, TailWaker};
 use crate::tick::StreamId;
+pub use candles::CandleSubscription;
 use channel::{ActiveChannel, Partition};
 pub use channel::{Interrupted, LiveFrame, LiveSubscription};
 
@@ -67,6 +71,7 @@ pub struct Hub {
     /// Capacity of each active channel's ring of recent ticks.
     ring: usize,
     metrics: Arc<Metrics>,
+    candles: candles::CandleFeeds,
 }
 
 impl Hub {
@@ -89,6 +94,7 @@ impl Hub {
             live_buffer: settings.live_buffer.max(16),
             ring: settings.ring.max(1),
             metrics,
+            candles: candles::CandleFeeds::default(),
         })
     }
 

@@ -78,7 +78,13 @@ impl Cursor {
     ///   client) is a `gap` `trimmed` with the exact count, and a `seq` that goes
     ///   back (a failover rolled the stream back under this subscription, before
     ///   anyone moved it to a new epoch) a `gap` `rollback`.
+    /// - A tick of an epoch that the cursor's epoch rolled back is stale (a frame
+    ///   read before the rollback, arriving late): the subscription only moves
+    ///   forward, so it is skipped.
     pub fn admit(&mut self, id: StreamId, seq: u64, epoch: &Arc<str>) -> Admit {
+        if self.epoch.as_ref().is_some_and(|ours| is_rollback_of(ours, epoch)) {
+            return Admit::Skip;
+        }
         let other_epoch = self.epoch.as_ref().filter(|e| *e != epoch);
         if other_epoch.is_none() && id <= self.last_sent {
             return Admit::Skip;
@@ -193,6 +199,10 @@ mod tests {
         assert!(gap["missed"].is_null());
         assert!(matches!(c.admit(id(12), 2, &rolled), Admit::Send));
         assert!(matches!(c.admit(id(12), 2, &rolled), Admit::Skip));
+        // A frame of the rolled-back epoch read before the rollback, arriving late,
+        // never takes the subscription back (nor makes a second gap).
+        assert!(matches!(c.admit(id(13), 9, &old), Admit::Skip));
+        assert!(matches!(c.admit(id(13), 3, &rolled), Admit::Send));
     }
 
     #[test]

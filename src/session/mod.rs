@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::{Authenticator, Principal};
+use crate::candles::CandleSettings;
 use crate::hub::{Hub, LiveSubscription};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Group, RateLimiter};
@@ -45,6 +46,8 @@ pub struct SessionContext {
     /// Each `subscribe` message costs a `ws` token.
     pub limiter: Arc<RateLimiter>,
     pub default_replay: usize,
+    /// Which live candles a subscriber may ask for.
+    pub candles: CandleSettings,
     /// Frames queued per connection before its subscriptions' start-ups wait; bounds
     /// memory per client.
     pub send_queue: usize,
@@ -119,6 +122,10 @@ impl Session {
 
     pub(crate) fn principal(&self) -> &Principal {
         &self.principal
+    }
+
+    pub(crate) fn candle_settings(&self) -> &CandleSettings {
+        &self.ctx.candles
     }
 
     pub(crate) fn auth(&self) -> Arc<Authenticator> {

@@ -8,6 +8,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::candles::Interval;
 use crate::tick::{Since, StreamId};
 
 /// History is read in pages of this many ticks.
@@ -58,6 +59,8 @@ pub struct SubscribeRequest {
     /// `seq` and epoch can be looked up, and an id that no longer exists (and was not
     /// trimmed away) means the stream it came from was lost.
     pub from_event_id: bool,
+    /// Live candles of this interval too.
+    pub candles: Option<Interval>,
 }
 
 /// A message from a WebSocket client.
@@ -72,6 +75,8 @@ pub enum ClientMessage {
         seq: Option<u64>,
         #[serde(default)]
         epoch: Option<String>,
+        #[serde(default)]
+        candles: Option<String>,
     },
     Unsubscribe {
         channel: String,
@@ -100,6 +105,7 @@ pub enum Kind {
     Live,
     Error,
     Pong,
+    Candle,
 }
 
 impl Kind {
@@ -111,6 +117,7 @@ impl Kind {
             Kind::Live => "live",
             Kind::Error => "error",
             Kind::Pong => "pong",
+            Kind::Candle => "candle",
         }
     }
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::cursor::{Admit, Cursor};
-use super::protocol::{self, Frame, SubscribeRequest, REPLAY_PAGE};
+use super::protocol::{self, Frame, Kind, SubscribeRequest, REPLAY_PAGE};
 use super::{Handover, Outbound, SessionContext, SubFrames};
-use crate::hub::LiveFrame;
+use crate::hub::{CandleSubscription, LiveFrame};
 use crate::retry::until_ok;
 use crate::store::IdRange;
 use crate::tick::epoch::is_rollback_of;
@@ -294,8 +294,10 @@ async fn start(
     mut req: SubscribeRequest,
     out: mpsc::Sender<Outbound>,
 ) -> Result<(), Gone> {
-    // Live first: from here on, every new tick reaches `live` (or its ring).
+    // Live first: from here on, every new tick reaches `live` (or its ring), and
+    // every change of the candle reaches `candles`.
     let live = until_ok(&ctx.metrics, || ctx.hub.subscribe(&req.channel)).await;
+    let candles = req.candles.map(|interval| ctx.hub.candles(&req.channel, interval));
     let mut vanished = false;
     if let (true, Since::After(since)) = (req.from_event_id, req.since) {
         match tick_at(ctx, &req.channel, since).await {
@@ -325,7 +327,29 @@ async fn start(
     let Feed { cursor, out, .. } = feed;
     out.send(Outbound::Live(Box::new(Handover { cursor, live })))
         .await
-        .map_err(|_| Gone)
+        .map_err(|_| Gone)?;
+    if let Some(candles) = candles {
+        forward_candles(sub, candles, out).await;
+    }
+    Ok(())
+}
+
+/// Candle frames, the current candle first, until the subscription ends (its task
+/// is aborted) or the connection goes.
+async fn forward_candles(sub: u64, mut candles: CandleSubscription, out: mpsc::Sender<Outbound>) {
+    while let Some(text) = candles.next().await {
+        let frames = SubFrames {
+            sub,
+            frames: vec![Frame::Text {
+                kind: Kind::Candle,
+                text,
+            }],
+            ticks: 0,
+        };
+        if out.send(Outbound::Sub(Box::new(frames))).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The `seq` and epoch of the tick with id `id`, from the ring or the stream.

@@ -184,6 +184,7 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
             since,
             seq,
             epoch,
+            candles,
         } => {
             if !is_valid_channel(&channel) {
                 return session
@@ -208,6 +209,10 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
                 Ok(since) => since,
                 Err(e) => return session.refuse(&channel, "bad_since", &e.to_string()).await,
             };
+            let candles = match session.candle_settings().live(candles.as_deref()) {
+                Ok(candles) => candles,
+                Err(why) => return session.refuse(&channel, "bad_interval", why).await,
+            };
             if session.charge_subscribe(&channel).await? {
                 session
                     .subscribe(SubscribeRequest {
@@ -216,6 +221,7 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
                         seq,
                         epoch,
                         from_event_id: false,
+                        candles,
                     })
                     .await?;
             }

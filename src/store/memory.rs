@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailBatch, TailWaker};
+use crate::candles::{Book, Candle, CandleSettings, Interval, Order, Span};
 use crate::clock::now_ms;
 use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
@@ -31,6 +32,8 @@ struct Channel {
     seq: u64,
     added: u64,
     last_id: StreamId,
+    /// Folded under the same lock as the append: as atomic as the Redis script.
+    candles: Book,
 }
 
 impl Channel {
@@ -56,6 +59,7 @@ pub struct MemoryStore {
     maxlen: usize,
     dedup_window: Duration,
     dedup_capacity: usize,
+    candles: CandleSettings,
     /// Bumped on every append, so tail readers wake without polling.
     appended: watch::Sender<u64>,
     block: Duration,
@@ -72,6 +76,7 @@ impl MemoryStore {
             maxlen: usize::try_from(settings.stream_maxlen).unwrap_or(usize::MAX).max(1),
             dedup_window: settings.dedup_window,
             dedup_capacity: dedup_capacity.max(1),
+            candles: settings.candles,
             appended: watch::channel(0).0,
             block: settings.tail_block,
         }
@@ -121,6 +126,7 @@ impl MemoryStore {
             seq: 0,
             added: 0,
             last_id: StreamId::ZERO,
+            candles: Book::default(),
         });
         let ms = now_ms();
         let id = if ms > channel.last_id.ms {
@@ -138,6 +144,10 @@ impl MemoryStore {
             channel: channel.name.clone(),
             body: crate::tick::wire::body(channel.seq, &channel.epoch, &t.tail),
         });
+        if let Some(value) = &t.value {
+            let volume = t.volume.as_deref().and_then(|v| v.parse().ok());
+            channel.candles.add_tick(&self.candles, t.ts_us, id, value, volume);
+        }
         while channel.entries.len() > self.maxlen {
             channel.entries.pop_front();
         }
@@ -218,6 +228,37 @@ impl MemoryStore {
             .collect())
     }
 
+    pub async fn candles(
+        &self,
+        channel: &str,
+        interval: Interval,
+        span: Span,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Candle>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .channels
+            .get(channel)
+            .map(|c| c.candles.page(interval, span, limit, order))
+            .unwrap_or_default())
+    }
+
+    /// Folds the channel's candles again from the ticks it still holds (the rule of
+    /// [`Book::adopt`]).
+    pub async fn rebuild_candles(&self, channel: &str) -> Result<usize, StoreError> {
+        let mut state = self.lock();
+        let Some(c) = state.channels.get_mut(channel) else {
+            return Ok(0);
+        };
+        let mut book = Book::default();
+        for tick in &c.entries {
+            book.add_stored(&self.candles, tick);
+        }
+        c.candles.adopt(&self.candles, book);
+        Ok(c.entries.len())
+    }
+
     /// Event ids currently remembered (tests).
     pub fn dedup_len(&self) -> usize {
         self.lock().dedup.len()
@@ -294,6 +335,7 @@ mod tests {
             dedup_window: Duration::from_secs(60),
             tail_block: Duration::from_millis(10),
             wait_replicas: 0,
+            candles: CandleSettings::default(),
         }
     }
 

@@ -18,7 +18,6 @@ pub mod redis;
 pub mod reply;
 pub mod target;
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use tokio::sync::Notify;
 
 pub use health::StoreHealth;
 
+use crate::candles::{Candle, CandleSettings, Interval, Order, Span};
 use crate::tick::{PreparedTick, StreamId, Tick};
 
 /// A storage failure. Every variant means "the store cannot answer now"; callers
@@ -62,6 +62,8 @@ pub struct Settings {
     pub tail_block: Duration,
     /// Replicas each ingest waits for (`WAIT`) before it answers 201; 0: none.
     pub wait_replicas: u32,
+    /// Which candle intervals are kept, and for how long.
+    pub candles: CandleSettings,
 }
 
 /// What a node delivered of a channel: its last tick's id, `seq` and epoch. A
@@ -144,21 +146,19 @@ pub struct TailWaker {
     /// Memory engine: wakes the reader's wait.
     pub notify: Notify,
     /// Redis engine: the reader connection's `CLIENT ID` (0 = none yet), for
-    /// `CLIENT UNBLOCK`…
-    pub redis_client_id: AtomicU64,
-    /// …on the cluster node it reads from (`None` on one Redis).
-    node: std::sync::Mutex<Option<connections::NodeAddr>>,
+    /// `CLIENT UNBLOCK` on the cluster node it reads from (`None` on one Redis): one value under one
+    /// lock, so a waker never pairs one connection's id with another's node.
+    reader: std::sync::Mutex<(u64, Option<connections::NodeAddr>)>,
 }
 
 impl TailWaker {
     pub fn set_reader(&self, client_id: u64, node: Option<connections::NodeAddr>) {
-        *self.node.lock().unwrap_or_else(|e| e.into_inner()) = node;
-        self.redis_client_id
-            .store(client_id, std::sync::atomic::Ordering::Release);
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = (client_id, node);
     }
 
-    pub fn node(&self) -> Option<connections::NodeAddr> {
-        self.node.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The reader connection's `CLIENT ID` (0 = none yet) and node.
+    pub fn reader(&self) -> (u64, Option<connections::NodeAddr>) {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -262,6 +262,24 @@ impl Store {
     /// The channel's current epoch (`None` before its first tick).
     pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.epoch(channel).await)
+    }
+
+    /// Up to `limit` candles of `interval` whose bucket start is in `span`.
+    pub async fn candles(
+        &self,
+        channel: &str,
+        interval: Interval,
+        span: Span,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Candle>, StoreError> {
+        dispatch!(self, s => s.candles(channel, interval, span, limit, order).await)
+    }
+
+    /// Recomputes a channel's candles from the ticks its stream still holds; returns
+    /// how many ticks were folded (`tickstream candles rebuild`).
+    pub async fn rebuild_candles(&self, channel: &str) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.rebuild_candles(channel).await)
     }
 
     /// Every channel name with a stream, sorted.

@@ -99,25 +99,29 @@ pub fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
     }
 }
 
-/// XREAD's reply, taken apart: RESP2 `[[key, entries], …]` or RESP3 `{key: entries}`;
-/// nil on timeout.
 /// `CLUSTER SLOTS`: each slot range and the address of its master (the first node
-/// listed for the range).
+/// listed for the range). A range whose master has no usable address (a nil or `?`
+/// endpoint while a node is being added or forgotten) is left out, so the slots it
+/// covers count as unserved rather than the whole map as unreadable.
 pub fn slot_ranges(reply: &Value) -> Option<Vec<(std::ops::RangeInclusive<u16>, NodeAddr)>> {
-    as_array(reply)?
-        .iter()
-        .map(|range| {
-            let items = as_array(range)?;
-            let start = u16::try_from(as_u64(items.first()?)?).ok()?;
-            let end = u16::try_from(as_u64(items.get(1)?)?).ok()?;
-            let master = as_array(items.get(2)?)?;
-            let host = as_str(master.first()?)?;
-            let port = u16::try_from(as_u64(master.get(1)?)?).ok()?;
-            Some((start..=end, NodeAddr { host, port }))
-        })
-        .collect()
+    Some(
+        as_array(reply)?
+            .iter()
+            .filter_map(|range| {
+                let items = as_array(range)?;
+                let start = u16::try_from(as_u64(items.first()?)?).ok()?;
+                let end = u16::try_from(as_u64(items.get(1)?)?).ok()?;
+                let master = as_array(items.get(2)?)?;
+                let host = as_str(master.first()?).filter(|h| !h.is_empty() && h != "?")?;
+                let port = u16::try_from(as_u64(master.get(1)?)?).ok()?;
+                Some((start..=end, NodeAddr { host, port }))
+            })
+            .collect(),
+    )
 }
 
+/// XREAD's reply, taken apart: RESP2 `[[key, entries], …]` or RESP3 `{key: entries}`;
+/// nil on timeout.
 pub fn streams_of(reply: Value) -> Vec<(Value, Value)> {
     match reply {
         Value::Map(kv) => kv,

@@ -61,6 +61,8 @@ pub struct PreparedTick {
     pub value: Option<String>,
     /// `data` as compact JSON (keys sorted).
     pub data: Option<String>,
+    /// `data.volume` as JSON number text, when it is a number (candles sum it).
+    pub volume: Option<String>,
     pub event_id: String,
     /// The tick object's members the producer determines, as stored: see [`tail`].
     pub tail: String,
@@ -110,12 +112,18 @@ impl IngestTick {
             data.as_ref(),
         );
         let value = self.value.map(|v| v.to_string());
+        let volume = data
+            .as_ref()
+            .and_then(|d| d.get("volume"))
+            .filter(|v| v.is_number())
+            .map(|v| v.to_string());
         let tail = tail(ts_us, value.as_deref(), data_text.as_deref(), &event_id);
         Ok(PreparedTick {
             channel: self.channel,
             ts_us,
             value,
             data: data_text,
+            volume,
             event_id,
             tail,
         })

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod candles;
 pub mod cluster;
 pub mod property;
 

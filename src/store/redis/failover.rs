@@ -32,7 +32,8 @@ pub struct StoredHead {
 pub struct Rolled {
     /// The channel's epoch now.
     pub epoch: Option<String>,
-    /// The newest entry that survived (`0-0`: none).
+    /// The newest entry at or below the fence (`0-0`: none): what survived of what
+    /// was delivered; readers go on from it.
     pub survivor: StreamId,
     /// This call moved the channel on (another node may have done it first).
     pub moved: bool,

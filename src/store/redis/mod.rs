@@ -5,12 +5,14 @@
 //! - [`tail`]: the partition readers' blocking reads, on connections of their own.
 //! - [`failover`]: noticing a stream that a failover rolled back, and moving it to
 //!   its next epoch (`redis/rollback.lua`).
+//! - [`candles`]: reading candles, and rebuilding them from the streams.
 //!
 //! Commands that touch several channels (an ingest batch, the channel list) are
 //! grouped by partition and sent as one pipeline per partition, concurrently: every
 //! key of a partition shares one cluster slot, and a cluster pipeline must stay in
 //! one slot. On one Redis the pipelines share its multiplexed connections.
 
+pub mod candles;
 pub mod failover;
 pub mod tail;
 
@@ -34,6 +36,11 @@ const LEGACY_PARTITIONS_KEY: &str = "tickstream:partitions";
 
 pub struct RedisStore {
     connections: Connections,
+    /// With `TICKSTREAM_REDIS_WAIT`, ingests append and `WAIT` on connections of
+    /// their own: Redis runs nothing else of a connection while it waits, so a `WAIT`
+    /// on the shared ones would hold up every read and rate-limit call queued behind
+    /// it (up to its 1 s timeout when a replica is away).
+    waiting: Option<Connections>,
     append_script: redis::Script,
     rollback_script: redis::Script,
     settings: Settings,
@@ -54,8 +61,13 @@ impl RedisStore {
         unreadable: prometheus::IntCounter,
         rollbacks: prometheus::IntCounter,
     ) -> Result<RedisStore, StoreError> {
+        let waiting = match settings.wait_replicas {
+            0 => None,
+            _ => Some(Connections::open(target.clone(), tls)?),
+        };
         let store = RedisStore {
             connections: Connections::open(target, tls)?,
+            waiting,
             append_script: redis::Script::new(include_str!("../../../redis/append.lua")),
             rollback_script: redis::Script::new(include_str!("../../../redis/rollback.lua")),
             settings,
@@ -148,13 +160,17 @@ impl RedisStore {
                     self.rollback_call(&mut pipe, &k, f);
                 }
                 fenced.push(fence.is_some());
+                let intervals = self.settings.candles.intervals();
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.append_script.get_hash())
-                    .arg(3 + members.len())
+                    .arg(3 + intervals.len() + members.len())
                     .arg(&k.stream)
                     .arg(&k.meta)
                     .arg(&k.registry);
+                for &interval in intervals {
+                    cmd.arg(k.candles(interval));
+                }
                 for &i in members {
                     cmd.arg(k.dedup(&ticks[i].event_id));
                 }
@@ -163,8 +179,13 @@ impl RedisStore {
                     .arg(&epoch)
                     .arg(*channel)
                     .arg(u8::from(wait > 0));
+                self.candle_intervals(cmd);
                 for &i in members {
-                    cmd.arg(&ticks[i].tail);
+                    let t = &ticks[i];
+                    cmd.arg(&t.tail)
+                        .arg(t.ts_us)
+                        .arg(t.value.as_deref().unwrap_or(""))
+                        .arg(t.volume.as_deref().unwrap_or(""));
                 }
             }
             if wait > 0 {
@@ -177,7 +198,8 @@ impl RedisStore {
                 // Safe to repeat after NOSCRIPT: the append script deduplicates by
                 // event id, the rollback script checks before it moves anything.
                 let scripts = [&self.append_script, &self.rollback_script];
-                let mut replies = self.connections.run_scripts(&scripts, &pipe).await?;
+                let lane = self.waiting.as_ref().unwrap_or(&self.connections);
+                let mut replies = lane.run_scripts(&scripts, &pipe).await?;
                 if wait > 0 {
                     let acked = replies.pop().as_ref().and_then(as_u64).unwrap_or(0);
                     if acked < u64::from(wait) {

@@ -11,7 +11,6 @@
 //! so the hub can check, before it reads on, whether the stream came back shorter
 //! than what it delivered (a failover that lost ticks; `failover.rs`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,11 +44,10 @@ impl RedisStore {
     /// `CLIENT UNBLOCK` the reader's blocking XREAD (on the node it reads from), so
     /// it re-reads its channel set.
     pub async fn unblock(&self, waker: &TailWaker) {
-        let id = waker.redis_client_id.load(Ordering::Acquire);
+        let (id, node) = waker.reader();
         if id == 0 {
             return;
         }
-        let node = waker.node();
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("UNBLOCK").arg(id);
         let _ = self.connections.on_node(node.as_ref(), cmd).await;
@@ -92,7 +90,15 @@ impl RedisTail {
                     return Ok(false);
                 }
                 Ok(_) => self.drop_connection(),
-                Err(e) => return Err(e),
+                // The cluster could not say just now; this connection still reads,
+                // and errors on it would make it reconnect anyway.
+                Err(e) => {
+                    tracing::debug!(error = %e, slot = self.slot, "could not re-check the slot's master");
+                    if let Some(reading) = &mut self.conn {
+                        reading.since = Instant::now();
+                    }
+                    return Ok(false);
+                }
             }
         }
         // The response timeout must outlast the block time (redis-rs defaults to
@@ -131,9 +137,11 @@ impl RedisTail {
             // between two calls.
             cmd.arg(cursor.to_string());
         }
-        self.connect().await?;
+        // Connecting is the caller's step (`connect` says whether the connection is
+        // fresh, which decides the rollback check): without one, fail, and the
+        // reader's retry connects.
         let Some(reading) = &mut self.conn else {
-            return Err(StoreError::Protocol("no reader connection".into()));
+            return Err(StoreError::Unreachable);
         };
         let reply: Result<Value, _> = cmd.query_async(&mut reading.conn).await;
         let reply = match reply {

@@ -5,119 +5,27 @@
 //! value stops start-up with a message that names the *variable* (operators set
 //! variables, not flags), e.g. `TICKSTREAM_PARTITIONS: must be a whole number 1..=1024`.
 
+//!
+//! - [`cli`]: the flags (and the `candles rebuild` command).
+//! - [`parse`]: the error that names a variable, and the value parsers.
+
+pub mod cli;
+pub mod parse;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+pub use cli::{CandlesCommand, Cli, Command};
+use parse::{bad, list, non_empty, number};
+pub use parse::{parse_duration, ConfigError};
 
 use crate::acl::{ChannelPattern, OriginPattern};
 use crate::auth;
+use crate::candles::{CandleSettings, Interval};
 use crate::ratelimit::ip::{Cidr, TrustedProxies};
 use crate::ratelimit::{Group, Limits, Rate, Tier};
 use crate::store::target::{self, TlsFiles};
 use crate::store::Settings;
-
-/// Command-line flags, each backed by its environment variable.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "tickstream",
-    version,
-    about = "WebSocket fan-out server for ticks, backed by Redis streams"
-)]
-pub struct Cli {
-    /// Address to listen on.
-    #[arg(long, env = "TICKSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    /// `redis://[user:password@]host:port` or `rediss://` (TLS) for the Redis engine,
-    /// `redis+cluster://[user:password@]h1:p1,h2:p2` or `rediss+cluster://` for a
-    /// Redis Cluster; unset runs the in-memory engine.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Replicas an ingest waits for (Redis WAIT, 1 s, else 503) before it answers
-    /// 201, so acknowledged ticks survive a failover; 0: do not wait.
-    #[arg(long, env = "TICKSTREAM_REDIS_WAIT", default_value = "0")]
-    pub redis_wait: String,
-    /// PEM CA certificate(s) for `rediss://` (default: the system trust store).
-    #[arg(long, env = "TICKSTREAM_REDIS_TLS_CA")]
-    pub redis_tls_ca: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS with Redis (with the key below).
-    #[arg(long, env = "TICKSTREAM_REDIS_TLS_CERT")]
-    pub redis_tls_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[arg(long, env = "TICKSTREAM_REDIS_TLS_KEY")]
-    pub redis_tls_key: Option<PathBuf>,
-    /// Partition count; fixed for the life of a deployment.
-    #[arg(long, env = "TICKSTREAM_PARTITIONS", default_value = "16")]
-    pub partitions: String,
-    /// Approximate cap of each channel's stream (XADD MAXLEN ~).
-    #[arg(long, env = "TICKSTREAM_STREAM_MAXLEN", default_value = "10000")]
-    pub stream_maxlen: String,
-    /// How long an event id is remembered for deduplication (e.g. 24h, 30m, 90s).
-    #[arg(long, env = "TICKSTREAM_DEDUP_WINDOW", default_value = "24h")]
-    pub dedup_window: String,
-    /// Ticks replayed when a subscriber gives no `since`.
-    #[arg(long, env = "TICKSTREAM_DEFAULT_REPLAY", default_value = "100")]
-    pub default_replay: String,
-    /// HS256 secret for JWTs.
-    #[arg(long, env = "TICKSTREAM_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// Path of a PEM public key for RS256/ES256 JWTs.
-    #[arg(long, env = "TICKSTREAM_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Option<PathBuf>,
-    /// When set, a JWT's `aud` must contain it.
-    #[arg(long, env = "TICKSTREAM_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// When set, a JWT's `iss` must equal it.
-    #[arg(long, env = "TICKSTREAM_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Secret for HMAC-signed handshakes.
-    #[arg(long, env = "TICKSTREAM_HMAC_SECRET", hide_env_values = true)]
-    pub hmac_secret: Option<String>,
-    /// Channel patterns granted to HMAC-signed clients.
-    #[arg(long, env = "TICKSTREAM_HMAC_CHANNELS", default_value = "*")]
-    pub hmac_channels: String,
-    /// Static bearer token for producers.
-    #[arg(long, env = "TICKSTREAM_INGEST_TOKEN", hide_env_values = true)]
-    pub ingest_token: Option<String>,
-    /// Comma list of allowed WebSocket origins (`https://app.example.com`, `https://*.example.com`).
-    #[arg(long, env = "TICKSTREAM_ALLOWED_ORIGINS", default_value = "")]
-    pub allowed_origins: String,
-    /// Rate limits, `<n>/<s|m|h>[:<burst>]` or `off` (defaults in docs/OPERATIONS.md).
-    #[arg(long, env = "TICKSTREAM_RATE_FREE_WS")]
-    pub rate_free_ws: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_FREE_API")]
-    pub rate_free_api: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_FREE_INGEST")]
-    pub rate_free_ingest: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_PRO_WS")]
-    pub rate_pro_ws: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_PRO_API")]
-    pub rate_pro_api: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_PRO_INGEST")]
-    pub rate_pro_ingest: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_BUSINESS_WS")]
-    pub rate_business_ws: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_BUSINESS_API")]
-    pub rate_business_api: Option<String>,
-    #[arg(long, env = "TICKSTREAM_RATE_BUSINESS_INGEST")]
-    pub rate_business_ingest: Option<String>,
-    /// Per-IP flood shield in front of everything, same format, or `off`.
-    #[arg(long, env = "TICKSTREAM_IP_RATE", default_value = "50/s:100")]
-    pub ip_rate: String,
-    /// Comma list of proxy IPs or CIDRs whose X-Forwarded-For is believed.
-    #[arg(long, env = "TICKSTREAM_TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: String,
-    /// Most open WebSockets on this node; beyond it handshakes answer 503.
-    #[arg(long, env = "TICKSTREAM_MAX_CONNECTIONS", default_value = "50000")]
-    pub max_connections: String,
-    /// Log filter (tracing-subscriber EnvFilter syntax).
-    #[arg(long, env = "TICKSTREAM_LOG", default_value = "info")]
-    pub log: String,
-    /// `json` (production) or `pretty`.
-    #[arg(long, env = "TICKSTREAM_LOG_FORMAT", default_value = "pretty")]
-    pub log_format: String,
-}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +63,8 @@ pub struct Config {
     pub max_connections: usize,
     pub log: String,
     pub log_format: LogFormat,
+    /// Candles on or off, and their retention per interval.
+    pub candles: CandleSettings,
     /// Per-channel in-memory live buffer (broadcast capacity). A subscriber that falls
     /// further behind than this catches up from the stream instead.
     pub live_buffer: usize,
@@ -165,58 +75,45 @@ pub struct Config {
     pub tail_block: Duration,
 }
 
-/// A configuration value that cannot be used; names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {message}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub message: String,
-}
-
-fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
-}
-
-fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
-    var: &'static str,
-    raw: &str,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    match raw.trim().parse::<T>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(bad(var, format!("must be a whole number {min}..={max}, got {raw:?}"))),
-    }
-}
-
-/// Parses `90s`, `30m`, `24h`, `7d` or a bare number of seconds.
-pub fn parse_duration(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let (digits, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => raw.split_at(i),
-        None => (raw, "s"),
+/// `TICKSTREAM_CANDLES` and `TICKSTREAM_CANDLE_RETENTION_*`.
+fn candle_settings(cli: &Cli) -> Result<CandleSettings, ConfigError> {
+    let enabled = match cli.candles.trim() {
+        "on" | "true" | "1" => true,
+        "off" | "false" | "0" => false,
+        other => return Err(bad("TICKSTREAM_CANDLES", format!("must be on or off, got {other:?}"))),
     };
-    let n: u64 = digits.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
+    let mut settings = CandleSettings {
+        enabled,
+        ..CandleSettings::default()
     };
-    Some(Duration::from_secs(secs))
-}
-
-fn non_empty(v: Option<String>) -> Option<String> {
-    v.filter(|s| !s.trim().is_empty())
+    for (interval, var, raw) in [
+        (Interval::S1, "TICKSTREAM_CANDLE_RETENTION_1S", &cli.candle_retention_1s),
+        (Interval::M1, "TICKSTREAM_CANDLE_RETENTION_1M", &cli.candle_retention_1m),
+        (Interval::M5, "TICKSTREAM_CANDLE_RETENTION_5M", &cli.candle_retention_5m),
+        (Interval::H1, "TICKSTREAM_CANDLE_RETENTION_1H", &cli.candle_retention_1h),
+        (Interval::D1, "TICKSTREAM_CANDLE_RETENTION_1D", &cli.candle_retention_1d),
+    ] {
+        // At least one bucket: a retention shorter than the interval keeps nothing.
+        let keep = parse_duration(raw)
+            .filter(|d| d.as_millis() >= interval.ms() as u128)
+            .ok_or_else(|| {
+                bad(
+                    var,
+                    format!(
+                        "must be a duration of at least {} like 6h or 7d, got {raw:?}",
+                        interval.name()
+                    ),
+                )
+            })?;
+        settings.retention[interval as usize] = keep;
+    }
+    Ok(settings)
 }
 
 impl Config {
     /// Validates what clap read.
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let candles = candle_settings(&cli)?;
         let listen = cli
             .listen
             .trim()
@@ -252,30 +149,18 @@ impl Config {
                 return Err(bad("TICKSTREAM_JWT_SECRET", "must be at least 16 bytes"));
             }
         }
-        let hmac_channels = cli
-            .hmac_channels
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|p| {
-                ChannelPattern::parse(p)
-                    .ok_or_else(|| bad("TICKSTREAM_HMAC_CHANNELS", format!("bad channel pattern {p:?}")))
-            })
-            .collect::<Result<_, _>>()?;
-        let allowed_origins = cli
-            .allowed_origins
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                OriginPattern::parse(s).ok_or_else(|| {
-                    bad(
-                        "TICKSTREAM_ALLOWED_ORIGINS",
-                        format!("bad origin {s:?} (expected scheme://host[:port] or https://*.domain)"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let hmac_channels = list(
+            "TICKSTREAM_HMAC_CHANNELS",
+            &cli.hmac_channels,
+            "channel pattern",
+            ChannelPattern::parse,
+        )?;
+        let allowed_origins = list(
+            "TICKSTREAM_ALLOWED_ORIGINS",
+            &cli.allowed_origins,
+            "origin (expected scheme://host[:port] or https://*.domain)",
+            OriginPattern::parse,
+        )?;
         let rate_of = |tier: Tier, group: Group| -> Option<String> {
             match (tier, group) {
                 (Tier::Free, Group::Ws) => cli.rate_free_ws.clone(),
@@ -295,21 +180,12 @@ impl Config {
         })
         .map_err(|(var, message)| bad(var, message))?;
         let ip_rate = Rate::parse(&cli.ip_rate).map_err(|e| bad("TICKSTREAM_IP_RATE", e))?;
-        let trusted_proxies = TrustedProxies(
-            cli.trusted_proxies
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    Cidr::parse(s).ok_or_else(|| {
-                        bad(
-                            "TICKSTREAM_TRUSTED_PROXIES",
-                            format!("bad address {s:?} (expected an IP or a CIDR such as 10.0.0.0/8)"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        );
+        let trusted_proxies = TrustedProxies(list(
+            "TICKSTREAM_TRUSTED_PROXIES",
+            &cli.trusted_proxies,
+            "address (expected an IP or a CIDR such as 10.0.0.0/8)",
+            Cidr::parse,
+        )?);
         let redis_tls = TlsFiles {
             ca: cli.redis_tls_ca,
             client_cert: cli.redis_tls_cert,
@@ -356,52 +232,17 @@ impl Config {
             max_connections: number("TICKSTREAM_MAX_CONNECTIONS", &cli.max_connections, 1, 10_000_000)?,
             log: cli.log,
             log_format,
+            candles,
             live_buffer: 1024,
             send_queue: 1024,
             tail_block: Duration::from_secs(2),
         })
     }
 
-    /// Defaults for everything (as with an empty environment); tests and embedders
-    /// start from this and change fields.
-    /// Unlike `Cli::parse`, this never looks at the process environment, so a test
-    /// is not changed by a `REDIS_URL` that happens to be set around it.
+    /// Defaults for everything (as with an empty environment, see [`Cli::empty`]);
+    /// tests and embedders start from this and change fields.
     pub fn defaults() -> Config {
-        let cli = Cli {
-            listen: "127.0.0.1:8080".into(),
-            redis_url: None,
-            redis_wait: "0".into(),
-            redis_tls_ca: None,
-            redis_tls_cert: None,
-            redis_tls_key: None,
-            partitions: "16".into(),
-            stream_maxlen: "10000".into(),
-            dedup_window: "24h".into(),
-            default_replay: "100".into(),
-            jwt_secret: None,
-            jwt_public_key: None,
-            jwt_audience: None,
-            jwt_issuer: None,
-            hmac_secret: None,
-            hmac_channels: "*".into(),
-            ingest_token: None,
-            allowed_origins: String::new(),
-            rate_free_ws: None,
-            rate_free_api: None,
-            rate_free_ingest: None,
-            rate_pro_ws: None,
-            rate_pro_api: None,
-            rate_pro_ingest: None,
-            rate_business_ws: None,
-            rate_business_api: None,
-            rate_business_ingest: None,
-            ip_rate: "50/s:100".into(),
-            trusted_proxies: String::new(),
-            max_connections: "50000".into(),
-            log: "info".into(),
-            log_format: "pretty".into(),
-        };
-        Config::from_cli(cli).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+        Config::from_cli(Cli::empty()).unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
     }
 
     /// What the storage engines are configured with.
@@ -412,6 +253,7 @@ impl Config {
             dedup_window: self.dedup_window,
             tail_block: self.tail_block,
             wait_replicas: self.redis_wait,
+            candles: self.candles,
         }
     }
 
@@ -425,6 +267,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn cli(args: &[&str]) -> Cli {
         let mut all = vec!["tickstream"];
@@ -456,6 +299,9 @@ mod tests {
             (&["--trusted-proxies", "10.0.0.0/99"], "TICKSTREAM_TRUSTED_PROXIES"),
             (&["--max-connections", "0"], "TICKSTREAM_MAX_CONNECTIONS"),
             (&["--redis-tls-cert", "/x.pem"], "TICKSTREAM_REDIS_TLS_CERT"),
+            (&["--candles", "maybe"], "TICKSTREAM_CANDLES"),
+            (&["--candle-retention-1m", "30s"], "TICKSTREAM_CANDLE_RETENTION_1M"),
+            (&["--candle-retention-1d", "forever"], "TICKSTREAM_CANDLE_RETENTION_1D"),
         ] {
             let err = Config::from_cli(cli(args)).unwrap_err();
             assert_eq!(err.var, var, "{args:?}");
@@ -486,5 +332,6 @@ mod tests {
         assert_eq!(c.rate_limits, Limits::defaults());
         assert_eq!(c.ip_rate.map(|r| r.to_string()).as_deref(), Some("50/s:100"));
         assert_eq!(c.max_connections, 50_000);
+        assert_eq!(c.candles, CandleSettings::default(), "6h, 7d, 30d, 1y, 10y");
     }
 }

@@ -1,0 +1,232 @@
+//! Live candles (docs/PROTOCOL.md §6 "Live candles"): one feed per channel and
+//! interval on a node, shared by every subscriber that asked for that interval.
+//!
+//! A feed listens to its channel's live ticks like any subscriber. After a tick it
+//! re-reads the channel's newest candle from the store (never more than once per
+//! [`CANDLE_EVERY`]), so what it sends is exactly what the append script stored, with
+//! no aggregation of its own: a frame when the candle changed, and when a later bucket
+//! has begun, the closed bucket's last state with `final: true` first. Its cost is one
+//! store read per 250 ms per active (channel, interval), whatever the subscribers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+use tokio::sync::{broadcast, Notify};
+
+use super::{Hub, Interrupted};
+use crate::candles::{Candle, Interval, Order, Span};
+use crate::retry::until_ok;
+
+/// A feed re-reads its candle at most this often.
+pub const CANDLE_EVERY: Duration = Duration::from_millis(250);
+/// Candle frames a slow subscriber may be behind before it skips to newer ones
+/// (each frame is a whole candle: skipping loses no tick, only intermediate states).
+const CANDLE_BUFFER: usize = 16;
+
+type FeedKey = (Arc<str>, Interval);
+
+/// Every live candle feed of a node.
+#[derive(Default)]
+pub(crate) struct CandleFeeds {
+    feeds: Mutex<HashMap<FeedKey, Weak<Feed>>>,
+}
+
+impl CandleFeeds {
+    fn lock(&self) -> MutexGuard<'_, HashMap<FeedKey, Weak<Feed>>> {
+        self.feeds.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a feed shares with its subscribers.
+struct Shared {
+    tx: broadcast::Sender<Utf8Bytes>,
+    /// The last frame sent, `final` or not: a new subscriber's first frame. Sending
+    /// and subscribing both happen under this lock, so a subscriber gets each state
+    /// once, in order.
+    last: Mutex<Option<Utf8Bytes>>,
+}
+
+impl Shared {
+    fn last(&self) -> MutexGuard<'_, Option<Utf8Bytes>> {
+        self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn send(&self, frame: Utf8Bytes) {
+        let mut last = self.last();
+        *last = Some(frame.clone());
+        // No receiver is fine: the last subscriber may have just left.
+        let _ = self.tx.send(frame);
+    }
+}
+
+/// A running feed; its task stops when the last subscriber drops it.
+struct Feed {
+    key: FeedKey,
+    shared: Arc<Shared>,
+    stop: Arc<Notify>,
+    hub: Weak<Hub>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+        if let Some(hub) = self.hub.upgrade() {
+            let mut feeds = hub.candles.lock();
+            // A newer feed may already stand under the key.
+            if feeds.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+                feeds.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A subscriber's handle on a live candle feed.
+pub struct CandleSubscription {
+    /// The feed's last frame when this subscription began.
+    current: Option<Utf8Bytes>,
+    rx: broadcast::Receiver<Utf8Bytes>,
+    _feed: Arc<Feed>,
+}
+
+impl CandleSubscription {
+    /// The next candle frame: first the current candle (if the channel has one),
+    /// then every change. `None` when the feed ended.
+    pub async fn next(&mut self) -> Option<Utf8Bytes> {
+        if let Some(current) = self.current.take() {
+            return Some(current);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(frame) => return Some(frame),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Subscribes to `channel`'s live candles of `interval`, starting the feed if
+    /// this node has none for them yet.
+    pub fn candles(self: &Arc<Self>, channel: &str, interval: Interval) -> CandleSubscription {
+        let key: FeedKey = (Arc::from(channel), interval);
+        let mut feeds = self.candles.lock();
+        if let Some(feed) = feeds.get(&key).and_then(Weak::upgrade) {
+            let (current, rx) = {
+                let last = feed.shared.last();
+                (last.clone(), feed.shared.tx.subscribe())
+            };
+            drop(feeds);
+            return CandleSubscription {
+                current,
+                rx,
+                _feed: feed,
+            };
+        }
+        let shared = Arc::new(Shared {
+            tx: broadcast::channel(CANDLE_BUFFER).0,
+            last: Mutex::new(None),
+        });
+        let stop = Arc::new(Notify::new());
+        let feed = Arc::new(Feed {
+            key: key.clone(),
+            shared: shared.clone(),
+            stop: stop.clone(),
+            hub: Arc::downgrade(self),
+        });
+        feeds.insert(key.clone(), Arc::downgrade(&feed));
+        drop(feeds);
+        let rx = shared.tx.subscribe();
+        tokio::spawn(run(self.clone(), key, shared, stop));
+        CandleSubscription {
+            current: None,
+            rx,
+            _feed: feed,
+        }
+    }
+}
+
+/// A feed's task: wait for a tick, re-read the candle, send what changed.
+async fn run(hub: Arc<Hub>, (channel, interval): FeedKey, shared: Arc<Shared>, stop: Arc<Notify>) {
+    let mut live = tokio::select! {
+        live = until_ok(&hub.metrics, || hub.subscribe(&channel)) => live,
+        _ = stop.notified() => return,
+    };
+    let mut sent: Option<Candle> = None;
+    loop {
+        // Read first (the current candle for the first subscriber), then after ticks.
+        let read = tokio::select! {
+            read = until_ok(&hub.metrics, || newest(&hub, &channel, interval)) => read,
+            _ = stop.notified() => return,
+        };
+        if let Some(candle) = read {
+            if let Some(previous) = sent.as_ref().filter(|p| p.start < candle.start) {
+                // A later bucket began: the closed one's last state, final.
+                let start = previous.start;
+                let closed = tokio::select! {
+                    c = until_ok(&hub.metrics, || bucket(&hub, &channel, interval, start)) => c,
+                    _ = stop.notified() => return,
+                };
+                let closed = closed.unwrap_or_else(|| previous.clone());
+                shared.send(frame(&channel, interval, &closed, true));
+            }
+            if sent.as_ref() != Some(&candle) {
+                shared.send(frame(&channel, interval, &candle, false));
+                sent = Some(candle);
+            }
+        }
+        let paced = tokio::time::sleep(CANDLE_EVERY);
+        tokio::select! {
+            got = live.recv() => {
+                if matches!(got, Err(Interrupted::Closed)) {
+                    return;
+                }
+            }
+            _ = stop.notified() => return,
+        }
+        // Ticks that arrive meanwhile fold into the same read.
+        tokio::select! {
+            _ = paced => {}
+            _ = stop.notified() => return,
+        }
+        while let Ok(Some(_)) = live.try_recv() {}
+    }
+}
+
+async fn newest(hub: &Hub, channel: &str, interval: Interval) -> Result<Option<Candle>, crate::store::StoreError> {
+    let page = hub
+        .store
+        .candles(channel, interval, Span::default(), 1, Order::Desc)
+        .await?;
+    Ok(page.into_iter().next())
+}
+
+async fn bucket(
+    hub: &Hub,
+    channel: &str,
+    interval: Interval,
+    start: i64,
+) -> Result<Option<Candle>, crate::store::StoreError> {
+    let span = Span {
+        after: Some(start - 1),
+        until: Some(start),
+    };
+    let page = hub.store.candles(channel, interval, span, 1, Order::Asc).await?;
+    Ok(page.into_iter().next())
+}
+
+/// `{"type":"candle","channel","interval",…candle…,"final"}`.
+pub fn frame(channel: &str, interval: Interval, candle: &Candle, last: bool) -> Utf8Bytes {
+    let mut object = serde_json::Map::new();
+    object.insert("type".into(), "candle".into());
+    object.insert("channel".into(), channel.into());
+    object.insert("interval".into(), interval.name().into());
+    if let Value::Object(fields) = candle.to_json() {
+        object.extend(fields);
+    }
+    object.insert("final".into(), last.into());
+    Utf8Bytes::from(Value::Object(object).to_string())
+}
