@@ -114,6 +114,13 @@ async fn the_acl_user_of_the_shipped_config_can_do_everything_tickstream_does() 
     assert_eq!((status, page["ticks"].as_array().map(Vec::len)), (200, Some(2)));
     assert_eq!(app.get("/api/v1/channels", Some(&t)).await.0, 200);
     assert_eq!(app.get("/api/v1/nodes", Some(&t)).await.0, 200);
+    // Candles: folded by the append script, read over REST and live, rebuilt.
+    let (status, page) = app.get("/api/v1/channels/acl.c/candles?interval=1d", Some(&t)).await;
+    assert_eq!((status, page["candles"][0]["count"].as_u64()), (200, Some(2)), "{page}");
+    let mut candles = app.ws("/ws/acl.c?since=$&candles=1m", &t).await;
+    candles.until_type("candle").await;
+    let rebuilt = tickstream::rebuild_candles(&app.config, None, |_, _| {}).await;
+    assert_eq!(rebuilt.ok(), Some(1));
     let (status, ready) = app.get("/readyz", None).await;
     assert_eq!(
         (status, ready["redis"].as_str(), ready["ratelimit"].as_str()),

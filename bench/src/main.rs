@@ -144,6 +144,9 @@ enum Scenario {
         duration: u64,
         #[arg(long, default_value_t = 8)]
         connections: usize,
+        /// Page candles of this interval (`1s`…`1d`) instead of ticks.
+        #[arg(long)]
+        candles: Option<String>,
     },
 }
 
@@ -240,11 +243,21 @@ async fn main() {
             limit,
             duration,
             connections,
+            candles,
         } => {
-            rest::history(&args, rate, limit, duration, connections, &mut report).await;
+            rest::history(
+                &args,
+                rate,
+                limit,
+                duration,
+                connections,
+                candles.as_deref(),
+                &mut report,
+            )
+            .await;
             (
                 "history",
-                json!({"rate": rate, "limit": limit, "duration_s": duration, "connections": connections}),
+                json!({"rate": rate, "limit": limit, "duration_s": duration, "connections": connections, "candles": candles}),
             )
         }
     };

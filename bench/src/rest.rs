@@ -71,17 +71,32 @@ pub async fn ingest(args: &Args, batch: usize, concurrency: usize, duration: u64
     report.server(usage0, usage1, elapsed);
 }
 
-/// REST pages of `limit` ticks at `rate` requests/s.
-pub async fn history(args: &Args, rate: u64, limit: usize, duration: u64, connections: usize, report: &mut Report) {
+/// REST pages of `limit` ticks at `rate` requests/s; with `candles`, pages of
+/// `limit` candles of that interval instead (the seeded ticks are one second apart by
+/// `ts`, so `1s` has 5,000 candles to page through).
+pub async fn history(
+    args: &Args,
+    rate: u64,
+    limit: usize,
+    duration: u64,
+    connections: usize,
+    candles: Option<&str>,
+    report: &mut Report,
+) {
     let token = reader_token(args);
     let run = format!("{:08x}", rand::random::<u32>());
     let channel = format!("bench.history.{run}");
     let Ok(mut http) = Http::connect(&args.url).await else {
         return;
     };
-    for _ in 0..5 {
+    for b in 0..5 {
         let ticks: Vec<Value> = (0..1000)
-            .map(|i| json!({"channel": channel, "value": i, "data": {"bid": i, "ask": i + 1}}))
+            .map(|i| {
+                let s = b * 1000 + i;
+                // 2026-11-30 from 00:00:00Z, one tick a second.
+                let ts = format!("2026-11-30T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60);
+                json!({"channel": channel, "ts": ts, "value": i, "data": {"bid": i, "ask": i + 1, "volume": 1}})
+            })
             .collect();
         let _ = http
             .request(
@@ -94,7 +109,10 @@ pub async fn history(args: &Args, rate: u64, limit: usize, duration: u64, connec
     }
     let usage0 = server_usage(&args.url).await;
     let cpu = BenchCpu::start();
-    let path = format!("/api/v1/channels/{channel}/ticks?limit={limit}");
+    let path = match candles {
+        Some(interval) => format!("/api/v1/channels/{channel}/candles?interval={interval}&limit={limit}"),
+        None => format!("/api/v1/channels/{channel}/ticks?limit={limit}"),
+    };
     let per_conn = (rate as f64 / connections as f64).max(0.1);
     let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

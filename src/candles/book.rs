@@ -126,6 +126,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rebuild_takes_the_candle_that_counted_more_ticks() {
+        let settings = CandleSettings::default();
+        let minute = |m: i64, s: i64| (m * 60 + s) * 1_000_000;
+        // Stored: minute 0 counted 3 ticks (two since trimmed), minute 1 one tick.
+        let mut stored = Book::default();
+        for (n, (m, s)) in [(0, 1), (0, 2), (0, 3), (1, 5)].into_iter().enumerate() {
+            stored.add_tick(&settings, minute(m, s), StreamId::new(1, n as u64), "1", None);
+        }
+        // Rebuilt from the stream: minute 0's last tick only, minute 1 with a tick
+        // stored while candles were off, and minute 2 that had none.
+        let mut rebuilt = Book::default();
+        rebuilt.add_tick(&settings, minute(0, 3), StreamId::new(1, 2), "1", None);
+        rebuilt.add_tick(&settings, minute(1, 1), StreamId::new(1, 0), "2", None);
+        rebuilt.add_tick(&settings, minute(1, 5), StreamId::new(1, 3), "1", None);
+        rebuilt.add_tick(&settings, minute(2, 0), StreamId::new(1, 4), "3", None);
+        stored.adopt(&settings, rebuilt.clone());
+        let counts: Vec<(i64, u64)> = stored.all(Interval::M1).map(|c| (c.start / 60_000, c.count)).collect();
+        assert_eq!(counts, vec![(0, 3), (1, 2), (2, 1)]);
+        // Again: nothing changes.
+        let once = stored.clone();
+        stored.adopt(&settings, rebuilt);
+        assert_eq!(
+            once.all(Interval::M1).collect::<Vec<_>>(),
+            stored.all(Interval::M1).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn retention_keeps_what_is_newer_than_the_newest_minus_retention() {
         let mut settings = CandleSettings::default();
         settings.retention[Interval::M1 as usize] = Duration::from_secs(180);
