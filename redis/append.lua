@@ -106,9 +106,16 @@ local function merge(x, y)
   end
 end
 
+-- The retention cutoff: `retention` ms back from the newest bucket, but never from
+-- later than `now` (Redis's clock, as the last stream id gives it), so a tick dated
+-- years ahead cannot trim a channel's real candles away.
+local function cutoff_of(newest, now, retention)
+  return math.min(newest, now) - retention
+end
+
 -- Folds `pending[k]` (bucket start -> candle to add) into candle key `key`, keeping
--- `retention` ms back from the newest bucket.
-local function store_candles(key, retention, pending, starts)
+-- what the retention cutoff keeps.
+local function store_candles(key, retention, pending, starts, now)
   if #starts == 0 then
     return
   end
@@ -123,7 +130,7 @@ local function store_candles(key, retention, pending, starts)
       newest = s
     end
   end
-  local cutoff = newest - retention
+  local cutoff = cutoff_of(newest, now, retention)
   for _, start in ipairs(starts) do
     if tonumber(start) > cutoff then
       local add = pending[start]
@@ -172,7 +179,7 @@ if ARGV[1] == 'replace' then
     end
     local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
     if top[2] then
-      local cutoff = tonumber(top[2]) - tonumber(ARGV[3 + c + k])
+      local cutoff = cutoff_of(tonumber(top[2]), id_parts(last_id), tonumber(ARGV[3 + c + k]))
       redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', cutoff))
     end
   end
@@ -237,8 +244,11 @@ for i = 1, n do
   end
 end
 
-for k = 1, c do
-  store_candles(KEYS[3 + k], tonumber(ARGV[6 + c + k]), pending[k], starts[k])
+if last_id then
+  local now = id_parts(last_id)
+  for k = 1, c do
+    store_candles(KEYS[3 + k], tonumber(ARGV[6 + c + k]), pending[k], starts[k], now)
+  end
 end
 
 if last_id then

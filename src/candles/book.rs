@@ -41,7 +41,13 @@ impl Book {
     pub fn add_tick(&mut self, settings: &CandleSettings, ts_us: i64, id: StreamId, value: &str, volume: Option<f64>) {
         for &interval in settings.intervals() {
             let start = interval.bucket(ts_us);
-            self.add(settings, interval, Candle::of_tick(start, ts_us, id, value, volume));
+            let now = i64::try_from(id.ms).unwrap_or(i64::MAX);
+            self.add(
+                settings,
+                interval,
+                Candle::of_tick(start, ts_us, id, value, volume),
+                now,
+            );
         }
     }
 
@@ -61,11 +67,12 @@ impl Book {
         self.add_tick(settings, ts, tick.id, &value.to_string(), volume);
     }
 
-    /// Merges `candle` into its bucket, then drops what retention no longer keeps.
-    pub fn add(&mut self, settings: &CandleSettings, interval: Interval, candle: Candle) {
+    /// Merges `candle` into its bucket, then drops what retention no longer keeps
+    /// (`now_ms`: the time of the append, the tick's stream id).
+    pub fn add(&mut self, settings: &CandleSettings, interval: Interval, candle: Candle, now_ms: i64) {
         let set = &mut self.sets[interval as usize];
         let newest = set.keys().next_back().map_or(candle.start, |&n| n.max(candle.start));
-        let cutoff = settings.cutoff(interval, newest);
+        let cutoff = settings.cutoff(interval, newest, now_ms);
         if candle.start > cutoff {
             match set.get_mut(&candle.start) {
                 Some(existing) => existing.merge(&candle),
@@ -83,6 +90,7 @@ impl Book {
     /// bucket, unless that one counts more ticks (it then also holds ticks the stream
     /// no longer has): the rule of a rebuild, the same as `redis/append.lua`'s.
     pub fn adopt(&mut self, settings: &CandleSettings, rebuilt: Book) {
+        let now = i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX);
         for (interval, set) in rebuilt.sets.into_iter().enumerate() {
             let ours = &mut self.sets[interval];
             for (start, candle) in set {
@@ -91,7 +99,7 @@ impl Book {
                 }
             }
             if let (Some(&newest), Some(&interval)) = (ours.keys().next_back(), Interval::ALL.get(interval)) {
-                let kept = ours.split_off(&settings.cutoff(interval, newest).saturating_add(1));
+                let kept = ours.split_off(&settings.cutoff(interval, newest, now).saturating_add(1));
                 *ours = kept;
             }
         }
@@ -159,14 +167,27 @@ mod tests {
         settings.retention[Interval::M1 as usize] = Duration::from_secs(180);
         let mut book = Book::default();
         let at = |min: i64| min * 60_000_000;
+        // Appended at 5 min (the id's ms is "now"): retention counts from 5.
+        let id = |n: u64| StreamId::new(5 * 60_000, n);
         for (n, min) in [0, 1, 2, 3, 5].into_iter().enumerate() {
-            book.add_tick(&settings, at(min), StreamId::new(1, n as u64), "1", None);
+            book.add_tick(&settings, at(min), id(n as u64), "1", None);
         }
         let starts: Vec<i64> = book.all(Interval::M1).map(|c| c.start / 60_000).collect();
         assert_eq!(starts, vec![3, 5], "newest 5: buckets after 2 are kept");
         // A late tick past retention is not stored; one inside it is.
-        book.add_tick(&settings, at(1), StreamId::new(1, 9), "1", None);
-        book.add_tick(&settings, at(4), StreamId::new(1, 10), "1", None);
+        book.add_tick(&settings, at(1), id(9), "1", None);
+        book.add_tick(&settings, at(4), id(10), "1", None);
+        // A tick dated a year ahead is kept, and trims nothing.
+        book.add_tick(&settings, at(525_600), id(11), "1", None);
+        let starts: Vec<i64> = book.all(Interval::M1).map(|c| c.start / 60_000).collect();
+        assert_eq!(starts, vec![3, 4, 5, 525_600]);
+        book = {
+            let mut b = Book::default();
+            for s in book.all(Interval::M1).filter(|c| c.start < 100 * 60_000) {
+                b.add(&settings, Interval::M1, s.clone(), 5 * 60_000);
+            }
+            b
+        };
         let starts: Vec<i64> = book.all(Interval::M1).map(|c| c.start / 60_000).collect();
         assert_eq!(starts, vec![3, 4, 5]);
         let span = Span {

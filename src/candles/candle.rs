@@ -40,6 +40,10 @@ pub struct Candle {
     pub volume: Option<f64>,
 }
 
+fn v_or_none(text: &str) -> Option<f64> {
+    text.parse().ok().filter(|v: &f64| v.is_finite())
+}
+
 fn number(text: &str) -> f64 {
     text.parse().unwrap_or(f64::NAN)
 }
@@ -129,10 +133,9 @@ impl Candle {
             },
             high: high.into(),
             low: low.into(),
-            volume: match volume {
-                "" => None,
-                v => Some(v.parse().ok().filter(|v: &f64| v.is_finite())?),
-            },
+            // A sum past f64's range (`inf`) says nothing useful: no volume, rather
+            // than no candle.
+            volume: v_or_none(volume),
         })
     }
 
@@ -200,8 +203,13 @@ mod tests {
         assert_eq!(c.to_json()["open"], json!(42));
         assert_eq!(c.to_json()["volume"], json!(0.1 + 0.2));
         assert_eq!(c.to_json()["t"], "1970-01-01T00:00:00.000Z");
-        for bad in ["", "1|2|3", "0|1|x|1|1|1||0|1-0|0|1-0", "0|1|1|1|1|1|nan|0|1-0|0|1-0"] {
+        for bad in ["", "1|2|3", "0|1|x|1|1|1||0|1-0|0|1-0"] {
             assert_eq!(Candle::unpack(bad), None, "{bad}");
+        }
+        // A volume sum past f64's range: the candle stays, without a volume.
+        for sum in ["inf", "nan"] {
+            let packed = format!("0|1|1|1|1|1|{sum}|0|1-0|0|1-0");
+            assert_eq!(Candle::unpack(&packed).map(|c| c.volume), Some(None), "{packed}");
         }
     }
 }

@@ -107,10 +107,12 @@ impl CandleSettings {
     }
 
     /// Buckets at or before this start are past retention, given the channel's
-    /// newest bucket of `interval`.
-    pub fn cutoff(&self, interval: Interval, newest: i64) -> i64 {
+    /// newest bucket of `interval` and the time now (Unix ms): retention counts back
+    /// from the newest bucket, but never from the future, so one tick whose `ts` is
+    /// years ahead cannot trim a channel's real candles away.
+    pub fn cutoff(&self, interval: Interval, newest: i64, now_ms: i64) -> i64 {
         let keep = i64::try_from(self.retention(interval).as_millis()).unwrap_or(i64::MAX);
-        newest.saturating_sub(keep)
+        newest.min(now_ms).saturating_sub(keep)
     }
 }
 
@@ -137,7 +139,12 @@ mod tests {
     #[test]
     fn retention_counts_back_from_the_newest_candle() {
         let s = CandleSettings::default();
-        assert_eq!(s.cutoff(Interval::M1, 10 * 86_400_000), 3 * 86_400_000);
+        assert_eq!(s.cutoff(Interval::M1, 10 * 86_400_000, 20 * 86_400_000), 3 * 86_400_000);
+        // A bucket in the future counts as now.
+        assert_eq!(
+            s.cutoff(Interval::M1, 900 * 86_400_000, 10 * 86_400_000),
+            3 * 86_400_000
+        );
         let off = CandleSettings { enabled: false, ..s };
         assert!(off.intervals().is_empty());
     }

@@ -69,7 +69,12 @@ pub async fn candles(
             .map_err(|_| ApiError::bad_request("bad_cursor", "cursor: the previous page's next"))?;
         match order {
             Order::Asc => span.after = Some(span.after.map_or(c, |a| a.max(c))),
-            Order::Desc => span.until = Some(span.until.map_or(c - 1, |u| u.min(c - 1))),
+            Order::Desc => {
+                let before = c
+                    .checked_sub(1)
+                    .ok_or_else(|| ApiError::bad_request("bad_cursor", "cursor: the previous page's next"))?;
+                span.until = Some(span.until.map_or(before, |u| u.min(before)));
+            }
         }
     }
     // One extra tells whether another page exists, so `next` is null on the last page.

@@ -25,6 +25,8 @@ pub const CANDLE_EVERY: Duration = Duration::from_millis(250);
 /// Candle frames a slow subscriber may be behind before it skips to newer ones
 /// (each frame is a whole candle: skipping loses no tick, only intermediate states).
 const CANDLE_BUFFER: usize = 16;
+/// Closed buckets one read sends `final` frames for.
+const CLOSED_AT_ONCE: usize = 10;
 
 type FeedKey = (Arc<str>, Interval);
 
@@ -88,22 +90,26 @@ pub struct CandleSubscription {
     /// The feed's last frame when this subscription began.
     current: Option<Utf8Bytes>,
     rx: broadcast::Receiver<Utf8Bytes>,
-    _feed: Arc<Feed>,
+    feed: Arc<Feed>,
 }
 
 impl CandleSubscription {
     /// The next candle frame: first the current candle (if the channel has one),
-    /// then every change. `None` when the feed ended.
+    /// then every change. `None` when the feed ended. A subscriber that fell
+    /// [`CANDLE_BUFFER`] frames behind skips to the feed's latest frame.
     pub async fn next(&mut self) -> Option<Utf8Bytes> {
         if let Some(current) = self.current.take() {
             return Some(current);
         }
-        loop {
-            match self.rx.recv().await {
-                Ok(frame) => return Some(frame),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match self.rx.recv().await {
+            Ok(frame) => Some(frame),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let latest = self.feed.shared.last();
+                // What is still buffered is older than `latest`.
+                self.rx = self.rx.resubscribe();
+                latest.clone()
             }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }
@@ -120,11 +126,7 @@ impl Hub {
                 (last.clone(), feed.shared.tx.subscribe())
             };
             drop(feeds);
-            return CandleSubscription {
-                current,
-                rx,
-                _feed: feed,
-            };
+            return CandleSubscription { current, rx, feed };
         }
         let shared = Arc::new(Shared {
             tx: broadcast::channel(CANDLE_BUFFER).0,
@@ -144,7 +146,7 @@ impl Hub {
         CandleSubscription {
             current: None,
             rx,
-            _feed: feed,
+            feed,
         }
     }
 }
@@ -164,14 +166,20 @@ async fn run(hub: Arc<Hub>, (channel, interval): FeedKey, shared: Arc<Shared>, s
         };
         if let Some(candle) = read {
             if let Some(previous) = sent.as_ref().filter(|p| p.start < candle.start) {
-                // A later bucket began: the closed one's last state, final.
-                let start = previous.start;
+                // A later bucket began: the last state of every bucket closed since
+                // (the previous one, and any that began and closed between two reads),
+                // final.
+                let span = Span {
+                    after: Some(previous.start - 1),
+                    until: Some(candle.start - 1),
+                };
                 let closed = tokio::select! {
-                    c = until_ok(&hub.metrics, || bucket(&hub, &channel, interval, start)) => c,
+                    c = until_ok(&hub.metrics, || closed(&hub, &channel, interval, span)) => c,
                     _ = stop.notified() => return,
                 };
-                let closed = closed.unwrap_or_else(|| previous.clone());
-                shared.send(frame(&channel, interval, &closed, true));
+                for c in &closed {
+                    shared.send(frame(&channel, interval, c, true));
+                }
             }
             if sent.as_ref() != Some(&candle) {
                 shared.send(frame(&channel, interval, &candle, false));
@@ -204,18 +212,18 @@ async fn newest(hub: &Hub, channel: &str, interval: Interval) -> Result<Option<C
     Ok(page.into_iter().next())
 }
 
-async fn bucket(
+/// The buckets that closed in `span`, oldest first (at most [`CLOSED_AT_ONCE`]: a
+/// backfill that closes more at once gets final frames for its first ones; REST has
+/// them all).
+async fn closed(
     hub: &Hub,
     channel: &str,
     interval: Interval,
-    start: i64,
-) -> Result<Option<Candle>, crate::store::StoreError> {
-    let span = Span {
-        after: Some(start - 1),
-        until: Some(start),
-    };
-    let page = hub.store.candles(channel, interval, span, 1, Order::Asc).await?;
-    Ok(page.into_iter().next())
+    span: Span,
+) -> Result<Vec<Candle>, crate::store::StoreError> {
+    hub.store
+        .candles(channel, interval, span, CLOSED_AT_ONCE, Order::Asc)
+        .await
 }
 
 /// `{"type":"candle","channel","interval",…candle…,"final"}`.

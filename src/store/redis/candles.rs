@@ -4,11 +4,13 @@
 //! folds ticks into them (docs/ARCHITECTURE.md §14); this file reads them and rebuilds
 //! them from the streams.
 
+use std::time::Duration;
+
 use redis::Value;
 
 use super::RedisStore;
 use crate::candles::{Book, Candle, Interval, Order, Span};
-use crate::store::reply::{as_array, as_str};
+use crate::store::reply::{as_array, as_id, as_str};
 use crate::store::{IdRange, StoreError};
 use crate::tick::StreamId;
 
@@ -87,7 +89,7 @@ impl RedisStore {
         let mut folded = 0;
         let mut from = StreamId::ZERO;
         let mut last = StreamId::ZERO;
-        for _ in 0..REBUILD_ATTEMPTS {
+        for attempt in 0..REBUILD_ATTEMPTS {
             loop {
                 let page = self
                     .range(
@@ -129,7 +131,21 @@ impl RedisStore {
             let outcome = reply.first().and_then(as_array).unwrap_or_default();
             match outcome.first().and_then(as_str).as_deref() {
                 Some("ok") => return Ok(folded),
-                Some("moved") => continue,
+                Some("moved") => {
+                    let now_last = outcome.get(1).and_then(as_id).unwrap_or(StreamId::ZERO);
+                    if now_last < last {
+                        // The last entry folded is gone (deleted, or a failover rolled
+                        // the stream back): fold the stream again from the start.
+                        book = Book::default();
+                        folded = 0;
+                        from = StreamId::ZERO;
+                        last = StreamId::ZERO;
+                    }
+                    // Ticks arrived meanwhile: fold them, after a pause that grows, so
+                    // a busy channel's ingest leaves a window between two appends.
+                    let pause = Duration::from_millis((5 * (attempt as u64 + 1)).min(200));
+                    tokio::time::sleep(pause).await;
+                }
                 _ => return Err(StoreError::Protocol("candle replace reply".into())),
             }
         }
