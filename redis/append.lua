@@ -53,17 +53,6 @@ local function id_parts(id)
   return tonumber(ms or 0), tonumber(seq or 0)
 end
 
--- (ts_a, id_a) < (ts_b, id_b); ts are decimal strings of µs.
-local function before(ts_a, id_a, ts_b, id_b)
-  local a, b = tonumber(ts_a), tonumber(ts_b)
-  if a ~= b then
-    return a < b
-  end
-  local ams, aseq = id_parts(id_a)
-  local bms, bseq = id_parts(id_b)
-  return ams < bms or (ams == bms and aseq < bseq)
-end
-
 local function unpack_candle(member)
   local f = {}
   for part in string.gmatch(member .. '|', '([^|]*)|') do
@@ -75,37 +64,6 @@ local function unpack_candle(member)
   }
 end
 
-local function pack_candle(x)
-  return table.concat({
-    x.start, string.format('%d', x.count), x.open, x.high, x.low, x.close, x.volume,
-    x.ots, x.oid, x.cts, x.cid,
-  }, '|')
-end
-
--- Adds candle y (ticks of the same bucket) to candle x.
-local function merge(x, y)
-  x.count = x.count + y.count
-  if before(y.ots, y.oid, x.ots, x.oid) then
-    x.open, x.ots, x.oid = y.open, y.ots, y.oid
-  end
-  if before(x.cts, x.cid, y.cts, y.cid) then
-    x.close, x.cts, x.cid = y.close, y.cts, y.cid
-  end
-  if tonumber(y.high) > tonumber(x.high) then
-    x.high = y.high
-  end
-  if tonumber(y.low) < tonumber(x.low) then
-    x.low = y.low
-  end
-  if y.volume ~= '' then
-    if x.volume == '' then
-      x.volume = y.volume
-    else
-      x.volume = string.format('%.17g', tonumber(x.volume) + tonumber(y.volume))
-    end
-  end
-end
-
 -- The retention cutoff: `retention` ms back from the newest bucket, but never from
 -- later than `now` (Redis's clock, as the last stream id gives it), so a tick dated
 -- years ahead cannot trim a channel's real candles away.
@@ -113,38 +71,96 @@ local function cutoff_of(newest, now, retention)
   return math.min(newest, now) - retention
 end
 
--- Folds `pending[k]` (bucket start -> candle to add) into candle key `key`, keeping
--- what the retention cutoff keeps.
+-- A batch's ticks are folded per bucket in numbers first (`pending`: bucket start ->
+-- {count, open, ots, oms, oseq, oid, close, cts, cms, cseq, cid, high, highn, low,
+-- lown, vol}), so each tick costs a few comparisons, and each touched bucket is read
+-- and written once per call.
+
+-- (ts, ms, seq) of a stored mark against a pending one: is the stored one earlier?
+local function stored_before(ts, id, pts, pms, pseq)
+  local t = tonumber(ts)
+  if t ~= pts then
+    return t < pts
+  end
+  local ms, seq = id_parts(id)
+  return ms < pms or (ms == pms and seq < pseq)
+end
+
+-- The stored member of pending candle `p`, merged into the stored candle `y` (nil:
+-- a new bucket).
+local function packed_with(y, p)
+  local vol = ''
+  if p.vol then
+    vol = string.format('%.17g', p.vol)
+  end
+  if not y then
+    return table.concat({
+      string.format('%.0f', p.start), string.format('%d', p.count), p.open, p.high, p.low,
+      p.close, vol, string.format('%.0f', p.ots), p.oid, string.format('%.0f', p.cts), p.cid,
+    }, '|')
+  end
+  local open, ots, oid = y.open, y.ots, y.oid
+  if not stored_before(y.ots, y.oid, p.ots, p.oms, p.oseq) then
+    open, ots, oid = p.open, string.format('%.0f', p.ots), p.oid
+  end
+  local close, cts, cid = p.close, string.format('%.0f', p.cts), p.cid
+  if not stored_before(y.cts, y.cid, p.cts, p.cms, p.cseq) then
+    close, cts, cid = y.close, y.cts, y.cid
+  end
+  local high, low = y.high, y.low
+  if p.highn > tonumber(high) then
+    high = p.high
+  end
+  if p.lown < tonumber(low) then
+    low = p.low
+  end
+  if y.volume ~= '' then
+    if p.vol then
+      vol = string.format('%.17g', tonumber(y.volume) + p.vol)
+    else
+      vol = y.volume
+    end
+  end
+  return table.concat({
+    y.start, string.format('%d', y.count + p.count), open, high, low, close, vol,
+    ots, oid, cts, cid,
+  }, '|')
+end
+
+-- Folds `pending` into candle key `key`. Retention is applied when a bucket is
+-- created (updating an existing bucket cannot make an older one expire sooner than
+-- the next new bucket would): a late tick behind the cutoff is dropped, and buckets
+-- at or before it are removed.
 local function store_candles(key, retention, pending, starts, now)
-  if #starts == 0 then
-    return
-  end
-  local newest = nil
-  local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
-  if top[2] then
-    newest = tonumber(top[2])
-  end
+  local newest = -math.huge
   for _, start in ipairs(starts) do
-    local s = tonumber(start)
-    if not newest or s > newest then
-      newest = s
+    if start > newest then
+      newest = start
     end
   end
   local cutoff = cutoff_of(newest, now, retention)
+  local created = false
   for _, start in ipairs(starts) do
-    if tonumber(start) > cutoff then
-      local add = pending[start]
-      local existing = redis.call('ZRANGEBYSCORE', key, start, start, 'LIMIT', 0, 1)
+    if start > cutoff then
+      local score = string.format('%.0f', start)
+      local existing = redis.call('ZRANGEBYSCORE', key, score, score, 'LIMIT', 0, 1)
+      local y = nil
       if existing[1] then
-        local x = unpack_candle(existing[1])
-        merge(x, add)
-        add = x
+        y = unpack_candle(existing[1])
         redis.call('ZREM', key, existing[1])
+      else
+        created = true
       end
-      redis.call('ZADD', key, start, pack_candle(add))
+      redis.call('ZADD', key, score, packed_with(y, pending[start]))
     end
   end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', cutoff))
+  if created then
+    local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
+    if top[2] then
+      local trim = cutoff_of(tonumber(top[2]), now, retention)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', trim))
+    end
+  end
 end
 
 if ARGV[1] == 'replace' then
@@ -192,9 +208,9 @@ local base = 6 + 2 * c
 local out = {}
 local epoch = nil
 local last_id = nil
-local pending, starts = {}, {}
+local pending, starts, intervals = {}, {}, {}
 for k = 1, c do
-  pending[k], starts[k] = {}, {}
+  pending[k], starts[k], intervals[k] = {}, {}, tonumber(ARGV[6 + k])
 end
 
 for i = 1, n do
@@ -222,22 +238,45 @@ for i = 1, n do
     out[#out + 1] = id
     out[#out + 1] = 0
     last_id = id
-    local ts, value = ARGV[a + 2], ARGV[a + 3]
+    local value = ARGV[a + 3]
     if value ~= '' then
-      local ms = math.floor(tonumber(ts) / 1000)
+      -- Ticks of one call are appended in order: on equal ts a later one has the
+      -- larger id, so it closes but does not open.
+      local ts = tonumber(ARGV[a + 2])
+      local vn = tonumber(value)
+      local vol = nil
+      if ARGV[a + 4] ~= '' then
+        vol = tonumber(ARGV[a + 4])
+      end
+      local ims, iseq = id_parts(id)
+      local ms = math.floor(ts / 1000)
       for k = 1, c do
-        local interval = tonumber(ARGV[6 + k])
-        local start = string.format('%.0f', math.floor(ms / interval) * interval)
-        local y = {
-          start = start, count = 1, open = value, high = value, low = value, close = value,
-          volume = ARGV[a + 4], ots = ts, oid = id, cts = ts, cid = id,
-        }
+        local start = ms - ms % intervals[k]
         local x = pending[k][start]
-        if x then
-          merge(x, y)
-        else
-          pending[k][start] = y
+        if not x then
+          pending[k][start] = {
+            start = start, count = 1, open = value, ots = ts, oms = ims, oseq = iseq, oid = id,
+            close = value, cts = ts, cms = ims, cseq = iseq, cid = id,
+            high = value, highn = vn, low = value, lown = vn, vol = vol,
+          }
           starts[k][#starts[k] + 1] = start
+        else
+          x.count = x.count + 1
+          if ts < x.ots then
+            x.open, x.ots, x.oms, x.oseq, x.oid = value, ts, ims, iseq, id
+          end
+          if ts >= x.cts then
+            x.close, x.cts, x.cms, x.cseq, x.cid = value, ts, ims, iseq, id
+          end
+          if vn > x.highn then
+            x.high, x.highn = value, vn
+          end
+          if vn < x.lown then
+            x.low, x.lown = value, vn
+          end
+          if vol then
+            x.vol = (x.vol or 0) + vol
+          end
         end
       end
     end

@@ -5,7 +5,9 @@
 //! as the producer's number text (so `42` stays `42`), `volume` empty when no tick had
 //! one. `redis/append.lua` reads and writes the same form; keep the two in step.
 
-use serde_json::{json, Value};
+use std::fmt::Write;
+
+use serde_json::Value;
 
 use crate::tick::wire::write_ts;
 use crate::tick::StreamId;
@@ -139,25 +141,74 @@ impl Candle {
         })
     }
 
-    /// The candle object of docs/PROTOCOL.md §6.
+    /// The members of the candle object of docs/PROTOCOL.md §6.1, written straight
+    /// into `out` (a page of 1,000 candles is written without building a JSON value):
+    /// `"t":"…","open":…,"high":…,"low":…,"close":…,"count":…,"volume":…`.
+    pub fn write_members(&self, out: &mut String) {
+        out.push_str("\"t\":\"");
+        write_ts(out, self.start.saturating_mul(1000));
+        for (name, text) in [
+            ("\",\"open\":", &self.open.value),
+            (",\"high\":", &self.high),
+            (",\"low\":", &self.low),
+            (",\"close\":", &self.close.value),
+        ] {
+            out.push_str(name);
+            push_number(out, text);
+        }
+        let _ = write!(out, ",\"count\":{},\"volume\":", self.count);
+        match self.volume {
+            Some(v) => push_f64(out, v),
+            None => out.push_str("null"),
+        }
+    }
+
+    /// The candle object as a JSON value (tests, and the few places that want one).
     pub fn to_json(&self) -> Value {
-        let num = |t: &str| serde_json::from_str::<Value>(t).unwrap_or(Value::Null);
-        let mut t = String::with_capacity(24);
-        write_ts(&mut t, self.start.saturating_mul(1000));
-        json!({
-            "t": t,
-            "open": num(&self.open.value),
-            "high": num(&self.high),
-            "low": num(&self.low),
-            "close": num(&self.close.value),
-            "count": self.count,
-            "volume": self.volume,
-        })
+        let mut text = String::from("{");
+        self.write_members(&mut text);
+        text.push('}');
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+}
+
+/// A stored value's number text, as it is when it is JSON (it always is when the
+/// node stored it; anything else is written as the number it parses to).
+fn push_number(out: &mut String, text: &str) {
+    if is_json_decimal(text) {
+        out.push_str(text);
+    } else {
+        push_f64(out, number(text));
+    }
+}
+
+/// `-?digits(.digits)?([eE][+-]?digits)?`, JSON's number grammar (leading zeros aside).
+fn is_json_decimal(text: &str) -> bool {
+    let rest = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => digits(int) && digits(frac),
+        None => digits(mantissa),
+    };
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['+', '-']).unwrap_or(e)));
+    mantissa_ok && exponent_ok
+}
+
+fn push_f64(out: &mut String, v: f64) {
+    match serde_json::to_string(&v) {
+        Ok(text) if v.is_finite() => out.push_str(&text),
+        _ => out.push_str("null"),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn tick(ts_s: i64, seq: u64, value: &str, volume: Option<f64>) -> Candle {
@@ -206,6 +257,19 @@ mod tests {
         for bad in ["", "1|2|3", "0|1|x|1|1|1||0|1-0|0|1-0"] {
             assert_eq!(Candle::unpack(bad), None, "{bad}");
         }
+        // Number text that is not JSON (only a hand-edited member has it) is written
+        // as the number it is; the JSON of a whole candle always parses.
+        let odd = Candle::unpack("0|1|.5|+2|1e3|5.||0|1-0|0|1-0").unwrap();
+        let v = odd.to_json();
+        assert_eq!(
+            (
+                v["open"].clone(),
+                v["high"].clone(),
+                v["low"].clone(),
+                v["close"].clone()
+            ),
+            (json!(0.5), json!(2.0), json!(1e3), json!(5.0))
+        );
         // A volume sum past f64's range: the candle stays, without a volume.
         for sum in ["inf", "nan"] {
             let packed = format!("0|1|1|1|1|1|{sum}|0|1-0|0|1-0");

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::Value;
 use tokio::sync::{broadcast, Notify};
 
 use super::{Hub, Interrupted};
@@ -226,15 +225,16 @@ async fn closed(
         .await
 }
 
-/// `{"type":"candle","channel","interval",…candle…,"final"}`.
+/// `{"type":"candle","channel","interval",…candle…,"final"}` (the channel regex
+/// admits no character JSON would escape).
 pub fn frame(channel: &str, interval: Interval, candle: &Candle, last: bool) -> Utf8Bytes {
-    let mut object = serde_json::Map::new();
-    object.insert("type".into(), "candle".into());
-    object.insert("channel".into(), channel.into());
-    object.insert("interval".into(), interval.name().into());
-    if let Value::Object(fields) = candle.to_json() {
-        object.extend(fields);
-    }
-    object.insert("final".into(), last.into());
-    Utf8Bytes::from(Value::Object(object).to_string())
+    let mut text = String::with_capacity(256);
+    text.push_str("{\"type\":\"candle\",\"channel\":\"");
+    text.push_str(channel);
+    text.push_str("\",\"interval\":\"");
+    text.push_str(interval.name());
+    text.push_str("\",");
+    candle.write_members(&mut text);
+    text.push_str(if last { ",\"final\":true}" } else { ",\"final\":false}" });
+    Utf8Bytes::from(text)
 }
