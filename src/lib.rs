@@ -33,6 +33,7 @@ pub mod candles;
 pub mod clock;
 pub mod config;
 pub(crate) mod error;
+pub(crate) mod history;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub mod keyspace;
@@ -55,6 +56,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 pub use config::Config;
 
 use crate::auth::{Authenticator, DevCredentials};
+use crate::history::HistoryCache;
 use crate::http::AppState;
 use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
@@ -105,6 +107,10 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
+        // The memory engine is memory already: no cache in front of it.
+        let cache_bytes = if store.is_durable() { config.history_cache } else { 0 };
+        let per_channel = usize::try_from(config.stream_maxlen).unwrap_or(usize::MAX);
+        let history = Arc::new(HistoryCache::new(cache_bytes, per_channel));
         let hub = Hub::new(
             store.clone(),
             HubSettings {
@@ -113,6 +119,7 @@ impl Server {
                 ring: config.recent_ring(),
             },
             metrics.clone(),
+            history.clone(),
         );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, sessions_done) = mpsc::channel(1);
@@ -147,6 +154,7 @@ impl Server {
             config: Arc::new(config),
             store,
             hub,
+            history,
             auth,
             metrics,
             sessions,

@@ -25,6 +25,10 @@ pub struct Metrics {
     /// Channels this node moved to a new epoch because a failover rolled their
     /// stream back behind what was delivered.
     pub rollbacks: IntCounter,
+    /// REST history pages by where they were read from (`cache`, `store`).
+    pub history_pages: IntCounterVec,
+    /// Bytes the history cache holds (set when a page is served).
+    pub history_cache_bytes: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -108,6 +112,15 @@ impl Metrics {
             rollbacks: counter(
                 "tickstream_rollbacks_total",
                 "Channels moved to a new epoch because a failover rolled their stream back.",
+            ),
+            history_pages: counter_vec(
+                "tickstream_history_pages_total",
+                "REST history pages, by where they were read from (the node's cache, or the store).",
+                "source",
+            ),
+            history_cache_bytes: gauge(
+                "tickstream_history_cache_bytes",
+                "Bytes of recent history this node keeps in memory for REST pages.",
             ),
             registry: r,
         }

@@ -46,6 +46,9 @@ pub struct Cli {
     /// Ticks replayed when a subscriber gives no `since`.
     #[arg(long, env = "TICKSTREAM_DEFAULT_REPLAY", default_value = "100")]
     pub default_replay: String,
+    /// MiB of recent history a node keeps in memory for REST pages (0: none).
+    #[arg(long, env = "TICKSTREAM_HISTORY_CACHE", default_value = "64")]
+    pub history_cache: String,
     /// HS256 secret for JWTs.
     #[arg(long, env = "TICKSTREAM_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -159,6 +162,7 @@ impl Cli {
             stream_maxlen: "10000".into(),
             dedup_window: "24h".into(),
             default_replay: "100".into(),
+            history_cache: "64".into(),
             jwt_secret: None,
             jwt_public_key: None,
             jwt_audience: None,

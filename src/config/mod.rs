@@ -48,6 +48,8 @@ pub struct Config {
     pub stream_maxlen: u64,
     pub dedup_window: Duration,
     pub default_replay: usize,
+    /// Bytes of recent history kept in memory for REST pages (docs/ARCHITECTURE.md §15).
+    pub history_cache: usize,
     /// TLS files for `rediss://`.
     pub redis_tls: TlsFiles,
     /// Replicas each ingest waits for before answering 201 (0: none).
@@ -214,6 +216,7 @@ impl Config {
             stream_maxlen: number("TICKSTREAM_STREAM_MAXLEN", &cli.stream_maxlen, 1, 1_000_000_000)?,
             dedup_window,
             default_replay: number("TICKSTREAM_DEFAULT_REPLAY", &cli.default_replay, 0, 100_000)?,
+            history_cache: number::<usize>("TICKSTREAM_HISTORY_CACHE", &cli.history_cache, 0, 1 << 20)? << 20,
             redis_tls,
             redis_wait,
             auth: auth::Settings {

@@ -10,6 +10,9 @@ use super::{json_response, AppState};
 use crate::candles::Order;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
+use std::sync::Arc;
+
+use crate::history::Want;
 use crate::store::IdRange;
 use crate::tick::id::parse_moment;
 use crate::tick::{is_valid_channel, StreamId};
@@ -156,33 +159,48 @@ pub async fn ticks(
         }
     }
     // One extra tells whether another page exists, so `next` is null on the last page.
-    let mut page = if descending {
-        state.store.rev_range(&channel, range, limit + 1).await?
-    } else {
-        state.store.range(&channel, range, limit + 1).await?
+    let want = Want {
+        range,
+        count: limit + 1,
+        descending,
     };
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let epoch = match page.first() {
-        Some(t) => Some(t.epoch.to_string()),
+    // The ticks are written into the body as they are read, from the node's memory
+    // or from Redis (`history.rs`), without an intermediate copy.
+    let mut out = String::with_capacity(96 + limit.min(1000) * 256);
+    out.push_str(&format!("{{\"channel\":\"{channel}\",\"ticks\":["));
+    let mut written = 0;
+    let mut last_written = None;
+    let mut first_epoch: Option<Arc<str>> = None;
+    let (read, last_epoch, source) = state
+        .history
+        .page(&state.store, &channel, want, &mut |t| {
+            if written == limit {
+                return;
+            }
+            if written > 0 {
+                out.push(',');
+            }
+            t.write_json(&mut out, false);
+            written += 1;
+            last_written = Some(t.id);
+            first_epoch.get_or_insert_with(|| t.epoch.clone());
+        })
+        .await?;
+    state.metrics.history_pages.with_label_values(&[source]).inc();
+    state.metrics.history_cache_bytes.set(state.history.bytes() as i64);
+    let more = read > limit;
+    let epoch = match first_epoch.or(last_epoch) {
+        Some(e) => Some(e.to_string()),
         None => state.store.epoch(&channel).await?,
     };
-    let mut out = String::with_capacity(64 + page.len() * 256);
-    out.push_str(&format!("{{\"channel\":\"{channel}\",\"epoch\":"));
+    out.push_str("],\"epoch\":");
     match &epoch {
         Some(e) => out.push_str(&format!("\"{e}\"")),
         None => out.push_str("null"),
     }
-    out.push_str(",\"ticks\":[");
-    for (i, t) in page.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        t.write_json(&mut out, false);
-    }
-    out.push_str("],\"next\":");
-    match page.last().filter(|_| more) {
-        Some(t) => out.push_str(&format!("\"{}\"}}", t.id)),
+    out.push_str(",\"next\":");
+    match last_written.filter(|_| more) {
+        Some(id) => out.push_str(&format!("\"{id}\"}}")),
         None => out.push_str("null}"),
     }
     Ok(json_response(StatusCode::OK, out))

@@ -41,6 +41,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub hub: Arc<Hub>,
+    /// Recent history in memory, for REST pages (docs/ARCHITECTURE.md §15).
+    pub history: Arc<crate::history::HistoryCache>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionContext>,

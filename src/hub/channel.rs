@@ -139,11 +139,11 @@ impl Partition {
         }
     }
 
-    pub(crate) fn publish(&self, batches: Vec<TailBatch>, ring: usize, live_buffer: usize) {
+    pub(crate) fn publish(&self, batches: &[TailBatch], ring: usize, live_buffer: usize) {
         // Serialize outside the lock: that is the expensive part.
         let frames: Vec<(Arc<str>, Vec<LiveFrame>, StreamId)> = batches
-            .into_iter()
-            .map(|b| (b.channel, b.ticks.iter().map(LiveFrame::new).collect(), b.last))
+            .iter()
+            .map(|b| (b.channel.clone(), b.ticks.iter().map(LiveFrame::new).collect(), b.last))
             .collect();
         let mut channels = self.lock();
         for (channel, frames, last) in frames {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
 
 use crate::clock::now_ms;
+use crate::history::HistoryCache;
 use crate::keyspace::partition_of;
 use crate::metrics::Metrics;
 use crate::store::{Fences, IdRange, Store, StoreError, StreamInfo, TailWaker};
@@ -72,10 +73,12 @@ pub struct Hub {
     ring: usize,
     metrics: Arc<Metrics>,
     candles: candles::CandleFeeds,
+    /// Where the readers leave the ticks they published (REST pages read them).
+    history: Arc<HistoryCache>,
 }
 
 impl Hub {
-    pub fn new(store: Store, settings: HubSettings, metrics: Arc<Metrics>) -> Arc<Hub> {
+    pub fn new(store: Store, settings: HubSettings, metrics: Arc<Metrics>, history: Arc<HistoryCache>) -> Arc<Hub> {
         Arc::new(Hub {
             store,
             partitions: (0..settings.partitions)
@@ -95,6 +98,7 @@ impl Hub {
             ring: settings.ring.max(1),
             metrics,
             candles: candles::CandleFeeds::default(),
+            history,
         })
     }
 

@@ -83,7 +83,11 @@ impl Hub {
                     if errors_logged.recovered() {
                         tracing::info!(partition = partition.index, "partition reader reconnected");
                     }
-                    partition.publish(batches, self.ring, self.live_buffer);
+                    partition.publish(&batches, self.ring, self.live_buffer);
+                    // Then the ticks themselves move into the history cache.
+                    for b in batches {
+                        self.history.remember(&b.channel, b.after, b.last, b.ticks);
+                    }
                 }
                 Err(e) => {
                     self.metrics.redis_errors.inc();

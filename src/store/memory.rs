@@ -284,6 +284,7 @@ impl MemoryStore {
                 Some(TailBatch {
                     channel: name.clone(),
                     ticks,
+                    after: *cursor,
                     last,
                 })
             })

@@ -104,6 +104,25 @@ impl StreamInfo {
     }
 }
 
+/// A range read, with what its reply proves it saw (the history cache's input).
+pub struct RangeRead {
+    /// The readable entries, in read order.
+    pub ticks: Vec<Tick>,
+    /// Entries in the reply, readable or not.
+    pub entries: usize,
+    /// The first and last entry ids of the reply, in read order.
+    pub edges: Option<(StreamId, StreamId)>,
+}
+
+/// A stream's ends, as Redis answered just before a page.
+#[derive(Debug, Clone)]
+pub struct StreamEnds {
+    pub first: Option<StreamId>,
+    /// The last entry's id and epoch (`None`: no stream, or its last entry cannot be
+    /// read).
+    pub last: Option<(StreamId, Arc<str>)>,
+}
+
 /// One row of `GET /api/v1/channels`.
 #[derive(Debug, Clone)]
 pub struct ChannelSummary {
@@ -173,8 +192,10 @@ pub enum Store {
 #[derive(Debug)]
 pub struct TailBatch {
     pub channel: Arc<str>,
-    /// The new ticks, in id order.
+    /// The new ticks, in id order: every readable entry after `after` up to `last`.
     pub ticks: Vec<Tick>,
+    /// The cursor the read began after.
+    pub after: StreamId,
     /// The last entry read, readable or not: the reader's cursor moves past an entry
     /// that cannot be parsed instead of reading it again forever.
     pub last: StreamId,

@@ -44,7 +44,11 @@ impl Unreadable {
 /// entry, readable or not.
 pub struct Entries {
     pub ticks: Vec<Tick>,
+    /// The first and last entry ids of the reply (readable or not), in reply order.
+    pub first: Option<StreamId>,
     pub last: Option<StreamId>,
+    /// Entries in the reply, readable or not.
+    pub count: usize,
 }
 
 pub fn protocol(what: &str, v: &Value) -> StoreError {
@@ -150,10 +154,13 @@ pub fn parse_entries(channel: &Arc<str>, v: Value, unreadable: &Unreadable) -> R
     let mut epochs = None;
     let mut out = Entries {
         ticks: Vec::with_capacity(items.len()),
+        first: None,
         last: None,
+        count: items.len(),
     };
     for entry in items {
         let (id, fields) = split_entry(entry)?;
+        out.first.get_or_insert(id);
         out.last = Some(id);
         match parse_fields(channel, id, fields, &mut epochs) {
             Ok(tick) => out.ticks.push(tick),

@@ -4,8 +4,7 @@
 //! binary (starting one takes seconds); tests that break it (failovers) hold it alone
 //! and leave it whole again: three masters, each with a replica in sync.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use std::net::TcpListener;
@@ -33,39 +32,29 @@ impl ClusterNode {
     }
 
     fn spawn(&mut self) {
-        let dir: PathBuf = self.dir.path().into();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-            // A replica cut off from its master for a while may still take over: the
-            // hard-failover tests cut one off on purpose.
-            .args(["--cluster-replica-validity-factor", "0"])
-            .args([
+        let node_timeout = NODE_TIMEOUT_MS.to_string();
+        let child = super::spawn_redis(
+            self.port,
+            self.dir.path(),
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &node_timeout,
+                // A replica cut off from its master for a while may still take over:
+                // the hard-failover tests cut one off on purpose.
+                "--cluster-replica-validity-factor",
+                "0",
                 "--appendonly",
                 "yes",
                 "--appendfsync",
                 "everysec",
-                "--protected-mode",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
+            ],
+        );
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.query(&["PING"]).is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("cluster node on port {} did not start", self.port);
+        super::until_up(self.port, || self.query(&["PING"]).is_some());
     }
 
     pub fn addr(&self) -> String {

@@ -14,7 +14,6 @@ pub mod property;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,28 +70,14 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let dir: PathBuf = self.dir.path().into();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
-            .args(["--appendfsync", "always", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
+        let appendonly = if self.persistent { "yes" } else { "no" };
+        let child = spawn_redis(
+            self.port,
+            self.dir.path(),
+            &["--appendonly", appendonly, "--appendfsync", "always"],
+        );
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.ping() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {} did not start", self.port);
+        until_up(self.port, || self.ping());
     }
 
     fn ping(&self) -> bool {
@@ -164,6 +149,35 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `redis-server` of a test's own: loopback, port `port`, no RDB snapshots, its files
+/// and log in `dir`, plus `extra` arguments.
+pub fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--protected-mode", "no"])
+        .args(extra)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (apt-get install redis-server)")
+}
+
+/// Waits up to 10 s for `up` to say the Redis on `port` answers.
+pub fn until_up(port: u16, mut up: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if up() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server on port {port} did not start");
 }
 
 /// Builder for an in-process server.

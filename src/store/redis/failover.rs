@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use super::RedisStore;
+use super::{newest_entry, RedisStore};
 use crate::keyspace::ChannelKeys;
 use crate::store::reply::{as_array, as_id, as_str, as_u64, parse_entries, protocol};
 use crate::store::{Fence, StoreError};
@@ -49,12 +49,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         for channel in channels {
             let k = self.keys(channel);
-            pipe.cmd("XREVRANGE")
-                .arg(&k.stream)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
+            newest_entry(&mut pipe, &k.stream);
             pipe.cmd("HMGET").arg(&k.meta).arg("epoch").arg("seq");
         }
         let mut conn = self.connections.get().await?;

@@ -25,9 +25,9 @@ use redis::Value;
 use super::connections::Connections;
 use super::reply::{as_array, as_id, as_str, as_u64, pairs, parse_entries, parse_entry_opt, protocol, Unreadable};
 use super::target::{Target, TlsFiles};
-use super::{Appended, ChannelSummary, Fences, IdRange, Settings, StoreError, StreamInfo};
+use super::{Appended, ChannelSummary, Fences, IdRange, RangeRead, Settings, StoreError, StreamEnds, StreamInfo};
 use crate::keyspace::{self, partition_of, ChannelKeys};
-use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
+use crate::tick::{new_epoch, PreparedTick, Tick};
 /// How long an ingest waits for its replicas (`TICKSTREAM_REDIS_WAIT`), in ms.
 const WAIT_TIMEOUT_MS: u64 = 1000;
 /// Where the partition count was recorded before keys outside partitions got hash
@@ -286,22 +286,26 @@ impl RedisStore {
     }
 
     pub async fn range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
-        self.read_range("XRANGE", channel, range.from, range.to, count).await
+        Ok(self.read_entries(channel, range, count, false).await?.ticks)
     }
 
     pub async fn rev_range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
-        self.read_range("XREVRANGE", channel, range.to, range.from, count).await
+        Ok(self.read_entries(channel, range, count, true).await?.ticks)
     }
 
-    async fn read_range(
+    /// `XRANGE` (or `XREVRANGE`) of `range`, with what the reply proves it saw.
+    pub async fn read_entries(
         &self,
-        command: &str,
         channel: &str,
-        start: StreamId,
-        end: StreamId,
+        range: IdRange,
         count: usize,
-    ) -> Result<Vec<Tick>, StoreError> {
+        descending: bool,
+    ) -> Result<RangeRead, StoreError> {
         let k = self.keys(channel);
+        let (command, start, end) = match descending {
+            false => ("XRANGE", range.from, range.to),
+            true => ("XREVRANGE", range.to, range.from),
+        };
         let mut conn = self.connections.get().await?;
         let reply: Value = redis::cmd(command)
             .arg(&k.stream)
@@ -311,7 +315,30 @@ impl RedisStore {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        Ok(parse_entries(&channel.into(), reply, &self.unreadable)?.ticks)
+        let entries = parse_entries(&channel.into(), reply, &self.unreadable)?;
+        Ok(RangeRead {
+            edges: entries.first.zip(entries.last),
+            entries: entries.count,
+            ticks: entries.ticks,
+        })
+    }
+
+    /// The stream's first id and its last entry (id and epoch), in one round trip:
+    /// what the history cache checks a page against.
+    pub async fn ends(&self, channel: &str) -> Result<StreamEnds, StoreError> {
+        let k = self.keys(channel);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE").arg(&k.stream).arg("-").arg("+").arg("COUNT").arg(1);
+        newest_entry(&mut pipe, &k.stream);
+        let mut conn = self.connections.get().await?;
+        let (first, last): (Value, Value) = pipe.query_async(&mut conn).await?;
+        let name: std::sync::Arc<str> = channel.into();
+        let first = parse_entries(&name, first, &self.unreadable)?.first;
+        let last = parse_entries(&name, last, &self.unreadable)?;
+        Ok(StreamEnds {
+            first,
+            last: last.ticks.into_iter().next().map(|t| (t.id, t.epoch)),
+        })
     }
 
     pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
@@ -353,12 +380,7 @@ impl RedisStore {
             for &i in &members {
                 let k = self.keys(&names[i]);
                 pipe.cmd("XLEN").arg(&k.stream);
-                pipe.cmd("XREVRANGE")
-                    .arg(&k.stream)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1);
+                newest_entry(&mut pipe, &k.stream);
             }
             let mut conn = self.connections.get().await?;
             let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
@@ -392,4 +414,9 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.connections.ping().await
     }
+}
+
+/// Adds the read of `stream`'s newest entry to `pipe`.
+pub(super) fn newest_entry(pipe: &mut redis::Pipeline, stream: &str) {
+    pipe.cmd("XREVRANGE").arg(stream).arg("+").arg("-").arg("COUNT").arg(1);
 }

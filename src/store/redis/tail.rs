@@ -157,16 +157,15 @@ impl RedisTail {
             let Some(name) = key.strip_prefix(self.prefix.as_str()) else {
                 continue;
             };
-            let channel = cursors
-                .iter()
-                .find(|(c, _)| &**c == name)
-                .map(|(c, _)| c.clone())
-                .unwrap_or_else(|| name.into());
+            let Some((channel, after)) = cursors.iter().find(|(c, _)| &**c == name).cloned() else {
+                continue;
+            };
             let entries = parse_entries(&channel, entries, &self.store.unreadable)?;
             if let Some(last) = entries.last {
                 out.push(TailBatch {
                     channel,
                     ticks: entries.ticks,
+                    after,
                     last,
                 });
             }
