@@ -207,6 +207,7 @@ local n = #KEYS - 3 - c
 local base = 6 + 2 * c
 local out = {}
 local epoch = nil
+local seq = 0
 local last_id = nil
 local pending, starts, intervals = {}, {}, {}
 for k = 1, c do
@@ -229,9 +230,12 @@ for i = 1, n do
   else
     if not epoch then
       redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3])
-      epoch = redis.call('HGET', KEYS[2], 'epoch')
+      local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq')
+      epoch, seq = meta[1], tonumber(meta[2] or '0')
     end
-    local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+    -- Counted here and written once after the loop (one HSET per call, not an
+    -- HINCRBY per tick): nothing else runs meanwhile, so it is the same.
+    seq = seq + 1
     local body = string.format('"seq":%d,"epoch":"%s",', seq, epoch) .. ARGV[a + 1]
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'j', body)
     redis.call('SET', dedup, id, 'EX', ARGV[2])
@@ -284,6 +288,7 @@ for i = 1, n do
 end
 
 if last_id then
+  redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq))
   local now = id_parts(last_id)
   for k = 1, c do
     store_candles(KEYS[3 + k], tonumber(ARGV[6 + c + k]), pending[k], starts[k], now)

@@ -68,7 +68,7 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "tickstream_delivery_latency_seconds",
-                        "Time from append in the store to the live frame being written to a socket.",
+                        "Time from append in the store to live ticks being queued to a socket: one sample per batch, its oldest tick.",
                     )
                     .buckets(latency_buckets),
                 )

@@ -82,10 +82,15 @@ impl Cursor {
     ///   read before the rollback, arriving late): the subscription only moves
     ///   forward, so it is skipped.
     pub fn admit(&mut self, id: StreamId, seq: u64, epoch: &Arc<str>) -> Admit {
-        if self.epoch.as_ref().is_some_and(|ours| is_rollback_of(ours, epoch)) {
+        // The ticks of one read share one epoch allocation: the common case is a
+        // pointer comparison, not a string one, and never an epoch parse.
+        let other_epoch = self
+            .epoch
+            .as_ref()
+            .filter(|ours| !Arc::ptr_eq(ours, epoch) && ***ours != **epoch);
+        if other_epoch.is_some_and(|ours| is_rollback_of(ours, epoch)) {
             return Admit::Skip;
         }
-        let other_epoch = self.epoch.as_ref().filter(|e| *e != epoch);
         if other_epoch.is_none() && id <= self.last_sent {
             return Admit::Skip;
         }
