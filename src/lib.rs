@@ -104,9 +104,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let store = open_store(&config, &metrics).await?;
         let (auth, dev) = Authenticator::new(&config.auth)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let listener = listen(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         // The memory engine is memory already: no cache in front of it.
         let cache_bytes = if store.is_durable() { config.history_cache } else { 0 };
         let per_channel = usize::try_from(config.stream_maxlen).unwrap_or(usize::MAX);
@@ -249,6 +247,25 @@ async fn forget_quiet_addresses(shield: ratelimit::ip::Shield, mut shutdown: wat
 /// Starts a server from `config` and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     Server::bind(config).await?.run(shutdown).await
+}
+
+/// Connections that may wait in the kernel for `accept` (capped by the kernel's
+/// `net.core.somaxconn`). tokio's default is 1,024: a reconnect storm of thousands of
+/// clients after a restart overflowed it, and the dropped SYNs were retried by the
+/// clients' kernels 1 s and 3 s later, which was most of the storm's duration
+/// (docs/BENCHMARKS.md "Resume storms").
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds the listener (address reuse on, as `TcpListener::bind` does, so a restarted
+/// node gets its port back at once).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The store `REDIS_URL` names, or the memory engine without it.

@@ -61,7 +61,18 @@ struct State {
 }
 
 pub async fn serve(listen: &str) -> io::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
+    // The server's own backlog (src/lib.rs `LISTEN_BACKLOG`), so a storm measures
+    // the same kernel queue against both.
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(65_535)?;
     eprintln!("tickstream-bench reference listening on {}", listener.local_addr()?);
     let state = Arc::new(State::default());
     loop {
