@@ -340,13 +340,7 @@ async fn resume_by_time(engine: Engine) {
             )
             .await;
         assert_eq!(status, 200, "{page}");
-        let ids: Vec<String> = page["ticks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["id"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(ids, bursts[1], "history {since}..={until}");
+        assert_eq!(page_ids(&page), bursts[1], "history {since}..={until}");
     }
     // A moment that is not one is refused.
     let (status, body) = app.get("/api/v1/channels/bytime.c/ticks?since=t:soon", Some(&t)).await;

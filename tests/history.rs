@@ -100,17 +100,8 @@ async fn cached_pages_equal_xrange_under_ingest_trimming_and_a_new_epoch() {
                         .arg(5)
                         .query(&mut redis.client())
                         .unwrap();
-                    let mut c = redis.client();
-                    for (id, _) in newest {
-                        let _: () = redis::cmd("XDEL").arg(&k.stream).arg(&id).query(&mut c).unwrap();
-                    }
-                    let epoch: String = redis::cmd("HGET").arg(&k.meta).arg("epoch").query(&mut c).unwrap();
-                    let _: () = redis::cmd("HSET")
-                        .arg(&k.meta)
-                        .arg("epoch")
-                        .arg(format!("{epoch}.1"))
-                        .query(&mut c)
-                        .unwrap();
+                    let lost: Vec<String> = newest.into_iter().map(|(id, _)| id).collect();
+                    roll_back(&redis, channel, &lost);
                 }
             });
             flushes.fetch_add(1, Ordering::SeqCst);
@@ -164,12 +155,7 @@ async fn cached_pages_equal_xrange_under_ingest_trimming_and_a_new_epoch() {
             continue;
         }
         assert_eq!(status, 200, "{path}: {page}");
-        let ids: Vec<String> = page["ticks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["id"].as_str().unwrap().to_string())
-            .collect();
+        let ids = page_ids(&page);
         let sid = |s: &String| support::sid(s);
         let window = |all: &[String]| -> Vec<String> {
             all.iter()
@@ -202,33 +188,38 @@ async fn cached_pages_equal_xrange_under_ingest_trimming_and_a_new_epoch() {
 }
 
 /// Ids of a REST page.
-async fn page_ids(app: &TestApp, path: &str) -> Vec<String> {
+async fn ids_of(app: &TestApp, path: &str) -> Vec<String> {
     let (status, page) = app.get(path, Some(&token(&["*"]))).await;
     assert_eq!(status, 200, "{path}: {page}");
-    page["ticks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
-        .collect()
+    page_ids(&page)
 }
 
-async fn ingest(app: &TestApp, channel: &str, from: usize, n: usize) -> Vec<String> {
-    let batch: Vec<Value> = (from..from + n)
-        .map(|i| json!({"channel": channel, "value": i, "key": format!("{channel}-{i}")}))
-        .collect();
-    app.ingest_retrying(&Value::Array(batch)).await
+/// What `redis/rollback.lua` leaves after a failover lost `lost`: those entries gone,
+/// the channel on its successor epoch (ids go on above the old ones).
+fn roll_back(redis: &RedisServer, channel: &str, lost: &[String]) {
+    let k = ChannelKeys::new(channel, 16);
+    let mut c = redis.client();
+    for id in lost {
+        let _: () = redis::cmd("XDEL").arg(&k.stream).arg(id).query(&mut c).unwrap();
+    }
+    let epoch: String = redis::cmd("HGET").arg(&k.meta).arg("epoch").query(&mut c).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&k.meta)
+        .arg("epoch")
+        .arg(format!("{epoch}.1"))
+        .query(&mut c)
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_a_rollback_or_a_lost_stream_took_are_never_served_from_memory() {
     let redis = RedisServer::start();
     let app = TestApp::start(config(Some(&redis))).await;
-    let ids = ingest(&app, "hc.rb", 0, 50).await;
+    let ids = ingest_keyed(&app, "hc.rb", 0, 50).await;
     let top = "/api/v1/channels/hc.rb/ticks?order=desc&limit=50";
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
-    assert_eq!(page_ids(&app, top).await, newest_first);
-    assert_eq!(page_ids(&app, top).await, newest_first);
+    assert_eq!(ids_of(&app, top).await, newest_first);
+    assert_eq!(ids_of(&app, top).await, newest_first);
     let cached = || app.metric("/metrics", "tickstream_history_pages_total{source=\"cache\"}");
     assert_eq!(cached().await, Some(1.0), "the second page came from memory");
     // A failover's rollback: the newest 5 gone, the channel on a successor epoch.
@@ -246,22 +237,19 @@ async fn ticks_a_rollback_or_a_lost_stream_took_are_never_served_from_memory() {
         .unwrap();
     let after_40 = format!("/api/v1/channels/hc.rb/ticks?since={}&limit=7", ids[40]);
     assert_eq!(
-        page_ids(&app, &after_40).await,
+        ids_of(&app, &after_40).await,
         ids[41..45],
         "the stream now ends at the survivor"
     );
     // New ticks of the new epoch above: the old epoch's lost ticks never come back.
-    let new = ingest(&app, "hc.rb", 100, 5).await;
+    let new = ingest_keyed(&app, "hc.rb", 100, 5).await;
     let expected: Vec<String> = ids[41..45].iter().chain(&new[..3]).cloned().collect();
-    assert_eq!(page_ids(&app, &after_40).await, expected);
-    assert_eq!(page_ids(&app, &after_40).await, expected);
+    assert_eq!(ids_of(&app, &after_40).await, expected);
+    assert_eq!(ids_of(&app, &after_40).await, expected);
     // The stream lost whole and begun again.
     redis.flushall();
-    let fresh = ingest(&app, "hc.rb", 200, 3).await;
-    assert_eq!(page_ids(&app, "/api/v1/channels/hc.rb/ticks?since=0-0").await, fresh);
-    assert_eq!(
-        page_ids(&app, top).await,
-        fresh.iter().rev().cloned().collect::<Vec<_>>()
-    );
+    let fresh = ingest_keyed(&app, "hc.rb", 200, 3).await;
+    assert_eq!(ids_of(&app, "/api/v1/channels/hc.rb/ticks?since=0-0").await, fresh);
+    assert_eq!(ids_of(&app, top).await, fresh.iter().rev().cloned().collect::<Vec<_>>());
     app.stop().await;
 }

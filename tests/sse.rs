@@ -7,22 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use support::*;
-
-async fn ingest_n(app: &TestApp, channel: &str, from: usize, n: usize) -> Vec<String> {
-    let ticks: Vec<Value> = (from..from + n)
-        .map(|i| json!({"channel": channel, "value": i, "key": format!("{channel}-{i}")}))
-        .collect();
-    app.ingest_retrying(&Value::Array(ticks)).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_carries_the_same_frames_as_a_websocket() {
     let redis = RedisServer::start();
     let app = TestApp::start(config(Some(&redis))).await;
     let t = token(&["sse.*"]);
-    let history = ingest_n(&app, "sse.c", 0, 5).await;
+    let history = ingest_keyed(&app, "sse.c", 0, 5).await;
     let mut sse = SseClient::connect(&app, "/sse/sse.c?since=0-0", &t).await.unwrap();
     let mut ws = app.ws("/ws/sse.c?since=0-0", &t).await;
     let events = sse.until_event("live").await;
@@ -39,7 +31,7 @@ async fn a_stream_carries_the_same_frames_as_a_websocket() {
         assert_eq!(e.id.as_deref(), e.data["id"].as_str());
     }
     assert_eq!(event_ids(&events), history);
-    let live = ingest_n(&app, "sse.c", 5, 2).await;
+    let live = ingest_keyed(&app, "sse.c", 5, 2).await;
     let got: Vec<String> = [sse.next_event().await, sse.next_event().await]
         .iter()
         .map(|e| e.data["id"].as_str().unwrap().to_string())
@@ -119,7 +111,7 @@ async fn an_event_source_resumes_by_itself_after_a_server_restart() {
     let mut node = NodeProc::start(&redis).await;
     let app = node.app();
     let t = token(&["*"]);
-    let before = ingest_n(&app, "sse.r", 0, 50).await;
+    let before = ingest_keyed(&app, "sse.r", 0, 50).await;
     let mut sse = SseClient::connect(&app, "/sse/sse.r?since=0-0", &t).await.unwrap();
     let (first, _) = read_across_restarts(&mut sse, 50).await;
     assert_eq!(event_ids(&first), before);
@@ -127,7 +119,7 @@ async fn an_event_source_resumes_by_itself_after_a_server_restart() {
     let (code, took) = node.terminate();
     assert_eq!(code, Some(0), "exit after {took:?}");
     node.start_again().await;
-    let after = ingest_n(&app, "sse.r", 50, 30).await;
+    let after = ingest_keyed(&app, "sse.r", 50, 30).await;
     let (rest, errors) = read_across_restarts(&mut sse, 30).await;
     // The stream said why it ended, then the client resumed from its last event id.
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -152,7 +144,7 @@ async fn last_event_id_resumes_as_since_would_and_says_what_was_lost() {
     cfg.stream_maxlen = 10;
     let app = TestApp::start(cfg).await;
     let t = token(&["*"]);
-    let ids = ingest_n(&app, "sse.l", 0, 5).await;
+    let ids = ingest_keyed(&app, "sse.l", 0, 5).await;
     // Resuming after the 2nd tick: the 3rd to 5th, then live.
     let mut sse = SseClient::connect(&app, "/sse/sse.l?since=0-0", &t).await.unwrap();
     sse.until_event("live").await;
@@ -165,7 +157,7 @@ async fn last_event_id_resumes_as_since_would_and_says_what_was_lost() {
     assert!(events.iter().all(|e| e.event != "gap"), "{events:?}");
     // The stream trimmed past the client's last tick: a gap (the tick, and so its
     // `seq`, is gone, so how many were lost is not known).
-    let more = ingest_n(&app, "sse.l", 5, 200).await;
+    let more = ingest_keyed(&app, "sse.l", 5, 200).await;
     // Once the open stream has carried the last tick, this node's ring has moved past
     // the client's cursor too (else the ring could still answer the resume).
     while sse.next_event().await.id.as_ref() != more.last() {}
@@ -178,7 +170,7 @@ async fn last_event_id_resumes_as_since_would_and_says_what_was_lost() {
     // The stream was lost (Redis flushed) and began again: the client's last tick is
     // gone without having been trimmed, so it is a new epoch.
     redis.flushall();
-    let fresh = ingest_n(&app, "sse.l", 1000, 3).await;
+    let fresh = ingest_keyed(&app, "sse.l", 1000, 3).await;
     sse.last_event_id = Some(ids[4].clone());
     sse.reconnect().await;
     let events = sse.until_event("live").await;

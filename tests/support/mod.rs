@@ -484,6 +484,23 @@ pub fn tick_ids(frames: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The ids of a REST history page.
+pub fn page_ids(page: &Value) -> Vec<String> {
+    page["ticks"]
+        .as_array()
+        .map(|ticks| ticks.iter().map(|t| t["id"].as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Ingests ticks `from..from + n` of `channel` (value `i`, key `<channel>-<i>`) in one
+/// batch, retrying 503; returns their ids.
+pub async fn ingest_keyed(app: &TestApp, channel: &str, from: usize, n: usize) -> Vec<String> {
+    let batch: Vec<Value> = (from..from + n)
+        .map(|i| json!({"channel": channel, "value": i, "key": format!("{channel}-{i}")}))
+        .collect();
+    app.ingest_retrying(&Value::Array(batch)).await
+}
+
 pub fn sid(s: &str) -> StreamId {
     s.parse().expect("stream id")
 }
