@@ -223,18 +223,7 @@ async fn ticks_a_rollback_or_a_lost_stream_took_are_never_served_from_memory() {
     let cached = || app.metric("/metrics", "tickstream_history_pages_total{source=\"cache\"}");
     assert_eq!(cached().await, Some(1.0), "the second page came from memory");
     // A failover's rollback: the newest 5 gone, the channel on a successor epoch.
-    let k = ChannelKeys::new("hc.rb", 16);
-    let mut c = redis.client();
-    for id in &ids[45..] {
-        let _: () = redis::cmd("XDEL").arg(&k.stream).arg(id).query(&mut c).unwrap();
-    }
-    let epoch: String = redis::cmd("HGET").arg(&k.meta).arg("epoch").query(&mut c).unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(&k.meta)
-        .arg("epoch")
-        .arg(format!("{epoch}.1"))
-        .query(&mut c)
-        .unwrap();
+    roll_back(&redis, "hc.rb", &ids[45..]);
     let after_40 = format!("/api/v1/channels/hc.rb/ticks?since={}&limit=7", ids[40]);
     assert_eq!(
         ids_of(&app, &after_40).await,
