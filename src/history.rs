@@ -51,6 +51,11 @@ struct Segment {
     used: AtomicU64,
 }
 
+/// Epochs of one read share one allocation: compare pointers before text.
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 fn cost(t: &Tick) -> usize {
     t.body.len() + TICK_OVERHEAD
 }
@@ -68,11 +73,11 @@ impl Segment {
         }
     }
 
-    /// Adds what is known of `(after, through]`; returns false when the segment had
-    /// to be replaced instead (the caller does that).
-    fn merge(&mut self, after: StreamId, through: StreamId, ticks: Vec<Tick>) -> bool {
+    /// Adds what is known of `(after, through]`; gives the ticks back when they do
+    /// not adjoin the segment (the caller replaces it, or keeps it).
+    fn merge(&mut self, after: StreamId, through: StreamId, ticks: Vec<Tick>) -> Result<(), Vec<Tick>> {
         if after >= self.low && through <= self.high {
-            return true; // nothing new
+            return Ok(()); // nothing new
         }
         if after >= self.low && after <= self.high {
             // Extends the top.
@@ -81,7 +86,7 @@ impl Segment {
                 self.ticks.push_back(t);
             }
             self.high = through;
-            return true;
+            return Ok(());
         }
         if after < self.low && through >= self.low && through <= self.high {
             // Extends the bottom.
@@ -90,9 +95,9 @@ impl Segment {
                 self.ticks.push_front(t);
             }
             self.low = after;
-            return true;
+            return Ok(());
         }
-        false
+        Err(ticks)
     }
 
     fn cap(&mut self, most: usize) {
@@ -109,7 +114,7 @@ impl Segment {
     fn answer(&self, ends: &Ends, want: Want, each: &mut dyn FnMut(&Tick)) -> Option<usize> {
         let (last, epoch) = ends.last.as_ref()?;
         let first = ends.first?;
-        if *epoch != self.epoch || self.high > *last {
+        if !same(epoch, &self.epoch) || self.high > *last {
             return None;
         }
         let lo = want.range.from.max(first);
@@ -187,9 +192,10 @@ impl HistoryCache {
         }
         // Of one epoch only: where the epoch changes within them, what came before
         // belongs to a stream that no longer is.
+        let newest_epoch = ticks.last().map(|t| t.epoch.clone());
         let (after, ticks) = match ticks
             .iter()
-            .rposition(|t| Some(&t.epoch) != ticks.last().map(|l| &l.epoch))
+            .rposition(|t| newest_epoch.as_ref().is_some_and(|e| !same(&t.epoch, e)))
         {
             Some(i) => {
                 let after = ticks[i].id;
@@ -202,9 +208,12 @@ impl HistoryCache {
             Some(seg) => {
                 let mut s = seg.write().unwrap_or_else(|e| e.into_inner());
                 let before = s.bytes;
-                let same_epoch = ticks.first().is_none_or(|t| t.epoch == s.epoch);
-                let merged = same_epoch && s.merge(after, through, ticks.clone());
-                if !merged {
+                let same_epoch = ticks.first().is_none_or(|t| same(&t.epoch, &s.epoch));
+                let unmerged = match same_epoch {
+                    true => s.merge(after, through, ticks).err(),
+                    false => Some(ticks),
+                };
+                if let Some(ticks) = unmerged {
                     let Some(epoch) = ticks.first().map(|t| t.epoch.clone()) else {
                         return;
                     };
