@@ -25,6 +25,16 @@ pub struct Span {
     pub until: Option<i64>,
 }
 
+/// A read of candles: buckets of `interval` whose start is in `span`, `limit` at
+/// most, in `order` (what every engine and caller passes along as one value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Query {
+    pub interval: Interval,
+    pub span: Span,
+    pub limit: usize,
+    pub order: Order,
+}
+
 impl Span {
     pub fn contains(&self, start: i64) -> bool {
         self.after.is_none_or(|a| start > a) && self.until.is_none_or(|u| start <= u)
@@ -105,8 +115,14 @@ impl Book {
         }
     }
 
-    /// Up to `limit` candles of `interval` in `span`, in `order`.
-    pub fn page(&self, interval: Interval, span: Span, limit: usize, order: Order) -> Vec<Candle> {
+    /// The candles `q` asks for.
+    pub fn page(&self, q: Query) -> Vec<Candle> {
+        let Query {
+            interval,
+            span,
+            limit,
+            order,
+        } = q;
         let lo = span.after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let hi = span.until.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
         if let (std::ops::Bound::Excluded(a), std::ops::Bound::Included(u)) = (lo, hi) {
@@ -195,21 +211,26 @@ mod tests {
             until: Some(5 * 60_000),
         };
         let page: Vec<i64> = book
-            .page(Interval::M1, span, 10, Order::Desc)
+            .page(Query {
+                interval: Interval::M1,
+                span,
+                limit: 10,
+                order: Order::Desc,
+            })
             .iter()
             .map(|c| c.start / 60_000)
             .collect();
         assert_eq!(page, vec![5, 4]);
         assert!(book
-            .page(
-                Interval::M1,
-                Span {
+            .page(Query {
+                interval: Interval::M1,
+                span: Span {
                     after: Some(5),
                     until: Some(5)
                 },
-                10,
-                Order::Asc
-            )
+                limit: 10,
+                order: Order::Asc
+            })
             .is_empty());
     }
 }

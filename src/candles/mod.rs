@@ -16,6 +16,6 @@ pub mod book;
 pub mod candle;
 pub mod interval;
 
-pub use book::{Book, Order, Span};
+pub use book::{Book, Order, Query, Span};
 pub use candle::Candle;
 pub use interval::{CandleSettings, Interval};

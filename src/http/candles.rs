@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::extract::{authorize_read, Caller, ChannelName, Params};
 use super::history::{limit_param, order_param};
 use super::{json_response, AppState};
-use crate::candles::{Interval, Order, Span};
+use crate::candles::{Interval, Order, Query, Span};
 use crate::error::ApiError;
 use crate::ratelimit::Group;
 use crate::tick::id::parse_moment;
@@ -77,7 +77,13 @@ pub async fn candles(
         }
     }
     // One extra tells whether another page exists, so `next` is null on the last page.
-    let mut page = state.store.candles(&channel, interval, span, limit + 1, order).await?;
+    let query = Query {
+        interval,
+        span,
+        limit: limit + 1,
+        order,
+    };
+    let mut page = state.store.candles(&channel, query).await?;
     let more = page.len() > limit;
     page.truncate(limit);
     let next = page.last().filter(|_| more).map(|c| c.start.to_string());

@@ -16,7 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, Notify};
 
 use super::{Hub, Interrupted};
-use crate::candles::{Candle, Interval, Order, Span};
+use crate::candles::{Candle, Interval, Order, Query, Span};
 use crate::retry::until_ok;
 
 /// A feed re-reads its candle at most this often.
@@ -206,7 +206,15 @@ async fn run(hub: Arc<Hub>, (channel, interval): FeedKey, shared: Arc<Shared>, s
 async fn newest(hub: &Hub, channel: &str, interval: Interval) -> Result<Option<Candle>, crate::store::StoreError> {
     let page = hub
         .store
-        .candles(channel, interval, Span::default(), 1, Order::Desc)
+        .candles(
+            channel,
+            Query {
+                interval,
+                span: Span::default(),
+                limit: 1,
+                order: Order::Desc,
+            },
+        )
         .await?;
     Ok(page.into_iter().next())
 }
@@ -221,7 +229,15 @@ async fn closed(
     span: Span,
 ) -> Result<Vec<Candle>, crate::store::StoreError> {
     hub.store
-        .candles(channel, interval, span, CLOSED_AT_ONCE, Order::Asc)
+        .candles(
+            channel,
+            Query {
+                interval,
+                span,
+                limit: CLOSED_AT_ONCE,
+                order: Order::Asc,
+            },
+        )
         .await
 }
 

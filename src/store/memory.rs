@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailBatch, TailWaker};
-use crate::candles::{Book, Candle, CandleSettings, Interval, Order, Span};
+use crate::candles::{Book, Candle, CandleSettings, Query};
 use crate::clock::now_ms;
 use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
@@ -228,19 +228,12 @@ impl MemoryStore {
             .collect())
     }
 
-    pub async fn candles(
-        &self,
-        channel: &str,
-        interval: Interval,
-        span: Span,
-        limit: usize,
-        order: Order,
-    ) -> Result<Vec<Candle>, StoreError> {
+    pub async fn candles(&self, channel: &str, q: Query) -> Result<Vec<Candle>, StoreError> {
         let state = self.lock();
         Ok(state
             .channels
             .get(channel)
-            .map(|c| c.candles.page(interval, span, limit, order))
+            .map(|c| c.candles.page(q))
             .unwrap_or_default())
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 pub use health::StoreHealth;
 
-use crate::candles::{Candle, CandleSettings, Interval, Order, Span};
+use crate::candles::{Candle, CandleSettings, Query};
 use crate::tick::{PreparedTick, StreamId, Tick};
 
 /// A storage failure. Every variant means "the store cannot answer now"; callers
@@ -285,16 +285,9 @@ impl Store {
         dispatch!(self, s => s.epoch(channel).await)
     }
 
-    /// Up to `limit` candles of `interval` whose bucket start is in `span`.
-    pub async fn candles(
-        &self,
-        channel: &str,
-        interval: Interval,
-        span: Span,
-        limit: usize,
-        order: Order,
-    ) -> Result<Vec<Candle>, StoreError> {
-        dispatch!(self, s => s.candles(channel, interval, span, limit, order).await)
+    /// The candles of `channel` that `q` asks for.
+    pub async fn candles(&self, channel: &str, q: Query) -> Result<Vec<Candle>, StoreError> {
+        dispatch!(self, s => s.candles(channel, q).await)
     }
 
     /// Recomputes a channel's candles from the ticks its stream still holds; returns

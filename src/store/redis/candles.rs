@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::RedisStore;
-use crate::candles::{Book, Candle, Interval, Order, Span};
+use crate::candles::{Book, Candle, Order, Query};
 use crate::store::reply::{as_array, as_id, as_str};
 use crate::store::{IdRange, StoreError};
 use crate::tick::StreamId;
@@ -35,14 +35,13 @@ impl RedisStore {
         }
     }
 
-    pub async fn candles(
-        &self,
-        channel: &str,
-        interval: Interval,
-        span: Span,
-        limit: usize,
-        order: Order,
-    ) -> Result<Vec<Candle>, StoreError> {
+    pub async fn candles(&self, channel: &str, q: Query) -> Result<Vec<Candle>, StoreError> {
+        let Query {
+            interval,
+            span,
+            limit,
+            order,
+        } = q;
         let key = self.keys(channel).candles(interval);
         let low = span.after.map_or("-inf".to_string(), |a| format!("({a}"));
         let high = span.until.map_or("+inf".to_string(), |u| u.to_string());
