@@ -235,7 +235,14 @@ impl HistoryCache {
                 let now = s.bytes;
                 s.used
                     .store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-                self.lock().insert(channel.clone(), Arc::new(RwLock::new(s)));
+                // Another read may have made the channel's segment meanwhile: keep
+                // that one (replacing it would lose its bytes from the count).
+                match self.lock().entry(channel.clone()) {
+                    std::collections::hash_map::Entry::Occupied(_) => return,
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(Arc::new(RwLock::new(s)));
+                    }
+                }
                 (0, now)
             }
         };
