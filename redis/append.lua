@@ -243,7 +243,7 @@ for i = 1, n do
     out[#out + 1] = 0
     last_id = id
     local value = ARGV[a + 3]
-    if value ~= '' then
+    if c > 0 and value ~= '' then
       -- Ticks of one call are appended in order: on equal ts a later one has the
       -- larger id, so it closes but does not open.
       local ts = tonumber(ARGV[a + 2])
@@ -293,9 +293,6 @@ if last_id then
   for k = 1, c do
     store_candles(KEYS[3 + k], tonumber(ARGV[6 + c + k]), pending[k], starts[k], now)
   end
-end
-
-if last_id then
-  redis.call('ZADD', KEYS[3], tonumber(string.match(last_id, '^(%d+)')), ARGV[4])
+  redis.call('ZADD', KEYS[3], now, ARGV[4])
 end
 return out

@@ -44,10 +44,11 @@ if kept[1] then
   survivor = kept[1][1]
 end
 
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq')
+local epoch = meta[1]
 local moved = 0
 if epoch == ARGV[1] then
-  local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+  local seq = tonumber(meta[2] or '0')
   if seq < tonumber(ARGV[3]) or id_less(last_id, ARGV[2]) then
     redis.call('HSET', KEYS[2], 'epoch', ARGV[4], 'seq', 0)
     epoch = ARGV[4]
@@ -56,8 +57,10 @@ if epoch == ARGV[1] then
 end
 
 -- Never let a new id fall at or below one a client was given (whoever moved the
--- epoch on). XSETID only raises: the stream's counter may already be higher.
-if redis.call('EXISTS', KEYS[1]) == 1 then
+-- epoch on). XSETID only raises: the stream's counter may already be higher. A
+-- stream whose last entry is not below the fence has its counter there already
+-- (the common case, on every fenced ingest): nothing to check.
+if id_less(last_id, ARGV[2]) and redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   local generated = '0-0'
   for i = 1, #info, 2 do

@@ -35,12 +35,6 @@ pub struct Query {
     pub order: Order,
 }
 
-impl Span {
-    pub fn contains(&self, start: i64) -> bool {
-        self.after.is_none_or(|a| start > a) && self.until.is_none_or(|u| start <= u)
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Book {
     sets: [BTreeMap<i64, Candle>; 5],

@@ -7,8 +7,6 @@
 
 use std::fmt::Write;
 
-use serde_json::Value;
-
 use crate::tick::wire::write_ts;
 use crate::tick::StreamId;
 
@@ -163,12 +161,13 @@ impl Candle {
         }
     }
 
-    /// The candle object as a JSON value (tests, and the few places that want one).
-    pub fn to_json(&self) -> Value {
+    /// The candle object as a JSON value (tests).
+    #[cfg(test)]
+    pub fn to_json(&self) -> serde_json::Value {
         let mut text = String::from("{");
         self.write_members(&mut text);
         text.push('}');
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -237,10 +237,6 @@ impl LiveSubscription {
             Err(TryRecvError::Closed) => Err(Interrupted::Closed),
         }
     }
-
-    pub fn channel(&self) -> &str {
-        &self.channel
-    }
 }
 
 impl Drop for LiveSubscription {

@@ -49,7 +49,7 @@ fn write_event(out: &mut Vec<u8>, frame: &Frame) {
 
 impl Transport for SseTransport {
     async fn write(&mut self, frames: &mut Vec<Frame>) -> Result<(), ()> {
-        let mut out = Vec::with_capacity(frames.iter().map(|_| 256).sum());
+        let mut out = Vec::with_capacity(frames.len() * 256);
         for frame in frames.drain(..) {
             write_event(&mut out, &frame);
         }

@@ -120,10 +120,6 @@ impl Connections {
         })
     }
 
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Cluster { .. })
-    }
-
     fn failing(&self) -> bool {
         crate::clock::now_ms() < self.failing_until_ms.load(Ordering::Acquire)
     }
