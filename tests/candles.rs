@@ -353,17 +353,14 @@ async fn a_rebuild_equals_incremental_candles_and_is_safe_while_ingest_runs() {
         .collect();
     let cfg = app.config.clone();
     let rebuilds = tokio::spawn(async move {
-        let mut runs = 0;
         for _ in 0..3 {
             tickstream::rebuild_candles(&cfg, Some("cd.rb".into()), |_, _| {})
                 .await
                 .unwrap();
-            runs += 1;
         }
-        runs
     });
     let added = ingest_all(&app, &during).await;
-    assert_eq!(rebuilds.await.unwrap(), 3);
+    rebuilds.await.unwrap();
     for (name, set) in &added.sets {
         for (start, c) in set {
             reference.add_candle(name, *start, c);

@@ -201,7 +201,7 @@ fn roll_back(redis: &RedisServer, channel: &str, lost: &[String]) {
     let _: () = redis::cmd("HSET")
         .arg(&k.meta)
         .arg("epoch")
-        .arg(format!("{epoch}.1"))
+        .arg(tickstream::tick::epoch::after_rollback(&epoch))
         .query(&mut c)
         .unwrap();
 }

@@ -193,7 +193,7 @@ pub async fn ingest_all(app: &TestApp, batches: &[Vec<Sent>]) -> Reference {
     let mut keys = std::collections::HashSet::new();
     for batch in batches {
         let body = Value::Array(batch.iter().map(|s| s.body.clone()).collect());
-        let answer = ingest_answer(app, &body).await;
+        let (answer, _) = app.ingest_results(&body, std::time::Duration::from_secs(30)).await;
         for (tick, result) in batch.iter().zip(answer) {
             let duplicate = result["duplicate"].as_bool().unwrap();
             if let Some(k) = &tick.key {
@@ -205,20 +205,6 @@ pub async fn ingest_all(app: &TestApp, batches: &[Vec<Sent>]) -> Reference {
         }
     }
     reference
-}
-
-/// An ingest's `results`, retrying 503 (ticks carry keys or exact content, so a
-/// retry stores nothing twice).
-async fn ingest_answer(app: &TestApp, body: &Value) -> Vec<Value> {
-    for _ in 0..300 {
-        let (status, answer) = app.ingest(body).await;
-        if status == 201 {
-            return answer["results"].as_array().unwrap().clone();
-        }
-        assert_eq!(status, 503, "{answer}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("ingest kept failing");
 }
 
 /// All of `channel`'s candles of `interval`, read through REST pages of `limit`.

@@ -223,7 +223,7 @@ impl RedisCluster {
     pub fn master_of(&self, slot: u16) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            for (i, n) in self.nodes.iter().enumerate() {
+            for n in &self.nodes {
                 if n.child.is_none() || !n.is_master() {
                     continue;
                 }
@@ -239,7 +239,6 @@ impl RedisCluster {
                         }
                     }
                 }
-                let _ = i;
             }
             assert!(Instant::now() < deadline, "no master for slot {slot}");
             std::thread::sleep(Duration::from_millis(100));

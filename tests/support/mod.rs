@@ -673,7 +673,15 @@ impl TestApp {
     /// Ingests a batch, retrying on 503 and connection errors (a producer's duty:
     /// ticks carry keys, so a retry after a partial failure stores nothing twice).
     pub async fn ingest_retrying(&self, batch: &Value) -> Vec<String> {
-        let deadline = Instant::now() + TIMEOUT;
+        let (results, _) = self.ingest_results(batch, TIMEOUT).await;
+        results.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// Like [`TestApp::ingest_retrying`], for up to `patience`: the answer's `results`,
+    /// and how many tries were refused first.
+    pub async fn ingest_results(&self, batch: &Value, patience: Duration) -> (Vec<Value>, usize) {
+        let deadline = Instant::now() + patience;
+        let mut refused = 0;
         loop {
             let resp = self
                 .http
@@ -685,15 +693,11 @@ impl TestApp {
             if let Ok(r) = resp {
                 if r.status() == 201 {
                     let body: Value = r.json().await.unwrap();
-                    return body["results"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|r| r["id"].as_str().unwrap().to_string())
-                        .collect();
+                    return (body["results"].as_array().unwrap().clone(), refused);
                 }
                 assert_eq!(r.status(), 503, "only 503 is retried");
             }
+            refused += 1;
             assert!(Instant::now() < deadline, "ingest kept failing");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
