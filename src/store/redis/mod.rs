@@ -140,24 +140,23 @@ impl RedisStore {
         }
         let epoch = new_epoch();
         let wait = self.settings.wait_replicas;
-        // Channels by partition, each partition one pipeline (one cluster slot).
+        // Channels by partition, each partition one pipeline (one cluster slot); each
+        // channel's keys built once (the partition hash is part of them).
+        let keys: Vec<ChannelKeys> = groups.iter().map(|(channel, _)| self.keys(channel)).collect();
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (g, (channel, _)) in groups.iter().enumerate() {
-            by_partition
-                .entry(partition_of(channel, self.settings.partitions))
-                .or_default()
-                .push(g);
+        for (g, k) in keys.iter().enumerate() {
+            by_partition.entry(k.partition).or_default().push(g);
         }
-        let groups = &groups;
+        let (groups, keys) = (&groups, &keys);
         let calls = by_partition.values().map(|members_of_partition| {
             let mut pipe = redis::pipe();
             let mut fenced = Vec::new();
             for &g in members_of_partition {
                 let (channel, members) = &groups[g];
-                let k = self.keys(channel);
+                let k = &keys[g];
                 let fence = fences.get(*channel);
                 if let Some(f) = fence {
-                    self.rollback_call(&mut pipe, &k, f);
+                    self.rollback_call(&mut pipe, k, f);
                 }
                 fenced.push(fence.is_some());
                 let intervals = self.settings.candles.intervals();
