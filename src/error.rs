@@ -36,6 +36,9 @@ pub enum ApiError {
     /// The node holds as many WebSockets as it may (`TICKSTREAM_MAX_CONNECTIONS`).
     #[error("this node is at its connection limit, try again shortly")]
     Overloaded,
+    /// A request to a WebSocket endpoint that is not a valid upgrade, and why.
+    #[error("{0}")]
+    NotWebSocket(&'static str),
 }
 
 impl ApiError {
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::NotWebSocket(_) => (StatusCode::UPGRADE_REQUIRED, "websocket_required"),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod ops;
 pub mod serve;
 pub mod sse;
+pub mod upgrade;
 pub mod ws;
 
 use std::sync::Arc;

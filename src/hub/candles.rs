@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, Notify};
 
 use super::{Hub, Interrupted};
@@ -43,19 +42,19 @@ impl CandleFeeds {
 
 /// What a feed shares with its subscribers.
 struct Shared {
-    tx: broadcast::Sender<Utf8Bytes>,
+    tx: broadcast::Sender<Arc<str>>,
     /// The last frame sent, `final` or not: a new subscriber's first frame. Sending
     /// and subscribing both happen under this lock, so a subscriber gets each state
     /// once, in order.
-    last: Mutex<Option<Utf8Bytes>>,
+    last: Mutex<Option<Arc<str>>>,
 }
 
 impl Shared {
-    fn last(&self) -> MutexGuard<'_, Option<Utf8Bytes>> {
+    fn last(&self) -> MutexGuard<'_, Option<Arc<str>>> {
         self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn send(&self, frame: Utf8Bytes) {
+    fn send(&self, frame: Arc<str>) {
         let mut last = self.last();
         *last = Some(frame.clone());
         // No receiver is fine: the last subscriber may have just left.
@@ -87,8 +86,8 @@ impl Drop for Feed {
 /// A subscriber's handle on a live candle feed.
 pub struct CandleSubscription {
     /// The feed's last frame when this subscription began.
-    current: Option<Utf8Bytes>,
-    rx: broadcast::Receiver<Utf8Bytes>,
+    current: Option<Arc<str>>,
+    rx: broadcast::Receiver<Arc<str>>,
     feed: Arc<Feed>,
 }
 
@@ -96,7 +95,7 @@ impl CandleSubscription {
     /// The next candle frame: first the current candle (if the channel has one),
     /// then every change. `None` when the feed ended. A subscriber that fell
     /// [`CANDLE_BUFFER`] frames behind skips to the feed's latest frame.
-    pub async fn next(&mut self) -> Option<Utf8Bytes> {
+    pub async fn next(&mut self) -> Option<Arc<str>> {
         if let Some(current) = self.current.take() {
             return Some(current);
         }
@@ -243,7 +242,7 @@ async fn closed(
 
 /// `{"type":"candle","channel","interval",…candle…,"final"}` (the channel regex
 /// admits no character JSON would escape).
-pub fn frame(channel: &str, interval: Interval, candle: &Candle, last: bool) -> Utf8Bytes {
+pub fn frame(channel: &str, interval: Interval, candle: &Candle, last: bool) -> Arc<str> {
     let mut text = String::with_capacity(256);
     text.push_str("{\"type\":\"candle\",\"channel\":\"");
     text.push_str(channel);
@@ -252,5 +251,5 @@ pub fn frame(channel: &str, interval: Interval, candle: &Candle, last: bool) -> 
     text.push_str("\",");
     candle.write_members(&mut text);
     text.push_str(if last { ",\"final\":true}" } else { ",\"final\":false}" });
-    Utf8Bytes::from(text)
+    Arc::from(text)
 }

@@ -7,32 +7,45 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, Notify};
 
 use crate::store::{Fence, TailBatch, TailWaker};
 use crate::tick::{StreamId, Tick};
 
-/// One tick, serialized once per node and shared by every session (cloning is a
-/// reference-count bump).
+/// One tick, serialized once per node and shared by every session. One pointer:
+/// handing it to a subscriber and dropping it after the write are the only
+/// reference-count changes a delivery costs (with the id, epoch and text shared
+/// separately it was four, a tenth of the fan-out's CPU: docs/BENCHMARKS.md
+/// "Fan-out").
 #[derive(Debug, Clone)]
-pub struct LiveFrame {
+pub struct LiveFrame(Arc<LiveTick>);
+
+#[derive(Debug)]
+pub struct LiveTick {
     pub id: StreamId,
     pub seq: u64,
     pub epoch: Arc<str>,
     /// The complete `{"type":"tick",…}` frame.
-    pub text: Utf8Bytes,
+    pub text: String,
 }
 
 impl LiveFrame {
     pub fn new(tick: &Tick) -> LiveFrame {
-        LiveFrame {
+        LiveFrame(Arc::new(LiveTick {
             id: tick.id,
             seq: tick.seq,
             epoch: tick.epoch.clone(),
-            text: Utf8Bytes::from(tick.to_frame()),
-        }
+            text: tick.to_frame(),
+        }))
+    }
+}
+
+impl std::ops::Deref for LiveFrame {
+    type Target = LiveTick;
+
+    fn deref(&self) -> &LiveTick {
+        &self.0
     }
 }
 

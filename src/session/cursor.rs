@@ -134,7 +134,7 @@ mod tests {
 
     fn gap_of(admit: Admit) -> serde_json::Value {
         match admit {
-            Admit::SendAfter(Frame::Text { text, .. }) => serde_json::from_str(text.as_str()).unwrap(),
+            Admit::SendAfter(Frame::Text { text, .. }) => serde_json::from_str(&text).unwrap(),
             other => panic!("expected a gap, got {other:?}"),
         }
     }

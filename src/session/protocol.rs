@@ -2,13 +2,15 @@
 //! §5): what a client may send, the frames the server sends, the close codes and
 //! the limits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use axum::body::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::candles::Interval;
+use crate::hub::LiveFrame;
 use crate::tick::{Since, StreamId};
 
 /// History is read in pages of this many ticks.
@@ -35,6 +37,8 @@ pub const INBOUND_PER_SEC: f64 = 10.0;
 /// WebSocket close codes (docs/PROTOCOL.md §5.6).
 pub mod close {
     pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const INTERNAL: u16 = 1011;
     pub const RESTART: u16 = 1012;
@@ -127,26 +131,40 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub enum Frame {
     /// A JSON object.
-    Text { kind: Kind, text: Utf8Bytes },
+    Text { kind: Kind, text: Arc<str> },
+    /// A tick from the hub, shared with every subscriber of its channel.
+    Tick(LiveFrame),
     /// Keep-alive: a WebSocket ping, an SSE comment.
     Ping,
+    /// The answer to a WebSocket client's ping, with its payload.
+    Pong(Bytes),
 }
 
 impl Frame {
     pub fn json(kind: Kind, value: serde_json::Value) -> Frame {
         Frame::Text {
             kind,
-            text: Utf8Bytes::from(value.to_string()),
+            text: Arc::from(value.to_string()),
         }
     }
 
     /// A tick frame, already serialized (shared bytes).
-    pub fn tick(text: Utf8Bytes) -> Frame {
+    pub fn tick(text: Arc<str>) -> Frame {
         Frame::Text { kind: Kind::Tick, text }
     }
 
+    /// Payload bytes, to size a write buffer.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Frame::Text { text, .. } => text.len(),
+            Frame::Tick(frame) => frame.text.len(),
+            Frame::Ping => 0,
+            Frame::Pong(payload) => payload.len(),
+        }
+    }
+
     pub fn is_tick(&self) -> bool {
-        matches!(self, Frame::Text { kind: Kind::Tick, .. })
+        matches!(self, Frame::Tick(_) | Frame::Text { kind: Kind::Tick, .. })
     }
 }
 

@@ -98,7 +98,7 @@ impl Feed {
 
     /// Sends one shared frame from the hub's ring.
     async fn emit_frame(&mut self, frame: &LiveFrame) -> Result<(), Gone> {
-        self.emit(frame.id, frame.seq, &frame.epoch, || Frame::tick(frame.text.clone()))
+        self.emit(frame.id, frame.seq, &frame.epoch, || Frame::Tick(frame.clone()))
             .await
     }
 
@@ -355,7 +355,7 @@ async fn forward_candles(sub: u64, mut candles: CandleSubscription, out: mpsc::S
 /// The `seq` and epoch of the tick with id `id`, from the ring or the stream.
 async fn tick_at(ctx: &SessionContext, channel: &str, id: StreamId) -> Option<(u64, Arc<str>)> {
     if let Some(frame) = ctx.hub.frame_at(channel, id) {
-        return Some((frame.seq, frame.epoch));
+        return Some((frame.seq, frame.epoch.clone()));
     }
     let range = IdRange { from: id, to: id };
     let found = until_ok(&ctx.metrics, || ctx.store.range(channel, range, 1)).await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{close, tick_id, Closing, Frame, SubscribeRequest, PING_INTERVAL};
+use super::protocol::{close, tick_id, Closing, Frame, Kind, SubscribeRequest, PING_INTERVAL};
 use super::writer::{Transport, Writer};
 use super::{queue, Session, SessionContext};
 use crate::auth::Principal;
@@ -29,22 +29,24 @@ pub(crate) struct SseTransport {
 
 /// Appends one frame as an SSE event.
 fn write_event(out: &mut Vec<u8>, frame: &Frame) {
-    match frame {
-        Frame::Text { kind, text } => {
-            out.extend_from_slice(b"event: ");
-            out.extend_from_slice(kind.name().as_bytes());
-            if let Some(id) = tick_id(text.as_str()) {
-                out.extend_from_slice(b"\nid: ");
-                out.extend_from_slice(id.as_bytes());
-            }
-            out.extend_from_slice(b"\ndata: ");
-            // Frames are single-line JSON (serde_json escapes newlines in strings).
-            out.extend_from_slice(text.as_str().as_bytes());
-            out.extend_from_slice(b"\n\n");
-        }
+    let (kind, text) = match frame {
+        Frame::Text { kind, text } => (*kind, &**text),
+        Frame::Tick(tick) => (Kind::Tick, tick.text.as_str()),
         // A comment line: proxies see traffic, EventSource ignores it.
-        Frame::Ping => out.extend_from_slice(b": keep-alive\n\n"),
+        Frame::Ping => return out.extend_from_slice(b": keep-alive\n\n"),
+        // Only a WebSocket client pings.
+        Frame::Pong(_) => return,
+    };
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.name().as_bytes());
+    if let Some(id) = tick_id(text) {
+        out.extend_from_slice(b"\nid: ");
+        out.extend_from_slice(id.as_bytes());
     }
+    out.extend_from_slice(b"\ndata: ");
+    // Frames are single-line JSON (serde_json escapes newlines in strings).
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\n\n");
 }
 
 impl Transport for SseTransport {
@@ -67,7 +69,7 @@ impl Transport for SseTransport {
             _ => "closed",
         };
         let frame = Frame::json(
-            super::protocol::Kind::Error,
+            Kind::Error,
             serde_json::json!({"type": "error", "code": code, "message": reason}),
         );
         let mut out = Vec::new();

@@ -1,48 +1,122 @@
-//! The WebSocket transport: the socket's sink as a [`Transport`], and the control
-//! loop that reads client messages (subscribe, unsubscribe, refresh, ping), pings the
-//! client, and closes the socket with the documented code (docs/PROTOCOL.md §5).
+//! The WebSocket transport: the socket's sending half as a [`Transport`], its
+//! receiving half as client messages, and the control loop that reads them
+//! (subscribe, unsubscribe, refresh, ping), pings the client, and closes the socket
+//! with the documented code (docs/PROTOCOL.md §5). Framing is `ws_codec.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{
     self, close, parse_client_message, ClientMessage, Closing, Frame, SubscribeRequest, CLOSE_HANDSHAKE, IDLE_TIMEOUT,
-    INBOUND_BURST, INBOUND_PER_SEC, MAX_SUBSCRIPTIONS, PING_INTERVAL,
+    INBOUND_BURST, INBOUND_PER_SEC, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, PING_INTERVAL,
 };
 use super::writer::{Transport, Writer};
+use super::ws_codec::{self, Decoder, Incoming, Violation};
 use super::{queue, Ending, Session, SessionContext};
 use crate::auth::Principal;
 use crate::tick::{is_valid_channel, Since};
 
-/// A WebSocket's sink.
+/// A write buffer larger than this is given back after its batch is written, so a
+/// socket keeps no more than a small batch's worth between writes.
+const KEEP_BUFFER: usize = 4096;
+
+/// The socket's sending half: each batch is framed into one buffer and written with
+/// as few `write` calls as the kernel allows.
 pub(crate) struct WebSocketTransport {
-    sink: SplitSink<WebSocket, Message>,
+    tcp: OwnedWriteHalf,
+    buf: Vec<u8>,
+    /// How much of `buf` the kernel has taken. A write cut short (the stall timer
+    /// fired) leaves the rest in `buf`, so a close frame still follows whole frames.
+    sent: usize,
+}
+
+impl WebSocketTransport {
+    async fn flush(&mut self) -> Result<(), ()> {
+        while self.sent < self.buf.len() {
+            match self.tcp.write(&self.buf[self.sent..]).await {
+                Ok(0) | Err(_) => return Err(()),
+                Ok(n) => self.sent += n,
+            }
+        }
+        self.buf.clear();
+        self.sent = 0;
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
 }
 
 impl Transport for WebSocketTransport {
     async fn write(&mut self, frames: &mut Vec<Frame>) -> Result<(), ()> {
+        let size: usize = frames.iter().map(Frame::payload_len).sum();
+        self.buf.reserve(size + frames.len() * 4);
         for frame in frames.drain(..) {
-            let message = match frame {
-                Frame::Text { text, .. } => Message::Text(text),
-                Frame::Ping => Message::Ping(Default::default()),
-            };
-            self.sink.feed(message).await.map_err(|_| ())?;
+            match frame {
+                Frame::Text { text, .. } => ws_codec::encode_text(&mut self.buf, &text),
+                Frame::Tick(frame) => ws_codec::encode_text(&mut self.buf, &frame.text),
+                Frame::Ping => ws_codec::encode_ping(&mut self.buf),
+                Frame::Pong(payload) => ws_codec::encode_pong(&mut self.buf, &payload),
+            }
         }
-        self.sink.flush().await.map_err(|_| ())
+        self.flush().await
     }
 
     async fn close(&mut self, (code, reason): Closing) {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        let _ = self.sink.send(frame).await;
+        ws_codec::encode_close(&mut self.buf, code, reason);
+        let _ = self.flush().await;
     }
+}
+
+/// The socket's receiving half, as client messages.
+struct ClientFrames {
+    tcp: OwnedReadHalf,
+    decoder: Decoder,
+}
+
+impl ClientFrames {
+    /// The next message; `None` once the connection is closed or broken. Safe to
+    /// cancel (the control loop selects on it): bytes read are kept in the decoder.
+    async fn next(&mut self) -> Option<Result<Incoming, Violation>> {
+        loop {
+            match self.decoder.next() {
+                Ok(Some(message)) => return Some(Ok(message)),
+                Err(violation) => return Some(Err(violation)),
+                Ok(None) => {}
+            }
+            self.tcp.readable().await.ok()?;
+            match read_ready(&self.tcp, &mut self.decoder.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Appends what the socket has ready to `buf`. Reads into a stack buffer, in a
+/// function of its own so that it is never part of the connection's future: an idle
+/// socket holds no read buffer.
+fn read_ready(tcp: &OwnedReadHalf, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let n = tcp.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// How the control loop ended.
+enum End {
+    /// The server ends the connection: with a close frame saying why, or silently
+    /// (the writer, and so the connection, is gone).
+    Server(Ending),
+    /// The client sent its close frame (with this code): answer it and stop reading.
+    Client(Option<u16>),
 }
 
 /// The inbound message budget (burst 20, then 10/s); beyond it the socket closes
@@ -74,56 +148,74 @@ impl Inbound {
     }
 }
 
-/// Runs a WebSocket to its end. `initial` subscribes at once (`/ws/{channel}`).
-/// `_done` is held until every task of the session has finished: graceful shutdown
-/// waits for all of them.
+/// Runs a WebSocket to its end over `tcp` (after the handshake; `early` is what the
+/// client sent right behind its request). `initial` subscribes at once
+/// (`/ws/{channel}`). `_done` is held until every task of the session has finished:
+/// graceful shutdown waits for all of them.
 pub async fn run(
-    socket: WebSocket,
+    tcp: TcpStream,
+    early: Vec<u8>,
     ctx: Arc<SessionContext>,
     principal: Principal,
     initial: Option<SubscribeRequest>,
     _done: mpsc::Sender<()>,
 ) {
     ctx.metrics.connections.inc();
-    let (sink, mut stream) = socket.split();
+    let (read, write) = tcp.into_split();
+    let mut frames = ClientFrames {
+        tcp: read,
+        decoder: Decoder::new(MAX_CLIENT_MESSAGE, early),
+    };
+    let transport = WebSocketTransport {
+        tcp: write,
+        buf: Vec::new(),
+        sent: 0,
+    };
     let (out_tx, out_rx) = queue(&ctx);
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = Writer::new(WebSocketTransport { sink }, out_rx, out_tx.downgrade(), ctx.clone());
+    let writer = Writer::new(transport, out_rx, out_tx.downgrade(), ctx.clone());
     let mut writer = tokio::spawn(writer.run(close_rx));
     let mut session = Session::new(ctx.clone(), principal, out_tx);
     let ending = match initial {
-        Some(req) => Box::pin(session.subscribe(req)).await.err(),
+        Some(req) => Box::pin(session.subscribe(req)).await.err().map(End::Server),
         None => None,
     };
-    let ending = match ending {
-        Some(ending) => ending,
-        None => control(&mut session, &mut stream, &mut writer).await,
+    let end = match ending {
+        Some(end) => end,
+        None => control(&mut session, &mut frames, &mut writer).await,
     };
     drop(session);
     // Boxed: the end of a connection is short and rare, and would otherwise size
     // every connection's task for its whole life.
-    Box::pin(finish(ending, close_tx, stream, writer)).await;
+    Box::pin(finish(end, close_tx, frames, writer)).await;
     ctx.metrics.connections.dec();
 }
 
-/// Tells the writer how the connection ends; after a close frame, reads (and
-/// discards) until the client's own close frame; then gives the writer a moment.
+/// Tells the writer how the connection ends. After a close frame of the server's,
+/// reads (and discards) until the client's own close frame; then gives the writer a
+/// moment.
 async fn finish(
-    ending: Ending,
+    end: End,
     close_tx: oneshot::Sender<Closing>,
-    mut stream: SplitStream<WebSocket>,
+    mut frames: ClientFrames,
     mut writer: tokio::task::JoinHandle<()>,
 ) {
-    if let Some(closing) = ending {
-        let _ = close_tx.send(closing);
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
+    match end {
+        End::Server(Some(closing)) => {
+            let _ = close_tx.send(closing);
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                while let Some(Ok(message)) = frames.next().await {
+                    if matches!(message, Incoming::Close(_)) {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
+        End::Server(None) => {}
+        End::Client(code) => {
+            let _ = close_tx.send((echo(code), ""));
+        }
     }
     if !writer.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
@@ -131,44 +223,59 @@ async fn finish(
     }
 }
 
+/// The code to answer a client's close frame with: its own, where that may be sent
+/// (RFC 6455 §7.4), else 1000.
+fn echo(code: Option<u16>) -> u16 {
+    match code {
+        Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => c,
+        _ => close::NORMAL,
+    }
+}
+
 /// The control loop: client messages, pings, the idle timeout, expiry and shutdown.
-async fn control(
-    session: &mut Session,
-    stream: &mut SplitStream<WebSocket>,
-    writer: &mut tokio::task::JoinHandle<()>,
-) -> Ending {
+async fn control(session: &mut Session, frames: &mut ClientFrames, writer: &mut tokio::task::JoinHandle<()>) -> End {
     let mut inbound = Inbound::new();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {
-            msg = stream.next() => {
+            msg = frames.next() => {
                 last_heard = Instant::now();
-                match msg {
-                    Some(Ok(Message::Text(t))) => {
+                let ending = match msg {
+                    Some(Ok(Incoming::Text(t))) => {
                         if !inbound.take() {
-                            return Some((close::RATE_LIMITED, "too many messages"));
-                        }
-                        // Boxed: a rare path that would otherwise size every
-                        // connection's task for its whole life.
-                        if let Err(ending) = Box::pin(on_text(session, t.as_str())).await {
-                            return ending;
+                            Some((close::RATE_LIMITED, "too many messages"))
+                        } else {
+                            // Boxed: a rare path that would otherwise size every
+                            // connection's task for its whole life.
+                            match Box::pin(on_text(session, &t)).await {
+                                Ok(()) => continue,
+                                Err(ending) => ending,
+                            }
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => return Some((close::POLICY, "binary frames are not supported")),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Err(e)) => return is_oversized(e).then_some((close::POLICY, "message larger than 64 KiB")),
-                    Some(Ok(Message::Close(_))) | None => return None,
-                }
+                    Some(Ok(Incoming::Binary)) => Some((close::POLICY, "binary frames are not supported")),
+                    Some(Ok(Incoming::Ping(payload))) => {
+                        session.try_send(Frame::Pong(payload));
+                        continue;
+                    }
+                    Some(Ok(Incoming::Pong)) => continue,
+                    Some(Ok(Incoming::Close(code))) => return End::Client(code),
+                    Some(Err(Violation::TooLarge)) => Some((close::POLICY, "message larger than 64 KiB")),
+                    Some(Err(Violation::NotUtf8)) => Some((close::INVALID_DATA, "text message is not UTF-8")),
+                    Some(Err(Violation::Protocol(why))) => Some((close::PROTOCOL_ERROR, why)),
+                    None => None,
+                };
+                return End::Server(ending);
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > IDLE_TIMEOUT {
-                    return None;
+                    return End::Server(None);
                 }
                 session.try_send(Frame::Ping);
             }
-            closing = session.stopping() => return Some(closing),
-            _ = &mut *writer => return None,
+            closing = session.stopping() => return End::Server(Some(closing)),
+            _ = &mut *writer => return End::Server(None),
         }
     }
 }
@@ -241,11 +348,4 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
             }
         }
     }
-}
-
-/// A frame beyond the socket's hard size cap: still a policy violation (1008), not a
-/// broken connection.
-fn is_oversized(e: axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    matches!(e.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(_)))
 }

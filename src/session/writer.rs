@@ -245,7 +245,7 @@ impl<T: Transport> Writer<T> {
             Admit::SendAfter(gap) => self.batch.push(gap),
         }
         *oldest = (*oldest).min(frame.id.ms);
-        self.batch.push(Frame::tick(frame.text));
+        self.batch.push(Frame::Tick(frame));
         1
     }
 
