@@ -77,6 +77,9 @@ impl Transport for WebSocketTransport {
 struct ClientFrames {
     tcp: OwnedReadHalf,
     decoder: Decoder,
+    /// When bytes last arrived (any frame, or part of one): the idle timeout counts
+    /// from here.
+    last_read: Instant,
 }
 
 impl ClientFrames {
@@ -89,12 +92,50 @@ impl ClientFrames {
                 Err(violation) => return Some(Err(violation)),
                 Ok(None) => {}
             }
-            self.tcp.readable().await.ok()?;
-            match read_ready(&self.tcp, &mut self.decoder.buf) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return None,
+            if !self.read().await {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for bytes and appends them to the decoder; false at the end of the
+    /// stream or on an error.
+    async fn read(&mut self) -> bool {
+        if self.tcp.readable().await.is_err() {
+            return false;
+        }
+        match read_ready(&self.tcp, &mut self.decoder.buf) {
+            Ok(0) => false,
+            Ok(_) => {
+                self.last_read = Instant::now();
+                true
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// After the server's close frame: reads and discards until the client's close
+    /// frame or the end of the stream, whatever the client sends (broken framing and
+    /// the rest of an oversized message too), so the socket is never closed with
+    /// unread data in it (the kernel would reset it, and the client lose the close
+    /// frame).
+    async fn discard_until_close(&mut self) {
+        let mut broken = false;
+        loop {
+            if !broken {
+                match self.decoder.next() {
+                    Ok(Some(Incoming::Close(_))) => return,
+                    // The decoder skips an oversized frame and goes on after it.
+                    Ok(Some(_)) | Err(Violation::TooLarge) => continue,
+                    Ok(None) => {}
+                    Err(_) => broken = true,
+                }
+            }
+            if broken {
+                self.decoder.clear();
+            }
+            if !self.read().await {
+                return;
             }
         }
     }
@@ -165,6 +206,7 @@ pub async fn run(
     let mut frames = ClientFrames {
         tcp: read,
         decoder: Decoder::new(MAX_CLIENT_MESSAGE, early),
+        last_read: Instant::now(),
     };
     let transport = WebSocketTransport {
         tcp: write,
@@ -184,38 +226,27 @@ pub async fn run(
         Some(end) => end,
         None => control(&mut session, &mut frames, &mut writer).await,
     };
+    let closing = match &end {
+        End::Server(closing) => *closing,
+        End::Client(code) => Some((code.unwrap_or(close::NORMAL), "")),
+    };
+    // Before the session (and with it the queue) is dropped: a writer that saw its
+    // queue closed first would end without writing the close frame.
+    if let Some(closing) = closing {
+        let _ = close_tx.send(closing);
+    }
     drop(session);
     // Boxed: the end of a connection is short and rare, and would otherwise size
     // every connection's task for its whole life.
-    Box::pin(finish(end, close_tx, frames, writer)).await;
+    Box::pin(finish(end, frames, writer)).await;
     ctx.metrics.connections.dec();
 }
 
-/// Tells the writer how the connection ends. After a close frame of the server's,
-/// reads (and discards) until the client's own close frame; then gives the writer a
-/// moment.
-async fn finish(
-    end: End,
-    close_tx: oneshot::Sender<Closing>,
-    mut frames: ClientFrames,
-    mut writer: tokio::task::JoinHandle<()>,
-) {
-    match end {
-        End::Server(Some(closing)) => {
-            let _ = close_tx.send(closing);
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-                while let Some(Ok(message)) = frames.next().await {
-                    if matches!(message, Incoming::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
-        End::Server(None) => {}
-        End::Client(code) => {
-            let _ = close_tx.send((echo(code), ""));
-        }
+/// After a close frame of the server's, reads (and discards) until the client's own
+/// close frame; then gives the writer a moment to finish.
+async fn finish(end: End, mut frames: ClientFrames, mut writer: tokio::task::JoinHandle<()>) {
+    if let End::Server(Some(_)) = end {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, frames.discard_until_close()).await;
     }
     if !writer.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
@@ -223,24 +254,13 @@ async fn finish(
     }
 }
 
-/// The code to answer a client's close frame with: its own, where that may be sent
-/// (RFC 6455 §7.4), else 1000.
-fn echo(code: Option<u16>) -> u16 {
-    match code {
-        Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => c,
-        _ => close::NORMAL,
-    }
-}
-
 /// The control loop: client messages, pings, the idle timeout, expiry and shutdown.
 async fn control(session: &mut Session, frames: &mut ClientFrames, writer: &mut tokio::task::JoinHandle<()>) -> End {
     let mut inbound = Inbound::new();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
-    let mut last_heard = Instant::now();
     loop {
         tokio::select! {
             msg = frames.next() => {
-                last_heard = Instant::now();
                 let ending = match msg {
                     Some(Ok(Incoming::Text(t))) => {
                         if !inbound.take() {
@@ -255,6 +275,8 @@ async fn control(session: &mut Session, frames: &mut ClientFrames, writer: &mut 
                         }
                     }
                     Some(Ok(Incoming::Binary)) => Some((close::POLICY, "binary frames are not supported")),
+                    // Pings count against the same budget: answering each costs a write.
+                    Some(Ok(Incoming::Ping(_))) if !inbound.take() => Some((close::RATE_LIMITED, "too many messages")),
                     Some(Ok(Incoming::Ping(payload))) => {
                         session.try_send(Frame::Pong(payload));
                         continue;
@@ -269,7 +291,7 @@ async fn control(session: &mut Session, frames: &mut ClientFrames, writer: &mut 
                 return End::Server(ending);
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > IDLE_TIMEOUT {
+                if frames.last_read.elapsed() > IDLE_TIMEOUT {
                     return End::Server(None);
                 }
                 session.try_send(Frame::Ping);

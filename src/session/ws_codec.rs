@@ -87,12 +87,18 @@ pub enum Violation {
 
 /// Decodes client frames from bytes as they arrive.
 pub struct Decoder {
-    /// Bytes read and not yet decoded. Empty between messages, so an idle socket
-    /// holds no read buffer.
+    /// Bytes read and not yet decoded (from `start` on). Empty between messages, so an
+    /// idle socket holds no read buffer.
     pub buf: Vec<u8>,
+    /// Where the undecoded bytes begin: decoded frames are cut off once per read, not
+    /// once per frame, so a read full of tiny frames costs linear time.
+    start: usize,
     /// The parts so far of a fragmented message, and its opcode.
     partial: Option<(u8, Vec<u8>)>,
     max_message: usize,
+    /// Bytes still to be skipped of a frame refused as too large: after the refusal
+    /// the decoder goes on past it, so the client's close frame can still be read.
+    skip: u64,
 }
 
 impl Decoder {
@@ -100,30 +106,60 @@ impl Decoder {
     pub fn new(max_message: usize, early: Vec<u8>) -> Decoder {
         Decoder {
             buf: early,
+            start: 0,
             partial: None,
             max_message,
+            skip: 0,
         }
     }
 
-    /// The next complete message in the buffer, if one has arrived.
+    /// The next complete message in the buffer, if one has arrived. After `None`,
+    /// append what is read next to `buf`.
     pub fn next(&mut self) -> Result<Option<Incoming>, Violation> {
         loop {
+            if self.skip > 0 {
+                let n = (self.buf.len() - self.start).min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                self.start += n;
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    self.compact();
+                    return Ok(None);
+                }
+            }
             let Some((header, len)) = self.header()? else {
+                self.compact();
                 return Ok(None);
             };
-            if self.buf.len() < header + len {
+            // A fragmented message counts whole; a ping between its parts does not
+            // add to it.
+            let so_far = match (&self.partial, self.buf[self.start] & 0x0F) {
+                (Some((_, parts)), CONTINUATION) => parts.len() as u64,
+                _ => 0,
+            };
+            if len.saturating_add(so_far) > self.max_message as u64 {
+                self.skip = len.saturating_add(header as u64);
+                self.partial = None;
+                return Err(Violation::TooLarge);
+            }
+            let len = len as usize;
+            let rest = &self.buf[self.start..];
+            if rest.len() < header + len {
+                self.compact();
                 return Ok(None);
             }
-            let first = self.buf[0];
+            let first = rest[0];
             let mut key = [0u8; 4];
-            key.copy_from_slice(&self.buf[header - 4..header]);
-            let mut payload: Vec<u8> = self.buf.drain(..header + len).skip(header).collect();
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= key[i % 4];
-            }
-            if self.buf.is_empty() {
+            key.copy_from_slice(&rest[header - 4..header]);
+            let payload: Vec<u8> = rest[header..header + len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            self.start += header + len;
+            if self.start == self.buf.len() {
                 // Give back a large message's memory.
                 self.buf = Vec::new();
+                self.start = 0;
             }
             if let Some(message) = self.message(first & FIN != 0, first & 0x0F, payload)? {
                 return Ok(Some(message));
@@ -131,9 +167,25 @@ impl Decoder {
         }
     }
 
-    /// The header's length and the payload's, once the whole header is here.
-    fn header(&self) -> Result<Option<(usize, usize)>, Violation> {
-        let b = &self.buf;
+    /// Forgets everything undecoded (after a violation, when what follows is only
+    /// read to be discarded).
+    pub fn clear(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        self.partial = None;
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// The header's length and the payload's, once the whole header is here (the
+    /// payload's length as sent: checked against the cap by the caller).
+    fn header(&self) -> Result<Option<(usize, u64)>, Violation> {
+        let b = &self.buf[self.start..];
         if b.len() < 2 {
             return Ok(None);
         }
@@ -154,20 +206,27 @@ impl Decoder {
         if opcode >= CLOSE && (len > 125 || b[0] & FIN == 0) {
             return Err(Violation::Protocol("control frames are short and whole"));
         }
-        let so_far = self.partial.as_ref().map_or(0, |(_, parts)| parts.len() as u64);
-        if len.saturating_add(so_far) > self.max_message as u64 {
-            return Err(Violation::TooLarge);
-        }
-        if b.len() < header {
+        if b.len() < header && len <= self.max_message as u64 {
             return Ok(None);
         }
-        Ok(Some((header, len as usize)))
+        Ok(Some((header, len)))
     }
 
     fn message(&mut self, fin: bool, opcode: u8, payload: Vec<u8>) -> Result<Option<Incoming>, Violation> {
         let (opcode, payload) = match opcode {
             CLOSE => {
-                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let code = match payload.len() {
+                    0 => None,
+                    1 => return Err(Violation::Protocol("a close frame of one byte")),
+                    _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+                };
+                // The codes an endpoint may send (RFC 6455 §7.4.1, and 1012–1014 since).
+                if code.is_some_and(|c| !matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999)) {
+                    return Err(Violation::Protocol("an invalid close code"));
+                }
+                if std::str::from_utf8(payload.get(2..).unwrap_or_default()).is_err() {
+                    return Err(Violation::NotUtf8);
+                }
                 return Ok(Some(Incoming::Close(code)));
             }
             PING => return Ok(Some(Incoming::Ping(Bytes::from(payload)))),
@@ -327,5 +386,57 @@ mod tests {
         let mut d = Decoder::new(1024, Vec::new());
         d.buf.extend(client_frame(0x82, &[1, 2, 3]));
         assert_eq!(d.next(), Ok(Some(Incoming::Binary)));
+
+        for (what, body) in [
+            ("one byte", &[0x03][..]),
+            ("code 1005", &[0x03, 0xed]),
+            ("code 5000", &[0x13, 0x88]),
+        ] {
+            let mut d = Decoder::new(1024, Vec::new());
+            d.buf.extend(client_frame(0x88, body));
+            assert!(matches!(d.next(), Err(Violation::Protocol(_))), "close frame: {what}");
+        }
+        let mut d = Decoder::new(1024, Vec::new());
+        d.buf.extend(client_frame(0x88, &[0x03, 0xe8, 0xff]));
+        assert_eq!(d.next(), Err(Violation::NotUtf8), "a close reason that is not UTF-8");
+    }
+
+    #[test]
+    fn after_an_oversized_frame_the_client_s_close_frame_is_still_read() {
+        let mut d = Decoder::new(1024, Vec::new());
+        let big = client_frame(0x81, &[b'a'; 5000]);
+        d.buf.extend(&big[..100]);
+        assert_eq!(d.next(), Err(Violation::TooLarge));
+        // The rest of it arrives in pieces, then the close frame.
+        for piece in big[100..].chunks(700) {
+            d.buf.extend(piece);
+            assert_eq!(d.next(), Ok(None));
+        }
+        d.buf.extend(client_frame(0x88, &1008u16.to_be_bytes()));
+        assert_eq!(d.next(), Ok(Some(Incoming::Close(Some(1008)))));
+    }
+
+    #[test]
+    fn a_ping_inside_a_message_near_the_cap_is_not_counted_with_it() {
+        let mut d = Decoder::new(1024, Vec::new());
+        d.buf.extend(client_frame(0x01, &[b'a'; 1000]));
+        d.buf.extend(client_frame(0x89, &[b'p'; 100]));
+        d.buf.extend(client_frame(0x80, &[b'a'; 24]));
+        assert_eq!(d.next(), Ok(Some(Incoming::Ping(Bytes::from(vec![b'p'; 100])))));
+        assert_eq!(d.next(), Ok(Some(Incoming::Text("a".repeat(1024)))));
+    }
+
+    #[test]
+    fn a_read_of_many_tiny_frames_decodes_every_one() {
+        let mut d = Decoder::new(1024, Vec::new());
+        for _ in 0..10_000 {
+            d.buf.extend(client_frame(0x8A, b""));
+        }
+        let mut n = 0;
+        while let Ok(Some(Incoming::Pong)) = d.next() {
+            n += 1;
+        }
+        assert_eq!(n, 10_000);
+        assert!(d.buf.is_empty());
     }
 }
