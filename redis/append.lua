@@ -12,19 +12,35 @@
 -- KEYS[2] meta      tickstream:{p<N>}:m:<channel>    (hash: epoch, seq)
 -- KEYS[3] registry  tickstream:{p<N>}:channels       (zset: channel -> last append ms)
 -- KEYS[3+k] candles tickstream:{p<N>}:c:<interval k>:<channel> (zset: bucket start -> candle)
--- KEYS[3+c+i] dedup tickstream:{p<N>}:d:<channel>:<event_id of tick i>
--- ARGV[1] MAXLEN (approximate)   ARGV[2] dedup window, seconds
+-- KEYS[3+c+1..3+c+r] the r dedup buckets read, oldest first; the last but one is
+--           the current one, written: tickstream:{p<N>}:e:<bucket>:<channel> (hash:
+--           an event id's first 16 bytes -> stream id of the original;
+--           src/keyspace.rs DedupBuckets)
+-- KEYS[3+c+r+i] the first format's dedup marker of tick i,
+--           tickstream:{p<N>}:d:<channel>:<event_id> (string, EX window): read, never
+--           written, for one window after a channel's first append in this format
+-- ARGV[1] MAXLEN (approximate)   ARGV[2] when the current bucket expires, Unix ms
 -- ARGV[3] epoch to use if the channel has none yet   ARGV[4] channel
 -- ARGV[5] '1' when the caller will WAIT for replicas (TICKSTREAM_REDIS_WAIT): then a
---         duplicate writes too (its marker's expiry, unchanged), so that the WAIT
---         that follows also covers the original it points to (replication is one
---         ordered stream)
--- ARGV[6] c, the number of candle intervals (0: candles off)
--- ARGV[6+k] interval k in ms   ARGV[6+c+k] its retention in ms
--- then per tick i, four arguments from ARGV[6+2c+4(i-1)+1]: the tick's tail (the JSON
+--         duplicate writes too (its id into the current bucket again), so that the
+--         WAIT that follows also covers the original it points to (replication is
+--         one ordered stream)
+-- ARGV[6] now, Unix ms (the node's clock)   ARGV[7] the dedup window in ms
+-- ARGV[8] r, the number of dedup buckets read
+-- ARGV[9] c, the number of candle intervals (0: candles off)
+-- ARGV[9+k] interval k in ms   ARGV[9+c+k] its retention in ms
+-- then per tick i, five arguments from ARGV[9+2c+5(i-1)+1]: the tick's tail (the JSON
 -- members its producer determines, serialized by the node:
 -- "ts":"…","value":…,"data":…,"event_id":"…"}), its ts in Unix µs, its value as
--- number text ('' when none), its data.volume as number text ('' when none)
+-- number text ('' when none), its data.volume as number text ('' when none), the
+-- first 16 bytes of its event id (raw)
+--
+-- Deduplication costs a few calls per script call, not two per tick: every bucket is
+-- read with one HMGET of all the call's event ids, and the new ids are written with
+-- one HSET (a string key with its own expiry per tick was half of this script's
+-- time; docs/BENCHMARKS.md "Ingest"). The meta hash's `dedup_since` says since when
+-- (Unix ms) the channel is deduplicated in buckets: 0 for a channel that began so,
+-- and while it is less than a window ago the first format's markers are read too.
 --
 -- Each entry has one field, `j`: "seq":<seq>,"epoch":"<epoch>", then the tail. A
 -- reader splices it behind the members the stream id gives (id, channel, ingest_ts)
@@ -202,35 +218,65 @@ if ARGV[1] == 'replace' then
   return {'ok'}
 end
 
-local c = tonumber(ARGV[6])
-local n = #KEYS - 3 - c
-local base = 6 + 2 * c
+local r = tonumber(ARGV[8])
+local c = tonumber(ARGV[9])
+local n = #KEYS - 3 - c - r
+local base = 9 + 2 * c
+local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
+local current = KEYS[3 + c + r - 1]
 local out = {}
 local epoch = nil
 local seq = 0
 local last_id = nil
 local pending, starts, intervals = {}, {}, {}
 for k = 1, c do
-  pending[k], starts[k], intervals[k] = {}, {}, tonumber(ARGV[6 + k])
+  pending[k], starts[k], intervals[k] = {}, {}, tonumber(ARGV[9 + k])
 end
 
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'dedup_since')
+local since = meta[3]
+if not since and not meta[1] then
+  -- A new channel: it never had markers of the first format.
+  since = '0'
+end
+
+-- found[i]: the original id of tick i's event id, if one is remembered.
+local eids, found = {}, {}
 for i = 1, n do
-  local dedup = KEYS[3 + c + i]
-  local a = base + 4 * (i - 1)
-  local original = redis.call('GET', dedup)
+  eids[i] = ARGV[base + 5 * i]
+end
+for b = 3 + c + 1, 3 + c + r do
+  local got = redis.call('HMGET', KEYS[b], unpack(eids))
+  for i = 1, n do
+    found[i] = found[i] or got[i]
+  end
+end
+if not since or tonumber(since) + window > now then
+  local old = redis.call('MGET', unpack(KEYS, 4 + c + r, 3 + c + r + n))
+  for i = 1, n do
+    found[i] = found[i] or old[i]
+  end
+end
+
+-- What this call stores, for the bucket (event id, id, …) and for a tick resent
+-- within the call.
+local stored, written = {}, {}
+for i = 1, n do
+  local a = base + 5 * (i - 1)
+  local original = found[i] or stored[eids[i]]
   if original then
     if ARGV[5] == '1' then
-      local ttl = redis.call('PTTL', dedup)
-      if ttl > 0 then
-        redis.call('PEXPIRE', dedup, ttl)
-      end
+      written[#written + 1] = eids[i]
+      written[#written + 1] = original
     end
     out[#out + 1] = original
     out[#out + 1] = 1
   else
     if not epoch then
-      redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3])
-      local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq')
+      if not meta[1] then
+        redis.call('HSETNX', KEYS[2], 'epoch', ARGV[3])
+        meta[1] = redis.call('HGET', KEYS[2], 'epoch')
+      end
       epoch, seq = meta[1], tonumber(meta[2] or '0')
     end
     -- Counted here and written once after the loop (one HSET per call, not an
@@ -238,7 +284,9 @@ for i = 1, n do
     seq = seq + 1
     local body = string.format('"seq":%d,"epoch":"%s",', seq, epoch) .. ARGV[a + 1]
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'j', body)
-    redis.call('SET', dedup, id, 'EX', ARGV[2])
+    stored[eids[i]] = id
+    written[#written + 1] = eids[i]
+    written[#written + 1] = id
     out[#out + 1] = id
     out[#out + 1] = 0
     last_id = id
@@ -287,12 +335,20 @@ for i = 1, n do
   end
 end
 
+if written[1] then
+  redis.call('HSET', current, unpack(written))
+  redis.call('PEXPIREAT', current, ARGV[2])
+end
 if last_id then
-  redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq))
-  local now = id_parts(last_id)
-  for k = 1, c do
-    store_candles(KEYS[3 + k], tonumber(ARGV[6 + c + k]), pending[k], starts[k], now)
+  if meta[3] then
+    redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq))
+  else
+    redis.call('HSET', KEYS[2], 'seq', string.format('%d', seq), 'dedup_since', since or ARGV[6])
   end
-  redis.call('ZADD', KEYS[3], now, ARGV[4])
+  local clock = id_parts(last_id)
+  for k = 1, c do
+    store_candles(KEYS[3 + k], tonumber(ARGV[9 + c + k]), pending[k], starts[k], clock)
+  end
+  redis.call('ZADD', KEYS[3], clock, ARGV[4])
 end
 return out

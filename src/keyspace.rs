@@ -60,9 +60,54 @@ pub struct ChannelKeys {
     pub meta: String,
     /// The partition's channel registry (zset channel → last append ms).
     pub registry: String,
-    /// Dedup markers are `{dedup_prefix}<event_id>`.
+    /// Dedup markers of the first storage format are `{dedup_prefix}<event_id>`.
     dedup_prefix: String,
     channel: String,
+}
+
+/// How long a deduplication bucket spans: half the dedup window, so an event id is
+/// remembered for the window and at most half as long again (each bucket more is one
+/// more read per append; docs/ARCHITECTURE.md
+/// "Deduplication").
+pub const DEDUP_BUCKETS_PER_WINDOW: u64 = 2;
+
+/// How far behind one node's clock may run another's and deduplication still hold.
+pub const DEDUP_CLOCK_SKEW_MS: u64 = 30_000;
+
+/// The dedup buckets an append reads, oldest first: the window's
+/// [`DEDUP_BUCKETS_PER_WINDOW`] before the current one, the current one (written), and
+/// the next (a node whose clock runs up to one bucket behind another's still finds
+/// what that one wrote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupBuckets {
+    /// The bucket length in ms.
+    pub span_ms: u64,
+    /// The current bucket's number (Unix ms / `span_ms`).
+    pub current: u64,
+}
+
+impl DedupBuckets {
+    pub fn at(now_ms: u64, window_ms: u64) -> DedupBuckets {
+        let span_ms = (window_ms / DEDUP_BUCKETS_PER_WINDOW).max(1);
+        DedupBuckets {
+            span_ms,
+            current: now_ms / span_ms,
+        }
+    }
+
+    /// The numbers of the buckets read, oldest first; the current one is last but one.
+    pub fn read(&self) -> impl Iterator<Item = u64> {
+        let first = self.current.saturating_sub(DEDUP_BUCKETS_PER_WINDOW);
+        first..=self.current + 1
+    }
+
+    /// When the current bucket may go (Unix ms): when no node reads it any more —
+    /// its last reader's bucket ends [`DEDUP_BUCKETS_PER_WINDOW`] buckets after it —
+    /// plus [`DEDUP_CLOCK_SKEW_MS`] (at most a bucket) for nodes whose clocks run
+    /// behind. An event id's marker so lives 1 to 1.5 windows and the skew.
+    pub fn expires_at_ms(&self) -> u64 {
+        (self.current + 1 + DEDUP_BUCKETS_PER_WINDOW) * self.span_ms + DEDUP_CLOCK_SKEW_MS.min(self.span_ms)
+    }
 }
 
 impl ChannelKeys {
@@ -88,9 +133,15 @@ impl ChannelKeys {
         )
     }
 
-    /// The dedup marker of one event id.
+    /// The dedup marker of one event id in the first storage format (a string key
+    /// per tick), still read while a channel moves to buckets.
     pub fn dedup(&self, event_id: &str) -> String {
         format!("{}{event_id}", self.dedup_prefix)
+    }
+
+    /// One dedup bucket (hash: event id → stream id of the original).
+    pub fn dedup_bucket(&self, bucket: u64) -> String {
+        format!("tickstream:{{p{}}}:e:{bucket}:{}", self.partition, self.channel)
     }
 }
 
@@ -132,9 +183,37 @@ mod tests {
         assert_eq!(k.meta, "tickstream:{p5}:m:crypto.BTC-USD");
         assert_eq!(k.registry, "tickstream:{p5}:channels");
         assert_eq!(k.dedup("ab"), "tickstream:{p5}:d:crypto.BTC-USD:ab");
+        assert_eq!(k.dedup_bucket(7), "tickstream:{p5}:e:7:crypto.BTC-USD");
         assert_eq!(k.candles(Interval::M1), "tickstream:{p5}:c:1m:crypto.BTC-USD");
         assert_eq!(rate_bucket("u:alice", "api"), "tickstream:rl:{u:alice}:api");
         assert_eq!(node("node-1"), "tickstream:{nodes}:node:node-1");
+    }
+
+    #[test]
+    fn an_event_id_is_found_for_the_whole_window_and_at_most_half_as_long_again() {
+        let window = 60_000;
+        for written in [0u64, 1, 14_999, 15_000, 1_700_000_123_456] {
+            let w = DedupBuckets::at(written, window);
+            // Every later moment within the window reads the bucket it was written to…
+            for later in [written, written + 1, written + window / 2, written + window] {
+                assert!(
+                    DedupBuckets::at(later, window).read().any(|b| b == w.current),
+                    "{written} {later}"
+                );
+            }
+            // …and so does a node whose clock is up to one bucket behind.
+            let behind = DedupBuckets::at(written.saturating_sub(w.span_ms), window);
+            assert!(behind.read().any(|b| b == w.current));
+            // The bucket lives until the last of those reads (and the clock skew
+            // after), and not past 1.5 windows and the skew.
+            let last_read = (w.current + DEDUP_BUCKETS_PER_WINDOW + 1) * w.span_ms;
+            assert!(last_read >= written + window);
+            assert_eq!(w.expires_at_ms(), last_read + DEDUP_CLOCK_SKEW_MS.min(w.span_ms));
+            assert!(w.expires_at_ms() <= written + window + window / DEDUP_BUCKETS_PER_WINDOW + DEDUP_CLOCK_SKEW_MS);
+            // Past that, nobody reads it.
+            let much_later = DedupBuckets::at(w.expires_at_ms(), window);
+            assert!(!much_later.read().any(|b| b == w.current));
+        }
     }
 
     #[test]

@@ -106,6 +106,103 @@ async fn duplicates_store_once_redis() {
     duplicates_store_once(Engine::redis()).await;
 }
 
+/// A keyed tick's event id: SHA-256 of `["k", channel, key]` (docs/PROTOCOL.md §2).
+fn keyed_event_id(channel: &str, key: &str) -> String {
+    hex::encode(Sha256::digest(json!(["k", channel, key]).to_string().as_bytes()))
+}
+
+async fn post_keyed(app: &TestApp, channel: &str, key: &str) -> (bool, String) {
+    let (status, body) = app.ingest(&json!({"channel": channel, "value": 1, "key": key})).await;
+    assert_eq!(status, 201, "{body}");
+    let r = &body["results"][0];
+    (r["duplicate"] == true, r["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// A resend is a duplicate for the whole dedup window (here 2 s, across the Redis
+/// engine's buckets of 1 s) and stored anew once the window and its slack are over.
+async fn the_dedup_window_holds_then_ends(engine: Engine) {
+    let mut config = engine.config();
+    config.dedup_window = std::time::Duration::from_secs(2);
+    let app = TestApp::start(config).await;
+    let start = std::time::Instant::now();
+    let (dup, original) = post_keyed(&app, "w.c", "order-1").await;
+    assert!(!dup);
+    for after_ms in [300, 1_200, 1_900] {
+        tokio::time::sleep_until((start + std::time::Duration::from_millis(after_ms)).into()).await;
+        assert_eq!(
+            post_keyed(&app, "w.c", "order-1").await,
+            (true, original.clone()),
+            "{after_ms} ms after"
+        );
+    }
+    // Redis forgets within 1.5 windows (memory: at once after the window).
+    tokio::time::sleep_until((start + std::time::Duration::from_millis(3_300)).into()).await;
+    let (dup, again) = post_keyed(&app, "w.c", "order-1").await;
+    assert!(!dup, "after the window a resend is a new tick");
+    assert_ne!(again, original);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_window_holds_then_ends_memory() {
+    the_dedup_window_holds_then_ends(Engine::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_window_holds_then_ends_redis() {
+    the_dedup_window_holds_then_ends(Engine::redis()).await;
+}
+
+/// After an upgrade from the first storage format (one string key per event id), the
+/// markers it left are still honoured for one window: a producer's retry of a tick
+/// stored before the upgrade is not stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markers_of_the_first_format_are_honoured_for_one_window() {
+    let redis = RedisServer::start();
+    let mut config = config(Some(&redis));
+    config.dedup_window = std::time::Duration::from_secs(2);
+    let keys = tickstream::keyspace::ChannelKeys::new("up.c", config.partitions);
+    // What the old format left: the channel's meta (no `dedup_since`) and two markers.
+    let mut r = redis.client();
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.meta)
+        .arg("epoch")
+        .arg("e0")
+        .arg("seq")
+        .arg(7)
+        .query(&mut r)
+        .unwrap();
+    for key in ["old-1", "old-2"] {
+        let marker = keys.dedup(&keyed_event_id("up.c", key));
+        let _: () = redis::cmd("SET")
+            .arg(marker)
+            .arg("1700000000000-0")
+            .arg("EX")
+            .arg(60)
+            .query(&mut r)
+            .unwrap();
+    }
+    let app = TestApp::start(config).await;
+    assert_eq!(
+        post_keyed(&app, "up.c", "old-1").await,
+        (true, "1700000000000-0".to_string())
+    );
+    let (dup, _) = post_keyed(&app, "up.c", "new-1").await;
+    assert!(!dup);
+    let (_, latest) = app.get("/api/v1/channels/up.c/latest", Some(&token(&["*"]))).await;
+    assert_eq!(latest["seq"], 8, "the channel's seq goes on");
+    assert!(
+        post_keyed(&app, "up.c", "new-1").await.0,
+        "new ticks are deduplicated in buckets"
+    );
+    // One window after the channel's first append in the new format, old markers are
+    // no longer read (they would have expired by then).
+    tokio::time::sleep(std::time::Duration::from_millis(2_300)).await;
+    let (dup, _) = post_keyed(&app, "up.c", "old-2").await;
+    assert!(!dup, "the transition is over");
+    app.stop().await;
+}
+
 fn nested(depth: usize) -> String {
     format!(
         r#"{{"channel":"c","data":{}1{}}}"#,
