@@ -12,24 +12,25 @@
 -- KEYS[2] meta      tickstream:{p<N>}:m:<channel>    (hash: epoch, seq)
 -- KEYS[3] registry  tickstream:{p<N>}:channels       (zset: channel -> last append ms)
 -- KEYS[3+k] candles tickstream:{p<N>}:c:<interval k>:<channel> (zset: bucket start -> candle)
--- KEYS[3+c+1..3+c+r] the r dedup buckets read, oldest first; the last but one is
---           the current one, written: tickstream:{p<N>}:e:<bucket>:<channel> (hash:
+-- KEYS[3+c+1..3+c+r] the r dedup buckets read, oldest first; KEYS[3+c+q] is the
+--           current one, written: tickstream:{p<N>}:e:<bucket>:<channel> (hash:
 --           an event id's first 16 bytes -> stream id of the original;
 --           src/keyspace.rs DedupBuckets)
 -- KEYS[3+c+r+i] the first format's dedup marker of tick i,
 --           tickstream:{p<N>}:d:<channel>:<event_id> (string, EX window): read, never
 --           written, for one window after a channel's first append in this format
--- ARGV[1] MAXLEN (approximate)   ARGV[2] when the current bucket expires, Unix ms
+-- ARGV[1] MAXLEN (approximate)   ARGV[2] how long to keep the current bucket, ms
+--         (relative: Redis's clock and the node's need not agree)
 -- ARGV[3] epoch to use if the channel has none yet   ARGV[4] channel
 -- ARGV[5] '1' when the caller will WAIT for replicas (TICKSTREAM_REDIS_WAIT): then a
---         duplicate writes too (its id into the current bucket again), so that the
---         WAIT that follows also covers the original it points to (replication is
---         one ordered stream)
+--         duplicate writes too (its id again, where it was found, with its expiry
+--         unchanged), so that the WAIT that follows also covers the original it
+--         points to (replication is one ordered stream)
 -- ARGV[6] now, Unix ms (the node's clock)   ARGV[7] the dedup window in ms
--- ARGV[8] r, the number of dedup buckets read
--- ARGV[9] c, the number of candle intervals (0: candles off)
--- ARGV[9+k] interval k in ms   ARGV[9+c+k] its retention in ms
--- then per tick i, five arguments from ARGV[9+2c+5(i-1)+1]: the tick's tail (the JSON
+-- ARGV[8] r, the number of dedup buckets read   ARGV[9] q, the current one's place
+-- ARGV[10] c, the number of candle intervals (0: candles off)
+-- ARGV[10+k] interval k in ms   ARGV[10+c+k] its retention in ms
+-- then per tick i, five arguments from ARGV[10+2c+5(i-1)+1]: the tick's tail (the JSON
 -- members its producer determines, serialized by the node:
 -- "ts":"…","value":…,"data":…,"event_id":"…"}), its ts in Unix µs, its value as
 -- number text ('' when none), its data.volume as number text ('' when none), the
@@ -219,18 +220,18 @@ if ARGV[1] == 'replace' then
 end
 
 local r = tonumber(ARGV[8])
-local c = tonumber(ARGV[9])
+local c = tonumber(ARGV[10])
 local n = #KEYS - 3 - c - r
-local base = 9 + 2 * c
+local base = 10 + 2 * c
 local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
-local current = KEYS[3 + c + r - 1]
+local current = KEYS[3 + c + tonumber(ARGV[9])]
 local out = {}
 local epoch = nil
 local seq = 0
 local last_id = nil
 local pending, starts, intervals = {}, {}, {}
 for k = 1, c do
-  pending[k], starts[k], intervals[k] = {}, {}, tonumber(ARGV[9 + k])
+  pending[k], starts[k], intervals[k] = {}, {}, tonumber(ARGV[10 + k])
 end
 
 local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'dedup_since')
@@ -240,21 +241,26 @@ if not since and not meta[1] then
   since = '0'
 end
 
--- found[i]: the original id of tick i's event id, if one is remembered.
-local eids, found = {}, {}
+-- found[i]: the original id of tick i's event id, if one is remembered, and at[i]
+-- the key it was found in.
+local eids, found, at = {}, {}, {}
 for i = 1, n do
   eids[i] = ARGV[base + 5 * i]
 end
 for b = 3 + c + 1, 3 + c + r do
   local got = redis.call('HMGET', KEYS[b], unpack(eids))
   for i = 1, n do
-    found[i] = found[i] or got[i]
+    if got[i] and not found[i] then
+      found[i], at[i] = got[i], KEYS[b]
+    end
   end
 end
 if not since or tonumber(since) + window > now then
   local old = redis.call('MGET', unpack(KEYS, 4 + c + r, 3 + c + r + n))
   for i = 1, n do
-    found[i] = found[i] or old[i]
+    if old[i] and not found[i] then
+      found[i], at[i] = old[i], false
+    end
   end
 end
 
@@ -265,9 +271,18 @@ for i = 1, n do
   local a = base + 5 * (i - 1)
   local original = found[i] or stored[eids[i]]
   if original then
-    if ARGV[5] == '1' then
-      written[#written + 1] = eids[i]
-      written[#written + 1] = original
+    if ARGV[5] == '1' and found[i] then
+      -- A write that changes nothing: the marker, where it was, keeps its expiry
+      -- (a duplicate must not extend the window counted from the first store).
+      if at[i] then
+        redis.call('HSET', at[i], eids[i], original)
+      else
+        local old = KEYS[3 + c + r + i]
+        local ttl = redis.call('PTTL', old)
+        if ttl > 0 then
+          redis.call('PEXPIRE', old, ttl)
+        end
+      end
     end
     out[#out + 1] = original
     out[#out + 1] = 1
@@ -337,7 +352,11 @@ end
 
 if written[1] then
   redis.call('HSET', current, unpack(written))
-  redis.call('PEXPIREAT', current, ARGV[2])
+  redis.call('PEXPIRE', current, ARGV[2])
+end
+if not last_id and not since then
+  -- Only duplicates, on a channel of the first format: its transition starts anyway.
+  redis.call('HSET', KEYS[2], 'dedup_since', ARGV[6])
 end
 if last_id then
   if meta[3] then
@@ -347,7 +366,7 @@ if last_id then
   end
   local clock = id_parts(last_id)
   for k = 1, c do
-    store_candles(KEYS[3 + k], tonumber(ARGV[9 + c + k]), pending[k], starts[k], clock)
+    store_candles(KEYS[3 + k], tonumber(ARGV[10 + c + k]), pending[k], starts[k], clock)
   end
   redis.call('ZADD', KEYS[3], clock, ARGV[4])
 end

@@ -66,47 +66,57 @@ pub struct ChannelKeys {
 }
 
 /// How long a deduplication bucket spans: half the dedup window, so an event id is
-/// remembered for the window and at most half as long again (each bucket more is one
-/// more read per append; docs/ARCHITECTURE.md
-/// "Deduplication").
+/// kept for the window and at most half as long again, plus the clock skew (each
+/// bucket more is one more read per append; docs/ARCHITECTURE.md §3).
 pub const DEDUP_BUCKETS_PER_WINDOW: u64 = 2;
 
-/// How far behind one node's clock may run another's and deduplication still hold.
+/// How far apart two nodes' clocks may be and deduplication still hold (at most one
+/// bucket is used).
 pub const DEDUP_CLOCK_SKEW_MS: u64 = 30_000;
 
-/// The dedup buckets an append reads, oldest first: the window's
-/// [`DEDUP_BUCKETS_PER_WINDOW`] before the current one, the current one (written), and
-/// the next (a node whose clock runs up to one bucket behind another's still finds
-/// what that one wrote).
+/// The dedup buckets one append reads and writes, by the node's clock `now`: it reads
+/// every bucket an id stored within the window may be in, by any node whose clock is
+/// within the skew of this one's — back to `now - window - skew`, up to `now + skew` —
+/// and writes the one `now` falls in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupBuckets {
     /// The bucket length in ms.
     pub span_ms: u64,
-    /// The current bucket's number (Unix ms / `span_ms`).
+    /// The bucket written (Unix ms / `span_ms`).
     pub current: u64,
+    first: u64,
+    last: u64,
+    /// How long the written bucket is kept from now: until every node that may read
+    /// it for an id stored now has stopped needing it.
+    pub ttl_ms: u64,
 }
 
 impl DedupBuckets {
     pub fn at(now_ms: u64, window_ms: u64) -> DedupBuckets {
         let span_ms = (window_ms / DEDUP_BUCKETS_PER_WINDOW).max(1);
+        let skew = DEDUP_CLOCK_SKEW_MS.min(span_ms);
+        let current = now_ms / span_ms;
+        let end_of_current = current.saturating_add(1).saturating_mul(span_ms);
         DedupBuckets {
             span_ms,
-            current: now_ms / span_ms,
+            current,
+            first: now_ms.saturating_sub(window_ms.saturating_add(skew)) / span_ms,
+            last: now_ms.saturating_add(skew) / span_ms,
+            ttl_ms: end_of_current
+                .saturating_add(window_ms)
+                .saturating_add(skew)
+                .saturating_sub(now_ms),
         }
     }
 
-    /// The numbers of the buckets read, oldest first; the current one is last but one.
+    /// The numbers of the buckets read, oldest first (three or four).
     pub fn read(&self) -> impl Iterator<Item = u64> {
-        let first = self.current.saturating_sub(DEDUP_BUCKETS_PER_WINDOW);
-        first..=self.current + 1
+        self.first..=self.last
     }
 
-    /// When the current bucket may go (Unix ms): when no node reads it any more —
-    /// its last reader's bucket ends [`DEDUP_BUCKETS_PER_WINDOW`] buckets after it —
-    /// plus [`DEDUP_CLOCK_SKEW_MS`] (at most a bucket) for nodes whose clocks run
-    /// behind. An event id's marker so lives 1 to 1.5 windows and the skew.
-    pub fn expires_at_ms(&self) -> u64 {
-        (self.current + 1 + DEDUP_BUCKETS_PER_WINDOW) * self.span_ms + DEDUP_CLOCK_SKEW_MS.min(self.span_ms)
+    /// Where the written bucket is among those read, from 1.
+    pub fn current_position(&self) -> u64 {
+        self.current - self.first + 1
     }
 }
 
@@ -190,30 +200,36 @@ mod tests {
     }
 
     #[test]
-    fn an_event_id_is_found_for_the_whole_window_and_at_most_half_as_long_again() {
-        let window = 60_000;
-        for written in [0u64, 1, 14_999, 15_000, 1_700_000_123_456] {
-            let w = DedupBuckets::at(written, window);
-            // Every later moment within the window reads the bucket it was written to…
-            for later in [written, written + 1, written + window / 2, written + window] {
-                assert!(
-                    DedupBuckets::at(later, window).read().any(|b| b == w.current),
-                    "{written} {later}"
-                );
+    fn an_event_id_is_found_for_the_whole_window_by_every_clock_within_the_skew() {
+        for window in [2_000u64, 60_000, 86_400_000] {
+            let skew = DEDUP_CLOCK_SKEW_MS.min(window / DEDUP_BUCKETS_PER_WINDOW);
+            for written in [0u64, 1, 999, 1_000, 29_999, 1_700_000_123_456] {
+                let w = DedupBuckets::at(written, window);
+                assert!(w.read().any(|b| b == w.current));
+                assert!((1..=4).contains(&w.current_position()), "{w:?}");
+                // Every node whose clock is within the skew of the writer's reads the
+                // bucket at every moment of the window…
+                for later in [0, 1, window / 2, window - 1, window] {
+                    for offset in [-(skew as i64), 0, skew as i64] {
+                        let clock = (written + later).saturating_add_signed(offset);
+                        let reader = DedupBuckets::at(clock, window);
+                        assert!(
+                            reader.read().any(|b| b == w.current),
+                            "{window} {written} {later} {offset}"
+                        );
+                    }
+                }
+                // …and the bucket is kept that long, and not past 1.5 windows and the skew.
+                assert!(w.ttl_ms >= window + skew, "{w:?}");
+                assert!(w.ttl_ms <= window + window / DEDUP_BUCKETS_PER_WINDOW + skew);
+                // A window and a half after the bucket, nobody reads it.
+                let gone = DedupBuckets::at((w.current + 1) * w.span_ms + window + w.span_ms + skew, window);
+                assert!(!gone.read().any(|b| b == w.current));
             }
-            // …and so does a node whose clock is up to one bucket behind.
-            let behind = DedupBuckets::at(written.saturating_sub(w.span_ms), window);
-            assert!(behind.read().any(|b| b == w.current));
-            // The bucket lives until the last of those reads (and the clock skew
-            // after), and not past 1.5 windows and the skew.
-            let last_read = (w.current + DEDUP_BUCKETS_PER_WINDOW + 1) * w.span_ms;
-            assert!(last_read >= written + window);
-            assert_eq!(w.expires_at_ms(), last_read + DEDUP_CLOCK_SKEW_MS.min(w.span_ms));
-            assert!(w.expires_at_ms() <= written + window + window / DEDUP_BUCKETS_PER_WINDOW + DEDUP_CLOCK_SKEW_MS);
-            // Past that, nobody reads it.
-            let much_later = DedupBuckets::at(w.expires_at_ms(), window);
-            assert!(!much_later.read().any(|b| b == w.current));
         }
+        // An absurd window does not overflow.
+        let huge = DedupBuckets::at(1_700_000_000_000, u64::MAX / 2);
+        assert!(huge.ttl_ms > 0 && huge.read().count() >= 1);
     }
 
     #[test]

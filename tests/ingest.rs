@@ -121,22 +121,34 @@ async fn post_keyed(app: &TestApp, channel: &str, key: &str) -> (bool, String) {
 /// A resend is a duplicate for the whole dedup window (here 2 s, across the Redis
 /// engine's buckets of 1 s) and stored anew once the window and its slack are over.
 async fn the_dedup_window_holds_then_ends(engine: Engine) {
+    use std::time::{Duration, Instant};
     let mut config = engine.config();
-    config.dedup_window = std::time::Duration::from_secs(2);
+    config.dedup_window = Duration::from_secs(2);
     let app = TestApp::start(config).await;
-    let start = std::time::Instant::now();
+    let sent = Instant::now();
     let (dup, original) = post_keyed(&app, "w.c", "order-1").await;
+    let stored = Instant::now();
     assert!(!dup);
+    if let Some(redis) = engine.redis_server() {
+        // The bucket expires by itself: kept for the window and at most its slack (half
+        // a window, and the clock skew allowed, here capped at one bucket: 1 s).
+        let mut r = redis.client();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("tickstream:*:e:*:w.c").query(&mut r).unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut r).unwrap();
+        assert!((2_000..=4_000).contains(&ttl), "PTTL {ttl}");
+    }
     for after_ms in [300, 1_200, 1_900] {
-        tokio::time::sleep_until((start + std::time::Duration::from_millis(after_ms)).into()).await;
+        tokio::time::sleep_until((sent + Duration::from_millis(after_ms)).into()).await;
         assert_eq!(
             post_keyed(&app, "w.c", "order-1").await,
             (true, original.clone()),
             "{after_ms} ms after"
         );
     }
-    // Redis forgets within 1.5 windows (memory: at once after the window).
-    tokio::time::sleep_until((start + std::time::Duration::from_millis(3_300)).into()).await;
+    // Redis forgets within the window, half a window and the skew (memory: at once
+    // after the window).
+    tokio::time::sleep_until((stored + Duration::from_millis(4_300)).into()).await;
     let (dup, again) = post_keyed(&app, "w.c", "order-1").await;
     assert!(!dup, "after the window a resend is a new tick");
     assert_ne!(again, original);
@@ -172,7 +184,7 @@ async fn markers_of_the_first_format_are_honoured_for_one_window() {
         .arg(7)
         .query(&mut r)
         .unwrap();
-    for key in ["old-1", "old-2"] {
+    for key in ["old-1", "old-2", "old-3"] {
         let marker = keys.dedup(&keyed_event_id("up.c", key));
         let _: () = redis::cmd("SET")
             .arg(marker)
@@ -195,10 +207,15 @@ async fn markers_of_the_first_format_are_honoured_for_one_window() {
         post_keyed(&app, "up.c", "new-1").await.0,
         "new ticks are deduplicated in buckets"
     );
+    assert_eq!(
+        post_keyed(&app, "up.c", "old-2").await,
+        (true, "1700000000000-0".to_string()),
+        "old markers are still read after the channel's first append in buckets"
+    );
     // One window after the channel's first append in the new format, old markers are
     // no longer read (they would have expired by then).
     tokio::time::sleep(std::time::Duration::from_millis(2_300)).await;
-    let (dup, _) = post_keyed(&app, "up.c", "old-2").await;
+    let (dup, _) = post_keyed(&app, "up.c", "old-3").await;
     assert!(!dup, "the transition is over");
     app.stop().await;
 }

@@ -181,13 +181,14 @@ impl RedisStore {
                     cmd.arg(k.dedup(&ticks[i].event_id));
                 }
                 cmd.arg(self.settings.stream_maxlen)
-                    .arg(buckets.expires_at_ms())
+                    .arg(buckets.ttl_ms)
                     .arg(&epoch)
                     .arg(*channel)
                     .arg(u8::from(wait > 0))
                     .arg(now_ms)
                     .arg(window_ms)
-                    .arg(buckets.read().count());
+                    .arg(buckets.read().count())
+                    .arg(buckets.current_position());
                 self.candle_intervals(cmd);
                 for &i in members {
                     let t = &ticks[i];
