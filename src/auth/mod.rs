@@ -304,22 +304,23 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
+    header_list(headers, header::SEC_WEBSOCKET_PROTOCOL).find_map(|p| p.strip_prefix(BEARER_SUBPROTOCOL_PREFIX))
 }
 
 /// Whether the client offered `tickstream.v1` (then the server must answer it).
 pub fn offers_subprotocol(headers: &HeaderMap) -> bool {
+    header_list(headers, header::SEC_WEBSOCKET_PROTOCOL).any(|p| p == SUBPROTOCOL)
+}
+
+/// The trimmed elements of a comma-separated header, over all its lines
+/// (`Sec-WebSocket-Protocol`, `Connection`, `Upgrade`).
+pub fn header_list(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
     headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL)
+        .map(str::trim)
 }
 
 fn sha256(s: &str) -> [u8; 32] {

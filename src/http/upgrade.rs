@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
+use crate::auth::header_list;
 use crate::error::ApiError;
 
 /// A valid WebSocket upgrade request, not yet answered.
@@ -113,12 +114,7 @@ impl Upgrade {
 
 /// Whether a comma-separated header holds `token` (case-insensitive).
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    header_list(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).

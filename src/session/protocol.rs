@@ -130,7 +130,7 @@ impl Kind {
 /// shares (a connection's queue holds blocks of these, idle or not).
 #[derive(Debug, Clone)]
 pub enum Frame {
-    /// A JSON object.
+    /// A JSON object (every frame but a tick).
     Text { kind: Kind, text: Arc<str> },
     /// A tick from the hub, shared with every subscriber of its channel.
     Tick(LiveFrame),
@@ -148,11 +148,6 @@ impl Frame {
         }
     }
 
-    /// A tick frame, already serialized (shared bytes).
-    pub fn tick(text: Arc<str>) -> Frame {
-        Frame::Text { kind: Kind::Tick, text }
-    }
-
     /// Payload bytes, to size a write buffer.
     pub fn payload_len(&self) -> usize {
         match self {
@@ -164,15 +159,8 @@ impl Frame {
     }
 
     pub fn is_tick(&self) -> bool {
-        matches!(self, Frame::Tick(_) | Frame::Text { kind: Kind::Tick, .. })
+        matches!(self, Frame::Tick(_))
     }
-}
-
-/// The `id` of a tick frame, read from its text: tick frames begin
-/// `{"type":"tick","id":"<id>"` (`Tick::write_json`).
-pub fn tick_id(text: &str) -> Option<&str> {
-    let rest = text.strip_prefix(r#"{"type":"tick","id":""#)?;
-    rest.split('"').next()
 }
 
 pub fn subscribed(channel: &str, epoch: Option<&str>, first: Option<StreamId>, last: Option<StreamId>) -> Frame {
@@ -205,26 +193,4 @@ pub fn error(channel: &str, code: &str, message: &str) -> Frame {
 
 pub fn pong() -> Frame {
     Frame::json(Kind::Pong, json!({"type": "pong"}))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tick_id;
-    use crate::tick::wire::{body, tail};
-    use crate::tick::{StreamId, Tick};
-
-    #[test]
-    fn a_tick_frame_s_id_is_read_back_from_its_text() {
-        let mut epochs = None;
-        let tail = tail(1732348800123000, Some("1"), None, "ab");
-        let t = Tick::from_body(
-            StreamId::new(1732348800123, 7),
-            "c".into(),
-            body(1, "e", &tail),
-            &mut epochs,
-        )
-        .unwrap();
-        assert_eq!(tick_id(&t.to_frame()), Some("1732348800123-7"));
-        assert_eq!(tick_id(r#"{"type":"live","last_id":"1-0"}"#), None);
-    }
 }

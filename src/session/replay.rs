@@ -92,7 +92,7 @@ impl Feed {
     }
 
     async fn emit_stored(&mut self, tick: &Tick) -> Result<(), Gone> {
-        self.emit(tick.id, tick.seq, &tick.epoch, || Frame::tick(tick.to_frame().into()))
+        self.emit(tick.id, tick.seq, &tick.epoch, || Frame::Tick(LiveFrame::new(tick)))
             .await
     }
 

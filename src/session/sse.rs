@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{close, tick_id, Closing, Frame, Kind, SubscribeRequest, PING_INTERVAL};
+use super::protocol::{close, Closing, Frame, Kind, SubscribeRequest, PING_INTERVAL};
 use super::writer::{Transport, Writer};
 use super::{queue, Session, SessionContext};
 use crate::auth::Principal;
@@ -29,6 +29,7 @@ pub(crate) struct SseTransport {
 
 /// Appends one frame as an SSE event.
 fn write_event(out: &mut Vec<u8>, frame: &Frame) {
+    use std::io::Write;
     let (kind, text) = match frame {
         Frame::Text { kind, text } => (*kind, &**text),
         Frame::Tick(tick) => (Kind::Tick, tick.text.as_str()),
@@ -39,9 +40,9 @@ fn write_event(out: &mut Vec<u8>, frame: &Frame) {
     };
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(kind.name().as_bytes());
-    if let Some(id) = tick_id(text) {
-        out.extend_from_slice(b"\nid: ");
-        out.extend_from_slice(id.as_bytes());
+    if let Frame::Tick(tick) = frame {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "\nid: {}", tick.id);
     }
     out.extend_from_slice(b"\ndata: ");
     // Frames are single-line JSON (serde_json escapes newlines in strings).
@@ -126,16 +127,27 @@ mod tests {
 
     #[test]
     fn frames_are_written_as_events() {
+        let mut epochs = None;
+        let tail = crate::tick::wire::tail(5_000, Some("1"), None, "ab");
+        let tick = crate::tick::Tick::from_body(
+            StreamId::new(5, 1),
+            "c".into(),
+            crate::tick::wire::body(1, "e", &tail),
+            &mut epochs,
+        )
+        .unwrap();
+        let frame = crate::hub::LiveFrame::new(&tick);
         let mut out = Vec::new();
-        write_event(&mut out, &Frame::tick(r#"{"type":"tick","id":"5-1"}"#.into()));
+        write_event(&mut out, &Frame::Tick(frame.clone()));
         write_event(&mut out, &super::super::protocol::live("c", StreamId::new(5, 1)));
         write_event(&mut out, &Frame::Ping);
         let text = String::from_utf8(out).unwrap();
+        assert!(frame.text.starts_with(r#"{"type":"tick","id":"5-1""#), "{}", frame.text);
         assert_eq!(
             text,
-            "event: tick\nid: 5-1\ndata: {\"type\":\"tick\",\"id\":\"5-1\"}\n\n\
-             event: live\ndata: {\"channel\":\"c\",\"last_id\":\"5-1\",\"type\":\"live\"}\n\n\
-             : keep-alive\n\n"
+            format!("event: tick\nid: 5-1\ndata: {}\n\n", frame.text)
+                + "event: live\ndata: {\"channel\":\"c\",\"last_id\":\"5-1\",\"type\":\"live\"}\n\n\
+                   : keep-alive\n\n"
         );
     }
 }

@@ -143,6 +143,7 @@ impl RedisStore {
         let now_ms = crate::clock::now_ms();
         let window_ms = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let buckets = DedupBuckets::at(now_ms, window_ms);
+        let bucket_count = buckets.read().count();
         // Channels by partition, each partition one pipeline (one cluster slot); each
         // channel's keys built once (the partition hash is part of them).
         let keys: Vec<ChannelKeys> = groups.iter().map(|(channel, _)| self.keys(channel)).collect();
@@ -167,7 +168,7 @@ impl RedisStore {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.append_script.get_hash())
-                    .arg(3 + intervals.len() + buckets.read().count() + members.len())
+                    .arg(3 + intervals.len() + bucket_count + members.len())
                     .arg(&k.stream)
                     .arg(&k.meta)
                     .arg(&k.registry);
@@ -187,7 +188,7 @@ impl RedisStore {
                     .arg(u8::from(wait > 0))
                     .arg(now_ms)
                     .arg(window_ms)
-                    .arg(buckets.read().count())
+                    .arg(bucket_count)
                     .arg(buckets.current_position());
                 self.candle_intervals(cmd);
                 for &i in members {
