@@ -19,6 +19,7 @@
 //! - [`session`]: a client's subscriptions, transport-free (cursor, replay, writer),
 //!   and its two transports, WebSocket and Server-Sent Events.
 //! - [`http`]: the accept loop, admission, extractors, routes and handlers.
+//! - [`demo`]: `--demo`'s synthetic channels, fed through the normal ingest path.
 //! - [`nodes`]: the registry of nodes sharing one Redis (heartbeats).
 //! - [`retry`], [`clock`]: backoff and quiet error logs; the one clock.
 //! - [`metrics`]: Prometheus metrics, one registry per server.
@@ -32,6 +33,7 @@ pub(crate) mod auth;
 pub mod candles;
 pub mod clock;
 pub mod config;
+pub(crate) mod demo;
 pub(crate) mod error;
 pub(crate) mod history;
 pub(crate) mod http;
@@ -195,6 +197,9 @@ impl Server {
         if let Some(shield) = state.shield.clone() {
             background.push(tokio::spawn(forget_quiet_addresses(shield, shutdown_tx.subscribe())));
         }
+        if state.config.demo {
+            background.push(tokio::spawn(demo::run(state.clone(), shutdown_tx.subscribe())));
+        }
         let heartbeat = tokio::spawn(state.node.clone().run(state.store.clone(), shutdown_tx.subscribe()));
         let app = http::router(state.clone());
         let signal_sessions = shutdown_tx.clone();
@@ -278,6 +283,7 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Store, StartEr
                 config.store_settings(),
                 metrics.bad_entries.clone(),
                 metrics.rollbacks.clone(),
+                metrics.redis_latency.clone(),
             )
             .await
             .map_err(StartError::Redis)?,
@@ -339,7 +345,7 @@ fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {
         eprintln!(
             "\n  DEV MODE: no TICKSTREAM_JWT_SECRET / TICKSTREAM_JWT_PUBLIC_KEY / TICKSTREAM_HMAC_SECRET set.\n  \
              A random signing secret was made for this run; tokens below stop working on restart.\n\n  \
-             Dashboard:     {base}/?token={reader}\n  \
+             Dashboard:     {base}/#token={reader}\n  \
              Reader token:  {reader}   (24 h, channels [\"*\"])\n  \
              Ingest token:  {ingest}\n\n  \
              Try it:\n    \

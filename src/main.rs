@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     {
         return rebuild(&runtime, config, channel);
     }
+    // `serve` (or no command) serves.
     match runtime.block_on(tickstream::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

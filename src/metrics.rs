@@ -4,7 +4,8 @@
 //! process and each must count only its own traffic.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -29,6 +30,17 @@ pub struct Metrics {
     pub history_pages: IntCounterVec,
     /// Bytes the history cache holds (set when a page is served).
     pub history_cache_bytes: IntGauge,
+    /// Close frames sent, by code: the fixed set of docs/PROTOCOL.md §5.6.
+    pub close_codes: IntCounterVec,
+    /// Ticks each subscription was sent from history before its `live` frame.
+    pub replay_size: Histogram,
+    /// Per partition: how far the newest stream entry of its channels is ahead of
+    /// what the reader delivered, in ticks and in milliseconds of stream id time
+    /// (sampled every few seconds; 0 while caught up).
+    pub reader_lag_ticks: IntGaugeVec,
+    pub reader_lag_ms: IntGaugeVec,
+    /// Answer time of Redis commands on the shared connections, by command.
+    pub redis_latency: HistogramVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -48,6 +60,12 @@ impl Metrics {
             register(
                 &r,
                 IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| unreachable!("{e}")),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), &["partition"]).unwrap_or_else(|e| unreachable!("{e}")),
             )
         };
         let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -121,6 +139,42 @@ impl Metrics {
             history_cache_bytes: gauge(
                 "tickstream_history_cache_bytes",
                 "Bytes of recent history this node keeps in memory for REST pages.",
+            ),
+            close_codes: counter_vec(
+                "tickstream_close_codes_total",
+                "WebSocket close frames (and SSE endings) sent, by close code.",
+                "code",
+            ),
+            replay_size: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tickstream_replay_size_ticks",
+                        "Ticks a subscription was sent from history before going live.",
+                    )
+                    .buckets(vec![0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0]),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            reader_lag_ticks: gauge_vec(
+                "tickstream_reader_lag_ticks",
+                "Ticks stored but not yet delivered by this node's reader, by partition.",
+            ),
+            reader_lag_ms: gauge_vec(
+                "tickstream_reader_lag_milliseconds",
+                "Stream id time of the newest stored tick minus that of the last delivered, by partition.",
+            ),
+            redis_latency: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "tickstream_redis_command_duration_seconds",
+                        "Answer time of Redis commands on shared connections (blocking reads excluded), by command.",
+                    )
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+                    &["command"],
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
             ),
             registry: r,
         }

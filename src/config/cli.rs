@@ -1,5 +1,6 @@
 //! The command line: a flag per environment variable (clap reads every value as a
-//! string; `config/mod.rs` validates them), and the `candles rebuild` command.
+//! string; `config/mod.rs` validates them), `serve` (the default) and the
+//! `candles rebuild` command.
 
 use std::path::PathBuf;
 
@@ -121,6 +122,10 @@ pub struct Cli {
     pub candle_retention_1h: String,
     #[arg(long, env = "TICKSTREAM_CANDLE_RETENTION_1D", default_value = "3650d")]
     pub candle_retention_1d: String,
+    /// Also feed a few synthetic channels (`demo.*`) through the normal ingest path,
+    /// so the dashboard has something to show (docs/PROTOCOL.md §8).
+    #[arg(long, global = true, env = "TICKSTREAM_DEMO")]
+    pub demo: bool,
     /// Without a command: serve.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -128,6 +133,8 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
+    /// Serve (the default without a command).
+    Serve,
     /// Candle maintenance.
     Candles {
         #[command(subcommand)]
@@ -191,6 +198,7 @@ impl Cli {
             candle_retention_5m: "30d".into(),
             candle_retention_1h: "365d".into(),
             candle_retention_1d: "3650d".into(),
+            demo: false,
             command: None,
         }
     }

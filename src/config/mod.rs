@@ -75,6 +75,8 @@ pub struct Config {
     pub send_queue: usize,
     /// How long a partition reader's XREAD blocks before it re-checks its channels.
     pub tail_block: Duration,
+    /// `--demo`: feed the synthetic `demo.*` channels (src/demo.rs).
+    pub demo: bool,
 }
 
 /// `TICKSTREAM_CANDLES` and `TICKSTREAM_CANDLE_RETENTION_*`.
@@ -239,6 +241,7 @@ impl Config {
             live_buffer: 1024,
             send_queue: 1024,
             tail_block: Duration::from_secs(2),
+            demo: cli.demo,
         })
     }
 

@@ -15,7 +15,8 @@ use crate::auth::QueryCredentials;
 use crate::clock::now_us;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
-use crate::tick::parse_body;
+use crate::store::{Appended, StoreError};
+use crate::tick::{parse_body, PreparedTick};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -88,23 +89,7 @@ pub async fn ingest(
     // One token per tick; a batch the bucket cannot pay for whole stores nothing.
     let cost = u32::try_from(ticks.len()).unwrap_or(u32::MAX);
     caller.admission.charge(&producer, Group::Ingest, cost).await?;
-    // Fences guard against a failover's rollback; the memory engine has none.
-    let fences = match state.store.is_durable() {
-        true => state.hub.fences(ticks.iter().map(|t| t.channel.as_str())),
-        false => Default::default(),
-    };
-    let results = state.store.append(&ticks, &fences).await?;
-    let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
-    state
-        .metrics
-        .ticks_ingested
-        .with_label_values(&["stored"])
-        .inc_by(results.len() as u64 - duplicates);
-    state
-        .metrics
-        .ticks_ingested
-        .with_label_values(&["duplicate"])
-        .inc_by(duplicates);
+    let results = append(&state, &ticks).await?;
     let body = json!({
         "results": results
             .iter()
@@ -112,4 +97,21 @@ pub async fn ingest(
             .collect::<Vec<_>>()
     });
     Ok(json_response(StatusCode::CREATED, body.to_string()))
+}
+
+/// Appends validated ticks as every producer's are appended: behind the hub's
+/// rollback fences, counted as stored or duplicate. The `--demo` feeder comes through
+/// here too, so the demo exercises the path real producers take.
+pub(crate) async fn append(state: &AppState, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
+    // Fences guard against a failover's rollback; the memory engine has none.
+    let fences = match state.store.is_durable() {
+        true => state.hub.fences(ticks.iter().map(|t| t.channel.as_str())),
+        false => Default::default(),
+    };
+    let results = state.store.append(ticks, &fences).await?;
+    let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
+    let counter = |result: &str| state.metrics.ticks_ingested.with_label_values(&[result]);
+    counter("stored").inc_by(results.len() as u64 - duplicates);
+    counter("duplicate").inc_by(duplicates);
+    Ok(results)
 }

@@ -3,6 +3,7 @@
 //! - [`channel`]: an active channel (live buffer, ring, cursor), its partition, and a
 //!   session's handle on it.
 //! - [`reader`]: one reader task per partition, tailing the store.
+//! - [`lag`]: how far each reader is behind its partition's streams (a metric).
 //! - [`candles`]: live candle feeds, one per channel and interval, shared by their
 //!   subscribers.
 //!
@@ -18,6 +19,7 @@
 
 pub mod candles;
 pub mod channel;
+mod lag;
 pub mod reader;
 
 use std::collections::{HashMap, VecDeque};

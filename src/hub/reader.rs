@@ -31,12 +31,18 @@ pub struct TailHealth {
 }
 
 impl Hub {
-    /// Spawns one reader per partition; they stop when `shutdown` turns true.
+    /// Spawns one reader per partition, and the lag sampler; they stop when
+    /// `shutdown` turns true.
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.partitions
+        let mut tasks: Vec<_> = self
+            .partitions
             .iter()
             .map(|p| tokio::spawn(self.clone().run_reader(p.clone(), shutdown.clone())))
-            .collect()
+            .collect();
+        if self.store.is_durable() {
+            tasks.push(tokio::spawn(self.clone().sample_lag(shutdown)));
+        }
+        tasks
     }
 
     /// Interrupts the reader until it reads with the new channel set. The retry closes

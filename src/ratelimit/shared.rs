@@ -27,6 +27,7 @@ impl SharedBuckets {
     pub async fn load(&self, redis: &Connections) -> Result<(), StoreError> {
         let mut conn = redis.get().await?;
         self.script.load_async(&mut conn).await?;
+        redis.latency.name_script(&self.script, "token_bucket");
         Ok(())
     }
 

@@ -317,6 +317,7 @@ async fn start(
     feed.send(subscribed).await?;
     let fallback = position(ctx, &req, head, vanished, &mut feed).await?;
     feed.catch_up(ctx).await?;
+    ctx.metrics.replay_size.observe(feed.cursor.sent as f64);
     let last_id = if feed.cursor.sent > 0 {
         feed.cursor.last_sent
     } else {

@@ -289,15 +289,34 @@ impl<T: Transport> Writer<T> {
             Ok(Err(())) => false,
             Err(_) => {
                 let closing = (close::TRY_LATER, "too slow");
+                self.count_close(closing);
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close(closing)).await;
                 false
             }
         }
     }
 
+    fn count_close(&self, (code, _): Closing) {
+        let label = match code {
+            close::NORMAL => "1000",
+            close::PROTOCOL_ERROR => "1002",
+            close::INVALID_DATA => "1007",
+            close::POLICY => "1008",
+            close::INTERNAL => "1011",
+            close::RESTART => "1012",
+            close::TRY_LATER => "1013",
+            close::TOKEN_EXPIRED => "4001",
+            close::FORBIDDEN => "4003",
+            close::RATE_LIMITED => "4029",
+            _ => "other",
+        };
+        self.ctx.metrics.close_codes.with_label_values(&[label]).inc();
+    }
+
     /// Frames already queued go first (a pong, an error frame), then the close; all
     /// within a second, so a stuck connection cannot hold up the end of the session.
     async fn finish(&mut self, closing: Closing) {
+        self.count_close(closing);
         while let Ok(out) = self.queue.try_recv() {
             self.take(out);
         }

@@ -17,7 +17,8 @@
 //! connection of its own, to the master serving the reader's slot.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
@@ -26,6 +27,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisFuture, ServerErrorKind, Value};
 use tokio::sync::Mutex;
 
+use super::latency::CommandLatency;
 use super::target::{self, Target, TlsFiles};
 use super::StoreError;
 
@@ -76,6 +78,8 @@ pub struct Connections {
     backend: Backend,
     /// Unix ms until which a new connection is not attempted (see [`FAIL_FAST`]).
     failing_until_ms: AtomicU64,
+    /// Every command's answer time is recorded here.
+    pub latency: Arc<CommandLatency>,
 }
 
 /// Connection settings with our timeouts; `response` must outlast any blocking read
@@ -88,7 +92,7 @@ pub fn connection_config(response: Duration) -> AsyncConnectionConfig {
 
 impl Connections {
     /// Clients for `target`; nothing is connected yet.
-    pub fn open(target: Target, tls: &TlsFiles) -> Result<Connections, StoreError> {
+    pub fn open(target: Target, tls: &TlsFiles, latency: Arc<CommandLatency>) -> Result<Connections, StoreError> {
         let backend = match &target {
             Target::Single(url) => Backend::Single {
                 client: target::client(url, tls)?,
@@ -117,6 +121,7 @@ impl Connections {
             tls: tls.clone(),
             backend,
             failing_until_ms: AtomicU64::new(0),
+            latency,
         })
     }
 
@@ -157,6 +162,7 @@ impl Connections {
                 };
                 Ok(Conn {
                     handle: Handle::Single(conn, slot),
+                    latency: &self.latency,
                 })
             }
             Backend::Cluster { client, conn } => {
@@ -177,6 +183,7 @@ impl Connections {
                 };
                 Ok(Conn {
                     handle: Handle::Cluster(conn),
+                    latency: &self.latency,
                 })
             }
         }
@@ -305,6 +312,7 @@ enum Handle<'a> {
 /// reconnects to its nodes by itself.)
 pub struct Conn<'a> {
     handle: Handle<'a>,
+    latency: &'a CommandLatency,
 }
 
 impl Conn<'_> {
@@ -337,10 +345,12 @@ impl Conn<'_> {
 impl ConnectionLike for Conn<'_> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            let started = Instant::now();
             let result = match &mut self.handle {
                 Handle::Single(conn, _) => conn.req_packed_command(cmd).await,
                 Handle::Cluster(conn) => conn.req_packed_command(cmd).await,
             };
+            self.latency.command(cmd, started.elapsed());
             self.check(result)
         })
     }
@@ -352,10 +362,12 @@ impl ConnectionLike for Conn<'_> {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            let started = Instant::now();
             let result = match &mut self.handle {
                 Handle::Single(conn, _) => conn.req_packed_commands(pipeline, offset, count).await,
                 Handle::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count).await,
             };
+            self.latency.pipeline(pipeline, started.elapsed());
             self.check(result)
         })
     }

@@ -13,6 +13,7 @@
 
 pub mod connections;
 pub mod health;
+pub mod latency;
 pub mod memory;
 pub mod redis;
 pub mod reply;

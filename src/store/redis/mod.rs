@@ -23,6 +23,7 @@ use futures_util::future::try_join_all;
 use redis::Value;
 
 use super::connections::Connections;
+use super::latency::CommandLatency;
 use super::reply::{as_array, as_id, as_str, as_u64, pairs, parse_entries, parse_entry_opt, protocol, Unreadable};
 use super::target::{Target, TlsFiles};
 use super::{Appended, ChannelSummary, Fences, IdRange, RangeRead, Settings, StoreError, StreamEnds, StreamInfo};
@@ -60,13 +61,15 @@ impl RedisStore {
         settings: Settings,
         unreadable: prometheus::IntCounter,
         rollbacks: prometheus::IntCounter,
+        latency: prometheus::HistogramVec,
     ) -> Result<RedisStore, StoreError> {
+        let latency = Arc::new(CommandLatency::new(latency));
         let waiting = match settings.wait_replicas {
             0 => None,
-            _ => Some(Connections::open(target.clone(), tls)?),
+            _ => Some(Connections::open(target.clone(), tls, latency.clone())?),
         };
         let store = RedisStore {
-            connections: Connections::open(target, tls)?,
+            connections: Connections::open(target, tls, latency)?,
             waiting,
             append_script: redis::Script::new(include_str!("../../../redis/append.lua")),
             rollback_script: redis::Script::new(include_str!("../../../redis/rollback.lua")),
@@ -105,6 +108,11 @@ impl RedisStore {
         // answers NOSCRIPT once and gets the script then.
         store.append_script.load_async(&mut conn).await?;
         store.rollback_script.load_async(&mut conn).await?;
+        store.connections.latency.name_script(&store.append_script, "append");
+        store
+            .connections
+            .latency
+            .name_script(&store.rollback_script, "rollback");
         Ok(store)
     }
 
