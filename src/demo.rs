@@ -189,8 +189,14 @@ async fn last_value(state: &AppState, channel: &str) -> Result<Option<f64>, crat
     let Some(tick) = state.store.latest(channel).await? else {
         return Ok(None);
     };
-    let object: Value = serde_json::from_str(&format!("{{{}}}", tick.body)).unwrap_or(Value::Null);
-    Ok(Some(object.get("value").and_then(Value::as_f64).unwrap_or(f64::NAN)))
+    Ok(Some(value_of(&tick.body)))
+}
+
+/// The `value` of a stored body (see `tick::wire::body`: the object without its
+/// opening brace); NaN when it has none.
+fn value_of(body: &str) -> f64 {
+    let object: Value = serde_json::from_str(&format!("{{{body}")).unwrap_or(Value::Null);
+    object.get("value").and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
 fn failed(state: &AppState, log: &mut ErrorLog, what: &str, e: &crate::store::StoreError) {
@@ -293,6 +299,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_last_value_is_read_from_a_stored_body() {
+        use crate::tick::wire::{body, tail};
+        let stored = body(7, "e1", &tail(1_700_000_000_000_000, Some("43210.5"), Some("{\"bid\":1}"), "ab"));
+        assert_eq!(value_of(&stored), 43_210.5);
+        assert!(value_of(&body(8, "e1", &tail(0, None, Some("{}"), "cd"))).is_nan());
     }
 
     #[test]

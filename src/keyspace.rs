@@ -167,6 +167,10 @@ pub fn registry(p: u32) -> String {
 
 /// The partition count a deployment was created with.
 pub const PARTITIONS: &str = "tickstream:{meta}:partitions";
+/// Dev mode's JWT signing secret, made by the first dev-mode node on this Redis and
+/// reused by every later one, so a dashboard's dev token outlives a restart. Only
+/// written when no signing key is configured (docs/OPERATIONS.md "Dev mode").
+pub const DEV_SECRET: &str = "tickstream:{meta}:dev_jwt_secret";
 /// The node registry: zset node id → last heartbeat ms.
 pub const NODES: &str = "tickstream:{nodes}:index";
 

@@ -105,7 +105,11 @@ impl Server {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let metrics = Arc::new(Metrics::new());
         let store = open_store(&config, &metrics).await?;
-        let (auth, dev) = Authenticator::new(&config.auth)?;
+        let dev_secret = match config.auth.dev_mode() {
+            true => Some(store.dev_secret(auth::new_dev_secret()).await.map_err(StartError::Redis)?),
+            false => None,
+        };
+        let (auth, dev) = Authenticator::new(&config.auth, dev_secret)?;
         let listener = listen(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
         // The memory engine is memory already: no cache in front of it.
         let cache_bytes = if store.is_durable() { config.history_cache } else { 0 };
@@ -344,7 +348,7 @@ fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {
         // pipelines must never carry tokens.
         eprintln!(
             "\n  DEV MODE: no TICKSTREAM_JWT_SECRET / TICKSTREAM_JWT_PUBLIC_KEY / TICKSTREAM_HMAC_SECRET set.\n  \
-             A random signing secret was made for this run; tokens below stop working on restart.\n\n  \
+             {secret}\n\n  \
              Dashboard:     {base}/#token={reader}\n  \
              Reader token:  {reader}   (24 h, channels [\"*\"])\n  \
              Ingest token:  {ingest}\n\n  \
@@ -355,6 +359,11 @@ fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {
              websocat '{ws}/ws/demo.BTC-USD?since=0-0' -H 'Authorization: Bearer {reader}'\n",
             reader = dev.reader_token,
             ingest = dev.ingest_token,
+            secret = match state.store.is_durable() {
+                true => "A random signing secret is kept in this Redis, so these tokens outlive restarts; \
+                         set TICKSTREAM_JWT_SECRET for production.",
+                false => "A random signing secret was made for this run; tokens below stop working on restart.",
+            },
         );
     }
 }

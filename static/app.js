@@ -1,6 +1,7 @@
-// tickstream dashboard — vanilla JS, no dependencies, no build step.
-// Loaded from /app.js with `defer`: the server's CSP forbids inline scripts and styles,
-// so nothing here writes style attributes either (colours are CSS classes/variables).
+// tickstream dashboard — vanilla JS, no dependencies, no build step (docs/PROTOCOL.md §8).
+// Loaded from /app.js with `defer` after /chart.js: the server's CSP forbids inline
+// scripts and styles, so nothing here writes style attributes either (colours are CSS
+// classes and custom properties).
 'use strict';
 (() => {
   const CHANNEL_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
@@ -9,12 +10,16 @@
   const ROW_CAP = 200;            // table rows kept per channel
   const POINT_CAP = 20000;        // chart points kept per channel (memory bound at high rates)
   const HISTORY_MS = 15 * 60e3;   // chart data kept: the largest selectable window
+  const HISTORY_PAGE = 1000;      // ticks fetched over REST to draw a channel at once
+  const AUTO_CHANNELS = 12;       // a first visit subscribes to at most this many
+  const RATE_MS = 5000;           // ticks per second over the last 5 s
   const PALETTE = 8;              // --c0 … --c7 in style.css
   const PING_MS = 25e3, SILENCE_MS = 60e3;   // silent for 60 s (not even a pong) = dead socket
   const STABLE_MS = 10e3;         // a connection that stayed open this long resets the backoff
   const BACKOFF_BASE = 500, BACKOFF_CAP = 30e3;
   // The server closes with 4029 beyond a burst of 20 then 10 msg/s: stay safely under it.
   const SEND_BURST = 15, SEND_PER_MS = 8 / 1000;
+  const INTERVALS = { '1s': 1e3, '1m': 60e3, '5m': 300e3, '1h': 3600e3, '1d': 86400e3 };
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {   // textContent only, never innerHTML: server data is untrusted
@@ -31,14 +36,18 @@
   const lsObj = (k) => { try { const v = JSON.parse(lsGet(k)); return v && typeof v === 'object' ? v : {}; } catch { return {}; } };
 
   const saved = lsObj(KEY.prefs);
+  // A first visit has no saved choice: it subscribes to what the token may read. Once
+  // the user has a choice (even an empty one) it is restored as it was.
+  let firstVisit = !Array.isArray(saved.channels);
   const prefs = {
     channels: [...new Set((Array.isArray(saved.channels) ? saved.channels : []).filter((c) => CHANNEL_RE.test(c)))],
     colors: saved.colors && typeof saved.colors === 'object' ? saved.colors : {},
     theme: ['dark', 'light'].includes(saved.theme) ? saved.theme : matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light',
     paused: saved.paused === true,
     windowSec: [60, 300, 900].includes(saved.windowSec) ? saved.windowSec : 300,
+    interval: Object.hasOwn(INTERVALS, saved.interval) ? saved.interval : '1m',
   };
-  const savePrefs = () => lsSet(KEY.prefs, JSON.stringify(prefs));
+  const savePrefs = () => { if (!firstVisit) lsSet(KEY.prefs, JSON.stringify(prefs)); };
 
   // Resume cursors {channel: {id, seq, epoch}} — the last tick seen on each channel.
   const cursors = {};
@@ -52,26 +61,53 @@
   const saveCursors = () => { clearTimeout(cursorTimer); cursorTimer = 0; lsSet(KEY.cursors, JSON.stringify(cursors)); };
   const scheduleCursorSave = () => { if (!cursorTimer) cursorTimer = setTimeout(saveCursors, 250); };
 
-  // The dev URL is /?token=…: adopt the token, then drop it from the address bar so it
-  // does not linger in history, bookmarks or screenshots.
+  // The dev URL is /#token=… (a fragment never reaches a server or its logs); ?token=
+  // works too. Adopt it, then drop it from the address bar so it does not linger in
+  // history, bookmarks or screenshots.
   let token = (() => {
-    const url = new URL(location.href), t = (url.searchParams.get('token') || '').trim();
-    if (!url.searchParams.has('token')) return lsGet(KEY.token) || '';
-    if (t) lsSet(KEY.token, t);
-    url.searchParams.delete('token');
-    history.replaceState(history.state, '', url.pathname + url.search + url.hash);
-    return t || lsGet(KEY.token) || '';
+    const url = new URL(location.href), hash = new URLSearchParams(url.hash.slice(1));
+    const given = (hash.get('token') || url.searchParams.get('token') || '').trim();
+    if (!hash.has('token') && !url.searchParams.has('token')) return lsGet(KEY.token) || '';
+    if (given) lsSet(KEY.token, given);
+    hash.delete('token'); url.searchParams.delete('token');
+    const rest = hash.toString();
+    history.replaceState(history.state, '', url.pathname + url.search + (rest ? '#' + rest : ''));
+    return given || lsGet(KEY.token) || '';
   })();
 
   // ---- status, notices ------------------------------------------------------------------
   const statusEl = $('status'), statusText = $('status-text'), countdownEl = $('countdown'), reconnectBtn = $('reconnect');
-  const noticesEl = $('notices'), canvas = $('chart'), settings = $('settings');
+  const noticesEl = $('notices'), settings = $('settings'), emptyHint = $('empty-hint');
   const hms = { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false };
   const timeFmt = new Intl.DateTimeFormat(undefined, { ...hms, fractionalSecondDigits: 3 });
   const clockFmt = new Intl.DateTimeFormat(undefined, hms);
   const numFmt = new Intl.NumberFormat(undefined, { maximumFractionDigits: 6 });
   const fmtTs = (s) => { const t = Date.parse(s); return Number.isNaN(t) ? String(s ?? '') : timeFmt.format(t); };
   const fmtVal = (v) => (typeof v === 'number' ? numFmt.format(v) : '');
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  // Every REST call goes through here, one at a time, paced by the server's own
+  // X-RateLimit-Remaining: a page of many channels, reloaded a few times, stays
+  // within a free token's bucket instead of collecting 429s. A 429 waits its
+  // Retry-After and tries again. Rejects when the server cannot be reached.
+  let apiChain = Promise.resolve(), apiNotBefore = 0;
+  function api(path) {
+    const call = apiChain.then(async () => {
+      for (let tries = 0; ; tries++) {
+        if (apiNotBefore > Date.now()) await sleep(apiNotBefore - Date.now());
+        const res = await fetch(path, { headers: { Authorization: 'Bearer ' + token }, cache: 'no-store' });
+        if (res.status === 429 && tries < 3) {
+          apiNotBefore = Date.now() + (Number(res.headers.get('Retry-After')) || 1) * 1000;
+          continue;
+        }
+        const left = res.headers.get('X-RateLimit-Remaining');
+        if (left !== null && Number(left) < 2) apiNotBefore = Date.now() + 1100;   // about one refill
+        return res;
+      }
+    });
+    apiChain = call.catch(() => {});
+    return call;
+  }
 
   function setStatus(state, text) {
     statusEl.dataset.state = state;
@@ -81,7 +117,7 @@
   }
 
   // Newest on top. A repeated `key` within 5 s bumps a counter on the existing row, so a
-  // burst of self-check warnings cannot flood the list (or a screen reader).
+  // burst of warnings cannot flood the list (or a screen reader).
   const recent = new Map();
   function notice(level, text, key) {
     const now = Date.now(), r = key && recent.get(key);
@@ -114,7 +150,10 @@
     const q = (sel) => card.querySelector(sel);
     q('.swatch').classList.add('c' + color);
     q('.name').textContent = name;
+    card.dataset.channel = name;
     q('table').setAttribute('aria-label', `Ticks on ${name}, newest first`);
+    q('canvas.line').setAttribute('aria-label', `Line chart of ${name} values; the ticks table lists the same ticks`);
+    q('canvas.candles').setAttribute('aria-label', `Candles of ${name}`);
     const chip = el('li', 'chip'), rm = el('button', 'remove', '×');
     rm.type = 'button';
     rm.setAttribute('aria-label', `Remove ${name}`);
@@ -122,11 +161,16 @@
     chip.append(el('span', 'swatch c' + color), el('span', null, name), rm);
     $('chips').append(chip);
     $('tables').append(card);
-    const c = { name, color, card, chip, tbody: q('tbody'), badge: q('.badge'), lastEl: q('.last'), metaEl: q('.meta'),
-      state: 'offline', errorCode: '', replayed: 0, gapPending: false, count: 0, last: null, shown: null, pending: [], xs: [], ys: [] };
+    const c = { name, color, card, chip, tbody: q('tbody'), badge: q('.badge'), lastEl: q('.last'), rateEl: q('.rate'),
+      latencyEl: q('.latency'), seqEl: q('.seq'), checkEl: q('.check'), lineCanvas: q('canvas.line'),
+      candleCanvas: q('canvas.candles'), candleCaption: q('.candle-caption'),
+      state: 'offline', replayed: 0, gapPending: false, count: 0, last: null, shown: null, pending: [], xs: [], ys: [],
+      candles: [], arrivals: [], latency: null, breaks: 0, gaps: 0, checked: 0, loading: null, loaded: false, older: [], dirty: true };
     chans.set(name, c);
     setChanState(c, 'offline');
-    $('empty-hint').hidden = true;
+    resizer.observe(c.lineCanvas); resizer.observe(c.candleCanvas);
+    emptyHint.hidden = true;
+    return c;
   }
 
   const BADGE = { offline: 'offline', pending: 'subscribing', replaying: 'replaying', live: 'live' };
@@ -136,28 +180,37 @@
     c.badge.textContent = state === 'error' ? `error: ${errorCode}` : BADGE[state];
   }
 
+  function addChannel(name) {
+    prefs.channels.push(name); createChan(name); savePrefs();
+    if (isOpen()) start(chans.get(name), gen);
+  }
+
   function removeChannel(name) {
     const c = chans.get(name);
     // A subscribe still waiting in the send queue is simply dropped instead.
     const q = outQ.findIndex((m) => m.type === 'subscribe' && m.channel === name);
     if (q >= 0) outQ.splice(q, 1);
     else if (isOpen() && c.state !== 'error') send({ type: 'unsubscribe', channel: name });
+    resizer.unobserve(c.lineCanvas); resizer.unobserve(c.candleCanvas);
     c.card.remove(); c.chip.remove(); chans.delete(name);
     prefs.channels = prefs.channels.filter((n) => n !== name);
     delete prefs.colors[name];
-    // Forget the cursor too: re-adding later starts with the recent replay, not with a
+    // Forget the cursor too: re-adding later starts with recent history, not with a
     // catch-up of everything missed while the channel was deselected.
     delete cursors[name];
-    saveCursors(); savePrefs(); markChart(); refreshStatus();
-    $('empty-hint').hidden = chans.size > 0;
+    saveCursors(); savePrefs(); refreshStatus();
+    emptyHint.hidden = chans.size > 0;
+    emptyHint.textContent = 'No channel selected — add one above.';
   }
 
-  // GET /api/v1/channels fills the picker. It is also how a failed WebSocket handshake is
-  // diagnosed: browsers hide the HTTP status (401/429/503…) of a refused upgrade.
+  // GET /api/v1/channels fills the picker, and on a first visit picks the channels. It
+  // is also how a failed WebSocket handshake is diagnosed: browsers hide the HTTP
+  // status (401/429/503…) of a refused upgrade.
+  let listTimer = 0;
   async function fetchChannels() {
     if (!token) return { status: 401 };
     try {
-      const res = await fetch('/api/v1/channels', { headers: { Authorization: 'Bearer ' + token }, cache: 'no-store' });
+      const res = await api('/api/v1/channels');
       if (!res.ok) {
         const body = await res.json().catch(() => ({}));
         notice('error', `Channel list: HTTP ${res.status}${body.message ? ' — ' + body.message : ''}`, 'chlist');
@@ -167,8 +220,65 @@
       $('channel-list').replaceChildren(...list.map((x) => Object.assign(el('option'),
         { value: x.channel, label: `${x.length ?? 0} ticks${x.last_ts ? ', last ' + fmtTs(x.last_ts) : ''}` })));
       $('channel-count').textContent = `${list.length} available`;
+      if (firstVisit) adoptFirstChannels(list);
       return { status: res.status };
     } catch { return { status: 0 }; }   // network down / server unreachable
+  }
+
+  function adoptFirstChannels(list) {
+    clearTimeout(listTimer);
+    if (!list.length) {   // nothing ticked yet: look again shortly
+      emptyHint.textContent = 'No channel has ticks yet — waiting for the first one (tickstream --demo feeds some).';
+      listTimer = setTimeout(fetchChannels, 3000);
+      return;
+    }
+    firstVisit = false;
+    for (const { channel } of list.slice(0, AUTO_CHANNELS)) if (!chans.has(channel)) addChannel(channel);
+    savePrefs();
+    notice('info', `Subscribed to ${Math.min(list.length, AUTO_CHANNELS)} of ${list.length} channels this token may read`);
+  }
+
+  // ---- REST: what a channel looked like before this page subscribed ----------------------
+  const enc = encodeURIComponent;
+
+  // The newest ticks up to the cursor (or the newest at all), so charts and the table
+  // are full at once; the subscription then resumes right after them, so no tick is
+  // shown twice and none is missing.
+  async function loadHistory(c) {
+    const cur = cursors[c.name];
+    const res = await api(`/api/v1/channels/${enc(c.name)}/ticks?order=desc&limit=${HISTORY_PAGE}`
+      + (cur ? `&until=${cur.id}` : '')).catch(() => null);
+    if (!res || !res.ok) return;
+    const page = await res.json().catch(() => ({}));
+    const ticks = (Array.isArray(page.ticks) ? page.ticks : []).filter((t) => t && ID_RE.test(t.id)).reverse();
+    for (const t of ticks) record(c, t, 'history');
+    const newest = ticks[ticks.length - 1];
+    if (!cur && newest) setCursor(c, newest);
+  }
+
+  async function loadCandles(c) {
+    const interval = prefs.interval;
+    const res = await api(`/api/v1/channels/${enc(c.name)}/candles?interval=${interval}&order=desc&limit=120`).catch(() => null);
+    if (!res || !res.ok || interval !== prefs.interval) return;
+    const page = await res.json().catch(() => ({}));
+    const list = (Array.isArray(page.candles) ? page.candles : []).map(toCandle).filter(Boolean).reverse();
+    // Live frames that came first are newer than the page: they win.
+    for (const k of c.candles) upsert(list, k);
+    c.candles = list;
+    c.dirty = true; scheduleRender();
+  }
+
+  function toCandle(m) {
+    const t = Date.parse(m.t), n = (x) => (typeof x === 'number' && Number.isFinite(x) ? x : null);
+    if (Number.isNaN(t) || [m.open, m.high, m.low, m.close].some((x) => n(x) === null)) return null;
+    return { t, open: m.open, high: m.high, low: m.low, close: m.close, count: m.count, volume: n(m.volume), final: m.final };
+  }
+
+  function upsert(list, k) {   // sorted by t; live updates almost always touch the end
+    let i = list.length - 1;
+    while (i >= 0 && list[i].t > k.t) i--;
+    if (i >= 0 && list[i].t === k.t) list[i] = k; else list.splice(i + 1, 0, k);
+    if (list.length > 500) list.splice(0, list.length - 500);
   }
 
   // ---- WebSocket ------------------------------------------------------------------------------
@@ -189,8 +299,25 @@
     if (outQ.length && isOpen()) drainTimer = setTimeout(drain, 1 / SEND_PER_MS);
   }
 
-  function subscribe(name) {
-    const c = chans.get(name), cur = cursors[name], msg = { type: 'subscribe', channel: name };
+  // A channel on a fresh socket: its history and candles over REST the first time,
+  // then the subscription, resuming after the last tick seen.
+  async function start(c, g) {
+    setChanState(c, 'pending');
+    // History and candles are loaded once per page. A channel seen before resumes at
+    // once from its cursor while they load (history is all at or before the cursor,
+    // so the two never overlap); a channel new to this browser takes its cursor from
+    // the history page, so it waits for it.
+    const resumable = !!cursors[c.name];
+    c.loading ??= Promise.all([loadHistory(c), loadCandles(c)]);
+    if (!resumable) await c.loading;
+    if (c.loaded && !c.candles.length) await loadCandles(c);   // after an interval change
+    c.loading.then(() => { c.loaded = true; });
+    if (g !== gen || chans.get(c.name) !== c || !isOpen()) return;
+    subscribe(c);
+  }
+
+  function subscribe(c) {
+    const cur = cursors[c.name], msg = { type: 'subscribe', channel: c.name, candles: prefs.interval };
     setChanState(c, 'pending');
     if (cur) {   // resume right after the last tick seen; no cursor = the server's recent replay
       msg.since = cur.id;
@@ -210,7 +337,7 @@
   }
 
   function connect() {
-    gen++;
+    const g = ++gen;
     clearTimeout(retryTimer); clearInterval(countdownTimer); dropSocket('reconnecting');
     openedAt = 0;
     if (!token) { setStatus('closed', 'No token — paste one in Settings'); settings.open = true; return; }
@@ -227,7 +354,7 @@
       if (sock !== ws) return;
       openedAt = lastRx = Date.now();
       bucket = SEND_BURST;
-      prefs.channels.forEach(subscribe);
+      for (const c of chans.values()) start(c, g);
       pingTimer = setInterval(heartbeat, PING_MS);
       refreshStatus();
     };
@@ -295,20 +422,17 @@
     const c = m && typeof m.channel === 'string' ? chans.get(m.channel) : undefined;
     switch (m && m.type) {
       case 'tick': if (c) onTick(c, m); break;
+      case 'candle':
+        if (c && m.interval === prefs.interval) { const k = toCandle(m); if (k) { upsert(c.candles, k); c.dirty = true; scheduleRender(); } }
+        break;
       case 'subscribed':   // a changed epoch needs nothing here: the server follows with a gap frame
         if (c) { c.replayed = 0; c.gapPending = false; setChanState(c, 'replaying'); }
         break;
-      case 'gap':
-        if (!c) break;
-        c.gapPending = true;   // the next tick may legitimately jump in seq or epoch
-        notice('warn', `Gap on ${c.name}: ${m.reason === 'epoch' ? 'stream was reset (new epoch)'
-          : `${m.reason}, missed ${Number.isInteger(m.missed) ? m.missed : 'an unknown number of'} ticks`}`
-          + `; resuming at ${m.resume_from ?? 'the next tick'}`);
-        break;
+      case 'gap': if (c) onGap(c, m); break;
       case 'live':
         if (!c) break;
         setChanState(c, 'live');
-        if (c.replayed) notice('info', `${c.name}: replayed ${c.replayed} tick${c.replayed === 1 ? '' : 's'}`);
+        if (c.replayed) notice('info', `${c.name}: replayed ${c.replayed} tick${c.replayed === 1 ? '' : 's'} from history, now live`);
         refreshStatus();
         break;
       case 'error':
@@ -316,7 +440,7 @@
         if (!c) break;
         setChanState(c, 'error', m.code || '?');
         if (m.code === 'rate_limited') {   // transient: try this channel again a little later
-          setTimeout(() => { if (chans.get(c.name) === c && c.state === 'error' && isOpen()) subscribe(c.name); },
+          setTimeout(() => { if (chans.get(c.name) === c && c.state === 'error' && isOpen()) subscribe(c); },
             5000 + Math.random() * 5000);
         }
         refreshStatus();
@@ -325,63 +449,125 @@
     }
   }
 
+  function onGap(c, m) {
+    c.gapPending = true;   // the next tick may legitimately jump in seq or epoch
+    c.gaps++;
+    const missed = Number.isInteger(m.missed) ? `${m.missed} tick${m.missed === 1 ? '' : 's'}` : 'an unknown number of ticks';
+    const why = m.reason === 'epoch' ? 'the stream was reset (new epoch): history before it is gone'
+      : m.reason === 'rollback' ? `a Redis failover rolled the stream back: ${missed} lost`
+        : `${missed} trimmed from history before this page could read them`;
+    notice('warn', `Gap on ${c.name}: ${why}; resuming at ${m.resume_from ?? 'the next tick'}`);
+    c.dirty = true; scheduleRender();
+  }
+
   function cmpId(a, b) {   // Redis stream ids "ms-n": compare numerically, part by part
     const [am, an] = a.split('-').map(Number), [bm, bn] = b.split('-').map(Number);
     return am - bm || an - bn;
   }
 
+  function setCursor(c, t) {
+    cursors[c.name] = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
+    scheduleCursorSave();
+  }
+
   function onTick(c, t) {
     if (!ID_RE.test(t.id)) return;
     const cur = cursors[c.name];
-    // Client-side self-check of the contract: exactly once, in id order, and within an
-    // epoch seq = previous + 1 — unless a gap frame announced otherwise.
+    // The contract, checked here in the open: exactly once, in id order, and within
+    // an epoch seq = previous + 1 — unless a gap frame announced otherwise.
     if (cur && !c.gapPending) {
       if (t.epoch === cur.epoch && cmpId(t.id, cur.id) <= 0) {
-        notice('warn', `${c.name}: duplicate or out-of-order tick ${t.id} (last ${cur.id}), dropped`, 'dup:' + c.name);
+        c.breaks++; c.dirty = true;
+        notice('error', `${c.name}: duplicate or out-of-order tick ${t.id} (last ${cur.id}), dropped`, 'dup:' + c.name);
         return;   // keeps the resume cursor monotonic
       }
       if (cur.epoch !== null && t.epoch !== cur.epoch) {
-        notice('warn', `${c.name}: epoch changed ${cur.epoch} → ${t.epoch} without a gap notice`, 'ep:' + c.name);
+        c.breaks++;
+        notice('error', `${c.name}: epoch changed ${cur.epoch} → ${t.epoch} without a gap notice`, 'ep:' + c.name);
       } else if (cur.seq !== null && Number.isInteger(t.seq) && t.seq !== cur.seq + 1) {
-        notice('warn', `${c.name}: seq jumped ${cur.seq} → ${t.seq} without a gap notice`, 'seq:' + c.name);
+        c.breaks++;
+        notice('error', `${c.name}: seq jumped ${cur.seq} → ${t.seq} without a gap notice`, 'seq:' + c.name);
+      } else {
+        c.checked++;
       }
     }
     c.gapPending = false;
-    cursors[c.name] = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
-    scheduleCursorSave();
-
+    setCursor(c, t);
     const replay = c.state === 'replaying';
     if (replay) c.replayed++;
-    c.count++; c.last = t; c.pending.push({ t, replay });
-    // Only the newest ROW_CAP rows can ever be shown; trim in amortised chunks.
-    if (c.pending.length > 2 * ROW_CAP) c.pending.splice(0, c.pending.length - ROW_CAP);
+    else {
+      const now = Date.now(), at = Date.parse(t.ingest_ts);
+      c.arrivals.push(now);
+      if (!Number.isNaN(at)) c.latency = now - at;
+    }
+    record(c, t, replay ? 'replay' : 'live');
+  }
+
+  // A tick into the table and the chart ('history' and 'replay' rows are muted).
+  function record(c, t, kind) {
+    c.count++;
+    if (kind !== 'history') {
+      c.last = t; c.pending.push({ t, kind });
+      // Only the newest ROW_CAP rows can ever be shown; trim in amortised chunks.
+      if (c.pending.length > 2 * ROW_CAP) c.pending.splice(0, c.pending.length - ROW_CAP);
+    } else {   // older than every row shown: goes below them
+      if (!c.last || cmpId(t.id, c.last.id) > 0) c.last = t;
+      c.older.push({ t, kind });
+    }
     const x = Date.parse(t.ts ?? t.ingest_ts);
     if (typeof t.value === 'number' && Number.isFinite(t.value) && !Number.isNaN(x)) {
-      c.xs.push(x); c.ys.push(t.value);
+      // Producer times may run backwards a little: keep xs sorted for the binary search.
+      let i = c.xs.length;
+      while (i > 0 && c.xs[i - 1] > x) i--;
+      c.xs.splice(i, 0, x); c.ys.splice(i, 0, t.value);
       if (c.xs.length > POINT_CAP * 1.25) { const k = c.xs.length - POINT_CAP; c.xs.splice(0, k); c.ys.splice(0, k); }
-      chartDirty = true;
     }
+    c.dirty = true;
     scheduleRender();
   }
 
   // ---- rendering: at most once per animation frame, whatever the tick rate -----------------------
-  let rafPending = false, chartDirty = true;
+  let rafPending = false;
   function scheduleRender() {
     if (!rafPending && !prefs.paused) { rafPending = true; requestAnimationFrame(render); }
   }
-  const markChart = () => { chartDirty = true; scheduleRender(); };
+  const markAll = () => { for (const c of chans.values()) c.dirty = true; scheduleRender(); };
   function render() {
     rafPending = false;
     if (prefs.paused) return;   // ticks, cursors and buffers keep updating meanwhile
-    for (const c of chans.values()) flushRows(c);
-    if (chartDirty) drawChart();
+    const col = themeColors();
+    for (const c of chans.values()) {
+      if (!c.dirty) continue;
+      c.dirty = false;
+      flushRows(c); showStats(c);
+      const cut = TickCharts.lowerBound(c.xs, (c.xs[c.xs.length - 1] ?? 0) - HISTORY_MS);
+      if (cut) { c.xs.splice(0, cut); c.ys.splice(0, cut); }
+      TickCharts.line(c.lineCanvas, col, col.series[c.color], c.xs, c.ys, prefs.windowSec * 1000);
+      TickCharts.candles(c.candleCanvas, col, c.candles, INTERVALS[prefs.interval]);
+    }
+  }
+
+  function showStats(c) {
+    const now = Date.now();
+    while (c.arrivals.length && c.arrivals[0] < now - RATE_MS) c.arrivals.shift();
+    c.rateEl.textContent = c.state === 'live' ? (c.arrivals.length / (RATE_MS / 1000)).toFixed(1) : '—';
+    c.latencyEl.textContent = c.latency === null ? '—' : `${Math.max(0, c.latency)} ms`;
+    c.seqEl.textContent = c.last ? `${c.last.seq ?? '—'}` : '—';
+    const ok = c.breaks === 0;
+    c.checkEl.dataset.ok = String(ok);
+    c.checkEl.textContent = (ok ? `✓ continuous (${c.checked})` : `✗ ${c.breaks} break${c.breaks === 1 ? '' : 's'}`)
+      + (c.gaps ? `, ${c.gaps} gap${c.gaps === 1 ? '' : 's'} announced` : '');
+    c.candleCaption.textContent = `candles · ${prefs.interval}`;
+    if (c.last !== c.shown) { c.shown = c.last; c.lastEl.textContent = fmtVal(c.last.value); }
   }
 
   function flushRows(c) {
-    if (c.last !== c.shown) {
-      c.shown = c.last;
-      c.lastEl.textContent = fmtVal(c.last.value);
-      c.metaEl.textContent = `seq ${c.last.seq ?? '—'} · ${c.count} received`;
+    if (c.older.length) {   // newest first, below what is there, while there is room
+      const room = ROW_CAP - c.tbody.rows.length - Math.min(c.pending.length, ROW_CAP), frag = document.createDocumentFragment();
+      const rows = room > 0 ? c.older.slice(-room) : [];
+      c.older = [];
+      for (let i = rows.length - 1; i >= 0; i--) frag.append(makeRow(rows[i]));
+      c.tbody.append(frag);
     }
     if (!c.pending.length) return;
     const rows = c.pending.slice(-ROW_CAP), frag = document.createDocumentFragment();
@@ -392,8 +578,10 @@
     while (c.tbody.rows.length > ROW_CAP) c.tbody.lastElementChild.remove();
   }
 
-  function makeRow({ t, replay }) {
-    const tr = el('tr', replay ? 'replay' : null), data = t.data == null ? '' : JSON.stringify(t.data);
+  function makeRow({ t, kind }) {
+    const tr = el('tr', kind === 'live' ? null : 'replay'), data = t.data == null ? '' : JSON.stringify(t.data);
+    tr.dataset.id = t.id;
+    if (Number.isInteger(t.seq)) tr.dataset.seq = String(t.seq);
     const dataTd = el('td', 'data mono', data.length > 160 ? data.slice(0, 160) + '…' : data);
     if (data.length > 160) dataTd.title = data.slice(0, 2000);
     tr.append(el('td', 'mono', fmtTs(t.ts)), el('td', 'num', t.seq ?? ''), el('td', 'mono', t.id), el('td', 'num', fmtVal(t.value)), dataTd);
@@ -405,122 +593,30 @@
   function themeColors() {
     if (colors) return colors;
     const cs = getComputedStyle(document.documentElement), v = (n) => cs.getPropertyValue(n).trim();
-    return (colors = { muted: v('--muted'), grid: v('--grid'), series: Array.from({ length: PALETTE }, (_, i) => v('--c' + i)) });
-  }
-
-  function lowerBound(a, x) {   // first index with a[i] >= x (tick ts are assumed roughly ascending)
-    let lo = 0, hi = a.length;
-    while (lo < hi) { const m = (lo + hi) >> 1; if (a[m] < x) lo = m + 1; else hi = m; }
-    return lo;
-  }
-
-  function drawChart() {
-    chartDirty = false;
-    const W = canvas.clientWidth, H = canvas.clientHeight, dpr = window.devicePixelRatio || 1;
-    if (!W || !H) return;
-    if (canvas.width !== Math.round(W * dpr)) canvas.width = Math.round(W * dpr);
-    if (canvas.height !== Math.round(H * dpr)) canvas.height = Math.round(H * dpr);
-    const g = canvas.getContext('2d'), col = themeColors();
-    g.setTransform(dpr, 0, 0, dpr, 0, 0); g.clearRect(0, 0, W, H);
-    Object.assign(g, { font: '11px system-ui, sans-serif', fillStyle: col.muted });
-
-    const now = Date.now(), win = prefs.windowSec * 1000;
-    let newest = -Infinity;
-    for (const c of chans.values()) {
-      if (!c.xs.length) continue;
-      const cut = lowerBound(c.xs, c.xs[c.xs.length - 1] - HISTORY_MS);
-      if (cut) { c.xs.splice(0, cut); c.ys.splice(0, cut); }
-      newest = Math.max(newest, c.xs[c.xs.length - 1]);
-    }
-    // The right edge is "now", so the chart scrolls in real time — unless all data is older
-    // than the window (replayed history, stalled producer, skewed producer clock): then
-    // anchor on the newest tick so there is still something to see.
-    const end = newest > -Infinity && newest < now - win ? newest : Math.max(now, newest), start = end - win;
-
-    let lo = Infinity, hi = -Infinity;
-    const series = [];
-    for (const c of chans.values()) {
-      const i0 = lowerBound(c.xs, start), n0 = series.length;
-      for (let i = i0; i < c.xs.length; i++) {
-        if (c.xs[i] > end) continue;
-        if (series.length === n0) series.push({ c, i0 });
-        lo = Math.min(lo, c.ys[i]);
-        hi = Math.max(hi, c.ys[i]);
-      }
-    }
-    if (!series.length) {
-      Object.assign(g, { textAlign: 'center', textBaseline: 'middle' });
-      return g.fillText(chans.size ? 'Waiting for numeric values…' : 'Add a channel to start', W / 2, H / 2);
-    }
-    const pad = (hi - lo || Math.abs(hi) * 0.01 || 1) * 0.05;   // a flat line ends up centred
-    lo -= pad; hi += pad;
-
-    // Y grid on a 1/2/5 × 10ⁿ step about every 50 px; x grid lines at least 80 px apart.
-    const top = 8, bottom = H - 20, right = W - 10;
-    const raw = (hi - lo) / Math.max(2, Math.floor((bottom - top) / 50)), p = 10 ** Math.floor(Math.log10(raw));
-    const step = [1, 2, 5, 10].find((f) => f * p >= raw) * p, dec = Math.min(8, Math.max(0, -Math.floor(Math.log10(step))));
-    const yTicks = [];
-    for (let k = Math.ceil(lo / step); k * step <= hi && yTicks.length < 50; k++) yTicks.push([k * step, (k * step).toFixed(dec)]);
-    const left = 16 + Math.max(0, ...yTicks.map((t) => g.measureText(t[1]).width));
-    const X = (t) => left + ((t - start) * (right - left)) / win;
-    const Y = (v) => bottom - ((v - lo) / (hi - lo)) * (bottom - top);
-    const xStep = [5, 10, 15, 30, 60, 120, 300].map((s) => s * 1000).find((s) => (s * (right - left)) / win >= 80) || 600e3;
-
-    Object.assign(g, { strokeStyle: col.grid, lineWidth: 1, textAlign: 'center', textBaseline: 'top' });
-    g.beginPath();
-    for (let t = Math.ceil(start / xStep) * xStep; t <= end; t += xStep) {
-      const x = Math.round(X(t)) + 0.5;
-      g.moveTo(x, top); g.lineTo(x, bottom);
-      if (x > left + 25 && x < right - 25) g.fillText(clockFmt.format(t), x, bottom + 5);
-    }
-    Object.assign(g, { textAlign: 'right', textBaseline: 'middle' });
-    for (const [v, label] of yTicks) {
-      const y = Math.round(Y(v)) + 0.5;
-      g.moveTo(left, y); g.lineTo(right, y); g.fillText(label, left - 6, y);
-    }
-    g.stroke();
-    Object.assign(g, { lineWidth: 1.5, lineJoin: 'round' });
-    for (const { c, i0 } of series) {
-      g.strokeStyle = g.fillStyle = col.series[c.color];
-      plot(g, c, i0, start, end, X, Y);
-    }
-  }
-
-  // One series. Points landing on the same pixel column fold into a vertical min–max
-  // stroke, so the path has ~2 segments per pixel however many ticks are in the window.
-  function plot(g, { xs, ys }, i0, start, end, X, Y) {
-    let col = NaN, lo = 0, hi = 0, moved = false, lastX = 0, lastY = 0;
-    const flush = () => {
-      if (Number.isNaN(col)) return;
-      if (moved) g.lineTo(col, Y(lo)); else { g.moveTo(col, Y(lo)); moved = true; }
-      if (hi !== lo) g.lineTo(col, Y(hi));
-    };
-    g.beginPath();
-    for (let i = i0; i < xs.length; i++) {
-      if (xs[i] < start || xs[i] > end) continue;
-      const px = Math.round(X(xs[i])), v = ys[i];
-      if (px !== col) { flush(); col = px; lo = hi = v; } else { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-      lastX = px; lastY = Y(v);
-    }
-    flush(); g.stroke();
-    g.fillRect(lastX - 2.5, lastY - 2.5, 5, 5);   // mark the latest value
+    return (colors = { muted: v('--muted'), grid: v('--grid'), up: v('--up'), down: v('--down'),
+      series: Array.from({ length: PALETTE }, (_, i) => v('--c' + i)) });
   }
 
   // ---- UI wiring ----------------------------------------------------------------------------------
-  const pauseBtn = $('pause'), themeBtn = $('theme'), windowSel = $('window');
+  const pauseBtn = $('pause'), themeBtn = $('theme'), windowSel = $('window'), intervalSel = $('interval');
   const channelInput = $('channel-input'), addError = $('add-error'), tokenInput = $('token-input');
+  const resizer = new ResizeObserver(markAll);
 
   function applyPrefs() {
     document.documentElement.dataset.theme = prefs.theme;
     colors = null;
     themeBtn.setAttribute('aria-pressed', String(prefs.theme === 'dark'));
+    themeBtn.textContent = prefs.theme === 'dark' ? 'Light theme' : 'Dark theme';
     pauseBtn.setAttribute('aria-pressed', String(prefs.paused));
     pauseBtn.textContent = prefs.paused ? 'Resume' : 'Pause';
     $('paused-badge').hidden = !prefs.paused;
     windowSel.value = String(prefs.windowSec);
+    intervalSel.value = prefs.interval;
     savePrefs();
-    markChart();
+    markAll();
   }
+  // Any explicit choice makes this visit's selection the saved one.
+  const choose = () => { firstVisit = false; clearTimeout(listTimer); };
 
   $('add-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -531,8 +627,7 @@
     channelInput.setAttribute('aria-invalid', String(!!err));
     if (err) return;
     channelInput.value = '';
-    prefs.channels.push(name); createChan(name); savePrefs();
-    if (isOpen()) subscribe(name);
+    choose(); addChannel(name);
     refreshStatus();
   });
   $('refresh-channels').addEventListener('click', fetchChannels);
@@ -552,12 +647,18 @@
   $('token-clear').addEventListener('click', () => { token = ''; lsSet(KEY.token, null); showToken(); connect(); });
 
   reconnectBtn.addEventListener('click', connect);
-  pauseBtn.addEventListener('click', () => { prefs.paused = !prefs.paused; applyPrefs(); });
-  themeBtn.addEventListener('click', () => { prefs.theme = prefs.theme === 'dark' ? 'light' : 'dark'; applyPrefs(); });
-  windowSel.addEventListener('change', () => { prefs.windowSec = Number(windowSel.value); applyPrefs(); });
+  pauseBtn.addEventListener('click', () => { choose(); prefs.paused = !prefs.paused; applyPrefs(); });
+  themeBtn.addEventListener('click', () => { choose(); prefs.theme = prefs.theme === 'dark' ? 'light' : 'dark'; applyPrefs(); });
+  windowSel.addEventListener('change', () => { choose(); prefs.windowSec = Number(windowSel.value); applyPrefs(); });
+  intervalSel.addEventListener('change', () => {
+    choose(); prefs.interval = intervalSel.value; applyPrefs();
+    // Candle feeds are chosen per subscription: resubscribe everything on a fresh
+    // socket (resuming from the cursors loses nothing and repeats nothing).
+    for (const c of chans.values()) c.candles = [];
+    connect();
+  });
   $('clear-notices').addEventListener('click', () => { noticesEl.replaceChildren(); recent.clear(); });
-  new ResizeObserver(markChart).observe(canvas);
-  setInterval(markChart, 1000);   // keep the time axis moving when no ticks arrive
+  setInterval(markAll, 1000);   // keep time axes and ticks/s moving when no ticks arrive
   addEventListener('online', () => { if (statusEl.dataset.state === 'reconnecting') connect(); });   // skip the rest of a long backoff
   // Flush cursors whenever the page may be going away (pagehide also covers mobile and bfcache).
   addEventListener('pagehide', saveCursors);
@@ -565,6 +666,7 @@
 
   // ---- start --------------------------------------------------------------------------------------
   prefs.channels.forEach((name) => createChan(name));
+  if (!firstVisit && !prefs.channels.length) emptyHint.textContent = 'No channel selected — add one above.';
   applyPrefs();   // also persists the normalised prefs and colour slots
   showToken(); connect(); fetchChannels();
 })();

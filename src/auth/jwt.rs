@@ -133,7 +133,7 @@ mod tests {
             jwt_secret: Some("0123456789abcdef0123".into()),
             ..Settings::default()
         };
-        Authenticator::new(&settings).unwrap().0
+        Authenticator::new(&settings, None).unwrap().0
     }
 
     #[test]
@@ -154,7 +154,7 @@ mod tests {
                 jwt_secret: Some("another-secret-of-16".into()),
                 ..Settings::default()
             };
-            Authenticator::new(&settings).unwrap().0
+            Authenticator::new(&settings, None).unwrap().0
         };
         assert!(matches!(
             a.verify_jwt(&other.mint("x", &["*"], &[], 60).unwrap()),

@@ -153,6 +153,11 @@ pub enum KeyError {
     Parse(String),
 }
 
+/// A fresh candidate for dev mode's signing secret.
+pub fn new_dev_secret() -> String {
+    random_hex(32)
+}
+
 fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
@@ -161,10 +166,11 @@ fn random_hex(bytes: usize) -> String {
 }
 
 impl Authenticator {
-    /// Builds the verifier. In dev mode (no key configured) it makes a random HS256
-    /// secret and, if needed, an ingest token, and returns them so start-up can print
-    /// them: the server never runs with authentication off.
-    pub fn new(settings: &Settings) -> Result<(Authenticator, Option<DevCredentials>), KeyError> {
+    /// Builds the verifier. In dev mode (no key configured) it signs with `dev_secret`
+    /// (see [`Authenticator::dev_secret`]), makes an ingest token if needed, and returns
+    /// a reader token and the ingest token so start-up can print them: the server never
+    /// runs with authentication off.
+    pub fn new(settings: &Settings, dev_secret: Option<String>) -> Result<(Authenticator, Option<DevCredentials>), KeyError> {
         let dev = settings.dev_mode();
         let mut ingest_token = settings.ingest_token.clone();
         let (jwt_key, algorithm, encoding) = if let Some(path) = &settings.jwt_public_key {
@@ -180,7 +186,11 @@ impl Authenticator {
         } else {
             // With only an HMAC secret configured, JWTs still need *a* key; a random one
             // means no JWT verifies, which is the truth of that configuration.
-            let secret = settings.jwt_secret.clone().unwrap_or_else(|| random_hex(32));
+            let secret = settings
+                .jwt_secret
+                .clone()
+                .or(dev_secret.filter(|_| dev))
+                .unwrap_or_else(|| random_hex(32));
             (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
@@ -337,7 +347,7 @@ mod tests {
 
     #[test]
     fn dev_mode_never_runs_open() {
-        let (a, creds) = Authenticator::new(&Settings::default()).unwrap();
+        let (a, creds) = Authenticator::new(&Settings::default(), None).unwrap();
         let creds = creds.expect("dev mode prints credentials");
         assert!(a.verify_jwt(&creds.reader_token).unwrap().can_read("anything"));
         assert_eq!(creds.ingest_token.len(), 48);

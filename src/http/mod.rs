@@ -110,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics/system", get(ops::system_metrics))
         .route("/", get(ops::dashboard_index))
         .route("/app.js", get(ops::dashboard_js))
+        .route("/chart.js", get(ops::dashboard_chart_js))
         .route("/style.css", get(ops::dashboard_css))
         .fallback(ops::not_found)
         .layer(middleware::from_fn(admission::rate_headers))

@@ -105,6 +105,10 @@ pub async fn dashboard_js() -> Response {
     asset("text/javascript; charset=utf-8", include_str!("../../static/app.js"))
 }
 
+pub async fn dashboard_chart_js() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("../../static/chart.js"))
+}
+
 pub async fn dashboard_css() -> Response {
     asset("text/css; charset=utf-8", include_str!("../../static/style.css"))
 }

@@ -351,6 +351,15 @@ impl Store {
         }
     }
 
+    /// Dev mode's signing secret: kept in Redis (see `keyspace::DEV_SECRET`), so dev
+    /// tokens outlive a restart; the memory engine's data does not, so neither do they.
+    pub async fn dev_secret(&self, candidate: String) -> Result<String, StoreError> {
+        match self {
+            Store::Redis(s) => s.dev_secret(&candidate).await,
+            Store::Memory(_) => Ok(candidate),
+        }
+    }
+
     /// A reader for one partition's streams.
     pub fn tail(&self, partition: u32, waker: Arc<TailWaker>) -> TailReader {
         match self {

@@ -434,6 +434,22 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.connections.ping().await
     }
+
+    /// The dev-mode secret this Redis keeps, stored as `candidate` if it has none.
+    pub async fn dev_secret(&self, candidate: &str) -> Result<String, StoreError> {
+        let mut conn = self.connections.get().await?;
+        let (secret,): (String,) = redis::pipe()
+            .cmd("SET")
+            .arg(keyspace::DEV_SECRET)
+            .arg(candidate)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(keyspace::DEV_SECRET)
+            .query_async(&mut conn)
+            .await?;
+        Ok(secret)
+    }
 }
 
 /// Adds the read of `stream`'s newest entry to `pipe`.
