@@ -304,7 +304,11 @@ mod tests {
     #[test]
     fn the_last_value_is_read_from_a_stored_body() {
         use crate::tick::wire::{body, tail};
-        let stored = body(7, "e1", &tail(1_700_000_000_000_000, Some("43210.5"), Some("{\"bid\":1}"), "ab"));
+        let stored = body(
+            7,
+            "e1",
+            &tail(1_700_000_000_000_000, Some("43210.5"), Some("{\"bid\":1}"), "ab"),
+        );
         assert_eq!(value_of(&stored), 43_210.5);
         assert!(value_of(&body(8, "e1", &tail(0, None, Some("{}"), "cd"))).is_nan());
     }

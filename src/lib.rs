@@ -106,7 +106,12 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let store = open_store(&config, &metrics).await?;
         let dev_secret = match config.auth.dev_mode() {
-            true => Some(store.dev_secret(auth::new_dev_secret()).await.map_err(StartError::Redis)?),
+            true => Some(
+                store
+                    .dev_secret(auth::new_dev_secret())
+                    .await
+                    .map_err(StartError::Redis)?,
+            ),
             false => None,
         };
         let (auth, dev) = Authenticator::new(&config.auth, dev_secret)?;
@@ -360,7 +365,8 @@ fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {
             reader = dev.reader_token,
             ingest = dev.ingest_token,
             secret = match state.store.is_durable() {
-                true => "A random signing secret is kept in this Redis, so these tokens outlive restarts; \
+                true =>
+                    "A random signing secret is kept in this Redis, so these tokens outlive restarts; \
                          set TICKSTREAM_JWT_SECRET for production.",
                 false => "A random signing secret was made for this run; tokens below stop working on restart.",
             },

@@ -192,6 +192,37 @@ async fn operator_metrics_count_refusals_closes_replays_redis_and_lag() {
     // Every label set is bounded: nothing a client sent became a label.
     let text = app.text("/metrics").await.unwrap_or_default();
     assert!(!text.contains("dance") && !text.contains("evil"), "{text}");
+
+    // The shipped Grafana dashboard charts only series this server exposes (a
+    // labelled family appears with its first sample: no test here is refused by a
+    // rate limit).
+    let (status, _) = app.get("/api/v1/channels/obs.a/ticks", Some(&reader)).await;
+    assert_eq!(status, 200);
+    let text = app.text("/metrics").await.unwrap_or_default();
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10));
+    let mut charted: Vec<&str> = dashboard
+        .match_indices("tickstream_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())]
+        })
+        .collect();
+    charted.sort_unstable();
+    charted.dedup();
+    for name in charted {
+        let exposed = text
+            .lines()
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
+        assert!(
+            exposed || name == "tickstream_rate_limited_total",
+            "the dashboard charts {name}, which /metrics lacks"
+        );
+    }
     ws.close().await;
     app.stop().await;
 }

@@ -170,7 +170,10 @@ impl Authenticator {
     /// (see [`Authenticator::dev_secret`]), makes an ingest token if needed, and returns
     /// a reader token and the ingest token so start-up can print them: the server never
     /// runs with authentication off.
-    pub fn new(settings: &Settings, dev_secret: Option<String>) -> Result<(Authenticator, Option<DevCredentials>), KeyError> {
+    pub fn new(
+        settings: &Settings,
+        dev_secret: Option<String>,
+    ) -> Result<(Authenticator, Option<DevCredentials>), KeyError> {
         let dev = settings.dev_mode();
         let mut ingest_token = settings.ingest_token.clone();
         let (jwt_key, algorithm, encoding) = if let Some(path) = &settings.jwt_public_key {
