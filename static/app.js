@@ -165,7 +165,7 @@
       latencyEl: q('.latency'), seqEl: q('.seq'), checkEl: q('.check'), lineCanvas: q('canvas.line'),
       candleCanvas: q('canvas.candles'), candleCaption: q('.candle-caption'),
       state: 'offline', replayed: 0, gapPending: false, count: 0, last: null, shown: null, pending: [], xs: [], ys: [],
-      candles: [], arrivals: [], latency: null, breaks: 0, gaps: 0, checked: 0, loading: null, loaded: false, older: [], dirty: true };
+      candles: [], arrivals: [], latency: null, breaks: 0, gaps: 0, checked: 0, loading: null, loaded: false, older: [], liveSince: 0, dirty: true };
     chans.set(name, c);
     setChanState(c, 'offline');
     resizer.observe(c.lineCanvas); resizer.observe(c.candleCanvas);
@@ -432,6 +432,7 @@
       case 'live':
         if (!c) break;
         setChanState(c, 'live');
+        c.liveSince = Date.now(); c.arrivals.length = 0;
         if (c.replayed) notice('info', `${c.name}: replayed ${c.replayed} tick${c.replayed === 1 ? '' : 's'} from history, now live`);
         refreshStatus();
         break;
@@ -550,7 +551,9 @@
   function showStats(c) {
     const now = Date.now();
     while (c.arrivals.length && c.arrivals[0] < now - RATE_MS) c.arrivals.shift();
-    c.rateEl.textContent = c.state === 'live' ? (c.arrivals.length / (RATE_MS / 1000)).toFixed(1) : '—';
+    // Over the last 5 s, or since the subscription went live when that is shorter.
+    const span = Math.min(RATE_MS, now - c.liveSince);
+    c.rateEl.textContent = c.state === 'live' && span >= 1000 ? (c.arrivals.length * 1000 / span).toFixed(1) : '—';
     c.latencyEl.textContent = c.latency === null ? '—' : `${Math.max(0, c.latency)} ms`;
     c.seqEl.textContent = c.last ? `${c.last.seq ?? '—'}` : '—';
     const ok = c.breaks === 0;
