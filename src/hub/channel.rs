@@ -111,6 +111,8 @@ pub(crate) struct Partition {
     pub(crate) reading_generation: AtomicU64,
     /// Unix ms of the store's last answer to this reader; 0 while idle.
     pub(crate) last_heard_ms: AtomicU64,
+    /// The reader's last read returned a full batch for some channel: it is behind.
+    pub(crate) behind: std::sync::atomic::AtomicBool,
 }
 
 impl Partition {

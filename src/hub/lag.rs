@@ -4,17 +4,23 @@
 //! reader delivered. Latency histograms only see ticks that were delivered; a reader
 //! that has fallen behind, or stopped, shows here.
 //!
-//! Sampled every [`EVERY`] with one `heads` read per partition that has active
-//! channels (the read the rollback check uses), so the cost does not grow with
-//! clients. The memory engine's reader cannot fall behind: no samples.
+//! Sampled every [`EVERY`]. A reader that heard from Redis within the last 5 s and
+//! whose last read was not a full batch is caught up by its own account: lag 0, and
+//! Redis is not asked. Otherwise one `heads` read per partition (the read the
+//! rollback check uses) measures it. Either way the cost does not grow with clients,
+//! and a healthy node adds no Redis reads at all. The memory engine's reader cannot
+//! fall behind: no samples.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::channel::Partition;
+use super::reader::TAIL_STALE_AFTER;
 use super::Hub;
+use crate::clock::now_ms;
 
 /// How often lag is sampled.
 const EVERY: Duration = Duration::from_secs(5);
@@ -36,7 +42,11 @@ impl Hub {
         let label = partition.index.to_string();
         let delivered = partition.delivered();
         let (mut ticks, mut ms) = (0u64, 0u64);
-        if !delivered.is_empty() {
+        let heard = partition.last_heard_ms.load(Ordering::Acquire);
+        let vouched = heard != 0
+            && now_ms().saturating_sub(heard) < TAIL_STALE_AFTER.as_millis() as u64
+            && !partition.behind.load(Ordering::Acquire);
+        if !delivered.is_empty() && !vouched {
             let names: Vec<Arc<str>> = delivered.iter().map(|(c, _)| c.clone()).collect();
             // A failed read leaves the last sample: the reader's own errors are
             // counted (and logged) where it reads.

@@ -93,6 +93,7 @@ impl Hub {
                         generation: AtomicU64::new(0),
                         reading_generation: AtomicU64::new(0),
                         last_heard_ms: AtomicU64::new(0),
+                        behind: Default::default(),
                     })
                 })
                 .collect(),

@@ -85,6 +85,8 @@ impl Hub {
             match result {
                 Ok(batches) => {
                     partition.last_heard_ms.store(now_ms(), Ordering::Release);
+                    let full = batches.iter().any(|b| b.ticks.len() >= crate::store::TAIL_COUNT);
+                    partition.behind.store(full, Ordering::Release);
                     backoff.reset();
                     if errors_logged.recovered() {
                         tracing::info!(partition = partition.index, "partition reader reconnected");

@@ -17,8 +17,6 @@ use crate::candles::{Book, Candle, CandleSettings, Query};
 use crate::clock::now_ms;
 use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 
-/// Most entries one tail read returns per channel, as `XREAD COUNT` does.
-const TAIL_COUNT: usize = 1000;
 /// Most event ids remembered for deduplication (about 200 bytes each). Redis keeps
 /// every marker for the whole window; this engine lives in the server's own memory,
 /// so beyond this count the oldest are forgotten early: a retry of a tick older than
@@ -272,7 +270,7 @@ impl MemoryStore {
             .filter_map(|(name, cursor)| {
                 let c = state.channels.get(&**name)?;
                 let start = c.lower_bound(cursor.next());
-                let ticks: Vec<Tick> = c.entries.range(start..).take(TAIL_COUNT).cloned().collect();
+                let ticks: Vec<Tick> = c.entries.range(start..).take(super::TAIL_COUNT).cloned().collect();
                 let last = ticks.last()?.id;
                 Some(TailBatch {
                     channel: name.clone(),

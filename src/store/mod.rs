@@ -29,6 +29,10 @@ pub use health::StoreHealth;
 use crate::candles::{Candle, CandleSettings, Query};
 use crate::tick::{PreparedTick, StreamId, Tick};
 
+/// Most entries one tail read returns per channel (`XREAD COUNT`): a batch this
+/// full means the reader is behind its stream.
+pub const TAIL_COUNT: usize = 1000;
+
 /// A storage failure. Every variant means "the store cannot answer now"; callers
 /// answer 503 or retry, and never guess.
 #[derive(Debug, thiserror::Error)]

@@ -24,8 +24,6 @@ use crate::store::reply::{as_str, parse_entries, protocol, streams_of};
 use crate::store::{StoreError, TailBatch, TailWaker};
 use crate::tick::StreamId;
 
-/// Most entries one partition read returns per stream.
-const TAIL_COUNT: usize = 1000;
 /// How often a cluster reader asks again which master serves its slot, when nothing
 /// else made it reconnect.
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
@@ -125,7 +123,7 @@ impl RedisTail {
     pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
-            .arg(TAIL_COUNT)
+            .arg(crate::store::TAIL_COUNT)
             .arg("BLOCK")
             .arg(u64::try_from(self.store.settings.tail_block.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS");
