@@ -86,16 +86,7 @@ impl RedisStore {
             .arg(LEGACY_PARTITIONS_KEY)
             .query_async(&mut conn)
             .await?;
-        let (recorded,): (Option<u32>,) = redis::pipe()
-            .cmd("SET")
-            .arg(keyspace::PARTITIONS)
-            .arg(partitions)
-            .arg("NX")
-            .ignore()
-            .cmd("GET")
-            .arg(keyspace::PARTITIONS)
-            .query_async(&mut conn)
-            .await?;
+        let recorded: Option<u32> = get_or_set(&mut conn, keyspace::PARTITIONS, partitions).await?;
         for recorded in [legacy, recorded].into_iter().flatten() {
             if recorded != partitions {
                 return Err(StoreError::Config(format!(
@@ -438,18 +429,28 @@ impl RedisStore {
     /// The dev-mode secret this Redis keeps, stored as `candidate` if it has none.
     pub async fn dev_secret(&self, candidate: &str) -> Result<String, StoreError> {
         let mut conn = self.connections.get().await?;
-        let (secret,): (String,) = redis::pipe()
-            .cmd("SET")
-            .arg(keyspace::DEV_SECRET)
-            .arg(candidate)
-            .arg("NX")
-            .ignore()
-            .cmd("GET")
-            .arg(keyspace::DEV_SECRET)
-            .query_async(&mut conn)
-            .await?;
-        Ok(secret)
+        get_or_set(&mut conn, keyspace::DEV_SECRET, candidate).await
     }
+}
+
+/// `key`'s value, first set to `value` if it has none: whoever comes first decides,
+/// in one round trip.
+async fn get_or_set<T: redis::FromRedisValue>(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    key: &str,
+    value: impl redis::ToRedisArgs,
+) -> Result<T, StoreError> {
+    let (now,): (T,) = redis::pipe()
+        .cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await?;
+    Ok(now)
 }
 
 /// Adds the read of `stream`'s newest entry to `pipe`.
