@@ -82,6 +82,10 @@ impl From<BodyError> for ApiError {
                 error: TickError::BadChannel,
                 ..
             } => "bad_channel",
+            BodyError::Tick {
+                error: TickError::TooFarAhead(_),
+                ..
+            } => "bad_ts",
             BodyError::Tick { .. } => "bad_tick",
         };
         ApiError::bad_request(code, e.to_string())

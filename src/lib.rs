@@ -154,9 +154,17 @@ impl Server {
         });
         let address = advertised_address(listener.local_addr().unwrap_or(config.listen));
         let node = Arc::new(crate::nodes::Node::new(address, metrics.clone()));
+        let capacity = http::capacity::Capacity::for_process(config.max_connections, config.partitions);
+        tracing::info!(
+            sessions = capacity.sockets,
+            max_connections = config.max_connections,
+            open_files = capacity.open_files,
+            reserved_files = capacity.reserve,
+            "connection cap in force: the smaller of TICKSTREAM_MAX_CONNECTIONS and the open-file limit less a reserve"
+        );
         let state = AppState {
             node,
-            sockets: Arc::new(Semaphore::new(config.max_connections)),
+            sockets: Arc::new(Semaphore::new(capacity.sockets)),
             shield: ratelimit::ip::shield(config.ip_rate),
             limiter,
             health,
@@ -344,6 +352,16 @@ fn announce(state: &AppState, addr: SocketAddr, dev: Option<&DevCredentials>) {
         tracing::warn!(
             "REDIS_URL is not set: using the embedded in-memory engine. History is NOT durable and is \
              lost when the process stops; set REDIS_URL=redis://127.0.0.1:6379 for production."
+        );
+    }
+    if let (Some(_), false) = (dev, addr.ip().is_loopback()) {
+        // TICKSTREAM_DEV asked for it (config refuses otherwise): say so loudly, in the
+        // log and on the terminal.
+        tracing::warn!(%addr, "DEV MODE ON A NON-LOOPBACK ADDRESS: generated tokens are served to the network");
+        eprintln!(
+            "\n  !!! DEV MODE ON {addr}, NOT LOOPBACK (TICKSTREAM_DEV=1): anyone who reaches this address\n  \
+             !!! and reads the tokens below may read every channel and write ticks. Set\n  \
+             !!! TICKSTREAM_JWT_SECRET (or a public key) for anything but a private test.\n"
         );
     }
     if let Some(dev) = dev {

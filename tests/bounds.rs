@@ -41,6 +41,48 @@ async fn beyond_max_connections_handshakes_answer_503_until_a_socket_closes() {
     app.stop().await;
 }
 
+/// With the setting far above what the process may open, the cap in force is the
+/// open-file limit less a reserve: the socket past it gets the promised 503, not an
+/// accept that fails with EMFILE and leaves the client unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_keeps_under_the_open_file_limit() {
+    let redis = RedisServer::start();
+    // 400 files: the cap in force is 300 (a quarter kept for Redis, REST and logs).
+    let node = NodeProc::start_with_open_files(&redis, &[("TICKSTREAM_MAX_CONNECTIONS", "50000")], 400).await;
+    let app = node.app();
+    let t = token(&["*"]);
+    let mut open = Vec::new();
+    let refused = loop {
+        match app.try_ws("/ws", &[bearer(&t)]).await {
+            Ok(ws) => open.push(ws),
+            Err(refusal) => break refusal,
+        }
+        assert!(open.len() <= 400, "never refused");
+    };
+    assert_eq!(refused.0, 503, "{refused:?}");
+    assert_eq!(refused.1["error"], "overloaded", "{refused:?}");
+    assert_eq!(open.len(), 300, "the cap in force");
+    // REST and ingest still served, and a subscribed socket still gets its ticks.
+    assert_eq!(app.get("/api/v1/channels", Some(&t)).await.0, 200);
+    let ws = open.last_mut().unwrap();
+    ws.send(json!({"type": "subscribe", "channel": "cap.files", "since": "$"}))
+        .await;
+    ws.until_type("live").await;
+    let id = app.ingest_one("cap.files", 1.0).await;
+    let tick = ws.until_type("tick").await;
+    assert_eq!(tick.last().unwrap()["id"], id.as_str());
+    // Still refused while full; a closed socket frees a place.
+    assert_eq!(app.try_ws("/ws", &[bearer(&t)]).await.err().map(|e| e.0), Some(503));
+    open.pop().unwrap().close().await;
+    let app_ref = &app;
+    let t_ref = &t;
+    eventually("a socket is free again", || async move {
+        app_ref.try_ws("/ws", &[bearer(t_ref)]).await.is_ok()
+    })
+    .await;
+    drop(open);
+}
+
 /// Reads from a raw TCP connection until the server closes it; how long that took.
 fn closed_after(mut s: std::net::TcpStream, limit: Duration) -> Option<Duration> {
     let started = Instant::now();

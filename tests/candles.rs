@@ -121,14 +121,14 @@ async fn pages_bounds_and_refusals_work_like_history() {
         .collect();
     // 23:50 to 23:54: one hour bucket.
     assert_eq!(hours, [(1, 5, 1, 5, 5)]);
-    // A tick dated 2100 (a producer's clock gone wrong) is a candle of its own and
-    // trims nothing of the real ones.
-    let (status, _) = app
+    // A tick dated 2100 (a producer's clock gone wrong) is refused (beyond
+    // TICKSTREAM_MAX_FUTURE): it would make a candle that is never trimmed.
+    let (status, body) = app
         .ingest(&json!({"channel": "cd.page", "ts": "2100-01-01T00:00:00Z", "value": 9}))
         .await;
-    assert_eq!(status, 201);
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_ts")), "{body}");
     let (_, page) = get("interval=1m".into()).await;
-    assert_eq!(closes(&page), [1, 2, 3, 4, 5, 9]);
+    assert_eq!(closes(&page), [1, 2, 3, 4, 5]);
     // A channel without ticks: 200 and nothing.
     let (status, page) = app.get("/api/v1/channels/cd.none/candles?interval=1m", Some(&t)).await;
     assert_eq!((status, page["candles"].clone()), (200, json!([])));

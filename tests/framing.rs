@@ -43,22 +43,7 @@ impl ServerFrame {
 
 /// A masked client frame.
 fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [0xa1, 0x02, 0x7c, 0x55];
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
+    raw::client_frame(first, payload)
 }
 
 impl Raw {
@@ -71,13 +56,7 @@ impl Raw {
             .to_string();
         let mut tcp = TcpStream::connect(&addr).await.expect("connect");
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let mut request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-             Authorization: Bearer {}\r\n\r\n",
-            token(&["*"])
-        )
-        .into_bytes();
+        let mut request = raw::upgrade_request(&addr, path, &token(&["*"]));
         request.extend_from_slice(early);
         tcp.write_all(&request).await.expect("write");
         let mut raw = Raw { tcp, buf: Vec::new() };

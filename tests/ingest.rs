@@ -404,8 +404,9 @@ async fn bad_ingest_requests_are_refused_and_store_nothing() {
         assert_eq!(redis.dbsize(), baseline, "{name}: Redis must be unchanged");
     }
     assert!(redis.xrange_ids("ok.c", 16).is_empty());
-    // The same server still takes a good tick, from the static token or an ingest JWT.
-    let producer = token_with(json!({"sub": "producer", "scope": ["ingest"]}));
+    // The same server still takes a good tick, from the static token or an ingest JWT
+    // whose `channels` claim covers the channel.
+    let producer = token_with(json!({"sub": "producer", "scope": ["ingest"], "channels": ["ok.*"]}));
     assert_eq!(app.ingest_raw(valid, Some(&producer)).await.0, 201);
     assert_eq!(redis.xrange_ids("ok.c", 16).len(), 1);
     app.stop().await;

@@ -49,7 +49,7 @@ async fn tokens_never_appear_in_logs() {
     let app = TestApp::start(cfg).await;
     let reader = token(&["*"]);
     let bogus = "bogus-token-that-must-not-be-logged-1234567890";
-    let producer = token_with(json!({"sub": "p", "scope": ["ingest"]}));
+    let producer = token_with(json!({"sub": "p", "scope": ["ingest"], "channels": ["*"]}));
 
     // WebSocket: query token, bearer subprotocol, header; good and bad.
     let mut ws = app

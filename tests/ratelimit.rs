@@ -151,7 +151,7 @@ fn batch(n: usize, from: usize) -> Value {
 async fn ingest_is_counted_per_tick_and_a_batch_too_big_for_the_bucket_stores_nothing() {
     let redis = RedisServer::start();
     let app = TestApp::start(with_limits(config(Some(&redis)), "10/h:10")).await;
-    let producer = token_with(json!({"sub": "sensor-7", "scope": ["ingest"]}));
+    let producer = token_with(json!({"sub": "sensor-7", "scope": ["ingest"], "channels": ["rl.*"]}));
     let post = |body: Value| {
         let producer = producer.clone();
         let app = &app;

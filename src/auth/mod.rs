@@ -28,8 +28,9 @@ pub const SUBPROTOCOL: &str = "tickstream.v1";
 /// Prefix of the subprotocol that carries a browser's JWT.
 pub const BEARER_SUBPROTOCOL_PREFIX: &str = "tickstream.bearer.";
 
-/// What authentication is configured with (a part of `Config`).
-#[derive(Debug, Clone, Default)]
+/// What authentication is configured with (a part of `Config`). Its `Debug` says
+/// which secrets are set, never what they are.
+#[derive(Clone, Default)]
 pub struct Settings {
     /// HS256 secret (at least 16 bytes).
     pub jwt_secret: Option<String>,
@@ -46,6 +47,22 @@ pub struct Settings {
     pub ingest_token: Option<String>,
     /// Browser origins allowed besides the server's own.
     pub allowed_origins: Vec<OriginPattern>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Settings")
+            .field("jwt_secret", &set(&self.jwt_secret))
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("hmac_secret", &set(&self.hmac_secret))
+            .field("hmac_channels", &self.hmac_channels)
+            .field("ingest_token", &set(&self.ingest_token))
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -94,6 +111,13 @@ impl Principal {
 
     pub fn can_ingest(&self) -> bool {
         self.scopes.iter().any(|s| s == "ingest")
+    }
+
+    /// Whether this producer may write `channel`: the static ingest token writes
+    /// every channel; a JWT producer what its `channels` claim matches, as for
+    /// reading (no claim: none).
+    pub fn can_write(&self, channel: &str) -> bool {
+        self.credential == Credential::IngestToken || self.can_read(channel)
     }
 
     /// The static ingest token's holder: may ingest, reads nothing.

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Command-line flags, each backed by its environment variable.
-#[derive(Debug, Clone, Parser)]
+/// Command-line flags, each backed by its environment variable. No `Debug`: it holds
+/// secrets, and nothing needs to print it.
+#[derive(Clone, Parser)]
 #[command(
     name = "tickstream",
     version,
@@ -102,6 +103,11 @@ pub struct Cli {
     /// Most open WebSockets on this node; beyond it handshakes answer 503.
     #[arg(long, env = "TICKSTREAM_MAX_CONNECTIONS", default_value = "50000")]
     pub max_connections: String,
+    /// How far ahead of the server's clock a tick's `ts` may be (e.g. 1h, 5m); a tick
+    /// further ahead is refused (`bad_ts`), so no producer can date candles that are
+    /// never trimmed.
+    #[arg(long, env = "TICKSTREAM_MAX_FUTURE", default_value = "1h")]
+    pub max_future: String,
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "TICKSTREAM_LOG", default_value = "info")]
     pub log: String,
@@ -126,6 +132,10 @@ pub struct Cli {
     /// so the dashboard has something to show (docs/PROTOCOL.md §8).
     #[arg(long, global = true, env = "TICKSTREAM_DEMO")]
     pub demo: bool,
+    /// Dev mode (no signing key: a generated one, and printed tokens) on a listen
+    /// address other than loopback. Without it such a server refuses to start.
+    #[arg(long, global = true, env = "TICKSTREAM_DEV")]
+    pub dev: bool,
     /// Without a command: serve.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -190,6 +200,7 @@ impl Cli {
             ip_rate: "50/s:100".into(),
             trusted_proxies: String::new(),
             max_connections: "50000".into(),
+            max_future: "1h".into(),
             log: "info".into(),
             log_format: "pretty".into(),
             candles: "on".into(),
@@ -199,6 +210,7 @@ impl Cli {
             candle_retention_1h: "365d".into(),
             candle_retention_1d: "3650d".into(),
             demo: false,
+            dev: false,
             command: None,
         }
     }

@@ -34,8 +34,9 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Validated configuration; everything the server reads of its environment.
-#[derive(Debug, Clone)]
+/// Validated configuration; everything the server reads of its environment. Its
+/// `Debug` prints no secret (see the impl below).
+#[derive(Clone)]
 pub struct Config {
     /// Where to listen; port 0 picks a free port (tests).
     pub listen: SocketAddr,
@@ -61,8 +62,11 @@ pub struct Config {
     /// The per-IP shield; `None` is off.
     pub ip_rate: Option<Rate>,
     pub trusted_proxies: TrustedProxies,
-    /// Open WebSockets per node, at most.
+    /// Open WebSockets per node, at most, as configured; the server also keeps under
+    /// its open-file limit (`http::capacity`).
     pub max_connections: usize,
+    /// How far ahead of the server's clock a tick may be dated.
+    pub max_future: Duration,
     pub log: String,
     pub log_format: LogFormat,
     /// Candles on or off, and their retention per interval.
@@ -77,6 +81,50 @@ pub struct Config {
     pub tail_block: Duration,
     /// `--demo`: feed the synthetic `demo.*` channels (src/demo.rs).
     pub demo: bool,
+    /// `--dev`: dev mode asked for explicitly, on whatever address (docs/OPERATIONS.md
+    /// "Dev mode"); without it dev mode serves loopback only.
+    pub dev: bool,
+}
+
+impl std::fmt::Debug for Config {
+    /// Every field but the secrets: `REDIS_URL` without its password, and the auth
+    /// settings' own redacted `Debug`. A config printed into a log or a panic message
+    /// must not hand out the keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("partitions", &self.partitions)
+            .field("stream_maxlen", &self.stream_maxlen)
+            .field("dedup_window", &self.dedup_window)
+            .field("default_replay", &self.default_replay)
+            .field("history_cache", &self.history_cache)
+            .field("redis_tls", &self.redis_tls)
+            .field("redis_wait", &self.redis_wait)
+            .field("auth", &self.auth)
+            .field("rate_limits", &self.rate_limits)
+            .field("ip_rate", &self.ip_rate)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("max_connections", &self.max_connections)
+            .field("max_future", &self.max_future)
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .field("candles", &self.candles)
+            .field("live_buffer", &self.live_buffer)
+            .field("send_queue", &self.send_queue)
+            .field("tail_block", &self.tail_block)
+            .field("demo", &self.demo)
+            .field("dev", &self.dev)
+            .finish()
+    }
+}
+
+/// A Redis URL with its `user:password@` part replaced.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 /// `TICKSTREAM_CANDLES` and `TICKSTREAM_CANDLE_RETENTION_*`.
@@ -112,6 +160,23 @@ fn candle_settings(cli: &Cli) -> Result<CandleSettings, ConfigError> {
         settings.retention[interval as usize] = keep;
     }
     Ok(settings)
+}
+
+/// Dev mode (no signing key) prints tokens and serves them: on loopback only, unless
+/// `TICKSTREAM_DEV` asks for it on another address (a container's `0.0.0.0` would
+/// hand an all-channel token to the network).
+fn check_dev_mode(auth: &auth::Settings, listen: SocketAddr, dev: bool) -> Result<(), ConfigError> {
+    if auth.dev_mode() && !listen.ip().is_loopback() && !dev {
+        return Err(bad(
+            "TICKSTREAM_JWT_SECRET",
+            format!(
+                "listening on {listen} (not loopback) needs a signing key: set TICKSTREAM_JWT_SECRET, \
+                 TICKSTREAM_JWT_PUBLIC_KEY or TICKSTREAM_HMAC_SECRET, or TICKSTREAM_DEV=1 (--dev) to \
+                 serve dev mode's generated tokens on this address anyway"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -211,6 +276,23 @@ impl Config {
                 ))
             }
         };
+        let max_future = parse_duration(&cli.max_future).ok_or_else(|| {
+            bad(
+                "TICKSTREAM_MAX_FUTURE",
+                format!("must be a duration like 1h, 5m or 0s, got {:?}", cli.max_future),
+            )
+        })?;
+        let auth = auth::Settings {
+            jwt_secret,
+            jwt_public_key: cli.jwt_public_key,
+            jwt_audience: non_empty(cli.jwt_audience),
+            jwt_issuer: non_empty(cli.jwt_issuer),
+            hmac_secret: non_empty(cli.hmac_secret),
+            hmac_channels,
+            ingest_token: non_empty(cli.ingest_token),
+            allowed_origins,
+        };
+        check_dev_mode(&auth, listen, cli.dev)?;
         Ok(Config {
             listen,
             redis_url,
@@ -221,20 +303,12 @@ impl Config {
             history_cache: number::<usize>("TICKSTREAM_HISTORY_CACHE", &cli.history_cache, 0, 1 << 20)? << 20,
             redis_tls,
             redis_wait,
-            auth: auth::Settings {
-                jwt_secret,
-                jwt_public_key: cli.jwt_public_key,
-                jwt_audience: non_empty(cli.jwt_audience),
-                jwt_issuer: non_empty(cli.jwt_issuer),
-                hmac_secret: non_empty(cli.hmac_secret),
-                hmac_channels,
-                ingest_token: non_empty(cli.ingest_token),
-                allowed_origins,
-            },
+            auth,
             rate_limits,
             ip_rate,
             trusted_proxies,
             max_connections: number("TICKSTREAM_MAX_CONNECTIONS", &cli.max_connections, 1, 10_000_000)?,
+            max_future,
             log: cli.log,
             log_format,
             candles,
@@ -242,6 +316,7 @@ impl Config {
             send_queue: 1024,
             tail_block: Duration::from_secs(2),
             demo: cli.demo,
+            dev: cli.dev,
         })
     }
 
@@ -308,11 +383,48 @@ mod tests {
             (&["--candles", "maybe"], "TICKSTREAM_CANDLES"),
             (&["--candle-retention-1m", "30s"], "TICKSTREAM_CANDLE_RETENTION_1M"),
             (&["--candle-retention-1d", "forever"], "TICKSTREAM_CANDLE_RETENTION_1D"),
+            (&["--max-future", "later"], "TICKSTREAM_MAX_FUTURE"),
+            (&["--listen", "0.0.0.0:8080"], "TICKSTREAM_JWT_SECRET"),
         ] {
             let err = Config::from_cli(cli(args)).unwrap_err();
             assert_eq!(err.var, var, "{args:?}");
             assert!(err.to_string().starts_with(var));
         }
+    }
+
+    #[test]
+    fn dev_mode_off_loopback_only_when_asked() {
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:80"] {
+            let err = Config::from_cli(cli(&["--listen", listen])).unwrap_err();
+            assert!(err.to_string().contains("TICKSTREAM_DEV=1"), "{err}");
+            assert!(Config::from_cli(cli(&["--listen", listen, "--dev"])).unwrap().dev);
+            let keyed = cli(&["--listen", listen, "--jwt-secret", "0123456789abcdef0123"]);
+            assert!(Config::from_cli(keyed).is_ok(), "{listen} with a key");
+        }
+        for listen in ["127.0.0.1:0", "[::1]:8080", "127.0.0.2:9000"] {
+            assert!(Config::from_cli(cli(&["--listen", listen])).is_ok(), "{listen}");
+        }
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let c = Config::from_cli(cli(&[
+            "--jwt-secret",
+            "jwt-secret-0123456789",
+            "--hmac-secret",
+            "hmac-secret-0123456789",
+            "--ingest-token",
+            "ingest-token-0123456789",
+            "--redis-url",
+            "redis://tickstream:redis-password-0123@10.0.0.1:6379",
+        ]))
+        .unwrap();
+        let printed = format!("{c:?} {c:#?}");
+        for secret in ["jwt-secret-0", "hmac-secret-0", "ingest-token-0", "redis-password-0"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("10.0.0.1:6379"), "{printed}");
+        assert!(printed.contains("max_future"), "{printed}");
     }
 
     #[test]
@@ -338,6 +450,8 @@ mod tests {
         assert_eq!(c.rate_limits, Limits::defaults());
         assert_eq!(c.ip_rate.map(|r| r.to_string()).as_deref(), Some("50/s:100"));
         assert_eq!(c.max_connections, 50_000);
+        assert_eq!(c.max_future, Duration::from_secs(3600));
+        assert!(!c.dev);
         assert_eq!(c.candles, CandleSettings::default(), "6h, 7d, 30d, 1y, 10y");
     }
 }

@@ -14,7 +14,7 @@ use crate::auth::Principal;
 use crate::candles::CandleSettings;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
-use crate::session::protocol::SubscribeRequest;
+use crate::session::protocol::{check_epoch, SubscribeRequest};
 use crate::store::StoreError;
 use crate::tick::Since;
 
@@ -61,7 +61,7 @@ pub struct StartQuery {
 
 impl StartQuery {
     /// The subscription these parameters ask for (400 `bad_since` / `bad_seq` /
-    /// `bad_interval`).
+    /// `bad_epoch` / `bad_interval`).
     pub fn request(self, channel: String, settings: &CandleSettings) -> Result<SubscribeRequest, ApiError> {
         let candles = settings
             .live(self.candles.as_deref())
@@ -75,6 +75,7 @@ impl StartQuery {
                     .map_err(|_| ApiError::bad_request("bad_seq", "seq must be a whole number"))?,
             ),
         };
+        check_epoch(self.epoch.as_deref()).map_err(|why| ApiError::bad_request("bad_epoch", why))?;
         Ok(SubscribeRequest {
             channel,
             since,

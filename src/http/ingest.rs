@@ -11,12 +11,12 @@ use serde_json::json;
 
 use super::extract::{Caller, Params};
 use super::{json_response, AppState};
-use crate::auth::QueryCredentials;
+use crate::auth::{AuthError, QueryCredentials};
 use crate::clock::now_us;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
 use crate::store::{Appended, StoreError};
-use crate::tick::{parse_body, PreparedTick};
+use crate::tick::{check_not_ahead, parse_body, PreparedTick};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -79,7 +79,17 @@ pub async fn ingest(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let bytes = read_body(body, declared).await?;
-    let ticks = match parse_body(&bytes, now_us()).map_err(ApiError::from) {
+    let now = now_us();
+    let max_ahead = i64::try_from(state.config.max_future.as_micros()).unwrap_or(i64::MAX);
+    let parsed = parse_body(&bytes, now)
+        .and_then(|ticks| check_not_ahead(&ticks, now, max_ahead).map(|()| ticks))
+        .map_err(ApiError::from)
+        .and_then(|ticks| match ticks.iter().find(|t| !producer.can_write(&t.channel)) {
+            // Nothing of a batch with a channel the producer may not write is stored.
+            Some(t) => Err(AuthError::Forbidden(format!("writing to channel {:?}", t.channel)).into()),
+            None => Ok(ticks),
+        });
+    let ticks = match parsed {
         Ok(t) => t,
         Err(e) => {
             state.metrics.ticks_ingested.with_label_values(&["rejected"]).inc();

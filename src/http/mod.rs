@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod candles;
+pub mod capacity;
 pub mod extract;
 pub mod handshake;
 pub mod history;
@@ -53,8 +54,9 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// The store's last health ping (handshakes refuse with 503 while it fails).
     pub health: Arc<StoreHealth>,
-    /// One permit per open WebSocket (`TICKSTREAM_MAX_CONNECTIONS`); a session holds
-    /// its permit until it ends.
+    /// One permit per open WebSocket or SSE stream (`TICKSTREAM_MAX_CONNECTIONS`,
+    /// kept under the open-file limit: [`capacity`]); a session holds its permit
+    /// until it ends.
     pub sockets: Arc<Semaphore>,
     /// The per-IP flood shield; `None` when `TICKSTREAM_IP_RATE=off`.
     pub shield: Option<Shield>,

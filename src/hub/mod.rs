@@ -162,15 +162,47 @@ impl Hub {
         channels.get(channel).is_some_and(|active| after >= active.floor)
     }
 
-    /// The last `n` ticks, when the ring holds them (or the whole stream is shorter).
-    pub fn recent_last(&self, channel: &str, n: usize) -> Option<Vec<LiveFrame>> {
+    /// Ticks after `after` from the node-local ring, when it holds all of them, in a
+    /// chunk of at most `budget` by `cost` (one frame at least); `true` beside them
+    /// when more follow the chunk. A caller that holds a socket's budget takes no
+    /// more of the ring than it was granted.
+    pub fn recent_chunk_after(
+        &self,
+        channel: &str,
+        after: StreamId,
+        budget: usize,
+        cost: impl Fn(&LiveFrame) -> usize,
+    ) -> Option<(Vec<LiveFrame>, bool)> {
         let channels = self.partition(channel).lock();
         let active = channels.get(channel)?;
-        if active.recent.len() < n && active.floor != StreamId::ZERO {
+        if after < active.floor {
             return None;
         }
-        let start = active.recent.len().saturating_sub(n);
-        Some(active.recent.range(start..).cloned().collect())
+        let start = active.recent.partition_point(|f| f.id <= after);
+        let mut chunk = Vec::new();
+        let mut spent = 0;
+        for frame in active.recent.range(start..) {
+            let c = cost(frame);
+            if !chunk.is_empty() && spent + c > budget {
+                return Some((chunk, true));
+            }
+            spent += c;
+            chunk.push(frame.clone());
+        }
+        Some((chunk, false))
+    }
+
+    /// The cursor after which the last `n` ticks follow, when the ring holds them (or
+    /// the whole stream is shorter): a `since`-less subscribe replays from there.
+    pub fn start_of_last(&self, channel: &str, n: usize) -> Option<StreamId> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        let len = active.recent.len();
+        if len > n {
+            return Some(active.recent[len - n - 1].id);
+        }
+        // Every id after the floor is in the ring (ZERO: the whole stream is).
+        (len == n || active.floor == StreamId::ZERO).then_some(active.floor)
     }
 
     /// The stream's epoch, first and last id for a `subscribed` frame, without a

@@ -60,36 +60,82 @@ pub fn take(rate: &Rate, tat: f64, now: f64, cost: u32) -> (Decision, f64) {
 }
 
 /// Most subjects the local fallback remembers. Beyond it, full buckets are forgotten
-/// first (a full bucket and no bucket are the same); if every one is in use, all are
-/// forgotten. Memory stays bounded whatever subjects clients invent.
+/// first (a full bucket and no bucket are the same); if that frees nothing, the
+/// eighth of the subjects used least recently is forgotten, never all at once: a
+/// flood of invented subjects cannot hand every busy client a fresh burst. Memory
+/// stays bounded whatever subjects clients invent.
 const LOCAL_SUBJECTS: usize = 100_000;
+
+/// A local bucket: its theoretical arrival time and when it was last used.
+#[derive(Clone, Copy)]
+struct Local {
+    tat: f64,
+    /// The value of the use counter when this bucket was last asked.
+    used: u64,
+}
 
 /// Node-local buckets with the same limits, for while Redis is unreachable.
 #[derive(Default)]
 pub struct LocalBuckets {
-    buckets: Mutex<HashMap<(String, Group), f64>>,
+    buckets: Mutex<LocalMap>,
+}
+
+#[derive(Default)]
+struct LocalMap {
+    map: HashMap<(String, Group), Local>,
+    /// Counts uses: the recency order of the buckets.
+    uses: u64,
+}
+
+impl LocalMap {
+    /// Makes room for one more bucket.
+    fn make_room(&mut self, now_us: f64, capacity: usize) {
+        self.map.retain(|_, b| b.tat > now_us);
+        if self.map.len() < capacity {
+            return;
+        }
+        let mut used: Vec<u64> = self.map.values().map(|b| b.used).collect();
+        let evict = (capacity / 8).max(1).min(used.len());
+        let (_, threshold, _) = used.select_nth_unstable(evict - 1);
+        let threshold = *threshold;
+        self.map.retain(|_, b| b.used > threshold);
+    }
 }
 
 impl LocalBuckets {
     pub fn take(&self, subject: &str, group: Group, rate: &Rate, now_us: f64, cost: u32) -> Decision {
+        self.take_within(subject, group, rate, now_us, cost, LOCAL_SUBJECTS)
+    }
+
+    fn take_within(
+        &self,
+        subject: &str,
+        group: Group,
+        rate: &Rate,
+        now_us: f64,
+        cost: u32,
+        capacity: usize,
+    ) -> Decision {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let key = (subject.to_string(), group);
-        let tat = buckets.get(&key).copied().unwrap_or(0.0);
+        let tat = buckets.map.get(&key).map_or(0.0, |b| b.tat);
         let (decision, new_tat) = take(rate, tat, now_us, cost);
+        buckets.uses += 1;
+        let used = buckets.uses;
         if decision.allowed {
-            if buckets.len() >= LOCAL_SUBJECTS && !buckets.contains_key(&key) {
-                buckets.retain(|_, tat| *tat > now_us);
-                if buckets.len() >= LOCAL_SUBJECTS {
-                    buckets.clear();
-                }
+            if buckets.map.len() >= capacity && !buckets.map.contains_key(&key) {
+                buckets.make_room(now_us, capacity);
             }
-            buckets.insert(key, new_tat);
+            buckets.map.insert(key, Local { tat: new_tat, used });
+        } else if let Some(b) = buckets.map.get_mut(&key) {
+            // A refused client is still a recent one: forgetting it would forgive it.
+            b.used = used;
         }
         decision
     }
 
     pub fn len(&self) -> usize {
-        self.buckets.lock().map_or(0, |b| b.len())
+        self.buckets.lock().map_or(0, |b| b.map.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,6 +220,29 @@ mod tests {
         assert!(b.len() <= LOCAL_SUBJECTS);
         assert!(
             !b.take(&format!("s{}", LOCAL_SUBJECTS + 9), Group::Api, &r, 1e12, 1)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn a_full_fallback_forgets_the_least_recent_never_all() {
+        let b = LocalBuckets::default();
+        let r = rate("1/h:1");
+        let cap = 64;
+        let now = 1e12;
+        // A busy client spends its one token, then a flood of invented subjects fills
+        // the table while the busy client keeps trying (and keeps its bucket recent).
+        assert!(b.take_within("busy", Group::Api, &r, now, 1, cap).allowed);
+        for i in 0..10 * cap {
+            assert!(b.take_within(&format!("flood{i}"), Group::Api, &r, now, 1, cap).allowed);
+            assert!(b.len() <= cap);
+            // Refused: its bucket is empty, and still remembered.
+            assert!(!b.take_within("busy", Group::Api, &r, now, 1, cap).allowed, "after {i}");
+        }
+        // The flood's oldest subjects were forgotten, its newest are remembered.
+        assert!(b.take_within("flood0", Group::Api, &r, now, 1, cap).allowed);
+        assert!(
+            !b.take_within(&format!("flood{}", 10 * cap - 1), Group::Api, &r, now, 1, cap)
                 .allowed
         );
     }

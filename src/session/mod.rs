@@ -5,6 +5,7 @@
 //!
 //! - [`protocol`]: client messages, frames, close codes, limits.
 //! - [`cursor`]: where a subscription stands, and the delivery rule.
+//! - [`budget`]: a socket's budget of tick bytes in flight (at most 1 MiB).
 //! - [`replay`]: a subscription's start (history, then `live`) and its catch-ups.
 //! - [`writer`]: the task that writes a connection's frames, in batches.
 //! - [`websocket`], [`sse`]: the two transports and their control loops.
@@ -13,6 +14,7 @@
 //! exactly once, in id order, and any discontinuity (trimmed history, a new epoch)
 //! is announced by a `gap` frame first.
 
+pub(crate) mod budget;
 pub(crate) mod cursor;
 pub mod protocol;
 pub(crate) mod replay;
@@ -34,6 +36,7 @@ use crate::hub::{Hub, LiveSubscription};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Group, RateLimiter};
 use crate::store::Store;
+use budget::{Budget, Grant};
 use cursor::Cursor;
 use protocol::{close, Closing, Frame, SubscribeRequest};
 use replay::{run_subscription, FEED_BATCH};
@@ -82,6 +85,9 @@ pub(crate) struct SubFrames {
     pub sub: u64,
     pub frames: Vec<Frame>,
     pub ticks: u64,
+    /// The socket budget these frames hold (replayed ticks), given back once the
+    /// writer has written them.
+    pub held: Option<Grant>,
 }
 
 /// A subscription in its live phase: where it stands and its channel's live feed.
@@ -108,16 +114,24 @@ pub(crate) struct Session {
     /// Channel → (subscription number, its start-up task while it replays).
     subscriptions: HashMap<String, (u64, JoinHandle<()>)>,
     next_sub: u64,
+    /// The socket's budget of tick bytes, shared with its writer.
+    budget: Arc<Budget>,
 }
 
 impl Session {
-    pub(crate) fn new(ctx: Arc<SessionContext>, principal: Principal, out: mpsc::Sender<Outbound>) -> Session {
+    pub(crate) fn new(
+        ctx: Arc<SessionContext>,
+        principal: Principal,
+        out: mpsc::Sender<Outbound>,
+        budget: Arc<Budget>,
+    ) -> Session {
         Session {
             ctx,
             principal,
             out,
             subscriptions: HashMap::new(),
             next_sub: 0,
+            budget,
         }
     }
 
@@ -240,7 +254,13 @@ impl Session {
         // Boxed: the task's start-up future is large (store calls, retries), and a
         // finished task's cell lives on while its JoinHandle does; boxed, only the
         // small cell stays once the subscription has gone live.
-        let task = tokio::spawn(Box::pin(run_subscription(self.ctx.clone(), sub, req, self.out.clone())));
+        let task = tokio::spawn(Box::pin(run_subscription(
+            self.ctx.clone(),
+            sub,
+            req,
+            self.out.clone(),
+            self.budget.clone(),
+        )));
         self.subscriptions.insert(channel, (sub, task));
         self.ctx.metrics.subscriptions.inc();
         Ok(())

@@ -30,6 +30,18 @@ pub const WRITE_STALL: Duration = Duration::from_secs(10);
 pub const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// Longest `epoch` a client may send. Ours are 8 characters (a rolled-back one a few
+/// more); a subscription keeps the client's for its life, so an unbounded one would
+/// let a client park megabytes per socket (docs/PROTOCOL.md §3).
+pub const MAX_EPOCH_CHARS: usize = 64;
+
+/// The client's `epoch`, if it is one we could have sent.
+pub fn check_epoch(epoch: Option<&str>) -> Result<(), &'static str> {
+    match epoch {
+        Some(e) if e.chars().count() > MAX_EPOCH_CHARS => Err("epoch must be at most 64 characters"),
+        _ => Ok(()),
+    }
+}
 /// Inbound message budget: a burst of 20, refilled at 10 per second.
 pub const INBOUND_BURST: f64 = 20.0;
 pub const INBOUND_PER_SEC: f64 = 10.0;

@@ -1,7 +1,8 @@
 //! A subscription's start and its catch-ups: the history the client missed, from the
 //! node's ring of recent ticks when it holds all of it, else from the stream, through
-//! the connection's bounded queue; then the `live` frame and the hand-over of the live
-//! feed to the writer.
+//! the connection's bounded queue and within the socket's budget of tick bytes
+//! (`budget.rs`); then the `live` frame and the hand-over of the live feed to the
+//! writer.
 //!
 //! The live feed is registered first, so "history up to now" ∪ "live after the tail
 //! cursor" covers every id; the overlap is dropped by [`Cursor::admit`].
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::budget::{frame_cost, Budget, Grant, MAX_FRAME_BYTES, REPLAY_BYTES};
 use super::cursor::{Admit, Cursor};
 use super::protocol::{self, Frame, Kind, SubscribeRequest, REPLAY_PAGE};
 use super::{Handover, Outbound, SessionContext, SubFrames};
@@ -17,7 +19,7 @@ use crate::hub::{CandleSubscription, LiveFrame};
 use crate::retry::until_ok;
 use crate::store::IdRange;
 use crate::tick::epoch::is_rollback_of;
-use crate::tick::{Since, StreamId, Tick};
+use crate::tick::{Since, StreamId};
 
 /// Frames a start-up or catch-up puts in one queue slot (one wake-up of the writer per
 /// batch rather than per frame). The queue has `send_queue / FEED_BATCH` slots, so it
@@ -27,22 +29,35 @@ pub const FEED_BATCH: usize = 32;
 /// The subscription ended because its session is gone.
 pub(crate) struct Gone;
 
-/// A subscription's start-up or catch-up side: its cursor and the queue to the writer.
+/// A subscription's start-up or catch-up side: its cursor, the queue to the writer,
+/// and its share of the socket's budget (`budget.rs`).
 struct Feed {
     cursor: Cursor,
     out: mpsc::Sender<Outbound>,
+    budget: Arc<Budget>,
     /// Frames not yet queued.
     pending: Vec<Frame>,
     pending_ticks: u64,
+    /// The budget the pending tick frames hold; it travels with them.
+    pending_held: Grant,
+    /// Granted for the page in hand and not yet spent on a frame.
+    spare: Grant,
+    /// What a tick frame of this channel costs at most, as last seen: sizes the next
+    /// page read so that it fits the grant (the first read assumes the largest).
+    frame_estimate: usize,
 }
 
 impl Feed {
-    fn new(cursor: Cursor, out: mpsc::Sender<Outbound>) -> Feed {
+    fn new(cursor: Cursor, out: mpsc::Sender<Outbound>, budget: Arc<Budget>) -> Feed {
         Feed {
             cursor,
             out,
             pending: Vec::with_capacity(FEED_BATCH),
             pending_ticks: 0,
+            pending_held: Grant::none(&budget),
+            spare: Grant::none(&budget),
+            frame_estimate: MAX_FRAME_BYTES,
+            budget,
         }
     }
 
@@ -56,17 +71,43 @@ impl Feed {
     }
 
     /// Queues what is pending. Called before anything that may wait (a store read,
-    /// the hand-over), so frames are never held back while the feed waits.
+    /// the budget, the hand-over), so frames are never held back while the feed
+    /// waits.
     async fn flush(&mut self) -> Result<(), Gone> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let held = std::mem::replace(&mut self.pending_held, Grant::none(&self.budget));
         let out = Outbound::Sub(Box::new(SubFrames {
             sub: self.cursor.sub,
             frames: std::mem::replace(&mut self.pending, Vec::with_capacity(FEED_BATCH)),
             ticks: std::mem::take(&mut self.pending_ticks),
+            held: Some(held),
         }));
         self.out.send(out).await.map_err(|_| Gone)
+    }
+
+    /// Gives back what is left of the grant, then waits for a new one (holding
+    /// nothing meanwhile: pending frames are queued first).
+    async fn regrant(&mut self) -> Result<(), Gone> {
+        self.flush().await?;
+        self.spare = Grant::none(&self.budget);
+        // At least the largest frame seen, so a page always makes progress.
+        self.spare = self.budget.grant(self.frame_estimate, REPLAY_BYTES).await;
+        Ok(())
+    }
+
+    /// Moves a frame's cost from the grant to the pending frames; `false` when the
+    /// grant cannot pay it.
+    fn pay(&mut self, text_len: usize) -> bool {
+        let cost = frame_cost(text_len).min(REPLAY_BYTES);
+        self.frame_estimate = self.frame_estimate.max(cost);
+        if cost > self.spare.bytes() {
+            return false;
+        }
+        let paid = self.spare.split(cost);
+        self.pending_held.absorb(paid);
+        true
     }
 
     async fn gap(&mut self, reason: &str, resume_from: Option<StreamId>, missed: Option<u64>) -> Result<(), Gone> {
@@ -74,60 +115,109 @@ impl Feed {
         self.send(frame).await
     }
 
-    async fn emit(
-        &mut self,
-        id: StreamId,
-        seq: u64,
-        epoch: &Arc<str>,
-        frame: impl FnOnce() -> Frame,
-    ) -> Result<(), Gone> {
-        match self.cursor.admit(id, seq, epoch) {
+    /// One tick through the cursor (already paid for).
+    async fn emit(&mut self, frame: LiveFrame) -> Result<(), Gone> {
+        match self.cursor.admit(frame.id, frame.seq, &frame.epoch) {
             Admit::Skip => Ok(()),
-            Admit::Send => self.send(frame()).await,
+            Admit::Send => self.send(Frame::Tick(frame)).await,
             Admit::SendAfter(gap) => {
                 self.send(gap).await?;
-                self.send(frame()).await
+                self.send(Frame::Tick(frame)).await
             }
         }
-    }
-
-    async fn emit_stored(&mut self, tick: &Tick) -> Result<(), Gone> {
-        self.emit(tick.id, tick.seq, &tick.epoch, || Frame::Tick(LiveFrame::new(tick)))
-            .await
-    }
-
-    /// Sends one shared frame from the hub's ring.
-    async fn emit_frame(&mut self, frame: &LiveFrame) -> Result<(), Gone> {
-        self.emit(frame.id, frame.seq, &frame.epoch, || Frame::Tick(frame.clone()))
-            .await
     }
 
     /// Sends everything after `last_sent`: from the hub's ring when it holds all of
-    /// it, else from the stream page by page until the ring takes over.
+    /// it, else from the stream page by page until the ring takes over. Each chunk of
+    /// the ring and each page of the stream is as large as the socket's budget
+    /// grants, so a slow socket holds at most its budget however many of its
+    /// subscriptions catch up at once.
     async fn catch_up(&mut self, ctx: &SessionContext) -> Result<(), Gone> {
+        let result = self.catch_up_granted(ctx).await;
+        self.spare = Grant::none(&self.budget);
+        result
+    }
+
+    async fn catch_up_granted(&mut self, ctx: &SessionContext) -> Result<(), Gone> {
+        // Where the next read starts: past every tick looked at, sent or skipped.
+        let mut after = self.cursor.last_sent;
         loop {
-            if let Some(frames) = ctx.hub.recent_after(&self.cursor.channel, self.cursor.last_sent) {
-                for frame in &frames {
-                    self.emit_frame(frame).await?;
-                }
+            self.regrant().await?;
+            let cost = |f: &LiveFrame| frame_cost(f.text.len());
+            let chunk = ctx
+                .hub
+                .recent_chunk_after(&self.cursor.channel, after, self.spare.bytes(), cost);
+            if let Some((frames, more)) = chunk {
                 ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
-                return self.flush().await;
+                for frame in frames {
+                    after = frame.id;
+                    self.pay(frame.text.len());
+                    self.emit(frame).await?;
+                }
+                if !more {
+                    return self.flush().await;
+                }
+                continue;
             }
-            self.flush().await?;
-            let after = self.cursor.last_sent;
+            let count = (self.spare.bytes() / self.frame_estimate).clamp(1, REPLAY_PAGE);
             let channel = self.cursor.channel.as_str();
-            let page = until_ok(&ctx.metrics, || {
-                ctx.store.range(channel, IdRange::after(after), REPLAY_PAGE)
-            })
-            .await;
+            let page = until_ok(&ctx.metrics, || ctx.store.range(channel, IdRange::after(after), count)).await;
+            let mut cut = false;
+            let mut sent = 0;
             for tick in &page {
-                self.emit_stored(tick).await?;
+                let frame = LiveFrame::new(tick);
+                if !self.pay(frame.text.len()) {
+                    // The page was larger than its estimate: the rest is read again
+                    // with the next grant, sized by what was just seen.
+                    cut = true;
+                    break;
+                }
+                after = tick.id;
+                self.emit(frame).await?;
+                sent += 1;
             }
-            ctx.metrics.replayed_ticks.inc_by(page.len() as u64);
-            if page.len() < REPLAY_PAGE {
+            ctx.metrics.replayed_ticks.inc_by(sent);
+            if !cut && page.len() < count {
                 return self.flush().await;
             }
         }
+    }
+
+    /// The cursor after which the stream's last `n` ticks follow, found by reading
+    /// back page by page (each within the budget; the ticks themselves are read again
+    /// forwards by `catch_up`).
+    async fn start_of_last(&mut self, ctx: &SessionContext, n: usize) -> Result<StreamId, Gone> {
+        let channel = self.cursor.channel.clone();
+        let mut left = n;
+        let mut to = StreamId::MAX;
+        let mut start = StreamId::ZERO;
+        while left > 0 {
+            self.regrant().await?;
+            let count = (self.spare.bytes() / self.frame_estimate).clamp(1, left.min(REPLAY_PAGE));
+            let range = IdRange {
+                from: StreamId::ZERO,
+                to,
+            };
+            let page = until_ok(&ctx.metrics, || ctx.store.rev_range(&channel, range, count)).await;
+            for tick in &page {
+                self.frame_estimate = self
+                    .frame_estimate
+                    .max(frame_cost(tick.body.len() + tick.channel.len() + 96));
+            }
+            self.spare = Grant::none(&self.budget);
+            let Some(oldest) = page.last() else {
+                break;
+            };
+            start = oldest.id.prev();
+            to = start;
+            left = left.saturating_sub(page.len());
+            if page.len() < count {
+                // The whole stream is shorter: from its beginning.
+                start = StreamId::ZERO;
+                break;
+            }
+        }
+        Ok(start)
     }
 }
 
@@ -139,8 +229,8 @@ struct Head {
     last_seq: Option<u64>,
     /// Entries were lost before `first` (trimmed).
     trimmed: bool,
-    /// With `since` absent: the last ticks, when the ring holds them.
-    recent: Option<Vec<LiveFrame>>,
+    /// With `since` absent: where the last ticks start, when the ring holds them.
+    start: Option<StreamId>,
 }
 
 /// The head from the hub's ring, when the ring can answer the whole request: no Redis
@@ -148,9 +238,9 @@ struct Head {
 /// for older cursors and a changed epoch, which the store answers.
 fn ring_head(ctx: &SessionContext, req: &SubscribeRequest) -> Option<Head> {
     let head = ctx.hub.head(&req.channel)?;
-    let recent = match req.since {
+    let start = match req.since {
         Since::Live => None,
-        Since::Default => Some(ctx.hub.recent_last(&req.channel, ctx.default_replay)?),
+        Since::Default => Some(ctx.hub.start_of_last(&req.channel, ctx.default_replay)?),
         Since::After(since) => {
             let same_epoch = match (&req.epoch, &head.epoch) {
                 (None, _) => true,
@@ -170,7 +260,7 @@ fn ring_head(ctx: &SessionContext, req: &SubscribeRequest) -> Option<Head> {
         last_seq: head.last_seq,
         // The ring holds everything the request needs: nothing it asks for is lost.
         trimmed: false,
-        recent,
+        start,
     })
 }
 
@@ -185,7 +275,7 @@ async fn store_head(ctx: &SessionContext, channel: &str) -> Head {
         last: info.last.as_ref().map(|t| t.id),
         last_seq: info.last.as_ref().map(|t| t.seq),
         trimmed: info.has_trimmed(),
-        recent: None,
+        start: None,
     }
 }
 
@@ -213,27 +303,11 @@ async fn position(
                 feed.cursor.last_sent = current;
                 return Ok(StreamId::ZERO);
             }
-            match head.recent {
-                Some(frames) => {
-                    for frame in &frames {
-                        feed.emit_frame(frame).await?;
-                    }
-                    ctx.metrics.replayed_ticks.inc_by(frames.len() as u64);
-                }
-                None => {
-                    feed.flush().await?;
-                    let channel = req.channel.as_str();
-                    let mut recent = until_ok(&ctx.metrics, || {
-                        ctx.store.rev_range(channel, IdRange::ALL, ctx.default_replay)
-                    })
-                    .await;
-                    recent.reverse();
-                    for tick in &recent {
-                        feed.emit_stored(tick).await?;
-                    }
-                    ctx.metrics.replayed_ticks.inc_by(recent.len() as u64);
-                }
-            }
+            // `catch_up` replays them, within the socket's budget.
+            feed.cursor.last_sent = match head.start {
+                Some(start) => start,
+                None => feed.start_of_last(ctx, ctx.default_replay).await?,
+            };
             Ok(StreamId::ZERO)
         }
         Since::After(since) => {
@@ -284,8 +358,9 @@ pub(crate) async fn run_subscription(
     sub: u64,
     req: SubscribeRequest,
     out: mpsc::Sender<Outbound>,
+    budget: Arc<Budget>,
 ) {
-    let _ = start(&ctx, sub, req, out).await;
+    let _ = start(&ctx, sub, req, out, budget).await;
 }
 
 async fn start(
@@ -293,6 +368,7 @@ async fn start(
     sub: u64,
     mut req: SubscribeRequest,
     out: mpsc::Sender<Outbound>,
+    budget: Arc<Budget>,
 ) -> Result<(), Gone> {
     // Live first: from here on, every new tick reaches `live` (or its ring), and
     // every change of the candle reaches `candles`.
@@ -308,7 +384,7 @@ async fn start(
             None => vanished = since != StreamId::ZERO,
         }
     }
-    let mut feed = Feed::new(Cursor::new(sub, req.channel.clone()), out);
+    let mut feed = Feed::new(Cursor::new(sub, req.channel.clone()), out, budget);
     let head = match ring_head(ctx, &req) {
         Some(head) => head,
         None => store_head(ctx, &req.channel).await,
@@ -346,6 +422,7 @@ async fn forward_candles(sub: u64, mut candles: CandleSubscription, out: mpsc::S
                 text,
             }],
             ticks: 0,
+            held: None,
         };
         if out.send(Outbound::Sub(Box::new(frames))).await.is_err() {
             return;
@@ -365,9 +442,14 @@ async fn tick_at(ctx: &SessionContext, channel: &str, id: StreamId) -> Option<(u
 
 /// A live feed that fell behind its channel's live buffer: catch up from the ring or
 /// the stream through the queue, then hand the feed back to the writer.
-pub(crate) async fn resume_live(ctx: Arc<SessionContext>, handover: Box<Handover>, out: mpsc::Sender<Outbound>) {
+pub(crate) async fn resume_live(
+    ctx: Arc<SessionContext>,
+    handover: Box<Handover>,
+    out: mpsc::Sender<Outbound>,
+    budget: Arc<Budget>,
+) {
     let Handover { cursor, live } = *handover;
-    let mut feed = Feed::new(cursor, out);
+    let mut feed = Feed::new(cursor, out, budget);
     if Box::pin(feed.catch_up(&ctx)).await.is_ok() {
         let Feed { cursor, out, .. } = feed;
         let _ = out.send(Outbound::Live(Box::new(Handover { cursor, live }))).await;

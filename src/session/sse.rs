@@ -14,13 +14,16 @@ use std::time::Duration;
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::budget::Budget;
 use super::protocol::{close, Closing, Frame, Kind, SubscribeRequest, PING_INTERVAL};
 use super::writer::{Transport, Writer};
 use super::{queue, Session, SessionContext};
 use crate::auth::Principal;
 
 /// Chunks in flight to the response body; a client that does not read holds them.
-pub const BODY_CHUNKS: usize = 4;
+/// One: with the one the body is writing, a slow reader holds two batches, which the
+/// socket's budget counts on (`budget.rs`).
+pub const BODY_CHUNKS: usize = 1;
 
 /// The body of an SSE response.
 pub(crate) struct SseTransport {
@@ -45,8 +48,17 @@ fn write_event(out: &mut Vec<u8>, frame: &Frame) {
         let _ = write!(out, "\nid: {}", tick.id);
     }
     out.extend_from_slice(b"\ndata: ");
-    // Frames are single-line JSON (serde_json escapes newlines in strings).
-    out.extend_from_slice(text.as_bytes());
+    // Our frames are single-line JSON (serde_json escapes newlines in strings), but a
+    // tick's text carries its stored body as Redis holds it: a raw CR or LF there
+    // (written to Redis by something other than tickstream) would end this `data:`
+    // line and make the rest a field of its own. Such a byte is only JSON whitespace
+    // or an invalid string character, so a space in its place keeps the event whole.
+    let bytes = text.as_bytes();
+    if bytes.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+        out.extend(bytes.iter().map(|b| if matches!(b, b'\r' | b'\n') { b' ' } else { *b }));
+    } else {
+        out.extend_from_slice(bytes);
+    }
     out.extend_from_slice(b"\n\n");
 }
 
@@ -90,11 +102,18 @@ pub async fn run(
 ) {
     ctx.metrics.connections.inc();
     let (out_tx, out_rx) = queue(&ctx);
+    let budget = Budget::new();
     let (close_tx, close_rx) = oneshot::channel();
     let gone = body.clone();
-    let writer = Writer::new(SseTransport { body }, out_rx, out_tx.downgrade(), ctx.clone());
+    let writer = Writer::new(
+        SseTransport { body },
+        out_rx,
+        out_tx.downgrade(),
+        ctx.clone(),
+        budget.clone(),
+    );
     let mut writer = tokio::spawn(writer.run(close_rx));
-    let mut session = Session::new(ctx.clone(), principal, out_tx);
+    let mut session = Session::new(ctx.clone(), principal, out_tx, budget);
     let ending = match Box::pin(session.subscribe(request)).await {
         Err(ending) => ending,
         Ok(()) => {
@@ -149,5 +168,24 @@ mod tests {
                 + "event: live\ndata: {\"channel\":\"c\",\"last_id\":\"5-1\",\"type\":\"live\"}\n\n\
                    : keep-alive\n\n"
         );
+    }
+
+    #[test]
+    fn a_stored_line_break_never_splits_an_event() {
+        let mut epochs = None;
+        // As if something other than tickstream wrote the entry: raw CR and LF in the
+        // stored text, inside a string and between members.
+        let tail = crate::tick::wire::tail(5_000, Some("1"), Some("{\"note\":\"a\r\nb\"}"), "ab")
+            .replace(",\"data\"", "\r\n,\"data\"");
+        let body = crate::tick::wire::body(1, "e", &tail);
+        assert!(body.contains('\n') && body.contains('\r'), "{body}");
+        let tick = crate::tick::Tick::from_body(StreamId::new(5, 1), "c".into(), body, &mut epochs).unwrap();
+        let mut out = Vec::new();
+        write_event(&mut out, &Frame::Tick(crate::hub::LiveFrame::new(&tick)));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\n\n"), "{text:?}");
+        let lines: Vec<&str> = text.trim_end_matches('\n').split(['\n', '\r']).collect();
+        assert_eq!(lines.len(), 3, "one event of three fields: {text:?}");
+        assert!(lines[2].starts_with("data: {") && lines[2].ends_with('}'), "{text:?}");
     }
 }

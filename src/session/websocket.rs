@@ -11,9 +11,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::budget::Budget;
 use super::protocol::{
-    self, close, parse_client_message, ClientMessage, Closing, Frame, SubscribeRequest, CLOSE_HANDSHAKE, IDLE_TIMEOUT,
-    INBOUND_BURST, INBOUND_PER_SEC, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, PING_INTERVAL,
+    self, check_epoch, close, parse_client_message, ClientMessage, Closing, Frame, SubscribeRequest, CLOSE_HANDSHAKE,
+    IDLE_TIMEOUT, INBOUND_BURST, INBOUND_PER_SEC, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, PING_INTERVAL,
 };
 use super::writer::{Transport, Writer};
 use super::ws_codec::{self, Decoder, Incoming, Violation};
@@ -214,10 +215,11 @@ pub async fn run(
         sent: 0,
     };
     let (out_tx, out_rx) = queue(&ctx);
+    let budget = Budget::new();
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = Writer::new(transport, out_rx, out_tx.downgrade(), ctx.clone());
+    let writer = Writer::new(transport, out_rx, out_tx.downgrade(), ctx.clone(), budget.clone());
     let mut writer = tokio::spawn(writer.run(close_rx));
-    let mut session = Session::new(ctx.clone(), principal, out_tx);
+    let mut session = Session::new(ctx.clone(), principal, out_tx, budget);
     let ending = match initial {
         Some(req) => Box::pin(session.subscribe(req)).await.err().map(End::Server),
         None => None,
@@ -342,6 +344,9 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
                 Ok(candles) => candles,
                 Err(why) => return session.refuse(&channel, "bad_interval", why).await,
             };
+            if let Err(why) = check_epoch(epoch.as_deref()) {
+                return session.refuse(&channel, "bad_epoch", why).await;
+            }
             if session.charge_subscribe(&channel).await? {
                 session
                     .subscribe(SubscribeRequest {

@@ -18,14 +18,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::ReusableBoxFuture;
 
+use super::budget::{Budget, Grant, BATCH_BYTES};
 use super::cursor::{Admit, Cursor};
 use super::protocol::{close, Closing, Frame, WRITE_STALL};
 use super::replay::resume_live;
-use super::{Handover, Outbound, SessionContext};
+use super::{Handover, Outbound, SessionContext, SubFrames};
 use crate::hub::{Interrupted, LiveFrame};
 
-/// Frames written per flush, at most.
+/// Frames written per flush, at most…
 const BATCH: usize = 64;
+// …and bytes of them (`budget::BATCH_BYTES`): a batch of large ticks that cannot be
+// written is what a slow socket holds beside its budget of replayed ticks.
 
 /// Where frames go: a WebSocket, or the body of an SSE response.
 pub trait Transport: Send + 'static {
@@ -64,6 +67,12 @@ pub(crate) struct Writer<T> {
     /// subscription closes, and with the writer.
     catch_ups: Vec<(u64, AbortHandle)>,
     batch: Vec<Frame>,
+    /// Payload bytes in `batch`.
+    batch_bytes: usize,
+    /// The budget the batch's replayed ticks hold, given back once it is written.
+    held: Vec<Grant>,
+    /// The socket's budget, for the catch-ups this writer starts.
+    budget: Arc<Budget>,
     /// Which live slot is polled first, rotating, so one busy channel cannot starve
     /// the others of a connection.
     turn: usize,
@@ -90,6 +99,7 @@ impl<T: Transport> Writer<T> {
         queue: mpsc::Receiver<Outbound>,
         requeue: mpsc::WeakSender<Outbound>,
         ctx: Arc<SessionContext>,
+        budget: Arc<Budget>,
     ) -> Writer<T> {
         Writer {
             transport,
@@ -100,8 +110,21 @@ impl<T: Transport> Writer<T> {
             live: Vec::new(),
             catch_ups: Vec::new(),
             batch: Vec::new(),
+            batch_bytes: 0,
+            held: Vec::new(),
+            budget,
             turn: 0,
         }
+    }
+
+    /// Whether the batch is as large as one write may be.
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= BATCH || self.batch_bytes >= BATCH_BYTES
+    }
+
+    fn push(&mut self, frame: Frame) {
+        self.batch_bytes += frame.payload_len();
+        self.batch.push(frame);
     }
 
     pub(crate) async fn run(mut self, mut close_rx: oneshot::Receiver<Closing>) {
@@ -127,7 +150,7 @@ impl<T: Transport> Writer<T> {
                 Wake::Queue(out) => delivered += self.take(out),
                 Wake::Live(i, handover, first) => delivered += self.drain_live(i, handover, first),
             }
-            while self.batch.len() < BATCH {
+            while !self.batch_full() {
                 match self.queue.try_recv() {
                     Ok(out) => delivered += self.take(out),
                     Err(_) => break,
@@ -147,10 +170,16 @@ impl<T: Transport> Writer<T> {
     /// Applies one queued item; returns the tick frames it added to the batch.
     fn take(&mut self, out: Outbound) -> u64 {
         match out {
-            Outbound::Session(frame) => self.batch.push(*frame),
+            Outbound::Session(frame) => self.push(*frame),
             Outbound::Sub(sub) if self.is_open(sub.sub) => {
-                self.batch.extend(sub.frames);
-                return sub.ticks;
+                let SubFrames {
+                    frames, ticks, held, ..
+                } = *sub;
+                for frame in frames {
+                    self.push(frame);
+                }
+                self.held.extend(held);
+                return ticks;
             }
             Outbound::Sub(_) => {}
             Outbound::Open(sub) => self.open.push(sub),
@@ -213,7 +242,7 @@ impl<T: Transport> Writer<T> {
                     break added;
                 }
             }
-            if self.batch.len() >= BATCH {
+            if self.batch_full() {
                 self.live[i].next.set(next_live(handover));
                 break added;
             }
@@ -242,10 +271,10 @@ impl<T: Transport> Writer<T> {
         match cursor.admit(frame.id, frame.seq, &frame.epoch) {
             Admit::Skip => return 0,
             Admit::Send => {}
-            Admit::SendAfter(gap) => self.batch.push(gap),
+            Admit::SendAfter(gap) => self.push(gap),
         }
         *oldest = (*oldest).min(frame.id.ms);
-        self.batch.push(Frame::Tick(frame));
+        self.push(Frame::Tick(frame));
         1
     }
 
@@ -255,7 +284,12 @@ impl<T: Transport> Writer<T> {
         self.catch_ups.retain(|(_, task)| !task.is_finished());
         if let Some(out) = self.requeue.upgrade() {
             let sub = handover.cursor.sub;
-            let task = tokio::spawn(Box::pin(resume_live(self.ctx.clone(), handover, out)));
+            let task = tokio::spawn(Box::pin(resume_live(
+                self.ctx.clone(),
+                handover,
+                out,
+                self.budget.clone(),
+            )));
             self.catch_ups.push((sub, task.abort_handle()));
         }
     }
@@ -284,6 +318,9 @@ impl<T: Transport> Writer<T> {
             }
         };
         self.batch.clear();
+        self.batch_bytes = 0;
+        // Written (or given up on): the replayed ticks' budget goes back.
+        self.held.clear();
         match outcome {
             Ok(Ok(())) => true,
             Ok(Err(())) => false,

@@ -1,8 +1,10 @@
 //! Whether the store answers, checked once a second by one task per node.
 //!
-//! Handshakes and the rate limiter read the last answer instead of each pinging
-//! Redis, so a storm of handshakes during an outage costs Redis nothing and is
-//! refused with 503 at once.
+//! Handshakes, the rate limiter and `/readyz` read the last answer instead of each
+//! pinging Redis, so a storm of handshakes during an outage costs Redis nothing and is
+//! refused with 503 at once, and a monitor polling `/readyz` as often as it likes
+//! costs Redis one ping a second (on a cluster, one `CLUSTER SLOTS` and a ping per
+//! master) per node, never one per call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,13 +25,17 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const FAILURES_TO_DOWN: u32 = 2;
 
 pub struct StoreHealth {
+    /// Up unless [`FAILURES_TO_DOWN`] pings in a row failed (handshakes).
     up: AtomicBool,
+    /// Whether the last ping was answered (`/readyz`: what the store says now).
+    answered: AtomicBool,
 }
 
 impl Default for StoreHealth {
     fn default() -> Self {
         StoreHealth {
             up: AtomicBool::new(true),
+            answered: AtomicBool::new(true),
         }
     }
 }
@@ -38,6 +44,11 @@ impl StoreHealth {
     /// True unless the store failed its last health pings.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Whether the store answered the last ping (at most a second ago).
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
     }
 
     /// Pings the store every second until `shutdown` turns true.
@@ -49,6 +60,7 @@ impl StoreHealth {
             failures = if answered { 0 } else { failures + 1 };
             let up = failures < FAILURES_TO_DOWN;
             self.up.store(up, Ordering::Release);
+            self.answered.store(answered, Ordering::Release);
             if answered {
                 if log.recovered() {
                     tracing::info!("store reachable again");

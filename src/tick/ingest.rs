@@ -49,6 +49,11 @@ pub enum TickError {
     Empty,
     #[error("key must be at most 128 characters")]
     BadKey,
+    /// Dated further ahead of the server's clock than `TICKSTREAM_MAX_FUTURE`
+    /// allows (seconds): candle retention counts back from the newest bucket, so a
+    /// far-future tick would keep buckets that are never trimmed.
+    #[error("ts is more than {0} s ahead of the server's clock")]
+    TooFarAhead(u64),
 }
 
 /// A validated tick, ready for the store: everything the append needs, already
@@ -171,6 +176,20 @@ pub fn parse_body(bytes: &[u8], now_us: i64) -> Result<Vec<PreparedTick>, BodyEr
         .collect()
 }
 
+/// Refuses the whole batch when a tick is dated more than `max_ahead_us` after
+/// `now_us` (docs/PROTOCOL.md §2.1): a producer cannot grow Redis without bound
+/// through timestamps.
+pub fn check_not_ahead(ticks: &[PreparedTick], now_us: i64, max_ahead_us: i64) -> Result<(), BodyError> {
+    let limit = now_us.saturating_add(max_ahead_us);
+    match ticks.iter().position(|t| t.ts_us > limit) {
+        None => Ok(()),
+        Some(i) => Err(BodyError::Tick {
+            index: (ticks.len() > 1).then_some(i),
+            error: TickError::TooFarAhead(u64::try_from(max_ahead_us / 1_000_000).unwrap_or(0)),
+        }),
+    }
+}
+
 /// The event id (docs/PROTOCOL.md §2.3): lowercase hex SHA-256 of the compact, key-sorted JSON array
 /// `["k",channel,key]` or `["t",channel,ts_us,value,data]`. serde_json's `Value`
 /// keeps object keys in a BTreeMap, so its compact output is already key-sorted.
@@ -210,6 +229,39 @@ mod tests {
         serde_json::from_str::<IngestTick>(json)
             .expect("parses")
             .prepare(1_000_000)
+    }
+
+    #[test]
+    fn ticks_dated_too_far_ahead_refuse_the_batch() {
+        let now = 1_000_000_000_000;
+        let hour = 3_600_000_000;
+        let body = |ts: &[i64]| -> Vec<PreparedTick> {
+            ts.iter()
+                .map(|us| {
+                    let mut ts = String::new();
+                    write_ts(&mut ts, *us);
+                    tick_at(&format!(r#"{{"channel":"c","ts":"{ts}","value":1}}"#), now)
+                })
+                .collect()
+        };
+        assert!(check_not_ahead(&body(&[now - hour, now, now + hour]), now, hour).is_ok());
+        let err = check_not_ahead(&body(&[now, now + hour + 1]), now, hour).unwrap_err();
+        assert_eq!(
+            err,
+            BodyError::Tick {
+                index: Some(1),
+                error: TickError::TooFarAhead(3600)
+            }
+        );
+        let one = check_not_ahead(&body(&[now + 2 * hour]), now, hour).unwrap_err();
+        assert!(matches!(one, BodyError::Tick { index: None, .. }));
+    }
+
+    fn tick_at(json: &str, now_us: i64) -> PreparedTick {
+        serde_json::from_str::<IngestTick>(json)
+            .unwrap()
+            .prepare(now_us)
+            .unwrap()
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod wire;
 
 pub use epoch::new_epoch;
 pub use id::{BadSince, BadStreamId, Since, StreamId};
-pub use ingest::{parse_body, BodyError, IngestTick, PreparedTick, TickError};
+pub use ingest::{check_not_ahead, parse_body, BodyError, IngestTick, PreparedTick, TickError};
 pub use wire::Tick;
 
 /// Longest channel name (docs/PROTOCOL.md §1: one leading character plus up to 127 more).

@@ -11,6 +11,7 @@
 pub mod candles;
 pub mod cluster;
 pub mod property;
+pub mod raw;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -554,6 +555,8 @@ pub struct NodeProc {
     child: Option<Child>,
     redis_url: String,
     env: Vec<(String, String)>,
+    /// The process's open-file limit (soft and hard), when the test sets one.
+    open_files: Option<u64>,
 }
 
 impl NodeProc {
@@ -568,6 +571,20 @@ impl NodeProc {
             child: None,
             redis_url: redis.url(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            open_files: None,
+        };
+        node.spawn().await;
+        node
+    }
+
+    /// With the process's open-file limit (soft and hard) set to `files`.
+    pub async fn start_with_open_files(redis: &RedisServer, env: &[(&str, &str)], files: u64) -> NodeProc {
+        let mut node = NodeProc {
+            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            child: None,
+            redis_url: redis.url(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            open_files: Some(files),
         };
         node.spawn().await;
         node
@@ -587,7 +604,24 @@ impl NodeProc {
                 generous.push((Limits::variable(tier, group), GENEROUS));
             }
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_tickstream"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tickstream"));
+        if let Some(files) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, which is async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: files,
+                        rlim_max: files,
+                    };
+                    match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
+        }
+        let child = command
             .envs(generous)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("TICKSTREAM_HMAC_SECRET")
