@@ -11,6 +11,7 @@
 -- KEYS[1] stream    tickstream:{p<N>}:s:<channel>
 -- KEYS[2] meta      tickstream:{p<N>}:m:<channel>    (hash: epoch, seq)
 -- KEYS[3] registry  tickstream:{p<N>}:channels       (zset: channel -> last append ms)
+-- KEYS[#KEYS] births tickstream:{p<N>}:births        (stream: one entry per channel created)
 -- KEYS[3+k] candles tickstream:{p<N>}:c:<interval k>:<channel> (zset: bucket start -> candle)
 -- KEYS[3+c+1..3+c+r] the r dedup buckets read, oldest first; KEYS[3+c+q] is the
 --           current one, written: tickstream:{p<N>}:e:<bucket>:<channel> (hash:
@@ -221,7 +222,8 @@ end
 
 local r = tonumber(ARGV[8])
 local c = tonumber(ARGV[10])
-local n = #KEYS - 3 - c - r
+-- The births key is last, after the n ticks' markers.
+local n = #KEYS - 4 - c - r
 local base = 10 + 2 * c
 local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
 local current = KEYS[3 + c + tonumber(ARGV[9])]
@@ -368,6 +370,12 @@ if last_id then
   for k = 1, c do
     store_candles(KEYS[3 + k], tonumber(ARGV[10 + c + k]), pending[k], starts[k], clock)
   end
-  redis.call('ZADD', KEYS[3], clock, ARGV[4])
+  -- A channel new to the registry was just created (or re-created after its stream
+  -- was lost): say so on the partition's births, which readers follow so that a
+  -- subscription waiting for the channel's first tick costs no read until now.
+  if redis.call('ZADD', KEYS[3], clock, ARGV[4]) == 1 then
+    -- 10000: keyspace::BIRTHS_KEPT.
+    redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', 10000, '*', 'c', ARGV[4])
+  end
 end
 return out

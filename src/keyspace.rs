@@ -60,6 +60,8 @@ pub struct ChannelKeys {
     pub meta: String,
     /// The partition's channel registry (zset channel → last append ms).
     pub registry: String,
+    /// The partition's births (stream): see [`births`].
+    pub births: String,
     /// Dedup markers of the first storage format are `{dedup_prefix}<event_id>`.
     dedup_prefix: String,
     channel: String,
@@ -128,6 +130,7 @@ impl ChannelKeys {
             stream: format!("{}{channel}", stream_prefix(p)),
             meta: format!("tickstream:{{p{p}}}:m:{channel}"),
             registry: registry(p),
+            births: births(p),
             dedup_prefix: format!("tickstream:{{p{p}}}:d:{channel}:"),
             channel: channel.to_string(),
         }
@@ -164,6 +167,18 @@ pub fn stream_prefix(p: u32) -> String {
 pub fn registry(p: u32) -> String {
     format!("tickstream:{{p{p}}}:channels")
 }
+
+/// The partition's births: a capped stream with one entry (`c`: the channel) per
+/// channel the append script creates. A partition reader follows it with its
+/// streams, so a subscription to a channel that has no ticks yet costs no key in any
+/// read until this says the channel exists (docs/ARCHITECTURE.md "Keyspace").
+pub fn births(p: u32) -> String {
+    format!("tickstream:{{p{p}}}:births")
+}
+
+/// Births kept (`XADD MAXLEN ~`): a reader more than this many channel creations
+/// behind re-reads its waiting channels' streams instead.
+pub const BIRTHS_KEPT: u64 = 10_000;
 
 /// The partition count a deployment was created with.
 pub const PARTITIONS: &str = "tickstream:{meta}:partitions";

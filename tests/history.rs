@@ -189,6 +189,13 @@ async fn ids_of(app: &TestApp, path: &str) -> Vec<String> {
     page_ids(&page)
 }
 
+/// The `epoch` of the page at `path`.
+async fn page_epoch(app: &TestApp, path: &str) -> String {
+    let (status, page) = app.get(path, Some(&token(&["*"]))).await;
+    assert_eq!(status, 200, "{path}: {page}");
+    page["epoch"].as_str().expect("an epoch").to_string()
+}
+
 /// What `redis/rollback.lua` leaves after a failover lost `lost`: those entries gone,
 /// the channel on its successor epoch (ids go on above the old ones).
 fn roll_back(redis: &RedisServer, channel: &str, lost: &[String]) {
@@ -225,11 +232,40 @@ async fn ticks_a_rollback_or_a_lost_stream_took_are_never_served_from_memory() {
         ids[41..45],
         "the stream now ends at the survivor"
     );
+    // A page's epoch is its newest tick's: survivors are of the old epoch, though the
+    // channel's is the successor now.
+    let t = token(&["*"]);
+    let old_epoch = page_epoch(&app, &after_40).await;
+    let (_, latest) = app.get("/api/v1/channels/hc.rb/latest", Some(&t)).await;
+    assert_eq!(
+        latest["epoch"].as_str(),
+        Some(old_epoch.as_str()),
+        "the survivor is the latest"
+    );
     // New ticks of the new epoch above: the old epoch's lost ticks never come back.
     let new = ingest_keyed(&app, "hc.rb", 100, 5).await;
     let expected: Vec<String> = ids[41..45].iter().chain(&new[..3]).cloned().collect();
     assert_eq!(ids_of(&app, &after_40).await, expected);
     assert_eq!(ids_of(&app, &after_40).await, expected);
+    let new_epoch = page_epoch(&app, &after_40).await;
+    assert_eq!(
+        new_epoch,
+        tickstream::tick::epoch::after_rollback(&old_epoch),
+        "newest tick's epoch"
+    );
+    let first_only = format!("/api/v1/channels/hc.rb/ticks?since={}&limit=1", ids[40]);
+    assert_eq!(page_epoch(&app, &first_only).await, old_epoch, "a page of one survivor");
+    // A client that read a page of survivors and resumes with that page's epoch gets
+    // the rest of the survivors, then the rollback announced, then the new ticks.
+    let mut ws = app
+        .ws(&format!("/ws/hc.rb?since={}&epoch={old_epoch}", ids[42]), &t)
+        .await;
+    let frames = ws.until_type("live").await;
+    let gaps: Vec<_> = frames.iter().filter(|f| f["type"] == "gap").collect();
+    assert_eq!(gaps.len(), 1, "{frames:?}");
+    assert_eq!(gaps[0]["reason"], "rollback", "{frames:?}");
+    let want: Vec<String> = ids[43..45].iter().chain(&new).cloned().collect();
+    assert_eq!(tick_ids(&frames), want);
     // The stream lost whole and begun again.
     redis.flushall();
     let fresh = ingest_keyed(&app, "hc.rb", 200, 3).await;

@@ -170,7 +170,11 @@ pub async fn ticks(
     out.push_str(&format!("{{\"channel\":\"{channel}\",\"ticks\":["));
     let mut written = 0;
     let mut last_written = None;
-    let mut first_epoch: Option<Arc<str>> = None;
+    // The page's `epoch` is that of its newest tick: where a client that read the
+    // page resumes from (docs/PROTOCOL.md §4). After a failover's rollback a page of
+    // survivors is of the old epoch even though the channel has moved on; a client
+    // resuming with that epoch is replayed the survivors, then told of the rollback.
+    let mut newest_epoch: Option<Arc<str>> = None;
     let (read, last_epoch, source) = state
         .history
         .page(&state.store, &channel, want, &mut |t| {
@@ -183,13 +187,15 @@ pub async fn ticks(
             t.write_json(&mut out, false);
             written += 1;
             last_written = Some(t.id);
-            first_epoch.get_or_insert_with(|| t.epoch.clone());
+            if !descending || newest_epoch.is_none() {
+                newest_epoch = Some(t.epoch.clone());
+            }
         })
         .await?;
     state.metrics.history_pages.with_label_values(&[source]).inc();
     state.metrics.history_cache_bytes.set(state.history.bytes() as i64);
     let more = read > limit;
-    let epoch = match first_epoch.or(last_epoch) {
+    let epoch = match newest_epoch.or(last_epoch) {
         Some(e) => Some(e.to_string()),
         None => state.store.epoch(&channel).await?,
     };

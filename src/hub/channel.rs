@@ -50,6 +50,10 @@ impl std::ops::Deref for LiveFrame {
 }
 
 pub(crate) struct ActiveChannel {
+    /// The stream existed when the channel became active, or its birth has been
+    /// seen since. Until then the channel waits: its key is in no read (the
+    /// partition's births say when it exists; docs/ARCHITECTURE.md "Live tail").
+    pub(crate) exists: bool,
     /// The live buffer, made when the first tick is published on this node: a
     /// channel that nobody writes to costs its subscribers no buffer at all (a
     /// broadcast allocates every slot up front).
@@ -113,6 +117,20 @@ pub(crate) struct Partition {
     pub(crate) last_heard_ms: AtomicU64,
     /// The reader's last read returned a full batch for some channel: it is behind.
     pub(crate) behind: std::sync::atomic::AtomicBool,
+    /// Where the reader reads the partition's births from.
+    pub(crate) births: Mutex<BirthsCursor>,
+}
+
+/// The reader's cursor in the partition's births. A channel that starts waiting
+/// may have been born between its probe and its registration, after the reader
+/// passed that birth: registration then moves the cursor back to the probe's id
+/// (`lowered` counts such moves, so a read that began before one does not move the
+/// cursor forward past it).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct BirthsCursor {
+    /// `None` until a probe said where the births stood.
+    pub(crate) after: Option<StreamId>,
+    pub(crate) lowered: u64,
 }
 
 impl Partition {
@@ -120,8 +138,62 @@ impl Partition {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn cursors(&self) -> Vec<(Arc<str>, StreamId)> {
-        self.lock().iter().map(|(c, a)| (c.clone(), a.cursor)).collect()
+    /// The tail cursors of the channels whose streams exist (waiting channels are in
+    /// no read), and whether any channel is active at all.
+    pub(crate) fn cursors(&self) -> (Vec<(Arc<str>, StreamId)>, bool) {
+        let channels = self.lock();
+        let cursors = channels
+            .iter()
+            .filter(|(_, a)| a.exists)
+            .map(|(c, a)| (c.clone(), a.cursor))
+            .collect();
+        (cursors, !channels.is_empty())
+    }
+
+    fn births_lock(&self) -> MutexGuard<'_, BirthsCursor> {
+        self.births.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where the next read starts in the births.
+    pub(crate) fn births_after(&self) -> BirthsCursor {
+        *self.births_lock()
+    }
+
+    /// A probe saw the births at `seen`; `true` when the reader may already have
+    /// read past it (the cursor moved back, and the reader must be woken). Called
+    /// with the channel set locked, right after the new channel joined it.
+    pub(crate) fn births_seen(&self, seen: StreamId) -> bool {
+        let mut births = self.births_lock();
+        match births.after {
+            Some(after) if after <= seen => false,
+            Some(_) => {
+                births.after = Some(seen);
+                births.lowered += 1;
+                true
+            }
+            None => {
+                births.after = Some(seen);
+                false
+            }
+        }
+    }
+
+    /// The reader read births up to `last` from where `read_from` said: waiting
+    /// channels among `channels` exist now (their streams are read from the start,
+    /// `0-0`, on the next read).
+    pub(crate) fn born(&self, channels: &[String], last: StreamId, read_from: BirthsCursor) {
+        // The channel set stays locked until the cursor has moved: a registration
+        // (which also holds it, see `births_seen`) comes wholly before or after.
+        let mut active = self.lock();
+        for name in channels {
+            if let Some(a) = active.get_mut(name.as_str()) {
+                a.exists = true;
+            }
+        }
+        let mut births = self.births_lock();
+        if births.lowered == read_from.lowered {
+            births.after = Some(births.after.map_or(last, |a| a.max(last)));
+        }
     }
 
     /// A receiver of the channel's live buffer, once it has one.

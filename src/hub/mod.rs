@@ -55,6 +55,10 @@ struct Seed {
     recent: VecDeque<LiveFrame>,
     floor: StreamId,
     first_id: Option<StreamId>,
+    /// The stream exists (else the channel waits for its birth).
+    exists: bool,
+    /// The partition's last birth when the stream's existence was looked at.
+    births: StreamId,
 }
 
 /// The head of a channel's stream as the hub knows it.
@@ -94,6 +98,7 @@ impl Hub {
                         reading_generation: AtomicU64::new(0),
                         last_heard_ms: AtomicU64::new(0),
                         behind: Default::default(),
+                        births: Default::default(),
                     })
                 })
                 .collect(),
@@ -117,6 +122,21 @@ impl Hub {
         if let Some(sub) = self.join(&partition, channel, None) {
             return Ok(sub);
         }
+        // One read says whether the channel exists. One that does not waits for its
+        // birth: no buffer, no key in any read, no wake-up of the reader.
+        let probe = self.store.probe(channel).await?;
+        if !probe.exists {
+            let seed = Seed {
+                recent: VecDeque::new(),
+                floor: StreamId::ZERO,
+                first_id: None,
+                exists: false,
+                births: probe.births,
+            };
+            return self
+                .join(&partition, channel, Some(seed))
+                .ok_or_else(|| StoreError::Protocol("channel activation lost".into()));
+        }
         let info = self.store.info(channel).await?;
         let mut newest = self.store.rev_range(channel, IdRange::ALL, self.ring).await?;
         newest.reverse();
@@ -131,6 +151,8 @@ impl Hub {
             recent: newest.iter().map(LiveFrame::new).collect(),
             floor,
             first_id: info.and_then(|i| i.first).map(|t| t.id),
+            exists: true,
+            births: probe.births,
         };
         self.join(&partition, channel, Some(seed))
             .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))
@@ -211,7 +233,7 @@ impl Hub {
     pub fn head(self: &Arc<Self>, channel: &str) -> Option<Head> {
         let mut channels = self.partition(channel).lock();
         let active = channels.get_mut(channel)?;
-        if active.first_read.elapsed() > Duration::from_secs(1) && !active.refreshing {
+        if active.exists && active.first_read.elapsed() > Duration::from_secs(1) && !active.refreshing {
             // Refreshed in the background (this subscriber uses the last value), so a
             // subscriber that goes away mid-read cannot leave the flag set.
             active.refreshing = true;
@@ -266,9 +288,11 @@ impl Hub {
                 let seed = seed?;
                 let key: Arc<str> = channel.into();
                 let opened = Arc::new(Notify::new());
+                let first_of_partition = channels.is_empty();
                 channels.insert(
                     key.clone(),
                     ActiveChannel {
+                        exists: seed.exists,
                         tx: None,
                         opened: opened.clone(),
                         subscribers: 0,
@@ -284,7 +308,14 @@ impl Hub {
                 if partition.last_heard_ms.load(Ordering::Acquire) == 0 {
                     partition.last_heard_ms.store(now_ms(), Ordering::Release);
                 }
-                tokio::spawn(self.clone().wake_reader(partition.clone(), generation));
+                let lowered = partition.births_seen(seed.births);
+                if seed.exists || lowered {
+                    tokio::spawn(self.clone().wake_reader(partition.clone(), generation));
+                } else if first_of_partition {
+                    // An idle reader waits on this (locally); a reader already
+                    // reading follows the births and needs nothing.
+                    partition.waker.notify.notify_one();
+                }
                 (key, None, opened)
             }
         };

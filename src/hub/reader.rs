@@ -14,7 +14,7 @@ use super::channel::Partition;
 use super::Hub;
 use crate::clock::now_ms;
 use crate::retry::{Backoff, ErrorLog};
-use crate::store::{StoreError, TailBatch, TailReader};
+use crate::store::{Births, StoreError, TailBatch, TailReader};
 use crate::tick::epoch::is_rollback_of;
 use crate::tick::StreamId;
 
@@ -69,8 +69,9 @@ impl Hub {
                 return;
             }
             let generation = partition.generation.load(Ordering::Acquire);
-            let cursors = partition.cursors();
-            if cursors.is_empty() {
+            let (cursors, any) = partition.cursors();
+            let births = partition.births_after();
+            if !any {
                 partition.last_heard_ms.store(0, Ordering::Release);
                 tokio::select! {
                     _ = partition.waker.notify.notified() => continue,
@@ -79,12 +80,15 @@ impl Hub {
             }
             partition.reading_generation.store(generation, Ordering::Release);
             let result = tokio::select! {
-                r = self.read_checked(&partition, &mut tail, &mut check_pending, &cursors) => r,
+                r = self.read_checked(&partition, &mut tail, &mut check_pending, &cursors, births.after) => r,
                 _ = shutdown.changed() => return,
             };
             match result {
-                Ok(batches) => {
+                Ok((batches, born)) => {
                     partition.last_heard_ms.store(now_ms(), Ordering::Release);
+                    if let Some(born) = born {
+                        partition.born(&born.channels, born.last, births);
+                    }
                     let full = batches.iter().any(|b| b.ticks.len() >= crate::store::TAIL_COUNT);
                     partition.behind.store(full, Ordering::Release);
                     backoff.reset();
@@ -120,15 +124,16 @@ impl Hub {
         tail: &mut TailReader,
         check_pending: &mut bool,
         cursors: &[(Arc<str>, StreamId)],
-    ) -> Result<Vec<TailBatch>, StoreError> {
+        births: Option<StreamId>,
+    ) -> Result<(Vec<TailBatch>, Option<Births>), StoreError> {
         *check_pending |= tail.connect().await?;
         if *check_pending {
             self.check_rollbacks(partition).await?;
             *check_pending = false;
             // The check may have moved cursors back to the survivors.
-            return tail.read(&partition.cursors()).await;
+            return tail.read(&partition.cursors().0, births).await;
         }
-        tail.read(cursors).await
+        tail.read(cursors, births).await
     }
 
     /// Finds the partition's channels whose stream came back behind what this node

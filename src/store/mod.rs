@@ -206,6 +206,23 @@ pub struct TailBatch {
     pub last: StreamId,
 }
 
+/// What a subscription learns of a channel before it joins it (one read): whether
+/// its stream exists, and the partition's last birth before that look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub exists: bool,
+    /// Every channel created after this look has a birth after this id
+    /// (`keyspace::births`).
+    pub births: StreamId,
+}
+
+/// Channels a partition reader saw created (their births), up to `last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Births {
+    pub channels: Vec<String>,
+    pub last: StreamId,
+}
+
 /// A partition reader's source of new entries.
 pub enum TailReader {
     Redis(redis::tail::RedisTail),
@@ -222,12 +239,18 @@ impl TailReader {
         }
     }
 
-    /// Waits up to the block time for entries after each cursor; returns what each
-    /// channel with new entries got.
-    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
+    /// Waits up to the block time for entries after each cursor, and (`births`: the
+    /// cursor of the partition's births) for channels being created; returns what
+    /// each channel with new entries got, and the births seen. The memory engine's
+    /// channels all count as existing ([`Store::probe`]), so it has no births.
+    pub async fn read(
+        &mut self,
+        cursors: &[(Arc<str>, StreamId)],
+        births: Option<StreamId>,
+    ) -> Result<(Vec<TailBatch>, Option<Births>), StoreError> {
         match self {
-            TailReader::Redis(t) => t.read(cursors).await,
-            TailReader::Memory(t) => t.read(cursors).await,
+            TailReader::Redis(t) => t.read(cursors, births).await,
+            TailReader::Memory(t) => Ok((t.read(cursors).await?, None)),
         }
     }
 }
@@ -361,6 +384,20 @@ impl Store {
         match self {
             Store::Redis(s) => s.dev_secret(&candidate).await,
             Store::Memory(_) => Ok(candidate),
+        }
+    }
+
+    /// Whether `channel`'s stream exists, and where the partition's births stood
+    /// before that look: one round trip. A subscription to a channel that does not
+    /// exist yet waits for its birth instead of adding its key to every read. The
+    /// memory engine answers that every channel exists: its reads cost no Redis.
+    pub async fn probe(&self, channel: &str) -> Result<Probe, StoreError> {
+        match self {
+            Store::Redis(s) => s.probe(channel).await,
+            Store::Memory(_) => Ok(Probe {
+                exists: true,
+                births: StreamId::ZERO,
+            }),
         }
     }
 

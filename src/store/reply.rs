@@ -187,6 +187,31 @@ pub fn parse_entry_opt(channel: &Arc<str>, v: &Value, unreadable: &Unreadable) -
 
 /// `[id, fields]`; an entry whose id is not a stream id is a reply we do not
 /// understand at all.
+/// Entries of a partition's births stream (`keyspace::births`): the channels created,
+/// and the last entry's id.
+pub fn parse_births(v: Value) -> Result<(Vec<String>, Option<StreamId>), StoreError> {
+    let items = match v {
+        Value::Nil => Vec::new(),
+        Value::Array(items) | Value::Set(items) => items,
+        other => return Err(protocol("births", &other)),
+    };
+    let mut channels = Vec::with_capacity(items.len());
+    let mut last = None;
+    for entry in items {
+        let (id, fields) = split_entry(entry)?;
+        last = Some(id);
+        let fields = as_array(&fields).unwrap_or(&[]);
+        for pair in fields.chunks(2) {
+            if let [name, value] = pair {
+                if as_bytes(name) == Some(b"c".as_slice()) {
+                    channels.extend(as_str(value));
+                }
+            }
+        }
+    }
+    Ok((channels, last))
+}
+
 fn split_entry(v: Value) -> Result<(StreamId, Value), StoreError> {
     match v {
         Value::Array(mut parts) if parts.len() == 2 => {

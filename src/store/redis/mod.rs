@@ -24,11 +24,15 @@ use redis::Value;
 
 use super::connections::Connections;
 use super::latency::CommandLatency;
-use super::reply::{as_array, as_id, as_str, as_u64, pairs, parse_entries, parse_entry_opt, protocol, Unreadable};
+use super::reply::{
+    as_array, as_id, as_str, as_u64, pairs, parse_births, parse_entries, parse_entry_opt, protocol, Unreadable,
+};
 use super::target::{Target, TlsFiles};
-use super::{Appended, ChannelSummary, Fences, IdRange, RangeRead, Settings, StoreError, StreamEnds, StreamInfo};
+use super::{
+    Appended, ChannelSummary, Fences, IdRange, Probe, RangeRead, Settings, StoreError, StreamEnds, StreamInfo,
+};
 use crate::keyspace::{self, partition_of, ChannelKeys, DedupBuckets};
-use crate::tick::{new_epoch, PreparedTick, Tick};
+use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
 /// How long an ingest waits for its replicas (`TICKSTREAM_REDIS_WAIT`), in ms.
 const WAIT_TIMEOUT_MS: u64 = 1000;
 /// Where the partition count was recorded before keys outside partitions got hash
@@ -167,7 +171,7 @@ impl RedisStore {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.append_script.get_hash())
-                    .arg(3 + intervals.len() + bucket_count + members.len())
+                    .arg(4 + intervals.len() + bucket_count + members.len())
                     .arg(&k.stream)
                     .arg(&k.meta)
                     .arg(&k.registry);
@@ -180,6 +184,7 @@ impl RedisStore {
                 for &i in members {
                     cmd.arg(k.dedup(&ticks[i].event_id));
                 }
+                cmd.arg(&k.births);
                 cmd.arg(self.settings.stream_maxlen)
                     .arg(buckets.ttl_ms)
                     .arg(&epoch)
@@ -267,6 +272,29 @@ impl RedisStore {
             .into_iter()
             .map(|r| r.ok_or_else(|| StoreError::Protocol("a tick got no append result".into())))
             .collect()
+    }
+
+    /// See [`Store::probe`]. The births are read first, then the stream's existence,
+    /// in one pipeline on one connection (one slot: the same hash tag): a channel
+    /// created after the look at the births has a birth after it, whatever the order
+    /// of the replies.
+    pub async fn probe(&self, channel: &str) -> Result<Probe, StoreError> {
+        let k = self.keys(channel);
+        let mut conn = self.connections.get().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("XREVRANGE")
+            .arg(&k.births)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        pipe.cmd("EXISTS").arg(&k.stream);
+        let (last, exists): (Value, i64) = pipe.query_async(&mut conn).await?;
+        let (_, births) = parse_births(last)?;
+        Ok(Probe {
+            exists: exists == 1,
+            births: births.unwrap_or(StreamId::ZERO),
+        })
     }
 
     pub async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {

@@ -20,8 +20,8 @@ use redis::Value;
 use super::RedisStore;
 use crate::keyspace;
 use crate::store::connections::{NodeAddr, COMMAND_TIMEOUT};
-use crate::store::reply::{as_str, parse_entries, protocol, streams_of};
-use crate::store::{StoreError, TailBatch, TailWaker};
+use crate::store::reply::{as_str, parse_births, parse_entries, protocol, streams_of};
+use crate::store::{Births, StoreError, TailBatch, TailWaker};
 use crate::tick::StreamId;
 
 /// How often a cluster reader asks again which master serves its slot, when nothing
@@ -35,6 +35,7 @@ impl RedisStore {
             conn: None,
             slot: keyspace::partition_slot(partition),
             prefix: keyspace::stream_prefix(partition),
+            births: keyspace::births(partition),
             waker,
         }
     }
@@ -59,6 +60,8 @@ pub struct RedisTail {
     /// The cluster slot of the partition's keys.
     slot: u16,
     prefix: String,
+    /// The partition's births stream, followed beside the channels' streams.
+    births: String,
     waker: Arc<TailWaker>,
 }
 
@@ -120,7 +123,11 @@ impl RedisTail {
         self.waker.set_reader(0, None);
     }
 
-    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
+    pub async fn read(
+        &mut self,
+        cursors: &[(Arc<str>, StreamId)],
+        births_after: Option<StreamId>,
+    ) -> Result<(Vec<TailBatch>, Option<Births>), StoreError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(crate::store::TAIL_COUNT)
@@ -130,10 +137,16 @@ impl RedisTail {
         for (channel, _) in cursors {
             cmd.arg(format!("{}{}", self.prefix, channel));
         }
+        if births_after.is_some() {
+            cmd.arg(&self.births);
+        }
         for (_, cursor) in cursors {
             // The reader tracks its own cursors; `$` would lose entries appended
             // between two calls.
             cmd.arg(cursor.to_string());
+        }
+        if let Some(after) = births_after {
+            cmd.arg(after.to_string());
         }
         // Connecting is the caller's step (`connect` says whether the connection is
         // fresh, which decides the rollback check): without one, fail, and the
@@ -150,12 +163,18 @@ impl RedisTail {
             }
         };
         let mut out = Vec::new();
+        let mut births = None;
         // XREAD answers the streams that have news in the order they were asked for,
         // so each is looked for from where the previous one was found (a full search
         // only if that ever fails): one pass over the cursors, not one per stream.
         let mut from = 0;
         for (key, entries) in streams_of(reply) {
             let key = as_str(&key).ok_or_else(|| protocol("XREAD key", &key))?;
+            if key == self.births {
+                let (channels, last) = parse_births(entries)?;
+                births = last.map(|last| Births { channels, last });
+                continue;
+            }
             let Some(name) = key.strip_prefix(self.prefix.as_str()) else {
                 continue;
             };
@@ -179,6 +198,6 @@ impl RedisTail {
                 });
             }
         }
-        Ok(out)
+        Ok((out, births))
     }
 }
