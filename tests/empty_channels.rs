@@ -1,4 +1,4 @@
-//! A subscription to a channel that has no ticks yet (docs/PROTOCOL.md "Limits"):
+//! A subscription to a channel that has no ticks yet (docs/PROTOCOL.md §9.4 "Bounds"):
 //! it holds no buffer, costs at most one Redis read when it is made, and adds
 //! nothing to any later read until the channel's first tick, which its subscriber
 //! then gets like any other. Redis's own `MONITOR` is the witness, against a real

@@ -1,4 +1,4 @@
-//! A slow reader's share of the server's memory (docs/PROTOCOL.md §3 "Slow
+//! A slow reader's share of the server's memory (docs/PROTOCOL.md §5.5 "Slow
 //! consumers"): at most 1 MiB of tick data per socket, whatever its number of
 //! subscriptions and however slowly it reads. Measured as a user would see it: the
 //! server process's RSS, while raw clients with a 4 KiB receive buffer read a few KiB

@@ -3,7 +3,7 @@
 //!
 //! Every socket is a file. Past the process's limit `accept` fails with `EMFILE`,
 //! and a client then gets no answer at all, never the `503 overloaded` the cap
-//! promises (docs/PROTOCOL.md "Limits"). So the cap in force keeps a reserve of files
+//! promises (docs/PROTOCOL.md §9.4 "Bounds"). So the cap in force keeps a reserve of files
 //! for what is not a session: the Redis connections (a reader per partition, the
 //! pool, a cluster's nodes), REST and ingest connections, the listener, logs.
 

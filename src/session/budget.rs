@@ -1,4 +1,4 @@
-//! A socket's budget of tick bytes in flight (docs/PROTOCOL.md §3 "Slow consumers":
+//! A socket's budget of tick bytes in flight (docs/PROTOCOL.md §5.5 "Slow consumers":
 //! at most 1 MiB of tick data held per socket, whatever it subscribes to and however
 //! slowly it reads).
 //!

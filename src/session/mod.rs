@@ -21,7 +21,7 @@ pub(crate) mod replay;
 pub(crate) mod sse;
 pub(crate) mod websocket;
 pub(crate) mod writer;
-pub(crate) mod ws_codec;
+pub mod ws_codec;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -32,7 +32,7 @@ pub const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// Longest `epoch` a client may send. Ours are 8 characters (a rolled-back one a few
 /// more); a subscription keeps the client's for its life, so an unbounded one would
-/// let a client park megabytes per socket (docs/PROTOCOL.md §3).
+/// let a client park megabytes per socket (docs/PROTOCOL.md §5.5).
 pub const MAX_EPOCH_CHARS: usize = 64;
 
 /// The client's `epoch`, if it is one we could have sent.

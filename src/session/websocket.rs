@@ -146,7 +146,7 @@ impl ClientFrames {
 /// function of its own so that it is never part of the connection's future: an idle
 /// socket holds no read buffer.
 fn read_ready(tcp: &OwnedReadHalf, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; ws_codec::READ_CHUNK];
     let n = tcp.try_read(&mut chunk)?;
     buf.extend_from_slice(&chunk[..n]);
     Ok(n)
@@ -283,7 +283,12 @@ async fn control(session: &mut Session, frames: &mut ClientFrames, writer: &mut 
                         session.try_send(Frame::Pong(payload));
                         continue;
                     }
-                    Some(Ok(Incoming::Pong)) => continue,
+                    // Unsolicited pongs and empty fragments cost the client nothing to
+                    // send and the server a decode: they count like messages.
+                    Some(Ok(Incoming::Pong | Incoming::EmptyFragment)) if !inbound.take() => {
+                        Some((close::RATE_LIMITED, "too many messages"))
+                    }
+                    Some(Ok(Incoming::Pong | Incoming::EmptyFragment)) => continue,
                     Some(Ok(Incoming::Close(code))) => return End::Client(code),
                     Some(Err(Violation::TooLarge)) => Some((close::POLICY, "message larger than 64 KiB")),
                     Some(Err(Violation::NotUtf8)) => Some((close::INVALID_DATA, "text message is not UTF-8")),

@@ -67,6 +67,9 @@ pub enum Incoming {
     /// To be answered with a pong carrying the same payload.
     Ping(Bytes),
     Pong,
+    /// An empty part of a fragmented message: no message yet, but a frame the client
+    /// sent for nothing (counted against the inbound budget).
+    EmptyFragment,
     /// The client's close frame, with its code if it gave one.
     Close(Option<u16>),
 }
@@ -83,6 +86,31 @@ pub enum Violation {
     Protocol(&'static str),
     #[error("text message is not UTF-8")]
     NotUtf8,
+}
+
+/// What the session reads from a socket at a time, at most (`websocket.rs`).
+pub const READ_CHUNK: usize = 4096;
+
+/// A frame's unmasked payload: the decoder's whole buffer taken over, or a part of it.
+enum Payload<'a> {
+    Owned(Vec<u8>),
+    Slice(&'a [u8]),
+}
+
+impl Payload<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Slice(s) => s,
+        }
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Slice(s) => s.to_vec(),
+        }
+    }
 }
 
 /// Decodes client frames from bytes as they arrive.
@@ -115,6 +143,8 @@ impl Decoder {
 
     /// The next complete message in the buffer, if one has arrived. After `None`,
     /// append what is read next to `buf`.
+    // Not an Iterator: "no message yet" and "an error" are both answers here.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Incoming>, Violation> {
         loop {
             if self.skip > 0 {
@@ -142,29 +172,51 @@ impl Decoder {
                 return Err(Violation::TooLarge);
             }
             let len = len as usize;
-            let rest = &self.buf[self.start..];
-            if rest.len() < header + len {
+            let available = self.buf.len() - self.start;
+            if available < header + len {
                 self.compact();
+                // Room for exactly the rest of this frame and one read past it: a
+                // growing Vec would double its capacity, and a socket would hold up to
+                // twice the message cap.
+                self.buf.reserve_exact(header + len - available + READ_CHUNK);
                 return Ok(None);
             }
-            let first = rest[0];
+            let first = self.buf[self.start];
             let mut key = [0u8; 4];
-            key.copy_from_slice(&rest[header - 4..header]);
-            let payload: Vec<u8> = rest[header..header + len]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ key[i % 4])
-                .collect();
-            self.start += header + len;
-            if self.start == self.buf.len() {
-                // Give back a large message's memory.
-                self.buf = Vec::new();
-                self.start = 0;
+            key.copy_from_slice(&self.buf[self.start + header - 4..self.start + header]);
+            let body = self.start + header..self.start + header + len;
+            for (i, b) in self.buf[body.clone()].iter_mut().enumerate() {
+                *b ^= key[i % 4];
             }
-            if let Some(message) = self.message(first & FIN != 0, first & 0x0F, payload)? {
+            self.start = body.end;
+            let message = if self.start == self.buf.len() && body.start == header {
+                // The frame is the whole buffer (the usual case): its bytes become the
+                // payload without a copy, and the socket holds no read buffer after.
+                let mut payload = std::mem::take(&mut self.buf);
+                payload.drain(..header);
+                self.start = 0;
+                self.message(first & FIN != 0, first & 0x0F, Payload::Owned(payload))?
+            } else {
+                let buf = std::mem::take(&mut self.buf);
+                let message = self.message(first & FIN != 0, first & 0x0F, Payload::Slice(&buf[body]));
+                self.buf = buf;
+                if self.start == self.buf.len() {
+                    // Give back a large message's memory.
+                    self.buf = Vec::new();
+                    self.start = 0;
+                }
+                message?
+            };
+            if let Some(message) = message {
                 return Ok(Some(message));
             }
         }
+    }
+
+    /// Bytes this decoder holds now (its read buffer and a fragmented message so
+    /// far): at most the message cap, one frame header and one read beside it.
+    pub fn held(&self) -> usize {
+        self.buf.capacity() + self.partial.as_ref().map_or(0, |(_, parts)| parts.capacity())
     }
 
     /// Forgets everything undecoded (after a violation, when what follows is only
@@ -179,6 +231,11 @@ impl Decoder {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
+            // A large frame's room is not kept for the small ones behind it (while a
+            // fragmented message grows beside them).
+            if self.buf.capacity() > 2 * READ_CHUNK && self.buf.len() < self.buf.capacity() / 2 {
+                self.buf.shrink_to(self.buf.len() + READ_CHUNK);
+            }
         }
     }
 
@@ -212,9 +269,10 @@ impl Decoder {
         Ok(Some((header, len)))
     }
 
-    fn message(&mut self, fin: bool, opcode: u8, payload: Vec<u8>) -> Result<Option<Incoming>, Violation> {
+    fn message(&mut self, fin: bool, opcode: u8, payload: Payload<'_>) -> Result<Option<Incoming>, Violation> {
         let (opcode, payload) = match opcode {
             CLOSE => {
+                let payload = payload.bytes();
                 let code = match payload.len() {
                     0 => None,
                     1 => return Err(Violation::Protocol("a close frame of one byte")),
@@ -229,22 +287,27 @@ impl Decoder {
                 }
                 return Ok(Some(Incoming::Close(code)));
             }
-            PING => return Ok(Some(Incoming::Ping(Bytes::from(payload)))),
+            PING => return Ok(Some(Incoming::Ping(Bytes::copy_from_slice(payload.bytes())))),
             PONG => return Ok(Some(Incoming::Pong)),
             TEXT | BINARY if self.partial.is_some() => {
                 return Err(Violation::Protocol("a new message inside a fragmented one"))
             }
             TEXT | BINARY if !fin => {
-                self.partial = Some((opcode, payload));
-                return Ok(None);
+                let empty = payload.bytes().is_empty();
+                self.partial = Some((opcode, payload.into_vec()));
+                return Ok(empty.then_some(Incoming::EmptyFragment));
             }
-            TEXT | BINARY => (opcode, payload),
+            TEXT | BINARY => (opcode, payload.into_vec()),
             CONTINUATION => match self.partial.as_mut() {
                 None => return Err(Violation::Protocol("a continuation without a message")),
                 Some((_, parts)) => {
-                    parts.extend_from_slice(&payload);
+                    // Exactly what this part adds (the total is capped, the capacity too).
+                    parts.reserve_exact(payload.bytes().len());
+                    parts.extend_from_slice(payload.bytes());
                     if !fin {
-                        return Ok(None);
+                        // An empty part costs the client nothing to send: it counts
+                        // against the inbound budget like a message.
+                        return Ok(payload.bytes().is_empty().then_some(Incoming::EmptyFragment));
                     }
                     self.partial.take().unwrap_or_default()
                 }
@@ -282,6 +345,63 @@ mod tests {
         out.extend_from_slice(&key);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         out
+    }
+
+    /// Feeds `bytes` in reads of at most 4 KiB (as the session reads) and returns
+    /// the messages and the most the decoder held at any point.
+    fn feed(decoder: &mut Decoder, bytes: &[u8]) -> (Vec<Incoming>, usize) {
+        let mut out = Vec::new();
+        let mut most = decoder.held();
+        for chunk in bytes.chunks(4096) {
+            decoder.buf.extend_from_slice(chunk);
+            most = most.max(decoder.held());
+            while let Some(m) = decoder.next().expect("valid framing") {
+                out.push(m);
+            }
+            most = most.max(decoder.held());
+        }
+        (out, most)
+    }
+
+    #[test]
+    fn a_socket_decoder_holds_about_one_message_at_most() {
+        const CAP: usize = 64 * 1024;
+        let bound = CAP + 2 * READ_CHUNK + 14;
+        // A whole 64 KiB message, then one in 16 fragments, then one whose last frame
+        // is 60 KiB behind 4 KiB of parts: each decoded, never more than the bound held.
+        let text = "x".repeat(CAP);
+        let mut bytes = client_frame(0x81, text.as_bytes());
+        let parts: Vec<&[u8]> = text.as_bytes().chunks(CAP / 16).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let first = match (i, i + 1 == parts.len()) {
+                (0, _) => 0x01,
+                (_, true) => 0x80,
+                _ => 0x00,
+            };
+            bytes.extend(client_frame(first, part));
+        }
+        bytes.extend(client_frame(0x01, &text.as_bytes()[..4096]));
+        bytes.extend(client_frame(0x80, &text.as_bytes()[4096..]));
+        let mut d = Decoder::new(CAP, Vec::new());
+        let (messages, most) = feed(&mut d, &bytes);
+        assert_eq!(messages.len(), 3);
+        assert!(messages.iter().all(|m| *m == Incoming::Text(text.clone())));
+        assert!(most <= bound, "held {most} bytes (bound {bound})");
+        assert_eq!(d.held(), 0, "nothing held between messages");
+    }
+
+    #[test]
+    fn empty_fragments_are_reported_so_they_can_be_counted() {
+        let mut bytes = client_frame(0x01, b"");
+        for _ in 0..3 {
+            bytes.extend(client_frame(0x00, b""));
+        }
+        bytes.extend(client_frame(0x80, b"{}"));
+        let mut d = Decoder::new(1024, Vec::new());
+        let (messages, _) = feed(&mut d, &bytes);
+        assert_eq!(messages.len(), 5);
+        assert!(messages[..4].iter().all(|m| *m == Incoming::EmptyFragment));
+        assert_eq!(messages[4], Incoming::Text("{}".into()));
     }
 
     #[test]
