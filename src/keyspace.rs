@@ -176,8 +176,10 @@ pub fn births(p: u32) -> String {
     format!("tickstream:{{p{p}}}:births")
 }
 
-/// Births kept (`XADD MAXLEN ~`): a reader more than this many channel creations
-/// behind re-reads its waiting channels' streams instead.
+/// Births kept (`XADD MAXLEN ~`, the literal in `redis/append.lua`). A reader reads
+/// them continuously; one more than this many channel creations of its partition
+/// behind (a Redis outage would not do it: nothing is created meanwhile) could miss
+/// a birth, and that channel's waiting subscribers would wait until they resubscribe.
 pub const BIRTHS_KEPT: u64 = 10_000;
 
 /// The partition count a deployment was created with.

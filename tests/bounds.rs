@@ -32,12 +32,7 @@ async fn beyond_max_connections_handshakes_answer_503_until_a_socket_closes() {
     // REST is still served.
     assert_eq!(app.get("/api/v1/channels", Some(&t)).await.0, 200);
     open.pop().unwrap().close().await;
-    let app_ref = &app;
-    let t_ref = &t;
-    eventually("a socket is free again", || async move {
-        app_ref.try_ws("/ws", &[bearer(t_ref)]).await.is_ok()
-    })
-    .await;
+    until_a_socket_is_free(&app, &t).await;
     app.stop().await;
 }
 
@@ -74,13 +69,16 @@ async fn the_connection_cap_keeps_under_the_open_file_limit() {
     // Still refused while full; a closed socket frees a place.
     assert_eq!(app.try_ws("/ws", &[bearer(&t)]).await.err().map(|e| e.0), Some(503));
     open.pop().unwrap().close().await;
-    let app_ref = &app;
-    let t_ref = &t;
+    until_a_socket_is_free(&app, &t).await;
+    drop(open);
+}
+
+/// Waits until a handshake is admitted again (after a socket closed).
+async fn until_a_socket_is_free(app: &TestApp, t: &str) {
     eventually("a socket is free again", || async move {
-        app_ref.try_ws("/ws", &[bearer(t_ref)]).await.is_ok()
+        app.try_ws("/ws", &[bearer(t)]).await.is_ok()
     })
     .await;
-    drop(open);
 }
 
 /// Reads from a raw TCP connection until the server closes it; how long that took.

@@ -152,3 +152,46 @@ async fn a_channel_born_during_its_first_subscribe_is_delivered() {
     }
     app.stop().await;
 }
+
+/// A channel created without a birth (by a node of the version before births, during
+/// a rolling upgrade, or a birth lost with a failed master): its waiting subscribers
+/// are not left waiting forever; the reader's next fresh connection looks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_created_without_a_birth_is_found_after_a_reconnect() {
+    let mut redis = RedisServer::start_persistent();
+    let app = TestApp::start(config(Some(&redis))).await;
+    let t = token(&["*"]);
+    let mut ws = app.ws("/ws/unborn.a?since=0-0", &t).await;
+    ws.until_type("live").await;
+    // The entry as the append script writes it, with no birth beside it.
+    let keys = tickstream::keyspace::ChannelKeys::new("unborn.a", 16);
+    let tail = tickstream::tick::wire::tail(1_000_000, Some("5"), None, &"ab".repeat(32));
+    let body = tickstream::tick::wire::body(1, "oldnode1", &tail);
+    let mut c = redis.client();
+    let id: String = redis::cmd("XADD")
+        .arg(&keys.stream)
+        .arg("*")
+        .arg("j")
+        .arg(body)
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.meta)
+        .arg("epoch")
+        .arg("oldnode1")
+        .arg("seq")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut c).unwrap();
+    // Nothing announced it: the subscriber waits (no read of it either).
+    match ws.next_within(Duration::from_millis(300)).await {
+        Next::Timeout => {}
+        other => panic!("got {other:?} before any reconnect"),
+    }
+    // A Redis restart: the readers reconnect, look at their waiting channels again.
+    redis.restart();
+    let frames = ws.until_type("tick").await;
+    assert_eq!(tick_ids(&frames), vec![id]);
+    app.stop().await;
+}

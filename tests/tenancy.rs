@@ -149,19 +149,6 @@ async fn an_epoch_over_64_characters_is_a_bad_request() {
     app.stop().await;
 }
 
-/// `INFO commandstats` calls of one command.
-fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut redis.client())
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_asks_redis_at_most_once_a_second() {
     let mut redis = RedisServer::start();
@@ -188,4 +175,55 @@ async fn readyz_asks_redis_at_most_once_a_second() {
     })
     .await;
     app.stop().await;
+}
+
+/// The binary as an operator starts it with no signing key: on a non-loopback
+/// address it refuses, naming the variables; `TICKSTREAM_DEV=1` (as a container's
+/// environment would say it) starts dev mode there, loudly.
+#[test]
+fn dev_mode_serves_loopback_only_unless_asked() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let binary = env!("CARGO_BIN_EXE_tickstream");
+    let base = |cmd: &mut Command| {
+        cmd.env_remove("TICKSTREAM_JWT_SECRET")
+            .env_remove("TICKSTREAM_JWT_PUBLIC_KEY")
+            .env_remove("TICKSTREAM_HMAC_SECRET")
+            .env_remove("REDIS_URL")
+            .env_remove("TICKSTREAM_DEV")
+            .env("TICKSTREAM_LISTEN", "0.0.0.0:0")
+            .env("TICKSTREAM_LOG", "warn");
+    };
+    let mut refused = Command::new(binary);
+    base(&mut refused);
+    let out = refused.output().expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for name in ["TICKSTREAM_JWT_SECRET", "TICKSTREAM_HMAC_SECRET", "TICKSTREAM_DEV=1"] {
+        assert!(stderr.contains(name), "{name} in {stderr}");
+    }
+    assert!(!stderr.contains("Reader token"), "no token printed: {stderr}");
+
+    let mut asked = Command::new(binary);
+    base(&mut asked);
+    let mut child = asked
+        .env("TICKSTREAM_DEV", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the binary");
+    let lines = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    for line in lines.lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Reader token") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("DEV MODE ON 0.0.0.0"), "{seen}");
+    assert!(seen.contains("Reader token"), "{seen}");
 }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+// Boolish: a flag's variable may say 1/0, true/false, yes/no or on/off.
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 
 /// Command-line flags, each backed by its environment variable. No `Debug`: it holds
@@ -130,11 +132,11 @@ pub struct Cli {
     pub candle_retention_1d: String,
     /// Also feed a few synthetic channels (`demo.*`) through the normal ingest path,
     /// so the dashboard has something to show (docs/PROTOCOL.md §8).
-    #[arg(long, global = true, env = "TICKSTREAM_DEMO")]
+    #[arg(long, global = true, env = "TICKSTREAM_DEMO", value_parser = BoolishValueParser::new())]
     pub demo: bool,
     /// Dev mode (no signing key: a generated one, and printed tokens) on a listen
     /// address other than loopback. Without it such a server refuses to start.
-    #[arg(long, global = true, env = "TICKSTREAM_DEV")]
+    #[arg(long, global = true, env = "TICKSTREAM_DEV", value_parser = BoolishValueParser::new())]
     pub dev: bool,
     /// Without a command: serve.
     #[command(subcommand)]

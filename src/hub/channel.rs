@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, Notify};
 
-use crate::store::{Fence, TailBatch, TailWaker};
+use crate::store::{Fence, Probe, TailBatch, TailWaker};
 use crate::tick::{StreamId, Tick};
 
 /// One tick, serialized once per node and shared by every session. One pointer:
@@ -176,6 +176,32 @@ impl Partition {
                 false
             }
         }
+    }
+
+    /// The channels waiting for their birth.
+    pub(crate) fn waiting(&self) -> Vec<Arc<str>> {
+        self.lock()
+            .iter()
+            .filter(|(_, a)| !a.exists)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// A waiting channel probed again: it exists now, or it waits on with the
+    /// births cursor no further than the probe saw (a new master may number births
+    /// below what the old one did).
+    pub(crate) fn rechecked(&self, channel: &str, probe: Probe) {
+        let mut active = self.lock();
+        if let Some(a) = active.get_mut(channel) {
+            a.exists |= probe.exists;
+        }
+        let mut births = self.births_lock();
+        if births.after.is_some_and(|after| after > probe.births) {
+            births.after = Some(probe.births);
+            births.lowered += 1;
+        }
+        drop(births);
+        drop(active);
     }
 
     /// The reader read births up to `last` from where `read_from` said: waiting

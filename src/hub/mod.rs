@@ -158,17 +158,6 @@ impl Hub {
             .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))
     }
 
-    /// Ticks after `after`, when the node-local ring holds all of them.
-    pub fn recent_after(&self, channel: &str, after: StreamId) -> Option<Vec<LiveFrame>> {
-        let channels = self.partition(channel).lock();
-        let active = channels.get(channel)?;
-        if after < active.floor {
-            return None;
-        }
-        let start = active.recent.partition_point(|f| f.id <= after);
-        Some(active.recent.range(start..).cloned().collect())
-    }
-
     /// The ring's frame of the tick with id `id`, if the ring holds it.
     pub fn frame_at(&self, channel: &str, id: StreamId) -> Option<LiveFrame> {
         let channels = self.partition(channel).lock();

@@ -64,6 +64,9 @@ impl Hub {
         // A fresh connection (after an error, a failover, the first one) is checked
         // for rolled-back streams before the reader reads on from its cursors.
         let mut check_pending = false;
+        // Waiting channels are looked at again on a reconnection, not the first
+        // connection (their probe was just taken).
+        let mut connected_before = false;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -80,7 +83,7 @@ impl Hub {
             }
             partition.reading_generation.store(generation, Ordering::Release);
             let result = tokio::select! {
-                r = self.read_checked(&partition, &mut tail, &mut check_pending, &cursors, births.after) => r,
+                r = self.read_checked(&partition, &mut tail, (&mut check_pending, &mut connected_before), &cursors, births.after) => r,
                 _ = shutdown.changed() => return,
             };
             match result {
@@ -122,13 +125,17 @@ impl Hub {
         &self,
         partition: &Partition,
         tail: &mut TailReader,
-        check_pending: &mut bool,
+        (check_pending, connected_before): (&mut bool, &mut bool),
         cursors: &[(Arc<str>, StreamId)],
         births: Option<StreamId>,
     ) -> Result<(Vec<TailBatch>, Option<Births>), StoreError> {
         *check_pending |= tail.connect().await?;
         if *check_pending {
             self.check_rollbacks(partition).await?;
+            if *connected_before {
+                self.check_waiting(partition).await?;
+            }
+            *connected_before = true;
             *check_pending = false;
             // The check may have moved cursors back to the survivors.
             return tail.read(&partition.cursors().0, births).await;
@@ -161,6 +168,18 @@ impl Hub {
             if let Some(rolled) = self.store.roll_back(channel, fence).await? {
                 partition.rolled_back(channel, rolled.survivor);
             }
+        }
+        Ok(())
+    }
+
+    /// On a fresh connection (a Redis restart, a failover), looks again at the
+    /// partition's waiting channels: a birth may have been lost with what the old
+    /// master had not replicated, or numbered below this reader's births cursor by
+    /// the new one. One probe per waiting channel, only then.
+    async fn check_waiting(&self, partition: &Partition) -> Result<(), StoreError> {
+        for channel in partition.waiting() {
+            let probe = self.store.probe(&channel).await?;
+            partition.rechecked(&channel, probe);
         }
         Ok(())
     }

@@ -17,14 +17,20 @@ use tokio::sync::Semaphore;
 
 /// Tick data one socket may hold, at most (SPEC: 1 MiB).
 pub const SOCKET_TICK_BYTES: usize = 1024 * 1024;
-/// The writer's batch, live ticks included, is cut at this many bytes (plus the one
-/// frame that crossed it).
-pub const BATCH_BYTES: usize = 128 * 1024;
+/// The writer's batch, live ticks included, is cut at this many bytes (plus the
+/// queue item, at most [`FEED_BYTES`] and a frame, that crossed it).
+pub const BATCH_BYTES: usize = 96 * 1024;
+/// A feed queues its pending frames once they weigh this much (or are 32 frames).
+pub const FEED_BYTES: usize = 32 * 1024;
 /// Replayed and caught-up ticks in flight: queued, in the writer's batch, or being
-/// written. Beside them a socket holds at most two batches of live ticks (one being
-/// written, and for SSE one more handed to the response body), each at most
-/// [`BATCH_BYTES`] and a frame: in all, under [`SOCKET_TICK_BYTES`].
-pub const REPLAY_BYTES: usize = SOCKET_TICK_BYTES - 2 * (BATCH_BYTES + MAX_FRAME_BYTES);
+/// written. Beside them a socket holds at most two batches (one being written, and
+/// for SSE one more handed to the response body, whose replayed ticks no longer
+/// count here), each at most [`BATCH_BYTES`], a feed item and a frame: in all, under
+/// [`SOCKET_TICK_BYTES`].
+pub const REPLAY_BYTES: usize = SOCKET_TICK_BYTES - 2 * (BATCH_BYTES + FEED_BYTES + MAX_FRAME_BYTES);
+/// A page read takes at most this much of the budget, so one subscription's slow
+/// read never holds the whole socket's.
+pub const PAGE_BYTES: usize = 256 * 1024;
 /// The largest a tick frame can be: 8 KiB of `data` and 128 bytes of channel, a
 /// `key` of 128 characters (up to 4 bytes each, its JSON escapes aside: it is not in
 /// the frame) and the fixed members. Used to size the first page read of a feed.
@@ -131,7 +137,11 @@ mod tests {
     async fn grants_come_back_when_dropped_and_never_exceed_the_budget() {
         let budget = Budget::new();
         let mut a = budget.grant(0, usize::MAX).await;
-        assert_eq!(a.bytes(), REPLAY_BYTES);
+        assert_eq!(
+            a.bytes(),
+            REPLAY_BYTES,
+            "a grant takes what is free, up to what is asked"
+        );
         assert_eq!(budget.available(), 0);
         let frames = a.split(100_000);
         assert_eq!((a.bytes(), frames.bytes()), (REPLAY_BYTES - 100_000, 100_000));
@@ -147,6 +157,6 @@ mod tests {
         drop(frames);
         assert_eq!(waiting.await.unwrap(), REPLAY_BYTES);
         assert_eq!(budget.available(), REPLAY_BYTES);
-        const { assert!(REPLAY_BYTES + 2 * (BATCH_BYTES + MAX_FRAME_BYTES) <= SOCKET_TICK_BYTES) };
+        const { assert!(REPLAY_BYTES + 2 * (BATCH_BYTES + FEED_BYTES + MAX_FRAME_BYTES) <= SOCKET_TICK_BYTES) };
     }
 }

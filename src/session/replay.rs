@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::budget::{frame_cost, Budget, Grant, MAX_FRAME_BYTES, REPLAY_BYTES};
+use super::budget::{frame_cost, Budget, Grant, FEED_BYTES, MAX_FRAME_BYTES, PAGE_BYTES, REPLAY_BYTES};
 use super::cursor::{Admit, Cursor};
 use super::protocol::{self, Frame, Kind, SubscribeRequest, REPLAY_PAGE};
 use super::{Handover, Outbound, SessionContext, SubFrames};
@@ -43,8 +43,14 @@ struct Feed {
     /// Granted for the page in hand and not yet spent on a frame.
     spare: Grant,
     /// What a tick frame of this channel costs at most, as last seen: sizes the next
-    /// page read so that it fits the grant (the first read assumes the largest).
+    /// page read so that it fits the grant (the first read assumes the largest
+    /// possible frame; a page that turns out larger is cut and read again).
     frame_estimate: usize,
+    /// The largest frame paid for since the last grant: the next estimate.
+    largest: usize,
+    /// Budget bytes of the pending frames, to queue them before they pass
+    /// [`FEED_BYTES`].
+    pending_bytes: usize,
 }
 
 impl Feed {
@@ -57,6 +63,8 @@ impl Feed {
             pending_held: Grant::none(&budget),
             spare: Grant::none(&budget),
             frame_estimate: MAX_FRAME_BYTES,
+            largest: 0,
+            pending_bytes: 0,
             budget,
         }
     }
@@ -64,7 +72,7 @@ impl Feed {
     async fn send(&mut self, frame: Frame) -> Result<(), Gone> {
         self.pending_ticks += u64::from(frame.is_tick());
         self.pending.push(frame);
-        if self.pending.len() >= FEED_BATCH {
+        if self.pending.len() >= FEED_BATCH || self.pending_bytes >= FEED_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -74,10 +82,12 @@ impl Feed {
     /// the budget, the hand-over), so frames are never held back while the feed
     /// waits.
     async fn flush(&mut self) -> Result<(), Gone> {
+        let held = std::mem::replace(&mut self.pending_held, Grant::none(&self.budget));
+        self.pending_bytes = 0;
         if self.pending.is_empty() {
+            // Paid for ticks the cursor skipped: nothing holds those bytes.
             return Ok(());
         }
-        let held = std::mem::replace(&mut self.pending_held, Grant::none(&self.budget));
         let out = Outbound::Sub(Box::new(SubFrames {
             sub: self.cursor.sub,
             frames: std::mem::replace(&mut self.pending, Vec::with_capacity(FEED_BATCH)),
@@ -92,8 +102,14 @@ impl Feed {
     async fn regrant(&mut self) -> Result<(), Gone> {
         self.flush().await?;
         self.spare = Grant::none(&self.budget);
-        // At least the largest frame seen, so a page always makes progress.
-        self.spare = self.budget.grant(self.frame_estimate, REPLAY_BYTES).await;
+        if self.largest > 0 {
+            // Sized by what the channel's ticks weigh now, up or down.
+            self.frame_estimate = std::mem::take(&mut self.largest);
+        }
+        // At least the largest frame seen, so a page always makes progress; at most
+        // what a page needs, so the socket's other subscriptions read meanwhile.
+        let want = self.frame_estimate.saturating_mul(REPLAY_PAGE).min(PAGE_BYTES);
+        self.spare = self.budget.grant(self.frame_estimate, want).await;
         Ok(())
     }
 
@@ -101,12 +117,15 @@ impl Feed {
     /// grant cannot pay it.
     fn pay(&mut self, text_len: usize) -> bool {
         let cost = frame_cost(text_len).min(REPLAY_BYTES);
-        self.frame_estimate = self.frame_estimate.max(cost);
+        self.largest = self.largest.max(cost);
         if cost > self.spare.bytes() {
+            // The next grant is sized for this frame.
+            self.frame_estimate = self.frame_estimate.max(cost);
             return false;
         }
         let paid = self.spare.split(cost);
         self.pending_held.absorb(paid);
+        self.pending_bytes += cost;
         true
     }
 
@@ -161,10 +180,11 @@ impl Feed {
             }
             let count = (self.spare.bytes() / self.frame_estimate).clamp(1, REPLAY_PAGE);
             let channel = self.cursor.channel.as_str();
-            let page = until_ok(&ctx.metrics, || ctx.store.range(channel, IdRange::after(after), count)).await;
+            let range = IdRange::after(after);
+            let page = until_ok(&ctx.metrics, || ctx.store.read_entries(channel, range, count, false)).await;
             let mut cut = false;
             let mut sent = 0;
-            for tick in &page {
+            for tick in &page.ticks {
                 let frame = LiveFrame::new(tick);
                 if !self.pay(frame.text.len()) {
                     // The page was larger than its estimate: the rest is read again
@@ -177,8 +197,14 @@ impl Feed {
                 sent += 1;
             }
             ctx.metrics.replayed_ticks.inc_by(sent);
-            if !cut && page.len() < count {
-                return self.flush().await;
+            if !cut {
+                // Past what could not be read too (it is skipped, as the tail does).
+                if let Some((_, last)) = page.edges {
+                    after = after.max(last);
+                }
+                if page.entries < count {
+                    return self.flush().await;
+                }
             }
         }
     }
@@ -198,20 +224,18 @@ impl Feed {
                 from: StreamId::ZERO,
                 to,
             };
-            let page = until_ok(&ctx.metrics, || ctx.store.rev_range(&channel, range, count)).await;
-            for tick in &page {
-                self.frame_estimate = self
-                    .frame_estimate
-                    .max(frame_cost(tick.body.len() + tick.channel.len() + 96));
+            let page = until_ok(&ctx.metrics, || ctx.store.read_entries(&channel, range, count, true)).await;
+            for tick in &page.ticks {
+                self.largest = self.largest.max(frame_cost(tick.body.len() + tick.channel.len() + 96));
             }
             self.spare = Grant::none(&self.budget);
-            let Some(oldest) = page.last() else {
+            let Some((_, oldest)) = page.edges else {
                 break;
             };
-            start = oldest.id.prev();
+            start = oldest.prev();
             to = start;
-            left = left.saturating_sub(page.len());
-            if page.len() < count {
+            left = left.saturating_sub(page.ticks.len());
+            if page.entries < count {
                 // The whole stream is shorter: from its beginning.
                 start = StreamId::ZERO;
                 break;

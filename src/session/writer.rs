@@ -218,15 +218,23 @@ impl<T: Transport> Writer<T> {
                 Ok(frame) => added += self.admit_live(&mut handover.cursor, frame, &mut oldest),
                 Err(Interrupted::Opened) => {
                     // The channel's first live ticks went to its ring before this
-                    // subscription had a receiver.
+                    // subscription had a receiver: what fits this batch is taken
+                    // here, more (a new channel read from its start) goes through a
+                    // catch-up, within the socket's budget.
                     let cursor = &handover.cursor;
-                    match self.ctx.hub.recent_after(&cursor.channel, cursor.last_sent) {
-                        Some(frames) => {
+                    let room = BATCH_BYTES.saturating_sub(self.batch_bytes);
+                    let cost = |f: &LiveFrame| f.text.len();
+                    match self
+                        .ctx
+                        .hub
+                        .recent_chunk_after(&cursor.channel, cursor.last_sent, room, cost)
+                    {
+                        Some((frames, false)) => {
                             for frame in frames {
                                 added += self.admit_live(&mut handover.cursor, frame, &mut oldest);
                             }
                         }
-                        None => {
+                        Some((_, true)) | None => {
                             self.catch_up(i, handover);
                             break added;
                         }

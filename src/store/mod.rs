@@ -295,6 +295,33 @@ impl Store {
         dispatch!(self, s => s.range(channel, range, count).await)
     }
 
+    /// Up to `count` entries of `range` (newest first when `descending`), with what
+    /// the reply saw: a reader that pages on needs the entries it could not read
+    /// too, or one unreadable entry would look like the end of the stream. The
+    /// memory engine has no unreadable entries.
+    pub async fn read_entries(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+        descending: bool,
+    ) -> Result<RangeRead, StoreError> {
+        match self {
+            Store::Redis(s) => s.read_entries(channel, range, count, descending).await,
+            Store::Memory(_) => {
+                let ticks = match descending {
+                    false => self.range(channel, range, count).await?,
+                    true => self.rev_range(channel, range, count).await?,
+                };
+                Ok(RangeRead {
+                    edges: ticks.first().map(|t| t.id).zip(ticks.last().map(|t| t.id)),
+                    entries: ticks.len(),
+                    ticks,
+                })
+            }
+        }
+    }
+
     /// Up to `count` ticks in `range`, newest first.
     pub async fn rev_range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
         if range.is_empty() || count == 0 {

@@ -24,9 +24,7 @@ use redis::Value;
 
 use super::connections::Connections;
 use super::latency::CommandLatency;
-use super::reply::{
-    as_array, as_id, as_str, as_u64, pairs, parse_births, parse_entries, parse_entry_opt, protocol, Unreadable,
-};
+use super::reply::{as_array, as_id, as_str, as_u64, pairs, parse_entries, parse_entry_opt, protocol, Unreadable};
 use super::target::{Target, TlsFiles};
 use super::{
     Appended, ChannelSummary, Fences, IdRange, Probe, RangeRead, Settings, StoreError, StreamEnds, StreamInfo,
@@ -48,6 +46,8 @@ pub struct RedisStore {
     waiting: Option<Connections>,
     append_script: redis::Script,
     rollback_script: redis::Script,
+    /// `redis/probe.lua`: a channel's existence and its partition's last birth.
+    probe_script: redis::Script,
     settings: Settings,
     unreadable: Unreadable,
     /// `tickstream_rollbacks_total`.
@@ -77,6 +77,7 @@ impl RedisStore {
             waiting,
             append_script: redis::Script::new(include_str!("../../../redis/append.lua")),
             rollback_script: redis::Script::new(include_str!("../../../redis/rollback.lua")),
+            probe_script: redis::Script::new(include_str!("../../../redis/probe.lua")),
             settings,
             unreadable: Unreadable::new(unreadable),
             rollbacks,
@@ -103,11 +104,13 @@ impl RedisStore {
         // answers NOSCRIPT once and gets the script then.
         store.append_script.load_async(&mut conn).await?;
         store.rollback_script.load_async(&mut conn).await?;
+        store.probe_script.load_async(&mut conn).await?;
         store.connections.latency.name_script(&store.append_script, "append");
         store
             .connections
             .latency
             .name_script(&store.rollback_script, "rollback");
+        store.connections.latency.name_script(&store.probe_script, "probe");
         Ok(store)
     }
 
@@ -274,26 +277,34 @@ impl RedisStore {
             .collect()
     }
 
-    /// See [`Store::probe`]. The births are read first, then the stream's existence,
-    /// in one pipeline on one connection (one slot: the same hash tag): a channel
-    /// created after the look at the births has a birth after it, whatever the order
-    /// of the replies.
+    /// See [`Store::probe`]: one script (`redis/probe.lua`), so the look at the
+    /// births and at the stream are one moment, on one Redis or a cluster's master.
     pub async fn probe(&self, channel: &str) -> Result<Probe, StoreError> {
         let k = self.keys(channel);
-        let mut conn = self.connections.get().await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("XREVRANGE")
-            .arg(&k.births)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1);
-        pipe.cmd("EXISTS").arg(&k.stream);
-        let (last, exists): (Value, i64) = pipe.query_async(&mut conn).await?;
-        let (_, births) = parse_births(last)?;
+        pipe.cmd("EVALSHA")
+            .arg(self.probe_script.get_hash())
+            .arg(2)
+            .arg(&k.stream)
+            .arg(&k.births);
+        let reply = self
+            .connections
+            .run_scripts(&[&self.probe_script], &pipe)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Protocol("no probe reply".into()))?;
+        let (exists, last): (i64, String) =
+            redis::from_redis_value(reply).map_err(|e| StoreError::Protocol(format!("probe reply: {e}")))?;
+        let births = match last.as_str() {
+            "" => StreamId::ZERO,
+            id => id
+                .parse()
+                .map_err(|_| StoreError::Protocol(format!("probe reply: birth id {id:?}")))?,
+        };
         Ok(Probe {
             exists: exists == 1,
-            births: births.unwrap_or(StreamId::ZERO),
+            births,
         })
     }
 
