@@ -197,6 +197,24 @@ fn master_at(cluster: &RedisCluster, n: usize) -> usize {
     masters[n % masters.len()]
 }
 
+/// A WebSocket opened once the node's health task has seen the cluster answer again
+/// after a failover: until its next good ping (pinging every master the topology
+/// still names can take a few seconds after a master died) handshakes answer 503
+/// `unavailable`, which a client retries.
+async fn ws_once_healthy(app: &TestApp, path: &str, t: &str) -> WsClient {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match app.try_ws(path, &[bearer(t)]).await {
+            Ok(ws) => return ws,
+            Err((503, body)) if Instant::now() < deadline => {
+                assert_eq!(body["error"], "unavailable", "{body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(refused) => panic!("{path}: {refused:?}"),
+        }
+    }
+}
+
 /// Two nodes, one bucket in the cluster: the burst is shared.
 async fn rate_limits_are_shared_by_nodes(cluster: &RedisCluster) {
     let a = TestApp::start(with_limits(cluster_config(cluster), "3/h:3")).await;
@@ -485,9 +503,12 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
     // Clients resuming with the old epoch: from a survivor, the rest of the old epoch,
     // then the gap; from a lost tick, the gap at once.
     let survivor = &before[39];
-    let mut ws = app
-        .ws(&format!("/ws/{lost}?since={survivor}&seq=40&epoch={first_epoch}"), &t)
-        .await;
+    let mut ws = ws_once_healthy(
+        &app,
+        &format!("/ws/{lost}?since={survivor}&seq=40&epoch={first_epoch}"),
+        &t,
+    )
+    .await;
     let frames = ws.until_type("live").await;
     let kinds: Vec<&str> = frames
         .iter()
@@ -498,9 +519,12 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
     assert_eq!(kinds[10], "gap", "10 survivors, then the gap: {frames:?}");
     assert_eq!(tick_ids(&frames), [before[40..].to_vec(), after_lost.clone()].concat());
     let doomed_id = &doomed[5];
-    let mut ws = app
-        .ws(&format!("/ws/{lost}?since={doomed_id}&seq=56&epoch={first_epoch}"), &t)
-        .await;
+    let mut ws = ws_once_healthy(
+        &app,
+        &format!("/ws/{lost}?since={doomed_id}&seq=56&epoch={first_epoch}"),
+        &t,
+    )
+    .await;
     let frames = ws.until_type("live").await;
     let gap = frames.iter().find(|f| f["type"] == "gap").expect("gap");
     assert_eq!(gap["reason"], "rollback", "{gap}");
