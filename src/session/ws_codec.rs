@@ -294,7 +294,11 @@ impl Decoder {
             }
             TEXT | BINARY if !fin => {
                 let empty = payload.bytes().is_empty();
-                self.partial = Some((opcode, payload.into_vec()));
+                let mut first = payload.into_vec();
+                // A buffer taken over keeps the room of the reads around it; the
+                // message's parts keep only their own bytes.
+                first.shrink_to_fit();
+                self.partial = Some((opcode, first));
                 return Ok(empty.then_some(Incoming::EmptyFragment));
             }
             TEXT | BINARY => (opcode, payload.into_vec()),
@@ -388,6 +392,32 @@ mod tests {
         assert!(messages.iter().all(|m| *m == Incoming::Text(text.clone())));
         assert!(most <= bound, "held {most} bytes (bound {bound})");
         assert_eq!(d.held(), 0, "nothing held between messages");
+    }
+
+    /// The fuzz target's loop (fuzz/fuzz_targets/ws_codec.rs) over its seeds, one of
+    /// them the input that found a first fragment keeping its read buffer's room.
+    #[test]
+    fn the_fuzz_seeds_stay_within_the_bound() {
+        const CAP: usize = 1024;
+        for data in [
+            &include_bytes!("../../fuzz/seeds/ws_codec/fragmented.bin")[..],
+            &include_bytes!("../../fuzz/seeds/ws_codec/regression-held-over-bound.bin")[..],
+        ] {
+            let (&split, bytes) = data.split_first().unwrap();
+            let mut d = Decoder::new(CAP, Vec::new());
+            'reads: for chunk in bytes.chunks(usize::from(split).clamp(1, READ_CHUNK)) {
+                d.buf.extend_from_slice(chunk);
+                loop {
+                    match d.next() {
+                        Ok(Some(_)) | Err(Violation::TooLarge) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'reads,
+                    }
+                    assert!(d.held() <= CAP + 2 * READ_CHUNK + 14, "held {}", d.held());
+                }
+                assert!(d.held() <= CAP + 2 * READ_CHUNK + 14, "held {}", d.held());
+            }
+        }
     }
 
     #[test]
