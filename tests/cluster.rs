@@ -469,6 +469,39 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
     assert_eq!(tick_ids(&frames), after_lost, "every tick of the new epoch");
     let new_epoch = new_ticks[0]["epoch"].as_str().unwrap().to_string();
     assert_eq!(new_epoch, format!("{first_epoch}.1"), "the successor epoch");
+    // A REST page's epoch is its newest tick's: a page of survivors says the old
+    // epoch (so a client resuming from it with that epoch is replayed the rest of the
+    // survivors, then told of the rollback, as below); a page ending in the new epoch
+    // says the new one, and so does `latest`.
+    let page_epoch = |query: String| {
+        let app = &app;
+        let t = &t;
+        let lost = &lost;
+        async move {
+            let (status, page) = app
+                .get(&format!("/api/v1/channels/{lost}/ticks?{query}"), Some(t))
+                .await;
+            assert_eq!(status, 200, "{page}");
+            page["epoch"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    assert_eq!(
+        page_epoch("limit=1".into()).await,
+        first_epoch,
+        "a page of one survivor"
+    );
+    assert_eq!(
+        page_epoch("order=desc&limit=1".into()).await,
+        new_epoch,
+        "the newest tick"
+    );
+    assert_eq!(
+        page_epoch("limit=1000".into()).await,
+        new_epoch,
+        "a page ending in the new epoch"
+    );
+    let (_, latest) = app.get(&format!("/api/v1/channels/{lost}/latest"), Some(&t)).await;
+    assert_eq!(latest["epoch"].as_str(), Some(new_epoch.as_str()));
     assert_eq!(
         seqs(&frames),
         (1..=10).collect::<Vec<u64>>(),
