@@ -297,12 +297,11 @@ impl HistoryCache {
         let redis = match store {
             Store::Redis(redis) if self.budget > 0 => redis,
             _ => {
-                let ticks = match want.descending {
-                    true => store.rev_range(channel, want.range, want.count).await?,
-                    false => store.range(channel, want.range, want.count).await?,
-                };
-                ticks.iter().for_each(&mut *each);
-                return Ok((ticks.len(), None, "store"));
+                let read = store
+                    .read_entries(channel, want.range, want.count, want.descending)
+                    .await?;
+                read.ticks.iter().for_each(&mut *each);
+                return Ok((read.ticks.len(), None, "store"));
             }
         };
         let ends = redis.ends(channel).await?;

@@ -14,13 +14,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let mut cli = Cli::parse();
-    let command = cli.command.take();
-    if matches!(command, Some(Command::Candles { .. })) {
-        // Maintenance serves nothing, so dev mode's rule about what a server may
-        // serve on which address does not apply to it.
-        cli.dev = true;
-    }
+    let cli = Cli::parse();
+    let command = cli.command.clone();
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {

@@ -292,7 +292,9 @@ impl Config {
             ingest_token: non_empty(cli.ingest_token),
             allowed_origins,
         };
-        check_dev_mode(&auth, listen, cli.dev)?;
+        // Maintenance commands serve nothing: the rule is about what a server serves.
+        let serves = !matches!(cli.command, Some(Command::Candles { .. }));
+        check_dev_mode(&auth, listen, cli.dev || !serves)?;
         Ok(Config {
             listen,
             redis_url,
@@ -404,6 +406,9 @@ mod tests {
         for listen in ["127.0.0.1:0", "[::1]:8080", "127.0.0.2:9000"] {
             assert!(Config::from_cli(cli(&["--listen", listen])).is_ok(), "{listen}");
         }
+        // `candles rebuild` serves nothing: the rule does not apply to it.
+        let rebuild = cli(&["--listen", "0.0.0.0:8080", "candles", "rebuild"]);
+        assert!(Config::from_cli(rebuild).is_ok());
     }
 
     #[test]

@@ -133,6 +133,24 @@ pub(crate) struct BirthsCursor {
     pub(crate) lowered: u64,
 }
 
+impl BirthsCursor {
+    /// No further than `seen`: `true` when that moved the cursor back.
+    fn lower_to(&mut self, seen: StreamId) -> bool {
+        match self.after {
+            Some(after) if after <= seen => false,
+            Some(_) => {
+                self.after = Some(seen);
+                self.lowered += 1;
+                true
+            }
+            None => {
+                self.after = Some(seen);
+                false
+            }
+        }
+    }
+}
+
 impl Partition {
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, ActiveChannel>> {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
@@ -163,19 +181,7 @@ impl Partition {
     /// read past it (the cursor moved back, and the reader must be woken). Called
     /// with the channel set locked, right after the new channel joined it.
     pub(crate) fn births_seen(&self, seen: StreamId) -> bool {
-        let mut births = self.births_lock();
-        match births.after {
-            Some(after) if after <= seen => false,
-            Some(_) => {
-                births.after = Some(seen);
-                births.lowered += 1;
-                true
-            }
-            None => {
-                births.after = Some(seen);
-                false
-            }
-        }
+        self.births_lock().lower_to(seen)
     }
 
     /// The channels waiting for their birth.
@@ -195,13 +201,7 @@ impl Partition {
         if let Some(a) = active.get_mut(channel) {
             a.exists |= probe.exists;
         }
-        let mut births = self.births_lock();
-        if births.after.is_some_and(|after| after > probe.births) {
-            births.after = Some(probe.births);
-            births.lowered += 1;
-        }
-        drop(births);
-        drop(active);
+        self.births_lock().lower_to(probe.births);
     }
 
     /// The reader read births up to `last` from where `read_from` said: waiting

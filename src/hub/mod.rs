@@ -125,34 +125,33 @@ impl Hub {
         // One read says whether the channel exists. One that does not waits for its
         // birth: no buffer, no key in any read, no wake-up of the reader.
         let probe = self.store.probe(channel).await?;
-        if !probe.exists {
-            let seed = Seed {
+        let seed = match probe.exists {
+            false => Seed {
                 recent: VecDeque::new(),
                 floor: StreamId::ZERO,
                 first_id: None,
                 exists: false,
                 births: probe.births,
-            };
-            return self
-                .join(&partition, channel, Some(seed))
-                .ok_or_else(|| StoreError::Protocol("channel activation lost".into()));
-        }
-        let info = self.store.info(channel).await?;
-        let mut newest = self.store.rev_range(channel, IdRange::ALL, self.ring).await?;
-        newest.reverse();
-        let whole_stream = newest.len() < self.ring && !info.as_ref().is_some_and(StreamInfo::has_trimmed);
-        let floor = match newest.first() {
-            // Nothing was ever trimmed and all of it fitted: every id is here.
-            _ if whole_stream => StreamId::ZERO,
-            Some(first) => first.id.prev(),
-            None => StreamId::ZERO,
-        };
-        let seed = Seed {
-            recent: newest.iter().map(LiveFrame::new).collect(),
-            floor,
-            first_id: info.and_then(|i| i.first).map(|t| t.id),
-            exists: true,
-            births: probe.births,
+            },
+            true => {
+                let info = self.store.info(channel).await?;
+                let mut newest = self.store.rev_range(channel, IdRange::ALL, self.ring).await?;
+                newest.reverse();
+                let whole_stream = newest.len() < self.ring && !info.as_ref().is_some_and(StreamInfo::has_trimmed);
+                let floor = match newest.first() {
+                    // Nothing was ever trimmed and all of it fitted: every id is here.
+                    _ if whole_stream => StreamId::ZERO,
+                    Some(first) => first.id.prev(),
+                    None => StreamId::ZERO,
+                };
+                Seed {
+                    recent: newest.iter().map(LiveFrame::new).collect(),
+                    floor,
+                    first_id: info.and_then(|i| i.first).map(|t| t.id),
+                    exists: true,
+                    births: probe.births,
+                }
+            }
         };
         self.join(&partition, channel, Some(seed))
             .ok_or_else(|| StoreError::Protocol("channel activation lost".into()))

@@ -22,6 +22,18 @@ use crate::tick::StreamId;
 /// `/readyz` says so: delivery silently dead must never look healthy.
 pub const TAIL_STALE_AFTER: Duration = Duration::from_secs(5);
 
+/// What a reader still has to check on a fresh connection (after an error, a
+/// failover, the first one) before it reads on from its cursors.
+#[derive(Default)]
+struct FreshConnection {
+    /// Streams a failover may have rolled back are not checked yet (a failed check is
+    /// tried again before the next read).
+    unchecked: bool,
+    /// A connection was made before: waiting channels are looked at again on a
+    /// reconnection, not the first connection (their probe was just taken).
+    connected_before: bool,
+}
+
 /// Readiness of the live path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TailHealth {
@@ -61,12 +73,7 @@ impl Hub {
         let mut tail = self.store.tail(partition.index, partition.waker.clone());
         let mut backoff = Backoff::default();
         let mut errors_logged = ErrorLog::default();
-        // A fresh connection (after an error, a failover, the first one) is checked
-        // for rolled-back streams before the reader reads on from its cursors.
-        let mut check_pending = false;
-        // Waiting channels are looked at again on a reconnection, not the first
-        // connection (their probe was just taken).
-        let mut connected_before = false;
+        let mut fresh = FreshConnection::default();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -83,7 +90,7 @@ impl Hub {
             }
             partition.reading_generation.store(generation, Ordering::Release);
             let result = tokio::select! {
-                r = self.read_checked(&partition, &mut tail, (&mut check_pending, &mut connected_before), &cursors, births.after) => r,
+                r = self.read_checked(&partition, &mut tail, &mut fresh, &cursors, births.after) => r,
                 _ = shutdown.changed() => return,
             };
             match result {
@@ -125,18 +132,18 @@ impl Hub {
         &self,
         partition: &Partition,
         tail: &mut TailReader,
-        (check_pending, connected_before): (&mut bool, &mut bool),
+        fresh: &mut FreshConnection,
         cursors: &[(Arc<str>, StreamId)],
         births: Option<StreamId>,
     ) -> Result<(Vec<TailBatch>, Option<Births>), StoreError> {
-        *check_pending |= tail.connect().await?;
-        if *check_pending {
+        fresh.unchecked |= tail.connect().await?;
+        if fresh.unchecked {
             self.check_rollbacks(partition).await?;
-            if *connected_before {
+            if fresh.connected_before {
                 self.check_waiting(partition).await?;
             }
-            *connected_before = true;
-            *check_pending = false;
+            fresh.connected_before = true;
+            fresh.unchecked = false;
             // The check may have moved cursors back to the survivors.
             return tail.read(&partition.cursors().0, births).await;
         }

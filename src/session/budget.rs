@@ -113,13 +113,19 @@ impl Grant {
     pub fn absorb(&mut self, mut other: Grant) {
         self.bytes += std::mem::take(&mut other.bytes);
     }
+
+    /// Gives its bytes back now; the grant stays, empty.
+    pub fn release(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes > 0 {
+            self.budget.bytes.add_permits(bytes);
+        }
+    }
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        if self.bytes > 0 {
-            self.budget.bytes.add_permits(self.bytes);
-        }
+        self.release();
     }
 }
 

@@ -48,9 +48,6 @@ struct Feed {
     frame_estimate: usize,
     /// The largest frame paid for since the last grant: the next estimate.
     largest: usize,
-    /// Budget bytes of the pending frames, to queue them before they pass
-    /// [`FEED_BYTES`].
-    pending_bytes: usize,
 }
 
 impl Feed {
@@ -64,7 +61,6 @@ impl Feed {
             spare: Grant::none(&budget),
             frame_estimate: MAX_FRAME_BYTES,
             largest: 0,
-            pending_bytes: 0,
             budget,
         }
     }
@@ -72,7 +68,7 @@ impl Feed {
     async fn send(&mut self, frame: Frame) -> Result<(), Gone> {
         self.pending_ticks += u64::from(frame.is_tick());
         self.pending.push(frame);
-        if self.pending.len() >= FEED_BATCH || self.pending_bytes >= FEED_BYTES {
+        if self.pending.len() >= FEED_BATCH || self.pending_held.bytes() >= FEED_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -82,8 +78,7 @@ impl Feed {
     /// the budget, the hand-over), so frames are never held back while the feed
     /// waits.
     async fn flush(&mut self) -> Result<(), Gone> {
-        let held = std::mem::replace(&mut self.pending_held, Grant::none(&self.budget));
-        self.pending_bytes = 0;
+        let held = self.pending_held.split(usize::MAX);
         if self.pending.is_empty() {
             // Paid for ticks the cursor skipped: nothing holds those bytes.
             return Ok(());
@@ -101,7 +96,7 @@ impl Feed {
     /// nothing meanwhile: pending frames are queued first).
     async fn regrant(&mut self) -> Result<(), Gone> {
         self.flush().await?;
-        self.spare = Grant::none(&self.budget);
+        self.spare.release();
         if self.largest > 0 {
             // Sized by what the channel's ticks weigh now, up or down.
             self.frame_estimate = std::mem::take(&mut self.largest);
@@ -125,7 +120,6 @@ impl Feed {
         }
         let paid = self.spare.split(cost);
         self.pending_held.absorb(paid);
-        self.pending_bytes += cost;
         true
     }
 
@@ -153,7 +147,7 @@ impl Feed {
     /// subscriptions catch up at once.
     async fn catch_up(&mut self, ctx: &SessionContext) -> Result<(), Gone> {
         let result = self.catch_up_granted(ctx).await;
-        self.spare = Grant::none(&self.budget);
+        self.spare.release();
         result
     }
 
@@ -228,7 +222,7 @@ impl Feed {
             for tick in &page.ticks {
                 self.largest = self.largest.max(frame_cost(tick.body.len() + tick.channel.len() + 96));
             }
-            self.spare = Grant::none(&self.budget);
+            self.spare.release();
             let Some((_, oldest)) = page.edges else {
                 break;
             };

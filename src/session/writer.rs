@@ -70,7 +70,7 @@ pub(crate) struct Writer<T> {
     /// Payload bytes in `batch`.
     batch_bytes: usize,
     /// The budget the batch's replayed ticks hold, given back once it is written.
-    held: Vec<Grant>,
+    held: Grant,
     /// The socket's budget, for the catch-ups this writer starts.
     budget: Arc<Budget>,
     /// Which live slot is polled first, rotating, so one busy channel cannot starve
@@ -111,7 +111,7 @@ impl<T: Transport> Writer<T> {
             catch_ups: Vec::new(),
             batch: Vec::new(),
             batch_bytes: 0,
-            held: Vec::new(),
+            held: Grant::none(&budget),
             budget,
             turn: 0,
         }
@@ -178,7 +178,9 @@ impl<T: Transport> Writer<T> {
                 for frame in frames {
                     self.push(frame);
                 }
-                self.held.extend(held);
+                if let Some(held) = held {
+                    self.held.absorb(held);
+                }
                 return ticks;
             }
             Outbound::Sub(_) => {}
@@ -328,7 +330,7 @@ impl<T: Transport> Writer<T> {
         self.batch.clear();
         self.batch_bytes = 0;
         // Written (or given up on): the replayed ticks' budget goes back.
-        self.held.clear();
+        self.held.release();
         match outcome {
             Ok(Ok(())) => true,
             Ok(Err(())) => false,

@@ -306,6 +306,13 @@ impl Store {
         count: usize,
         descending: bool,
     ) -> Result<RangeRead, StoreError> {
+        if range.is_empty() || count == 0 {
+            return Ok(RangeRead {
+                ticks: Vec::new(),
+                entries: 0,
+                edges: None,
+            });
+        }
         match self {
             Store::Redis(s) => s.read_entries(channel, range, count, descending).await,
             Store::Memory(_) => {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use redis::Value;
 
 use super::connections::NodeAddr;
-use super::StoreError;
+use super::{Births, StoreError};
 use crate::retry::ErrorLog;
 use crate::tick::{StreamId, Tick};
 
@@ -146,11 +146,7 @@ pub fn streams_of(reply: Value) -> Vec<(Value, Value)> {
 /// Entries of XRANGE, XREVRANGE or XREAD. Takes the reply by value so each stored
 /// body moves into its tick without a copy.
 pub fn parse_entries(channel: &Arc<str>, v: Value, unreadable: &Unreadable) -> Result<Entries, StoreError> {
-    let items = match v {
-        Value::Nil => Vec::new(),
-        Value::Array(items) | Value::Set(items) => items,
-        other => return Err(protocol("entries", &other)),
-    };
+    let items = entry_list(v, "entries")?;
     let mut epochs = None;
     let mut out = Entries {
         ticks: Vec::with_capacity(items.len()),
@@ -188,13 +184,9 @@ pub fn parse_entry_opt(channel: &Arc<str>, v: &Value, unreadable: &Unreadable) -
 /// `[id, fields]`; an entry whose id is not a stream id is a reply we do not
 /// understand at all.
 /// Entries of a partition's births stream (`keyspace::births`): the channels created,
-/// and the last entry's id.
-pub fn parse_births(v: Value) -> Result<(Vec<String>, Option<StreamId>), StoreError> {
-    let items = match v {
-        Value::Nil => Vec::new(),
-        Value::Array(items) | Value::Set(items) => items,
-        other => return Err(protocol("births", &other)),
-    };
+/// up to the last entry's id; `None` for no entry.
+pub fn parse_births(v: Value) -> Result<Option<Births>, StoreError> {
+    let items = entry_list(v, "births")?;
     let mut channels = Vec::with_capacity(items.len());
     let mut last = None;
     for entry in items {
@@ -209,7 +201,16 @@ pub fn parse_births(v: Value) -> Result<(Vec<String>, Option<StreamId>), StoreEr
             }
         }
     }
-    Ok((channels, last))
+    Ok(last.map(|last| Births { channels, last }))
+}
+
+/// The entries of a range or stream reply (nil: none).
+fn entry_list(v: Value, what: &str) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        other => Err(protocol(what, &other)),
+    }
 }
 
 fn split_entry(v: Value) -> Result<(StreamId, Value), StoreError> {

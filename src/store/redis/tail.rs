@@ -171,8 +171,7 @@ impl RedisTail {
         for (key, entries) in streams_of(reply) {
             let key = as_str(&key).ok_or_else(|| protocol("XREAD key", &key))?;
             if key == self.births {
-                let (channels, last) = parse_births(entries)?;
-                births = last.map(|last| Births { channels, last });
+                births = parse_births(entries)?;
                 continue;
             }
             let Some(name) = key.strip_prefix(self.prefix.as_str()) else {
