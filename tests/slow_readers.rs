@@ -28,22 +28,29 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// RSS once it has stopped growing: two readings 300 ms apart within 1 %, after the
-/// feeds have had a second to fill what they may.
-async fn settled_rss(pid: u32) -> u64 {
+/// RSS once it has stopped growing, with the node's subscriptions then: at least
+/// `sockets` are subscribed (each socket's first), and two readings 300 ms apart show
+/// the same subscriptions and RSS within 1 %. A slow socket's later subscribes wait
+/// for room in its queue, so not all 20 of each run at once.
+async fn settled_rss(app: &TestApp, pid: u32, sockets: usize) -> (u64, f64) {
+    let subscriptions = || async { app.metric("/metrics", "tickstream_subscriptions").await.unwrap_or(0.0) };
+    eventually("every socket has subscribed", || async move {
+        subscriptions().await >= sockets as f64
+    })
+    .await;
     let started = Instant::now();
-    let mut last = rss(pid);
+    let (mut last, mut subscribed) = (rss(pid), subscriptions().await);
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = rss(pid);
-        if started.elapsed() > Duration::from_secs(2) && now.abs_diff(last) * 100 <= last {
-            return now;
+        let (now, now_subscribed) = (rss(pid), subscriptions().await);
+        if now_subscribed == subscribed && now.abs_diff(last) * 100 <= last {
+            return (now, now_subscribed);
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "RSS never settled: {last} -> {now}"
         );
-        last = now;
+        (last, subscribed) = (now, now_subscribed);
     }
 }
 
@@ -114,26 +121,27 @@ async fn a_slow_reader_holds_at_most_its_budget_whatever_it_subscribes_to() {
     // One slow socket first, so what every socket shares (the channels' rings, the
     // history cache, allocator pools) is in the baseline.
     let _warm = SlowReader::open(node.addr, &reader, 2048).await;
-    let baseline = settled_rss(node.pid()).await;
+    let (baseline, _) = settled_rss(&app, node.pid(), 1).await;
     let mut slow = Vec::new();
     for _ in 0..8 {
         slow.push(SlowReader::open(node.addr, &reader, 2048).await);
     }
-    let eight = settled_rss(node.pid()).await;
+    let (eight, _) = settled_rss(&app, node.pid(), 9).await;
     for _ in 0..8 {
         slow.push(SlowReader::open(node.addr, &reader, 2048).await);
     }
-    let sixteen = settled_rss(node.pid()).await;
+    let (sixteen, subscribed) = settled_rss(&app, node.pid(), 17).await;
     let per_socket = sixteen.saturating_sub(eight) / 8;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "RSS: {:.1} MiB with one slow socket, {:.1} MiB with 9, {:.1} MiB with 17: {:.2} MiB a further socket",
+        "RSS: {:.1} MiB with one slow socket, {:.1} MiB with 9, {:.1} MiB with 17 ({subscribed} subscriptions \
+         running): {:.2} MiB a further socket",
         mib(baseline),
         mib(eight),
         mib(sixteen),
         mib(per_socket)
     );
-    // 1 MiB of tick data, and the socket's own structures (20 subscriptions, its
+    // 1 MiB of tick data, and the socket's own structures (its subscriptions, its
     // queue and buffers) beside it.
     assert!(
         per_socket <= 3 * 1024 * 1024 / 2,
