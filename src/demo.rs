@@ -185,7 +185,7 @@ fn gaussian(rng: &mut StdRng) -> f64 {
 }
 
 /// The `value` of a channel's newest tick, if it has one.
-async fn last_value(state: &AppState, channel: &str) -> Result<Option<f64>, crate::store::StoreError> {
+async fn last_value(state: &AppState, channel: &str) -> Result<Option<f64>, crate::engine::StoreError> {
     let Some(tick) = state.store.latest(channel).await? else {
         return Ok(None);
     };
@@ -199,7 +199,7 @@ fn value_of(body: &str) -> f64 {
     object.get("value").and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
-fn failed(state: &AppState, log: &mut ErrorLog, what: &str, e: &crate::store::StoreError) {
+fn failed(state: &AppState, log: &mut ErrorLog, what: &str, e: &crate::engine::StoreError) {
     state.metrics.redis_errors.inc();
     if log.should_log() {
         tracing::warn!(error = %e, "{what}");
@@ -237,8 +237,8 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         }
         walkers.push(walker);
     }
-    for batch in backfill.chunks(crate::tick::ingest::MAX_BATCH) {
-        if let Err(e) = crate::http::ingest::append(&state, batch).await {
+    for batch in backfill.chunks(crate::tick::validate::MAX_BATCH) {
+        if let Err(e) = state.ingest.append(batch).await {
             failed(&state, &mut log, "demo feeder: backfill failed", &e);
         }
     }
@@ -261,7 +261,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         if batch.is_empty() {
             continue;
         }
-        match crate::http::ingest::append(&state, &batch).await {
+        match state.ingest.append(&batch).await {
             Ok(_) => {
                 if log.recovered() {
                     tracing::info!("demo feeder: appending again");
@@ -303,14 +303,14 @@ mod tests {
 
     #[test]
     fn the_last_value_is_read_from_a_stored_body() {
-        use crate::tick::wire::{body, tail};
+        use crate::tick::wire::{body, fields};
         let stored = body(
             7,
             "e1",
-            &tail(1_700_000_000_000_000, Some("43210.5"), Some("{\"bid\":1}"), "ab"),
+            &fields(1_700_000_000_000_000, Some("43210.5"), Some("{\"bid\":1}"), "ab"),
         );
         assert_eq!(value_of(&stored), 43_210.5);
-        assert!(value_of(&body(8, "e1", &tail(0, None, Some("{}"), "cd"))).is_nan());
+        assert!(value_of(&body(8, "e1", &fields(0, None, Some("{}"), "cd"))).is_nan());
     }
 
     #[test]

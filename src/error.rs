@@ -7,14 +7,18 @@
 //! (docs/PROTOCOL.md §4). Clients branch on `error`; `message` is for people and may change.
 //!
 //! Internal details (Redis error text, file paths) are logged, never sent: a 503 says
-//! "storage unavailable", the log says why.
+//! "storage unavailable", the log says why. `into_response` logs nothing itself: it
+//! leaves an [`ErrorCause`] in the response's extensions, and the layer that writes
+//! each request's one log line (`http::observe`) writes the code there, and for a
+//! 5xx the cause, so the line that says "503" also says why, once.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::auth::AuthError;
-use crate::store::StoreError;
+use crate::engine::StoreError;
+use crate::ingest::IngestError;
 use crate::tick::{BodyError, TickError};
 
 /// An error answered to an HTTP client.
@@ -72,6 +76,16 @@ impl ApiError {
     }
 }
 
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Invalid(e) => e.into(),
+            IngestError::Forbidden(channel) => AuthError::Forbidden(format!("writing to channel {channel:?}")).into(),
+            IngestError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> Self {
         let code = match &e {
@@ -97,16 +111,20 @@ pub fn error_body(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({ "error": code, "message": message })
 }
 
+/// What went wrong, for the request's log line (never sent to the client).
+#[derive(Debug, Clone)]
+pub struct ErrorCause {
+    /// The stable code the body carries.
+    pub code: &'static str,
+    /// The error's full text, internal details included (a 5xx's only record).
+    pub detail: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = match &self {
-            ApiError::Store(e) => {
-                if store_warning_due() {
-                    tracing::warn!(error = %e, "storage error answered as 503 (logged at most once a second)");
-                }
-                "storage is unavailable, try again shortly".to_string()
-            }
+            ApiError::Store(_) => "storage is unavailable, try again shortly".to_string(),
             other => other.to_string(),
         };
         let mut response = (status, Json(error_body(code, &message))).into_response();
@@ -115,16 +133,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
         }
+        response.extensions_mut().insert(ErrorCause {
+            code,
+            detail: self.to_string(),
+        });
         response
     }
-}
-
-/// During an outage every request fails the same way; one line a second says so
-/// without flooding the log. A process-wide clock is enough for a log throttle (it
-/// holds no request state).
-fn store_warning_due() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
-    let now = crate::clock::now_us().max(0) as u64 / 1_000_000;
-    LAST_SECOND.swap(now, Ordering::Relaxed) != now
 }

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `tickstream candles rebuild`: one line per channel, then a total.
+/// `tickstream candles rebuild`: one line per channel, then a total; a refusal (candles
+/// off, no Redis, not a channel name) or a store error exits 1 naming it.
 fn rebuild(runtime: &tokio::runtime::Runtime, config: Config, channel: Option<String>) -> ExitCode {
     let result = runtime.block_on(tickstream::rebuild_candles(&config, channel, |channel, ticks| {
         println!("{channel}: candles rebuilt from {ticks} ticks");

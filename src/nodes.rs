@@ -12,10 +12,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
-use crate::keyspace;
+use crate::engine::StoreError;
 use crate::metrics::Metrics;
-use crate::store::connections::Connections;
-use crate::store::{Store, StoreError};
+use crate::redis::connections::Connections;
+use crate::redis::keyspace;
 
 /// How often a node heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -40,6 +40,8 @@ pub struct Node {
     pub address: String,
     pub started: u64,
     metrics: Arc<Metrics>,
+    /// Where the registry lives (`None`: the memory engine; the list is this node).
+    redis: Option<Arc<Connections>>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -47,14 +49,31 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Node {
-    pub fn new(address: String, metrics: Arc<Metrics>) -> Node {
+    pub fn new(address: String, metrics: Arc<Metrics>, redis: Option<Arc<Connections>>) -> Node {
         use rand::RngCore;
         Node {
             id: format!("node-{:08x}", rand::rng().next_u32()),
             address,
             started: now_ms(),
             metrics,
+            redis,
         }
+    }
+
+    /// How other nodes and operators can reach a node bound to `bound`: the bound
+    /// address, or the host's name when bound to every interface (`0.0.0.0:8080`
+    /// says nothing).
+    pub fn advertised_address(bound: std::net::SocketAddr) -> String {
+        if !bound.ip().is_unspecified() {
+            return bound.to_string();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| bound.ip().to_string());
+        format!("{host}:{}", bound.port())
     }
 
     pub fn info(&self) -> NodeInfo {
@@ -68,8 +87,8 @@ impl Node {
     }
 
     /// Heartbeats until shutdown, then removes this node's entry.
-    pub async fn run(self: Arc<Self>, store: Store, mut shutdown: watch::Receiver<bool>) {
-        let Some(redis) = store.shared() else {
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(redis) = self.redis.as_deref() else {
             return;
         };
         loop {
@@ -85,8 +104,8 @@ impl Node {
     }
 
     /// Every live node; with the memory engine, just this one.
-    pub async fn list(&self, store: &Store) -> Result<Vec<NodeInfo>, StoreError> {
-        let mut nodes = match store.shared() {
+    pub async fn list(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut nodes = match self.redis.as_deref() {
             Some(redis) => live_nodes(redis).await?,
             None => Vec::new(),
         };

@@ -165,7 +165,7 @@ async fn a_channel_created_without_a_birth_is_found_after_a_reconnect() {
     ws.until_type("live").await;
     // The entry as the append script writes it, with no birth beside it.
     let keys = tickstream::keyspace::ChannelKeys::new("unborn.a", 16);
-    let tail = tickstream::tick::wire::tail(1_000_000, Some("5"), None, &"ab".repeat(32));
+    let tail = tickstream::tick::wire::fields(1_000_000, Some("5"), None, &"ab".repeat(32));
     let body = tickstream::tick::wire::body(1, "oldnode1", &tail);
     let mut c = redis.client();
     let id: String = redis::cmd("XADD")

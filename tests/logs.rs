@@ -43,7 +43,7 @@ async fn tokens_never_appear_in_logs() {
         .json()
         .init();
 
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let mut cfg = config(Some(&redis));
     cfg.auth.hmac_secret = Some("hmac-secret-for-logs".into());
     let app = TestApp::start(cfg).await;
@@ -100,6 +100,12 @@ async fn tokens_never_appear_in_logs() {
         .await;
     app.ingest_raw(r#"{"channel":"a.b","value":1}"#.into(), Some(INGEST_TOKEN))
         .await;
+    // A 5xx: the request's own log line says why (and nothing else logs it).
+    redis.kill();
+    let (status, _) = app
+        .get(&format!("/api/v1/channels/a.b/ticks?token={reader}"), None)
+        .await;
+    assert_eq!(status, 503);
     ws.close().await;
     ws2.close().await;
     app.stop().await;
@@ -111,6 +117,16 @@ async fn tokens_never_appear_in_logs() {
         &logs[..logs.len().min(2000)]
     );
     assert!(logs.contains("/api/v1/channels"), "paths are logged");
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"status\":503") && l.contains("/api/v1/channels/a.b/ticks"))
+        .collect();
+    assert_eq!(failed.len(), 1, "one request line for the 503: {failed:?}");
+    assert!(
+        failed[0].contains("\"error\":\"unavailable\"") && failed[0].contains("\"cause\":\"redis"),
+        "the 503's request line carries its cause: {}",
+        failed[0]
+    );
     let signature = |t: &str| t.rsplit('.').next().unwrap().to_string();
     for (name, secret) in [
         ("reader token", reader.clone()),

@@ -54,7 +54,7 @@ proptest! {
             return Ok(());
         };
         let t = &prepared[0];
-        let stored = body(seq, "propepoch000", &t.tail);
+        let stored = body(seq, "propepoch000", &t.fields);
         let id = StreamId::new(ms, 3);
         let tick = Tick::from_body(id, channel.as_str().into(), stored, &mut None).unwrap();
         prop_assert_eq!(tick.seq, seq);

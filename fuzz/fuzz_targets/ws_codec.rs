@@ -1,11 +1,11 @@
-//! The server's WebSocket decoder (src/session/ws_codec.rs) on arbitrary client
+//! The server's WebSocket decoder (src/session/websocket/codec.rs) on arbitrary client
 //! bytes arriving in arbitrary reads: it never panics, never holds more than one
 //! message's worth (the cap, a frame header and two reads), and a refusal is final
 //! except for an oversized frame, after which it reads on.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tickstream::session::ws_codec::{Decoder, Violation, READ_CHUNK};
+use tickstream::session::websocket::codec::{Decoder, Violation, READ_CHUNK};
 
 /// A small cap, so the fuzzer reaches it.
 const CAP: usize = 1024;

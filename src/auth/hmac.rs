@@ -3,8 +3,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::subject::Tier;
 use super::{AuthError, Authenticator, Credential, Principal, HMAC_WINDOW_SECS};
-use crate::ratelimit::Tier;
 
 impl Authenticator {
     /// Verifies an HMAC-signed handshake: `sig` = hex HMAC-SHA256(secret,

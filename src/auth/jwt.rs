@@ -4,9 +4,9 @@
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use super::subject::Tier;
 use super::{AuthError, Authenticator, Credential, Principal, Settings, LEEWAY_SECS};
 use crate::acl::ChannelPattern;
-use crate::ratelimit::Tier;
 
 /// Claims tickstream reads from a JWT.
 #[derive(Debug, Serialize, Deserialize)]

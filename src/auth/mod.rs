@@ -8,6 +8,7 @@
 
 pub mod hmac;
 pub mod jwt;
+pub mod subject;
 
 use std::path::PathBuf;
 
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::acl::{ChannelPattern, OriginPattern};
-use crate::ratelimit::{Subject, Tier};
+pub use subject::{Subject, Tier};
 
 /// Clock skew tolerated on `exp`, `nbf` and HMAC timestamps' neighbours.
 pub const LEEWAY_SECS: u64 = 30;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{Candle, CandleSettings, Interval};
-use crate::tick::ingest::parse_ts_us;
+use crate::tick::validate::parse_ts_us;
 use crate::tick::{StreamId, Tick};
 
 /// Which end of a page comes first.

@@ -22,10 +22,10 @@ pub use parse::{parse_duration, ConfigError};
 use crate::acl::{ChannelPattern, OriginPattern};
 use crate::auth;
 use crate::candles::{CandleSettings, Interval};
+use crate::engine::Settings;
 use crate::ratelimit::ip::{Cidr, TrustedProxies};
 use crate::ratelimit::{Group, Limits, Rate, Tier};
-use crate::store::target::{self, TlsFiles};
-use crate::store::Settings;
+use crate::redis::target::{self, TlsFiles};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

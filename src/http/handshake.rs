@@ -12,10 +12,10 @@ use super::extract::Caller;
 use super::AppState;
 use crate::auth::Principal;
 use crate::candles::CandleSettings;
+use crate::engine::StoreError;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
 use crate::session::protocol::{check_epoch, SubscribeRequest};
-use crate::store::StoreError;
 use crate::tick::Since;
 
 /// A subscriber admitted: who it is, and its place under the connection cap (held for

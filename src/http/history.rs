@@ -12,8 +12,8 @@ use crate::error::ApiError;
 use crate::ratelimit::Group;
 use std::sync::Arc;
 
-use crate::history::Want;
-use crate::store::IdRange;
+use crate::engine::IdRange;
+use crate::page_cache::Want;
 use crate::tick::id::parse_moment;
 use crate::tick::{is_valid_channel, StreamId};
 
@@ -104,7 +104,7 @@ pub async fn channels(
     let mut names = if principal.channels.is_empty() {
         Vec::new()
     } else {
-        state.store.channel_names().await?
+        state.store.sorted_channel_names().await?
     };
     names.retain(|c| principal.can_read(c) && after.as_ref().is_none_or(|a| c > a));
     let more = names.len() > limit;
@@ -176,7 +176,7 @@ pub async fn ticks(
     // resuming with that epoch is replayed the survivors, then told of the rollback.
     let mut newest_epoch: Option<Arc<str>> = None;
     let (read, last_epoch, source) = state
-        .history
+        .page_cache
         .page(&state.store, &channel, want, &mut |t| {
             if written == limit {
                 return;
@@ -193,7 +193,7 @@ pub async fn ticks(
         })
         .await?;
     state.metrics.history_pages.with_label_values(&[source]).inc();
-    state.metrics.history_cache_bytes.set(state.history.bytes() as i64);
+    state.metrics.history_cache_bytes.set(state.page_cache.bytes() as i64);
     let more = read > limit;
     let epoch = match newest_epoch.or(last_epoch) {
         Some(e) => Some(e.to_string()),

@@ -1,5 +1,5 @@
-//! `POST /api/v1/ingest`: one tick or a batch, validated all-or-nothing, appended in
-//! one round trip.
+//! `POST /api/v1/ingest`: reads the body (bounded), checks the producer and its rate
+//! limit, and hands the ticks to the append service (`ingest.rs`).
 
 use std::time::Duration;
 
@@ -11,12 +11,9 @@ use serde_json::json;
 
 use super::extract::{Caller, Params};
 use super::{json_response, AppState};
-use crate::auth::{AuthError, QueryCredentials};
-use crate::clock::now_us;
+use crate::auth::QueryCredentials;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
-use crate::store::{Appended, StoreError};
-use crate::tick::{check_not_ahead, parse_body, PreparedTick};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -79,27 +76,11 @@ pub async fn ingest(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let bytes = read_body(body, declared).await?;
-    let now = now_us();
-    let max_ahead = i64::try_from(state.config.max_future.as_micros()).unwrap_or(i64::MAX);
-    let parsed = parse_body(&bytes, now)
-        .and_then(|ticks| check_not_ahead(&ticks, now, max_ahead).map(|()| ticks))
-        .map_err(ApiError::from)
-        .and_then(|ticks| match ticks.iter().find(|t| !producer.can_write(&t.channel)) {
-            // Nothing of a batch with a channel the producer may not write is stored.
-            Some(t) => Err(AuthError::Forbidden(format!("writing to channel {:?}", t.channel)).into()),
-            None => Ok(ticks),
-        });
-    let ticks = match parsed {
-        Ok(t) => t,
-        Err(e) => {
-            state.metrics.ticks_ingested.with_label_values(&["rejected"]).inc();
-            return Err(e);
-        }
-    };
+    let ticks = state.ingest.validate(&bytes, |channel| producer.can_write(channel))?;
     // One token per tick; a batch the bucket cannot pay for whole stores nothing.
     let cost = u32::try_from(ticks.len()).unwrap_or(u32::MAX);
     caller.admission.charge(&producer, Group::Ingest, cost).await?;
-    let results = append(&state, &ticks).await?;
+    let results = state.ingest.append(&ticks).await?;
     let body = json!({
         "results": results
             .iter()
@@ -107,21 +88,4 @@ pub async fn ingest(
             .collect::<Vec<_>>()
     });
     Ok(json_response(StatusCode::CREATED, body.to_string()))
-}
-
-/// Appends validated ticks as every producer's are appended: behind the hub's
-/// rollback fences, counted as stored or duplicate. The `--demo` feeder comes through
-/// here too, so the demo exercises the path real producers take.
-pub(crate) async fn append(state: &AppState, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
-    // Fences guard against a failover's rollback; the memory engine has none.
-    let fences = match state.store.is_durable() {
-        true => state.hub.fences(ticks.iter().map(|t| t.channel.as_str())),
-        false => Default::default(),
-    };
-    let results = state.store.append(ticks, &fences).await?;
-    let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
-    let counter = |result: &str| state.metrics.ticks_ingested.with_label_values(&[result]);
-    counter("stored").inc_by(results.len() as u64 - duplicates);
-    counter("duplicate").inc_by(duplicates);
-    Ok(results)
 }

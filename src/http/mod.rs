@@ -11,9 +11,8 @@ pub mod history;
 pub mod ingest;
 pub mod ops;
 pub mod serve;
-pub mod sse;
+pub mod subscribe;
 pub mod upgrade;
-pub mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,12 +29,14 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::engine::Store;
+use crate::error::ErrorCause;
+use crate::health::StoreHealth;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::ip::Shield;
 use crate::ratelimit::RateLimiter;
 use crate::session::SessionContext;
-use crate::store::{Store, StoreHealth};
 
 /// Everything handlers share; cheap to clone.
 #[derive(Clone)]
@@ -43,8 +44,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub hub: Arc<Hub>,
-    /// Recent history in memory, for REST pages (docs/ARCHITECTURE.md §15).
-    pub history: Arc<crate::history::HistoryCache>,
+    /// The append service (`POST /api/v1/ingest` and the demo feeder).
+    pub ingest: Arc<crate::ingest::Ingest>,
+    /// Recent history in memory, for REST pages (src/page_cache.rs).
+    pub page_cache: Arc<crate::page_cache::PageCache>,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionContext>,
@@ -103,9 +106,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/channels/{channel}/candles", get(candles::candles))
         .route("/api/v1/nodes", get(ops::nodes))
         .route("/api/v1/openapi.json", get(ops::openapi))
-        .route("/ws", get(ws::multiplexed))
-        .route("/ws/{channel}", get(ws::single))
-        .route("/sse/{channel}", get(sse::stream))
+        .route("/ws", get(subscribe::websocket_multiplexed))
+        .route("/ws/{channel}", get(subscribe::websocket_single))
+        .route("/sse/{channel}", get(subscribe::sse_stream))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -128,7 +131,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Request id, one log line and one latency sample per request. Logs the path
-/// only: query strings can carry tokens and are never logged.
+/// only: query strings can carry tokens and are never logged. An error answer
+/// adds its code, and a 5xx its cause (`error::ErrorCause`).
 async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
@@ -149,14 +153,21 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .http_duration
         .with_label_values(&[method, route.as_str(), status.as_str()])
         .observe(elapsed.as_secs_f64());
-    tracing::info!(
-        request_id = id.to_str().unwrap_or(""),
-        method = %method,
-        path = %path,
-        status = status.as_u16(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+    let cause = response.extensions_mut().remove::<ErrorCause>();
+    let request_id = id.to_str().unwrap_or("");
+    let (micros, status_code) = (elapsed.as_micros() as u64, status.as_u16());
+    let error = cause.as_ref().map_or("", |c| c.code);
+    match cause.filter(|_| status.is_server_error()) {
+        // A 5xx's cause is logged here and nowhere else. (A 4xx's message went to the
+        // client; its code is enough here, and its text may quote what it sent.)
+        Some(cause) => tracing::warn!(
+            request_id, method = %method, path = %path, status = status_code, micros,
+            error, cause = %cause.detail, "request"
+        ),
+        None => tracing::info!(
+            request_id, method = %method, path = %path, status = status_code, micros, error, "request"
+        ),
+    }
     response
 }
 

@@ -26,16 +26,12 @@ pub async fn healthz() -> Response {
 /// ping (at most a second old): however often `/readyz` is called, it asks Redis
 /// nothing itself.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let redis = match (state.store.is_durable(), state.health.answered()) {
-        (false, _) => "not_used",
-        (true, true) => "ok",
-        (true, false) => "down",
-    };
+    let redis = state.health.redis_status();
     let tail = state.hub.tail_health();
     let tail_ok = tail.stale_partitions.is_empty();
     let ready = redis != "down" && tail_ok;
     let body = json!({
-        "engine": state.store.engine_name(),
+        "engine": state.store.name(),
         "redis": redis,
         "ratelimit": state.limiter.mode(),
         "tail": if tail_ok { "ok" } else { "stale" },
@@ -57,7 +53,7 @@ pub async fn nodes(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.reader(&state, Group::Api).await?;
-    let nodes = state.node.list(&state.store).await?;
+    let nodes = state.node.list().await?;
     Ok(json_response(StatusCode::OK, json!({ "nodes": nodes }).to_string()))
 }
 

@@ -4,7 +4,7 @@
 //!
 //! The session gets the bare `TcpStream` (split into halves that need no lock
 //! between them) rather than a library's WebSocket: it frames its own messages
-//! (`session/ws_codec.rs`, and docs/BENCHMARKS.md "Fan-out" for why).
+//! (`src/session/websocket/codec.rs`).
 
 use std::future::Future;
 

@@ -10,14 +10,14 @@ use std::time::Instant;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, Notify};
 
-use crate::store::{Fence, Probe, TailBatch, TailWaker};
+use crate::engine::{Fence, Probe, TailBatch, TailWaker};
 use crate::tick::{StreamId, Tick};
 
 /// One tick, serialized once per node and shared by every session. One pointer:
 /// handing it to a subscriber and dropping it after the write are the only
 /// reference-count changes a delivery costs (with the id, epoch and text shared
 /// separately it was four, a tenth of the fan-out's CPU: docs/BENCHMARKS.md
-/// "Fan-out").
+/// "Own framing").
 #[derive(Debug, Clone)]
 pub struct LiveFrame(Arc<LiveTick>);
 
@@ -52,7 +52,7 @@ impl std::ops::Deref for LiveFrame {
 pub(crate) struct ActiveChannel {
     /// The stream existed when the channel became active, or its birth has been
     /// seen since. Until then the channel waits: its key is in no read (the
-    /// partition's births say when it exists; docs/ARCHITECTURE.md "Live tail").
+    /// partition's births say when it exists; docs/ARCHITECTURE.md §4).
     pub(crate) exists: bool,
     /// The live buffer, made when the first tick is published on this node: a
     /// channel that nobody writes to costs its subscribers no buffer at all (a

@@ -6,10 +6,10 @@
 //!
 //! Sampled every [`EVERY`]. A reader that heard from Redis within the last 5 s and
 //! whose last read was not a full batch is caught up by its own account: lag 0, and
-//! Redis is not asked. Otherwise one `heads` read per partition (the read the
+//! Redis is not asked. Otherwise one `last_stored` read per partition (the read the
 //! rollback check uses) measures it. Either way the cost does not grow with clients,
-//! and a healthy node adds no Redis reads at all. The memory engine's reader cannot
-//! fall behind: no samples.
+//! and a healthy node adds no Redis reads at all. The memory engine's reader is
+//! always caught up: its lag is 0.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ impl Hub {
             let names: Vec<Arc<str>> = delivered.iter().map(|(c, _)| c.clone()).collect();
             // A failed read leaves the last sample: the reader's own errors are
             // counted (and logged) where it reads.
-            let Ok(Some(heads)) = self.store.heads(&names).await else {
+            let Ok(heads) = self.store.last_stored(&names).await else {
                 return;
             };
             for ((_, fence), head) in delivered.iter().zip(heads) {

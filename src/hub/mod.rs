@@ -17,7 +17,7 @@
 //! subscriber replays history, so "replay up to now" ∪ "live after the cursor" covers
 //! every id; sessions drop the overlap by id.
 
-pub mod candles;
+pub mod candle_feed;
 pub mod channel;
 mod lag;
 pub mod reader;
@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
 
 use crate::clock::now_ms;
-use crate::history::HistoryCache;
-use crate::keyspace::partition_of;
+use crate::engine::{Fences, IdRange, Store, StoreError, StreamInfo, TailWaker};
 use crate::metrics::Metrics;
-use crate::store::{Fences, IdRange, Store, StoreError, StreamInfo, TailWaker};
+use crate::page_cache::PageCache;
+use crate::redis::keyspace::partition_of;
 use crate::tick::StreamId;
-pub use candles::CandleSubscription;
+pub use candle_feed::CandleSubscription;
 use channel::{ActiveChannel, Partition};
 pub use channel::{Interrupted, LiveFrame, LiveSubscription};
 
@@ -78,13 +78,13 @@ pub struct Hub {
     /// Capacity of each active channel's ring of recent ticks.
     ring: usize,
     metrics: Arc<Metrics>,
-    candles: candles::CandleFeeds,
+    candles: candle_feed::CandleFeeds,
     /// Where the readers leave the ticks they published (REST pages read them).
-    history: Arc<HistoryCache>,
+    page_cache: Arc<PageCache>,
 }
 
 impl Hub {
-    pub fn new(store: Store, settings: HubSettings, metrics: Arc<Metrics>, history: Arc<HistoryCache>) -> Arc<Hub> {
+    pub fn new(store: Store, settings: HubSettings, metrics: Arc<Metrics>, page_cache: Arc<PageCache>) -> Arc<Hub> {
         Arc::new(Hub {
             store,
             partitions: (0..settings.partitions)
@@ -105,8 +105,8 @@ impl Hub {
             live_buffer: settings.live_buffer.max(16),
             ring: settings.ring.max(1),
             metrics,
-            candles: candles::CandleFeeds::default(),
-            history,
+            candles: candle_feed::CandleFeeds::default(),
+            page_cache,
         })
     }
 

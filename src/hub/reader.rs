@@ -13,9 +13,8 @@ use tokio::sync::watch;
 use super::channel::Partition;
 use super::Hub;
 use crate::clock::now_ms;
+use crate::engine::{Births, StoreError, Tail, TailBatch, TAIL_COUNT};
 use crate::retry::{Backoff, ErrorLog};
-use crate::store::{Births, StoreError, TailBatch, TailReader};
-use crate::tick::epoch::is_rollback_of;
 use crate::tick::StreamId;
 
 /// A partition reader that has not heard from the store for this long is stale, and
@@ -51,9 +50,7 @@ impl Hub {
             .iter()
             .map(|p| tokio::spawn(self.clone().run_reader(p.clone(), shutdown.clone())))
             .collect();
-        if self.store.is_durable() {
-            tasks.push(tokio::spawn(self.clone().sample_lag(shutdown)));
-        }
+        tasks.push(tokio::spawn(self.clone().sample_lag(shutdown)));
         tasks
     }
 
@@ -61,7 +58,7 @@ impl Hub {
     /// the race where the wake-up reaches Redis before the reader's old `XREAD` does.
     pub(super) async fn wake_reader(self: Arc<Self>, partition: Arc<Partition>, generation: u64) {
         for _ in 0..20 {
-            self.store.wake(&partition.waker).await;
+            partition.waker.wake().await;
             tokio::time::sleep(Duration::from_millis(25)).await;
             if partition.reading_generation.load(Ordering::Acquire) >= generation {
                 return;
@@ -70,7 +67,7 @@ impl Hub {
     }
 
     async fn run_reader(self: Arc<Self>, partition: Arc<Partition>, mut shutdown: watch::Receiver<bool>) {
-        let mut tail = self.store.tail(partition.index, partition.waker.clone());
+        let mut tail = self.store.clone().tail(partition.index, partition.waker.clone());
         let mut backoff = Backoff::default();
         let mut errors_logged = ErrorLog::default();
         let mut fresh = FreshConnection::default();
@@ -99,7 +96,7 @@ impl Hub {
                     if let Some(born) = born {
                         partition.born(&born.channels, born.last, births);
                     }
-                    let full = batches.iter().any(|b| b.ticks.len() >= crate::store::TAIL_COUNT);
+                    let full = batches.iter().any(|b| b.ticks.len() >= TAIL_COUNT);
                     partition.behind.store(full, Ordering::Release);
                     backoff.reset();
                     if errors_logged.recovered() {
@@ -108,7 +105,7 @@ impl Hub {
                     partition.publish(&batches, self.ring, self.live_buffer);
                     // Then the ticks themselves move into the history cache.
                     for b in batches {
-                        self.history.remember(&b.channel, b.after, b.last, b.ticks);
+                        self.page_cache.remember(&b.channel, b.after, b.last, b.ticks);
                     }
                 }
                 Err(e) => {
@@ -131,7 +128,7 @@ impl Hub {
     async fn read_checked(
         &self,
         partition: &Partition,
-        tail: &mut TailReader,
+        tail: &mut Box<dyn Tail>,
         fresh: &mut FreshConnection,
         cursors: &[(Arc<str>, StreamId)],
         births: Option<StreamId>,
@@ -155,26 +152,8 @@ impl Hub {
     /// epoch (docs/ARCHITECTURE.md §4 "Failover").
     async fn check_rollbacks(&self, partition: &Partition) -> Result<(), StoreError> {
         let delivered = partition.delivered();
-        if delivered.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<Arc<str>> = delivered.iter().map(|(c, _)| c.clone()).collect();
-        let Some(heads) = self.store.heads(&names).await? else {
-            return Ok(());
-        };
-        for ((channel, fence), head) in delivered.iter().zip(heads) {
-            let same = head.epoch.as_deref() == Some(&*fence.epoch);
-            let moved_on = head
-                .epoch
-                .as_deref()
-                .is_some_and(|now| is_rollback_of(now, &fence.epoch));
-            let behind = head.last_id.unwrap_or(StreamId::ZERO) < fence.id || (same && head.seq < fence.seq);
-            if !(behind && (same || moved_on)) {
-                continue;
-            }
-            if let Some(rolled) = self.store.roll_back(channel, fence).await? {
-                partition.rolled_back(channel, rolled.survivor);
-            }
+        for (channel, survivor) in self.store.roll_back_behind(&delivered).await? {
+            partition.rolled_back(&channel, survivor);
         }
         Ok(())
     }

@@ -8,8 +8,10 @@ use std::time::Duration;
 use super::bucket::{Decision, LocalBuckets};
 use super::shared::SharedBuckets;
 use super::{Group, Limits, Rate, Subject, Tier};
+use crate::engine::StoreError;
+use crate::health::StoreHealth;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError, StoreHealth};
+use crate::redis::connections::Connections;
 
 /// How long a check waits for Redis before deciding locally.
 const REDIS_WAIT: Duration = Duration::from_millis(500);
@@ -19,7 +21,9 @@ const LOCAL_AFTER_FAILURE_MS: u64 = 1_000;
 /// The shared limiter.
 pub struct RateLimiter {
     limits: Limits,
-    store: Store,
+    /// The Redis that holds the shared buckets (`None`: the memory engine, whose
+    /// node is alone; buckets stay in this node's memory).
+    redis: Option<Arc<Connections>>,
     health: Arc<StoreHealth>,
     local: LocalBuckets,
     shared: SharedBuckets,
@@ -29,10 +33,15 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(limits: Limits, store: Store, health: Arc<StoreHealth>, metrics: Arc<Metrics>) -> RateLimiter {
+    pub fn new(
+        limits: Limits,
+        redis: Option<Arc<Connections>>,
+        health: Arc<StoreHealth>,
+        metrics: Arc<Metrics>,
+    ) -> RateLimiter {
         RateLimiter {
             limits,
-            store,
+            redis,
             health,
             local: LocalBuckets::default(),
             shared: SharedBuckets::default(),
@@ -43,7 +52,7 @@ impl RateLimiter {
 
     /// Loads the bucket script into the shared store, if there is one.
     pub async fn prepare(&self) -> Result<(), StoreError> {
-        match self.store.shared() {
+        match &self.redis {
             Some(redis) => self.shared.load(redis).await,
             None => Ok(()),
         }
@@ -80,14 +89,14 @@ impl RateLimiter {
         Some(decision)
     }
 
-    /// The shared bucket's answer, or `None` to decide locally (memory engine, Redis
+    /// The shared bucket's answer, or `None` to decide locally (no Redis, Redis
     /// down or slow).
     async fn shared(&self, subject: &str, group: Group, rate: &Rate, cost: u32) -> Option<Decision> {
-        let redis = self.store.shared()?;
+        let redis = self.redis.as_deref()?;
         if self.is_local() {
             return None;
         }
-        let key = crate::keyspace::rate_bucket(subject, group.name());
+        let key = crate::redis::keyspace::rate_bucket(subject, group.name());
         let call = self.shared.take(redis, &key, rate, cost);
         match tokio::time::timeout(REDIS_WAIT, call).await {
             Ok(Ok(decision)) => Some(decision),
@@ -101,7 +110,7 @@ impl RateLimiter {
     }
 
     fn is_local(&self) -> bool {
-        self.store.shared().is_none()
+        self.redis.is_none()
             || !self.health.is_up()
             || crate::clock::now_ms() < self.local_until_ms.load(Ordering::Acquire)
     }

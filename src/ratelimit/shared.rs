@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::bucket::Decision;
 use super::Rate;
-use crate::store::connections::Connections;
-use crate::store::StoreError;
+use crate::engine::StoreError;
+use crate::redis::connections::Connections;
 
 pub struct SharedBuckets {
     script: redis::Script,

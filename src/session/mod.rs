@@ -8,7 +8,8 @@
 //! - [`budget`]: a socket's budget of tick bytes in flight (at most 1 MiB).
 //! - [`replay`]: a subscription's start (history, then `live`) and its catch-ups.
 //! - [`writer`]: the task that writes a connection's frames, in batches.
-//! - [`websocket`], [`sse`]: the two transports and their control loops.
+//! - [`websocket`] (with its framing, [`websocket::codec`]) and [`sse`]: the two
+//!   transports and their control loops.
 //!
 //! The delivery invariant, per subscription: every tick with id > `since` is sent
 //! exactly once, in id order, and any discontinuity (trimmed history, a new epoch)
@@ -19,9 +20,8 @@ pub(crate) mod cursor;
 pub mod protocol;
 pub(crate) mod replay;
 pub(crate) mod sse;
-pub(crate) mod websocket;
+pub mod websocket;
 pub(crate) mod writer;
-pub mod ws_codec;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,10 +32,10 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{Authenticator, Principal};
 use crate::candles::CandleSettings;
+use crate::engine::Store;
 use crate::hub::{Hub, LiveSubscription};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Group, RateLimiter};
-use crate::store::Store;
 use budget::{Budget, Grant};
 use cursor::Cursor;
 use protocol::{close, Closing, Frame, SubscribeRequest};

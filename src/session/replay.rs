@@ -15,9 +15,9 @@ use super::budget::{frame_cost, Budget, Grant, FEED_BYTES, MAX_FRAME_BYTES, PAGE
 use super::cursor::{Admit, Cursor};
 use super::protocol::{self, Frame, Kind, SubscribeRequest, REPLAY_PAGE};
 use super::{Handover, Outbound, SessionContext, SubFrames};
+use crate::engine::IdRange;
 use crate::hub::{CandleSubscription, LiveFrame};
 use crate::retry::until_ok;
-use crate::store::IdRange;
 use crate::tick::epoch::is_rollback_of;
 use crate::tick::{Since, StreamId};
 
@@ -175,7 +175,7 @@ impl Feed {
             let count = (self.spare.bytes() / self.frame_estimate).clamp(1, REPLAY_PAGE);
             let channel = self.cursor.channel.as_str();
             let range = IdRange::after(after);
-            let page = until_ok(&ctx.metrics, || ctx.store.read_entries(channel, range, count, false)).await;
+            let page = until_ok(&ctx.metrics, || ctx.store.entries(channel, range, count, false)).await;
             let mut cut = false;
             let mut sent = 0;
             for tick in &page.ticks {
@@ -218,7 +218,7 @@ impl Feed {
                 from: StreamId::ZERO,
                 to,
             };
-            let page = until_ok(&ctx.metrics, || ctx.store.read_entries(&channel, range, count, true)).await;
+            let page = until_ok(&ctx.metrics, || ctx.store.entries(&channel, range, count, true)).await;
             for tick in &page.ticks {
                 self.largest = self.largest.max(frame_cost(tick.body.len() + tick.channel.len() + 96));
             }

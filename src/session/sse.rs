@@ -147,11 +147,11 @@ mod tests {
     #[test]
     fn frames_are_written_as_events() {
         let mut epochs = None;
-        let tail = crate::tick::wire::tail(5_000, Some("1"), None, "ab");
+        let fields = crate::tick::wire::fields(5_000, Some("1"), None, "ab");
         let tick = crate::tick::Tick::from_body(
             StreamId::new(5, 1),
             "c".into(),
-            crate::tick::wire::body(1, "e", &tail),
+            crate::tick::wire::body(1, "e", &fields),
             &mut epochs,
         )
         .unwrap();
@@ -175,9 +175,9 @@ mod tests {
         let mut epochs = None;
         // As if something other than tickstream wrote the entry: raw CR and LF in the
         // stored text, inside a string and between members.
-        let tail = crate::tick::wire::tail(5_000, Some("1"), Some("{\"note\":\"a\r\nb\"}"), "ab")
+        let fields = crate::tick::wire::fields(5_000, Some("1"), Some("{\"note\":\"a\r\nb\"}"), "ab")
             .replace(",\"data\"", "\r\n,\"data\"");
-        let body = crate::tick::wire::body(1, "e", &tail);
+        let body = crate::tick::wire::body(1, "e", &fields);
         assert!(body.contains('\n') && body.contains('\r'), "{body}");
         let tick = crate::tick::Tick::from_body(StreamId::new(5, 1), "c".into(), body, &mut epochs).unwrap();
         let mut out = Vec::new();

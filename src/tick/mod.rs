@@ -13,12 +13,12 @@
 
 pub mod epoch;
 pub mod id;
-pub mod ingest;
+pub mod validate;
 pub mod wire;
 
 pub use epoch::new_epoch;
 pub use id::{BadSince, BadStreamId, Since, StreamId};
-pub use ingest::{check_not_ahead, parse_body, BodyError, IngestTick, PreparedTick, TickError};
+pub use validate::{check_not_ahead, parse_body, BodyError, IngestTick, PreparedTick, TickError};
 pub use wire::Tick;
 
 /// Longest channel name (docs/PROTOCOL.md §1: one leading character plus up to 127 more).

@@ -41,7 +41,7 @@ pub fn write_ts(out: &mut String, us: i64) {
 /// ingest: `"ts":"…","value":…,"data":…,"event_id":"…"}` (with the object's closing
 /// brace). The store keeps it behind `seq` and `epoch` as the tick's body, so a read
 /// splices stored bytes instead of re-serializing every field.
-pub fn tail(ts_us: i64, value: Option<&str>, data: Option<&str>, event_id: &str) -> String {
+pub fn fields(ts_us: i64, value: Option<&str>, data: Option<&str>, event_id: &str) -> String {
     let mut out = String::with_capacity(96 + data.map_or(0, str::len));
     out.push_str("\"ts\":\"");
     write_ts(&mut out, ts_us);
@@ -53,12 +53,12 @@ pub fn tail(ts_us: i64, value: Option<&str>, data: Option<&str>, event_id: &str)
     out
 }
 
-/// A stored tick's body: `"seq":…,"epoch":"…",` then its [`tail`]. The Redis append
+/// A stored tick's body: `"seq":…,"epoch":"…",` then its [`fields`]. The Redis append
 /// script builds the same bytes (`redis/append.lua`).
-pub fn body(seq: u64, epoch: &str, tail: &str) -> String {
-    let mut out = String::with_capacity(40 + tail.len());
+pub fn body(seq: u64, epoch: &str, fields: &str) -> String {
+    let mut out = String::with_capacity(40 + fields.len());
     let _ = write!(out, "\"seq\":{seq},\"epoch\":\"{epoch}\",");
-    out.push_str(tail);
+    out.push_str(fields);
     out
 }
 
@@ -151,7 +151,7 @@ impl Tick {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tick::ingest::parse_ts_us;
+    use crate::tick::validate::parse_ts_us;
 
     #[test]
     fn hand_written_numbers_match_the_formatter() {
@@ -178,12 +178,12 @@ mod tests {
 
     #[test]
     fn frames_are_valid_json_with_every_field() {
-        let tail = tail(1732348800123000, Some("42000.5"), Some(r#"{"bid":1}"#), "ab");
+        let fields = fields(1732348800123000, Some("42000.5"), Some(r#"{"bid":1}"#), "ab");
         let mut epochs = None;
         let t = Tick::from_body(
             StreamId::new(1732348800123, 0),
             "crypto.BTC-USD".into(),
-            body(4711, "k3v9q2xa", &tail),
+            body(4711, "k3v9q2xa", &fields),
             &mut epochs,
         )
         .unwrap();

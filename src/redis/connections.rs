@@ -28,8 +28,8 @@ use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisFuture, Server
 use tokio::sync::Mutex;
 
 use super::latency::CommandLatency;
-use super::target::{self, Target, TlsFiles};
-use super::StoreError;
+use super::target::{self, NodeAddr, Target, TlsFiles};
+use crate::engine::StoreError;
 
 /// How many multiplexed connections ordinary commands share (one Redis).
 const CONNECTIONS: usize = 4;
@@ -43,19 +43,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// each waiting out its own connect timeout: during an outage requests answer 503
 /// promptly rather than queueing behind one another's attempts.
 const FAIL_FAST: Duration = Duration::from_secs(1);
-
-/// A Redis node, as a cluster announces it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for NodeAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
 
 // One per process: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]

@@ -7,7 +7,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::is_valid_channel;
-use super::wire::tail;
+use super::wire::fields;
 
 /// Largest `data` object, measured as compact JSON.
 pub const MAX_DATA_BYTES: usize = 8 * 1024;
@@ -69,8 +69,8 @@ pub struct PreparedTick {
     /// `data.volume` as JSON number text, when it is a number (candles sum it).
     pub volume: Option<String>,
     pub event_id: String,
-    /// The tick object's members the producer determines, as stored: see [`tail`].
-    pub tail: String,
+    /// The tick object's members the producer determines, as stored: see [`fields`].
+    pub fields: String,
 }
 
 impl IngestTick {
@@ -122,7 +122,7 @@ impl IngestTick {
             .and_then(|d| d.get("volume"))
             .filter(|v| v.is_number())
             .map(|v| v.to_string());
-        let tail = tail(ts_us, value.as_deref(), data_text.as_deref(), &event_id);
+        let fields = fields(ts_us, value.as_deref(), data_text.as_deref(), &event_id);
         Ok(PreparedTick {
             channel: self.channel,
             ts_us,
@@ -130,7 +130,7 @@ impl IngestTick {
             data: data_text,
             volume,
             event_id,
-            tail,
+            fields,
         })
     }
 }

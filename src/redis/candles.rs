@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::RedisStore;
+use super::RedisEngine;
 use crate::candles::{Book, Candle, Order, Query};
-use crate::store::reply::{as_array, as_id, as_str};
-use crate::store::{IdRange, StoreError};
+use crate::engine::{IdRange, StoreError};
+use crate::redis::reply::{as_array, as_id, as_str};
 use crate::tick::StreamId;
 
 /// Replace calls a rebuild makes before it gives up on a channel whose ingest never
@@ -20,7 +20,7 @@ const REBUILD_ATTEMPTS: usize = 100;
 /// Ticks per stream page a rebuild reads.
 const REBUILD_PAGE: usize = 1000;
 
-impl RedisStore {
+impl RedisEngine {
     /// Adds the candle intervals and their retentions to an append-script call:
     /// `c`, then `c` interval lengths, then `c` retentions, in ms.
     pub(super) fn candle_intervals(&self, cmd: &mut redis::Pipeline) {
@@ -90,16 +90,11 @@ impl RedisStore {
         let mut last = StreamId::ZERO;
         for attempt in 0..REBUILD_ATTEMPTS {
             loop {
-                let page = self
-                    .range(
-                        channel,
-                        IdRange {
-                            from,
-                            to: StreamId::MAX,
-                        },
-                        REBUILD_PAGE,
-                    )
-                    .await?;
+                let range = IdRange {
+                    from,
+                    to: StreamId::MAX,
+                };
+                let page = self.read_entries(channel, range, REBUILD_PAGE, false).await?.ticks;
                 for tick in &page {
                     book.add_stored(&settings, tick);
                     last = tick.id;

@@ -1,7 +1,9 @@
 //! The WebSocket transport: the socket's sending half as a [`Transport`], its
 //! receiving half as client messages, and the control loop that reads them
 //! (subscribe, unsubscribe, refresh, ping), pings the client, and closes the socket
-//! with the documented code (docs/PROTOCOL.md §5). Framing is `ws_codec.rs`.
+//! with the documented code (docs/PROTOCOL.md §5). Framing is [`codec`].
+
+pub mod codec;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,16 +13,16 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::budget::Budget;
-use super::protocol::{
+use crate::auth::Principal;
+use crate::session::budget::Budget;
+use crate::session::protocol::{
     self, check_epoch, close, parse_client_message, ClientMessage, Closing, Frame, SubscribeRequest, CLOSE_HANDSHAKE,
     IDLE_TIMEOUT, INBOUND_BURST, INBOUND_PER_SEC, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, PING_INTERVAL,
 };
-use super::writer::{Transport, Writer};
-use super::ws_codec::{self, Decoder, Incoming, Violation};
-use super::{queue, Ending, Session, SessionContext};
-use crate::auth::Principal;
+use crate::session::writer::{Transport, Writer};
+use crate::session::{queue, Ending, Session, SessionContext};
 use crate::tick::{is_valid_channel, Since};
+use codec::{Decoder, Incoming, Violation};
 
 /// A write buffer larger than this is given back after its batch is written, so a
 /// socket keeps no more than a small batch's worth between writes.
@@ -59,17 +61,17 @@ impl Transport for WebSocketTransport {
         self.buf.reserve(size + frames.len() * 4);
         for frame in frames.drain(..) {
             match frame {
-                Frame::Text { text, .. } => ws_codec::encode_text(&mut self.buf, &text),
-                Frame::Tick(frame) => ws_codec::encode_text(&mut self.buf, &frame.text),
-                Frame::Ping => ws_codec::encode_ping(&mut self.buf),
-                Frame::Pong(payload) => ws_codec::encode_pong(&mut self.buf, &payload),
+                Frame::Text { text, .. } => codec::encode_text(&mut self.buf, &text),
+                Frame::Tick(frame) => codec::encode_text(&mut self.buf, &frame.text),
+                Frame::Ping => codec::encode_ping(&mut self.buf),
+                Frame::Pong(payload) => codec::encode_pong(&mut self.buf, &payload),
             }
         }
         self.flush().await
     }
 
     async fn close(&mut self, (code, reason): Closing) {
-        ws_codec::encode_close(&mut self.buf, code, reason);
+        codec::encode_close(&mut self.buf, code, reason);
         let _ = self.flush().await;
     }
 }
@@ -146,7 +148,7 @@ impl ClientFrames {
 /// function of its own so that it is never part of the connection's future: an idle
 /// socket holds no read buffer.
 fn read_ready(tcp: &OwnedReadHalf, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0u8; ws_codec::READ_CHUNK];
+    let mut chunk = [0u8; codec::READ_CHUNK];
     let n = tcp.try_read(&mut chunk)?;
     buf.extend_from_slice(&chunk[..n]);
     Ok(n)

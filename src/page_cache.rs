@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::store::{IdRange, RangeRead, Store, StoreError, StreamEnds as Ends};
+use crate::engine::{IdRange, RangeRead, Store, StoreError, StreamEnds as Ends};
 use crate::tick::{StreamId, Tick};
 
 /// Bytes a cached tick costs beyond its body (the `Tick` itself, its deque slot).
@@ -154,7 +154,7 @@ impl Segment {
 }
 
 /// The cache; one per node, shared by the handlers and the partition readers.
-pub struct HistoryCache {
+pub struct PageCache {
     segments: Mutex<HashMap<Arc<str>, Arc<RwLock<Segment>>>>,
     /// Bytes held by all segments.
     bytes: AtomicUsize,
@@ -164,9 +164,9 @@ pub struct HistoryCache {
     clock: AtomicU64,
 }
 
-impl HistoryCache {
-    pub fn new(budget_bytes: usize, per_channel: usize) -> HistoryCache {
-        HistoryCache {
+impl PageCache {
+    pub fn new(budget_bytes: usize, per_channel: usize) -> PageCache {
+        PageCache {
             segments: Mutex::new(HashMap::new()),
             bytes: AtomicUsize::new(0),
             budget: budget_bytes,
@@ -294,24 +294,17 @@ impl HistoryCache {
         want: Want,
         each: &mut (dyn FnMut(&Tick) + Send),
     ) -> Result<(usize, Option<Arc<str>>, &'static str), StoreError> {
-        let redis = match store {
-            Store::Redis(redis) if self.budget > 0 => redis,
-            _ => {
-                let read = store
-                    .read_entries(channel, want.range, want.count, want.descending)
-                    .await?;
-                read.ticks.iter().for_each(&mut *each);
-                return Ok((read.ticks.len(), None, "store"));
-            }
-        };
-        let ends = redis.ends(channel).await?;
+        if self.budget == 0 {
+            let read = store.entries(channel, want.range, want.count, want.descending).await?;
+            read.ticks.iter().for_each(&mut *each);
+            return Ok((read.ticks.len(), None, "store"));
+        }
+        let ends = store.ends(channel).await?;
         let epoch = ends.last.as_ref().map(|(_, e)| e.clone());
         if let Some(n) = self.answer(channel, &ends, want, &mut |t| each(t)) {
             return Ok((n, epoch, "cache"));
         }
-        let read = redis
-            .read_entries(channel, want.range, want.count, want.descending)
-            .await?;
+        let read = store.entries(channel, want.range, want.count, want.descending).await?;
         read.ticks.iter().for_each(&mut *each);
         let n = read.ticks.len();
         if let Some((last, _)) = &ends.last {
@@ -383,7 +376,7 @@ mod tests {
         }
     }
 
-    fn ids(cache: &HistoryCache, ends: &Ends, want: Want) -> Option<Vec<u64>> {
+    fn ids(cache: &PageCache, ends: &Ends, want: Want) -> Option<Vec<u64>> {
         let mut got = Vec::new();
         cache.answer("c", ends, want, &mut |t| got.push(t.id.ms))?;
         Some(got)
@@ -392,7 +385,7 @@ mod tests {
     #[test]
     fn answers_only_what_it_covers_exactly() {
         let e: Arc<str> = "e".into();
-        let cache = HistoryCache::new(1 << 20, 1000);
+        let cache = PageCache::new(1 << 20, 1000);
         // Entries 11..=20 are known to be all of (10, 20].
         cache.remember(
             &"c".into(),
@@ -431,7 +424,7 @@ mod tests {
     #[test]
     fn segments_grow_at_either_end_and_reset_on_a_new_epoch() {
         let e: Arc<str> = "e".into();
-        let cache = HistoryCache::new(1 << 20, 1000);
+        let cache = PageCache::new(1 << 20, 1000);
         let c: Arc<str> = "c".into();
         cache.remember(&c, StreamId::new(10, 0), StreamId::new(20, 0), ticks(11..=20, &e));
         cache.remember(&c, StreamId::new(20, 0), StreamId::new(25, 0), ticks(21..=25, &e));
@@ -456,7 +449,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_per_channel_and_in_all() {
         let e: Arc<str> = "e".into();
-        let cache = HistoryCache::new(1 << 20, 100);
+        let cache = PageCache::new(1 << 20, 100);
         let c: Arc<str> = "c".into();
         cache.remember(&c, StreamId::ZERO, StreamId::new(500, 0), ticks(1..=500, &e));
         // The oldest went: the segment starts at 400.
@@ -465,7 +458,7 @@ mod tests {
             ids(&cache, &ends(1, 500, &e), want(401, 500, 1000, false)).map(|v| v.len()),
             Some(100)
         );
-        let small = HistoryCache::new(20 * (TICK_OVERHEAD + 64), 1000);
+        let small = PageCache::new(20 * (TICK_OVERHEAD + 64), 1000);
         for n in 0..10u64 {
             let name: Arc<str> = format!("c{n}").into();
             small.remember(&name, StreamId::ZERO, StreamId::new(10, 0), ticks(1..=10, &e));

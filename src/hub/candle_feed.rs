@@ -202,7 +202,7 @@ async fn run(hub: Arc<Hub>, (channel, interval): FeedKey, shared: Arc<Shared>, s
     }
 }
 
-async fn newest(hub: &Hub, channel: &str, interval: Interval) -> Result<Option<Candle>, crate::store::StoreError> {
+async fn newest(hub: &Hub, channel: &str, interval: Interval) -> Result<Option<Candle>, crate::engine::StoreError> {
     let page = hub
         .store
         .candles(
@@ -226,7 +226,7 @@ async fn closed(
     channel: &str,
     interval: Interval,
     span: Span,
-) -> Result<Vec<Candle>, crate::store::StoreError> {
+) -> Result<Vec<Candle>, crate::engine::StoreError> {
     hub.store
         .candles(
             channel,

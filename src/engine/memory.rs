@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{Appended, ChannelSummary, IdRange, Settings, StoreError, StreamInfo, TailBatch, TailWaker};
+use async_trait::async_trait;
+
+use super::{
+    Appended, ChannelSummary, Engine, Fence, Fences, IdRange, LastStored, Probe, RangeRead, Settings, StoreError,
+    StreamEnds, StreamInfo, Tail, TailBatch, TailWaker, TAIL_COUNT,
+};
 use crate::candles::{Book, Candle, CandleSettings, Query};
 use crate::clock::now_ms;
 use crate::tick::{new_epoch, PreparedTick, StreamId, Tick};
@@ -51,8 +56,8 @@ struct State {
     dedup_order: VecDeque<(Instant, (Arc<str>, String))>,
 }
 
-/// In-memory store; cheap to clone behind `Arc`.
-pub struct MemoryStore {
+/// The in-memory engine; shared behind `Arc`.
+pub struct MemoryEngine {
     state: Mutex<State>,
     maxlen: usize,
     dedup_window: Duration,
@@ -63,13 +68,13 @@ pub struct MemoryStore {
     block: Duration,
 }
 
-impl MemoryStore {
-    pub fn new(settings: Settings) -> MemoryStore {
+impl MemoryEngine {
+    pub fn new(settings: Settings) -> MemoryEngine {
         Self::with_dedup_capacity(settings, DEDUP_CAPACITY)
     }
 
-    pub fn with_dedup_capacity(settings: Settings, dedup_capacity: usize) -> MemoryStore {
-        MemoryStore {
+    pub fn with_dedup_capacity(settings: Settings, dedup_capacity: usize) -> MemoryEngine {
+        MemoryEngine {
             state: Mutex::new(State::default()),
             maxlen: usize::try_from(settings.stream_maxlen).unwrap_or(usize::MAX).max(1),
             dedup_window: settings.dedup_window,
@@ -140,7 +145,7 @@ impl MemoryStore {
             seq: channel.seq,
             epoch: channel.epoch.clone(),
             channel: channel.name.clone(),
-            body: crate::tick::wire::body(channel.seq, &channel.epoch, &t.tail),
+            body: crate::tick::wire::body(channel.seq, &channel.epoch, &t.fields),
         });
         if let Some(value) = &t.value {
             let volume = t.volume.as_deref().and_then(|v| v.parse().ok());
@@ -251,16 +256,9 @@ impl MemoryStore {
     }
 
     /// Event ids currently remembered (tests).
-    pub fn dedup_len(&self) -> usize {
+    #[cfg(test)]
+    fn dedup_len(&self) -> usize {
         self.lock().dedup.len()
-    }
-
-    pub fn tail(self: &Arc<Self>, waker: Arc<TailWaker>) -> MemoryTail {
-        MemoryTail {
-            store: self.clone(),
-            appended: self.appended.subscribe(),
-            waker,
-        }
     }
 
     fn collect_after(&self, cursors: &[(Arc<str>, StreamId)]) -> Vec<TailBatch> {
@@ -270,7 +268,7 @@ impl MemoryStore {
             .filter_map(|(name, cursor)| {
                 let c = state.channels.get(&**name)?;
                 let start = c.lower_bound(cursor.next());
-                let ticks: Vec<Tick> = c.entries.range(start..).take(super::TAIL_COUNT).cloned().collect();
+                let ticks: Vec<Tick> = c.entries.range(start..).take(TAIL_COUNT).cloned().collect();
                 let last = ticks.last()?.id;
                 Some(TailBatch {
                     channel: name.clone(),
@@ -283,29 +281,152 @@ impl MemoryStore {
     }
 }
 
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    /// This engine never fails over: nothing is ever behind a fence.
+    async fn append(&self, ticks: &[PreparedTick], _fences: &Fences) -> Result<Vec<Appended>, StoreError> {
+        MemoryEngine::append(self, ticks).await
+    }
+
+    /// Reads cost nothing here: every channel counts as existing.
+    async fn probe(&self, _channel: &str) -> Result<Probe, StoreError> {
+        Ok(Probe {
+            exists: true,
+            births: StreamId::ZERO,
+        })
+    }
+
+    async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
+        MemoryEngine::info(self, channel).await
+    }
+
+    /// Every entry here is a tick: nothing is unreadable.
+    async fn read_entries(
+        &self,
+        channel: &str,
+        range: IdRange,
+        count: usize,
+        descending: bool,
+    ) -> Result<RangeRead, StoreError> {
+        let ticks = match descending {
+            false => self.range(channel, range, count).await?,
+            true => self.rev_range(channel, range, count).await?,
+        };
+        Ok(RangeRead {
+            edges: ticks.first().map(|t| t.id).zip(ticks.last().map(|t| t.id)),
+            entries: ticks.len(),
+            ticks,
+        })
+    }
+
+    async fn ends(&self, channel: &str) -> Result<StreamEnds, StoreError> {
+        let state = self.lock();
+        let c = state.channels.get(channel);
+        Ok(StreamEnds {
+            first: c.and_then(|c| c.entries.front()).map(|t| t.id),
+            last: c.and_then(|c| c.entries.back()).map(|t| (t.id, t.epoch.clone())),
+        })
+    }
+
+    async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        MemoryEngine::epoch(self, channel).await
+    }
+
+    async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
+        MemoryEngine::channel_names(self).await
+    }
+
+    async fn summaries(&self, names: &[String]) -> Result<Vec<ChannelSummary>, StoreError> {
+        MemoryEngine::summaries(self, names).await
+    }
+
+    async fn candles(&self, channel: &str, q: Query) -> Result<Vec<Candle>, StoreError> {
+        MemoryEngine::candles(self, channel, q).await
+    }
+
+    async fn rebuild_candles(&self, channel: &str) -> Result<usize, StoreError> {
+        MemoryEngine::rebuild_candles(self, channel).await
+    }
+
+    async fn last_stored(&self, channels: &[Arc<str>]) -> Result<Vec<LastStored>, StoreError> {
+        let state = self.lock();
+        Ok(channels
+            .iter()
+            .map(|name| {
+                let c = state.channels.get(&**name);
+                LastStored {
+                    last_id: c.and_then(|c| c.entries.back()).map(|t| t.id),
+                    epoch: c.map(|c| c.epoch.to_string()),
+                    seq: c.map_or(0, |c| c.seq),
+                }
+            })
+            .collect())
+    }
+
+    /// Nothing here survives the process, so nothing comes back shorter.
+    async fn roll_back_behind(
+        &self,
+        _delivered: &[(Arc<str>, Fence)],
+    ) -> Result<Vec<(Arc<str>, StreamId)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The data dies with the process, and so do the tokens signed with this.
+    async fn dev_secret(&self, candidate: String) -> Result<String, StoreError> {
+        Ok(candidate)
+    }
+
+    fn tail(self: Arc<Self>, _partition: u32, waker: Arc<TailWaker>) -> Box<dyn Tail> {
+        Box::new(MemoryTail {
+            appended: self.appended.subscribe(),
+            store: self,
+            waker,
+        })
+    }
+}
+
 /// A partition reader over the memory engine: waits for the next append instead of
 /// blocking on a socket.
 pub struct MemoryTail {
-    store: Arc<MemoryStore>,
+    store: Arc<MemoryEngine>,
     appended: watch::Receiver<u64>,
     waker: Arc<TailWaker>,
 }
 
-impl MemoryTail {
-    pub async fn read(&mut self, cursors: &[(Arc<str>, StreamId)]) -> Result<Vec<TailBatch>, StoreError> {
+#[async_trait]
+impl Tail for MemoryTail {
+    /// Nothing to connect to: never fresh.
+    async fn connect(&mut self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Every channel counts as existing ([`Engine::probe`]), so there are no births.
+    async fn read(
+        &mut self,
+        cursors: &[(Arc<str>, StreamId)],
+        _births: Option<StreamId>,
+    ) -> Result<(Vec<TailBatch>, Option<super::Births>), StoreError> {
         // Mark the current version seen *before* looking, so an append between the
         // look and the wait still wakes us.
         self.appended.borrow_and_update();
         let found = self.store.collect_after(cursors);
         if !found.is_empty() {
-            return Ok(found);
+            return Ok((found, None));
         }
         tokio::select! {
             _ = self.appended.changed() => {}
             _ = self.waker.notify.notified() => {}
             _ = tokio::time::sleep(self.store.block) => {}
         }
-        Ok(self.store.collect_after(cursors))
+        Ok((self.store.collect_after(cursors), None))
     }
 }
 
@@ -333,7 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_dedup_memory_is_bounded_by_count() {
-        let s = MemoryStore::with_dedup_capacity(settings(100), 4);
+        let s = MemoryEngine::with_dedup_capacity(settings(100), 4);
         let batch: Vec<_> = (0..10).map(|n| prepared("c", n)).collect();
         s.append(&batch).await.unwrap();
         assert_eq!(s.dedup_len(), 4);
@@ -345,7 +466,7 @@ mod tests {
 
     #[tokio::test]
     async fn ids_and_seq_increase_and_duplicates_take_none() {
-        let s = MemoryStore::new(settings(3));
+        let s = MemoryEngine::new(settings(3));
         let batch: Vec<_> = (0..5).map(|n| prepared("c", n)).collect();
         let first = s.append(&batch).await.unwrap();
         assert!(first.windows(2).all(|w| w[0].id < w[1].id));

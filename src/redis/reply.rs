@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use redis::Value;
 
-use super::connections::NodeAddr;
-use super::{Births, StoreError};
+use super::target::NodeAddr;
+use crate::engine::{Births, StoreError};
 use crate::retry::ErrorLog;
 use crate::tick::{StreamId, Tick};
 
@@ -275,13 +275,13 @@ fn parse_fields(
             "entry {id}: neither a tick body nor tick fields"
         )));
     }
-    let tail = crate::tick::wire::tail(
+    let fields = crate::tick::wire::fields(
         legacy.ts_us,
         legacy.value.as_deref(),
         legacy.data.as_deref(),
         &legacy.event_id,
     );
-    read(crate::tick::wire::body(legacy.seq, &legacy.epoch, &tail), epochs)
+    read(crate::tick::wire::body(legacy.seq, &legacy.epoch, &fields), epochs)
 }
 
 /// The fields of an entry in the first storage format.

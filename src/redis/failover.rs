@@ -1,8 +1,8 @@
 //! Failover honesty: Redis replication is asynchronous, so a promoted replica (or a
 //! Redis restarted from a slightly old append-only file) may lack the last ticks of a
 //! stream — ticks nodes already delivered. A reader that reconnects asks
-//! [`RedisStore::heads`] where its channels' streams stand; when one came back
-//! behind what it delivered, [`RedisStore::roll_back`] moves the channel to its next
+//! [`RedisEngine::last_stored`] where its channels' streams stand; when one came back
+//! behind what it delivered, [`RedisEngine::roll_back_behind`] moves the channel to its next
 //! epoch (`redis/rollback.lua`), and clients get a `rollback` gap
 //! (docs/PROTOCOL.md §5.4).
 
@@ -10,39 +10,17 @@ use std::sync::Arc;
 
 use redis::Value;
 
-use super::{newest_entry, RedisStore};
-use crate::keyspace::ChannelKeys;
-use crate::store::reply::{as_array, as_id, as_str, as_u64, parse_entries, protocol};
-use crate::store::{Fence, StoreError};
-use crate::tick::epoch::after_rollback;
+use super::{newest_entry, RedisEngine};
+use crate::engine::{Fence, LastStored, Rolled, StoreError};
+use crate::redis::keyspace::ChannelKeys;
+use crate::redis::reply::{as_array, as_id, as_str, as_u64, parse_entries, protocol};
+use crate::tick::epoch::{after_rollback, is_rollback_of};
 use crate::tick::StreamId;
 
-/// Where a channel's stream stands now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredHead {
-    /// The newest entry's id (`None`: no stream at all).
-    pub last_id: Option<StreamId>,
-    /// The channel's epoch and the last `seq` it handed out (`meta`).
-    pub epoch: Option<String>,
-    pub seq: u64,
-}
-
-/// What a rollback call did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rolled {
-    /// The channel's epoch now.
-    pub epoch: Option<String>,
-    /// The newest entry at or below the fence (`0-0`: none): what survived of what
-    /// was delivered; readers go on from it.
-    pub survivor: StreamId,
-    /// This call moved the channel on (another node may have done it first).
-    pub moved: bool,
-}
-
-impl RedisStore {
+impl RedisEngine {
     /// Where each of `channels` (all of partition `partition`) stands: one pipeline,
     /// one slot.
-    pub async fn heads(&self, channels: &[Arc<str>]) -> Result<Vec<StoredHead>, StoreError> {
+    pub async fn last_stored(&self, channels: &[Arc<str>]) -> Result<Vec<LastStored>, StoreError> {
         if channels.is_empty() {
             return Ok(Vec::new());
         }
@@ -66,7 +44,7 @@ impl RedisStore {
                     .ok_or_else(|| StoreError::Protocol("no HMGET reply".into()))?;
                 let entries = parse_entries(channel, last, &self.unreadable)?;
                 let fields = as_array(&meta).ok_or_else(|| protocol("HMGET meta", &meta))?;
-                Ok(StoredHead {
+                Ok(LastStored {
                     last_id: entries.last,
                     epoch: fields.first().and_then(as_str),
                     seq: fields.get(1).and_then(as_u64).unwrap_or(0),
@@ -75,8 +53,37 @@ impl RedisStore {
             .collect()
     }
 
+    /// See [`crate::engine::Engine::roll_back_behind`]: compares where each stream
+    /// stands with what was delivered of it, and runs `redis/rollback.lua` on each
+    /// channel whose stream came back behind its fence (in the fence's epoch, or
+    /// already moved to its successor by another node).
+    pub async fn roll_back_behind(
+        &self,
+        delivered: &[(Arc<str>, Fence)],
+    ) -> Result<Vec<(Arc<str>, StreamId)>, StoreError> {
+        if delivered.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<Arc<str>> = delivered.iter().map(|(c, _)| c.clone()).collect();
+        let stored = self.last_stored(&names).await?;
+        let mut rolled_back = Vec::new();
+        for ((channel, fence), now) in delivered.iter().zip(stored) {
+            let same = now.epoch.as_deref() == Some(&*fence.epoch);
+            let moved_on = now
+                .epoch
+                .as_deref()
+                .is_some_and(|epoch| is_rollback_of(epoch, &fence.epoch));
+            let behind = now.last_id.unwrap_or(StreamId::ZERO) < fence.id || (same && now.seq < fence.seq);
+            if behind && (same || moved_on) {
+                let rolled = self.roll_back(channel, fence).await?;
+                rolled_back.push((channel.clone(), rolled.survivor));
+            }
+        }
+        Ok(rolled_back)
+    }
+
     /// Runs `redis/rollback.lua` on `channel` against what was delivered of it.
-    pub async fn roll_back(&self, channel: &str, fence: &Fence) -> Result<Rolled, StoreError> {
+    async fn roll_back(&self, channel: &str, fence: &Fence) -> Result<Rolled, StoreError> {
         let mut pipe = redis::pipe();
         self.rollback_call(&mut pipe, &self.keys(channel), fence);
         // Safe to repeat after NOSCRIPT: it checks before it moves anything.

@@ -1,7 +1,7 @@
-//! `GET /sse/{channel}`: the same subscription as `/ws/{channel}` (same checks, same
-//! guarantee, same order of frames) as a Server-Sent Events stream, for clients that
-//! cannot use WebSocket (docs/PROTOCOL.md §5.7). A browser's `EventSource` reconnects
-//! by itself with `Last-Event-ID`, which resumes exactly as `since` would.
+//! The handshakes that open a stream of ticks: `GET /ws/{channel}` and `GET /ws`
+//! (WebSocket, then the session in `session/websocket/`), and `GET /sse/{channel}`
+//! (Server-Sent Events, `session/sse.rs`). The checks they share, cheapest first,
+//! are in `handshake.rs`; the upgrade itself in `upgrade.rs`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -11,12 +11,85 @@ use tokio::sync::mpsc;
 
 use super::extract::{authorize_read, Caller, ChannelName, Params};
 use super::handshake::{admit, refuse, Admitted, StartQuery};
+use super::upgrade::Upgrade;
 use super::AppState;
+use crate::auth::{offers_subprotocol, QueryCredentials, SUBPROTOCOL};
 use crate::error::ApiError;
+use crate::session::protocol::SubscribeRequest;
 use crate::session::sse::{self, BODY_CHUNKS};
+use crate::session::websocket;
 use crate::tick::{Since, StreamId};
 
-pub async fn stream(
+/// `GET /ws/{channel}`: one channel, subscribed at once.
+pub async fn websocket_single(
+    State(state): State<AppState>,
+    channel: Result<ChannelName, ApiError>,
+    query: Result<Params<StartQuery>, ApiError>,
+    caller: Caller,
+    upgrade: Result<Upgrade, ApiError>,
+) -> Response {
+    let checked = async {
+        let ChannelName(channel) = channel?;
+        let Params(query) = query?;
+        let admitted = admit(&state, &caller).await?;
+        authorize_read(&admitted.principal, &channel)?;
+        let request = query.request(channel, &state.config.candles)?;
+        Ok((admitted, request))
+    }
+    .await;
+    match checked {
+        Ok((admitted, request)) => accept_websocket(state, &caller, upgrade, admitted, Some(request)),
+        Err(e) => refuse(&state, e),
+    }
+}
+
+/// `GET /ws`: multiplexed; the client subscribes with messages.
+pub async fn websocket_multiplexed(
+    State(state): State<AppState>,
+    query: Result<Params<QueryCredentials>, ApiError>,
+    caller: Caller,
+    upgrade: Result<Upgrade, ApiError>,
+) -> Response {
+    let checked = async {
+        query?;
+        admit(&state, &caller).await
+    }
+    .await;
+    match checked {
+        Ok(admitted) => accept_websocket(state, &caller, upgrade, admitted, None),
+        Err(e) => refuse(&state, e),
+    }
+}
+
+fn accept_websocket(
+    state: AppState,
+    caller: &Caller,
+    upgrade: Result<Upgrade, ApiError>,
+    admitted: Admitted,
+    initial: Option<SubscribeRequest>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            state.metrics.handshakes.with_label_values(&["not_websocket"]).inc();
+            return e.into_response();
+        }
+    };
+    state.metrics.handshakes.with_label_values(&["ok"]).inc();
+    let protocol = offers_subprotocol(&caller.headers).then_some(SUBPROTOCOL);
+    let ctx = state.sessions.clone();
+    let done = state.sessions_done.clone();
+    let Admitted { principal, permit } = admitted;
+    upgrade.accept(protocol, move |tcp, early| async move {
+        // The permit is held for the session's life: the cap counts open sockets.
+        websocket::run(tcp, early, ctx, principal, initial, done).await;
+        drop(permit);
+    })
+}
+
+/// `GET /sse/{channel}`: one channel as Server-Sent Events; a reconnecting
+/// `EventSource`'s `Last-Event-ID` resumes it.
+pub async fn sse_stream(
     State(state): State<AppState>,
     channel: Result<ChannelName, ApiError>,
     query: Result<Params<StartQuery>, ApiError>,

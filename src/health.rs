@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Store;
+use crate::engine::Store;
 use crate::retry::ErrorLog;
 
 /// How often the store is pinged…
@@ -25,22 +25,36 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const FAILURES_TO_DOWN: u32 = 2;
 
 pub struct StoreHealth {
+    /// The store is a Redis apart from this process (`/readyz` reports it); the
+    /// memory engine is this process, up while it runs.
+    remote: bool,
     /// Up unless [`FAILURES_TO_DOWN`] pings in a row failed (handshakes).
     up: AtomicBool,
     /// Whether the last ping was answered (`/readyz`: what the store says now).
     answered: AtomicBool,
 }
 
-impl Default for StoreHealth {
-    fn default() -> Self {
+impl StoreHealth {
+    /// `remote`: whether the store is a Redis apart from this process (the wiring
+    /// knows which engine it opened).
+    pub fn new(remote: bool) -> StoreHealth {
         StoreHealth {
+            remote,
             up: AtomicBool::new(true),
             answered: AtomicBool::new(true),
         }
     }
-}
 
-impl StoreHealth {
+    /// `/readyz`'s `redis`: `not_used` (the memory engine), else whether Redis
+    /// answered the last ping: `ok` or `down`.
+    pub fn redis_status(&self) -> &'static str {
+        match (self.remote, self.answered()) {
+            (false, _) => "not_used",
+            (true, true) => "ok",
+            (true, false) => "down",
+        }
+    }
+
     /// True unless the store failed its last health pings.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)

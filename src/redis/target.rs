@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use super::StoreError;
+use crate::engine::StoreError;
 
 /// TLS material for `rediss://` beyond the system's trust store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,6 +37,19 @@ pub enum Target {
         /// `user:pass@`, or empty.
         userinfo: String,
     },
+}
+
+/// A Redis node, as a cluster announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// Why a `REDIS_URL` cannot be used, in words for the operator.

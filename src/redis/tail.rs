@@ -14,48 +14,43 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use super::RedisStore;
-use crate::keyspace;
-use crate::store::connections::{NodeAddr, COMMAND_TIMEOUT};
-use crate::store::reply::{as_str, parse_births, parse_entries, protocol, streams_of};
-use crate::store::{Births, StoreError, TailBatch, TailWaker};
+use super::connections::COMMAND_TIMEOUT;
+use super::target::NodeAddr;
+use super::RedisEngine;
+use crate::engine::{Births, Interrupt, StoreError, Tail, TailBatch, TailWaker};
+use crate::redis::keyspace;
+use crate::redis::reply::{as_str, parse_births, parse_entries, protocol, streams_of};
 use crate::tick::StreamId;
 
 /// How often a cluster reader asks again which master serves its slot, when nothing
 /// else made it reconnect.
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
-impl RedisStore {
-    pub fn tail(self: &Arc<Self>, partition: u32, waker: Arc<TailWaker>) -> RedisTail {
-        RedisTail {
-            store: self.clone(),
-            conn: None,
-            slot: keyspace::partition_slot(partition),
-            prefix: keyspace::stream_prefix(partition),
-            births: keyspace::births(partition),
-            waker,
-        }
-    }
+/// `CLIENT UNBLOCK` of a reader's blocking `XREAD`, on the node it reads from, so it
+/// re-reads its channel set: one value per connection, so a waker never pairs one
+/// connection's id with another's node.
+struct Unblock {
+    engine: Arc<RedisEngine>,
+    client_id: u64,
+    node: Option<NodeAddr>,
+}
 
-    /// `CLIENT UNBLOCK` the reader's blocking XREAD (on the node it reads from), so
-    /// it re-reads its channel set.
-    pub async fn unblock(&self, waker: &TailWaker) {
-        let (id, node) = waker.reader();
-        if id == 0 {
-            return;
-        }
+#[async_trait]
+impl Interrupt for Unblock {
+    async fn interrupt(&self) {
         let mut cmd = redis::cmd("CLIENT");
-        cmd.arg("UNBLOCK").arg(id);
-        let _ = self.connections.on_node(node.as_ref(), cmd).await;
+        cmd.arg("UNBLOCK").arg(self.client_id);
+        let _ = self.engine.connections.on_node(self.node.as_ref(), cmd).await;
     }
 }
 
 /// A partition reader's dedicated connection (never pooled, never cloned).
 pub struct RedisTail {
-    store: Arc<RedisStore>,
+    store: Arc<RedisEngine>,
     conn: Option<Reading>,
     /// The cluster slot of the partition's keys.
     slot: u16,
@@ -73,9 +68,30 @@ struct Reading {
 }
 
 impl RedisTail {
+    pub(super) fn new(store: Arc<RedisEngine>, partition: u32, waker: Arc<TailWaker>) -> RedisTail {
+        RedisTail {
+            store,
+            conn: None,
+            slot: keyspace::partition_slot(partition),
+            prefix: keyspace::stream_prefix(partition),
+            births: keyspace::births(partition),
+            waker,
+        }
+    }
+
+    fn drop_connection(&mut self) {
+        // After a timeout or an I/O error its state is unknown, and a fresh one gets a
+        // fresh CLIENT ID (and, on a cluster, the slot's current master).
+        self.conn = None;
+        self.waker.set_interrupt(None);
+    }
+}
+
+#[async_trait]
+impl Tail for RedisTail {
     /// Connects if need be; `true` when this is a fresh connection (the first, or
     /// after an error, or to the slot's new master).
-    pub async fn connect(&mut self) -> Result<bool, StoreError> {
+    async fn connect(&mut self) -> Result<bool, StoreError> {
         if let Some(reading) = &self.conn {
             let due = reading.node.is_some() && reading.since.elapsed() >= RESOLVE_EVERY;
             if !due {
@@ -107,7 +123,11 @@ impl RedisTail {
         let response = self.store.settings.tail_block + COMMAND_TIMEOUT;
         let (mut conn, node) = self.store.connections.dedicated(self.slot, response).await?;
         let id: u64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
-        self.waker.set_reader(id, node.clone());
+        self.waker.set_interrupt(Some(Arc::new(Unblock {
+            engine: self.store.clone(),
+            client_id: id,
+            node: node.clone(),
+        })));
         self.conn = Some(Reading {
             conn,
             node,
@@ -116,21 +136,14 @@ impl RedisTail {
         Ok(true)
     }
 
-    fn drop_connection(&mut self) {
-        // After a timeout or an I/O error its state is unknown, and a fresh one gets a
-        // fresh CLIENT ID (and, on a cluster, the slot's current master).
-        self.conn = None;
-        self.waker.set_reader(0, None);
-    }
-
-    pub async fn read(
+    async fn read(
         &mut self,
         cursors: &[(Arc<str>, StreamId)],
         births_after: Option<StreamId>,
     ) -> Result<(Vec<TailBatch>, Option<Births>), StoreError> {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
-            .arg(crate::store::TAIL_COUNT)
+            .arg(crate::engine::TAIL_COUNT)
             .arg("BLOCK")
             .arg(u64::try_from(self.store.settings.tail_block.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS");

@@ -197,7 +197,7 @@ pub fn node(id: &str) -> String {
 }
 
 /// A rate-limit bucket; `subject` is already made key-safe
-/// (`ratelimit::Subject::key_part`).
+/// (`auth::Subject::key_part`).
 pub fn rate_bucket(subject: &str, group: &str) -> String {
     format!("tickstream:rl:{{{subject}}}:{group}")
 }
