@@ -203,7 +203,7 @@ fn cited_sections(text: &str, names: &[&str]) -> (BTreeSet<String>, BTreeSet<Str
 /// Whether `path`, named in a file of folder `here`, exists: from the root, from
 /// `src/` (`redis/tail.rs` is `src/redis/tail.rs`; `redis/append.lua` the root's),
 /// from the file's folder or its parent, or as the end of some source file's path
-/// (`reader.rs` in a document's section on the hub, `websocket/codec.rs`).
+/// (`reader.rs` in a document's section on the hub, `websocket/codec/`).
 fn exists(path: &str, here: &Path, all: &[PathBuf]) -> bool {
     let root = root();
     let path = path.trim_end_matches('/');

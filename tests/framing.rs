@@ -1,4 +1,4 @@
-//! The server's own WebSocket framing (src/session/websocket/codec.rs) seen from a raw TCP
+//! The server's own WebSocket framing (src/session/websocket/codec/) seen from a raw TCP
 //! client, for what a library client hides: bytes sent right behind the handshake,
 //! pings with a payload, fragmented messages, the echo of a client's close code, and
 //! the close codes for broken framing (docs/PROTOCOL.md §5.6).

@@ -1,4 +1,4 @@
-//! The server's WebSocket decoder (src/session/websocket/codec.rs) on arbitrary client
+//! The server's WebSocket decoder (src/session/websocket/codec/) on arbitrary client
 //! bytes arriving in arbitrary reads: it never panics, never holds more than one
 //! message's worth (the cap, a frame header and two reads), and a refusal is final
 //! except for an oversized frame, after which it reads on.

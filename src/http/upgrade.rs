@@ -4,7 +4,7 @@
 //!
 //! The session gets the bare `TcpStream` (split into halves that need no lock
 //! between them) rather than a library's WebSocket: it frames its own messages
-//! (`src/session/websocket/codec.rs`).
+//! (`src/session/websocket/codec/`).
 
 use std::future::Future;
 
