@@ -181,8 +181,6 @@ pub fn parse_entry_opt(channel: &Arc<str>, v: &Value, unreadable: &Unreadable) -
     }
 }
 
-/// `[id, fields]`; an entry whose id is not a stream id is a reply we do not
-/// understand at all.
 /// Entries of a partition's births stream (`keyspace::births`): the channels created,
 /// up to the last entry's id; `None` for no entry.
 pub fn parse_births(v: Value) -> Result<Option<Births>, StoreError> {
@@ -213,6 +211,8 @@ fn entry_list(v: Value, what: &str) -> Result<Vec<Value>, StoreError> {
     }
 }
 
+/// `[id, fields]`; an entry whose id is not a stream id is a reply we do not
+/// understand at all.
 fn split_entry(v: Value) -> Result<(StreamId, Value), StoreError> {
     match v {
         Value::Array(mut parts) if parts.len() == 2 => {
@@ -301,5 +301,151 @@ fn into_string(v: Value) -> Option<String> {
         Value::SimpleString(s) => Some(s),
         Value::VerbatimString { text, .. } => Some(text),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn unreadable() -> Unreadable {
+        Unreadable::new(prometheus::IntCounter::new("bad", "entries").unwrap())
+    }
+
+    /// A stored entry in the current format: `[id, [j, body]]`.
+    fn entry(id: &str, seq: u64, epoch: &str) -> Value {
+        let fields = crate::tick::wire::fields(5_000, Some("1.5"), None, "ab");
+        let body = crate::tick::wire::body(seq, epoch, &fields);
+        Value::Array(vec![bulk(id), Value::Array(vec![bulk("j"), bulk(&body)])])
+    }
+
+    #[test]
+    fn entries_read_every_format_and_skip_what_is_not_a_tick() {
+        let channel: Arc<str> = "c".into();
+        let legacy = Value::Array(vec![
+            bulk("3-0"),
+            Value::Array(
+                [("q", "3"), ("ep", "e1"), ("ts", "7000"), ("e", "cd"), ("v", "2")]
+                    .iter()
+                    .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                    .collect(),
+            ),
+        ]);
+        // RESP3 answers an entry's fields as a map.
+        let map = Value::Array(vec![
+            bulk("4-0"),
+            Value::Map(vec![(bulk("j"), bulk("\"seq\":4,\"epoch\":\"e1\",\"x\":1"))]),
+        ]);
+        let junk = Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("other"), bulk("field")])]);
+        let reply = Value::Array(vec![entry("1-0", 1, "e1"), junk, legacy, map]);
+        let bad = unreadable();
+        let read = parse_entries(&channel, reply, &bad).unwrap();
+        assert_eq!(read.ticks.iter().map(|t| t.seq).collect::<Vec<_>>(), [1, 3, 4]);
+        assert!(read.ticks.iter().all(|t| &*t.epoch == "e1" && &*t.channel == "c"));
+        assert!(read.ticks[1].body.contains("\"value\":2"), "{}", read.ticks[1].body);
+        // The unreadable entry still counts: a reader pages on past it.
+        assert_eq!(
+            (read.count, read.first, read.last),
+            (4, Some(StreamId::new(1, 0)), Some(StreamId::new(4, 0)))
+        );
+        assert_eq!(bad.counter.get(), 1);
+        // Ticks of one read share one epoch allocation.
+        assert!(Arc::ptr_eq(&read.ticks[0].epoch, &read.ticks[2].epoch));
+    }
+
+    #[test]
+    fn a_reply_that_is_not_entries_is_an_error_and_nil_is_none() {
+        let channel: Arc<str> = "c".into();
+        assert_eq!(parse_entries(&channel, Value::Nil, &unreadable()).unwrap().count, 0);
+        assert!(parse_entries(&channel, Value::Int(3), &unreadable()).is_err());
+        let bad_id = Value::Array(vec![Value::Array(vec![bulk("not-an-id"), Value::Array(vec![])])]);
+        assert!(parse_entries(&channel, bad_id, &unreadable()).is_err());
+        assert_eq!(parse_entry_opt(&channel, &Value::Nil, &unreadable()).unwrap(), None);
+        let junk = Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("x"), bulk("y")])]);
+        assert_eq!(parse_entry_opt(&channel, &junk, &unreadable()).unwrap(), None);
+        let one = parse_entry_opt(&channel, &entry("9-1", 9, "e2"), &unreadable())
+            .unwrap()
+            .unwrap();
+        assert_eq!((one.id, one.seq, &*one.epoch), (StreamId::new(9, 1), 9, "e2"));
+    }
+
+    #[test]
+    fn xread_replies_come_apart_in_resp2_and_resp3() {
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![bulk("k1"), Value::Array(vec![entry("1-0", 1, "e")])]),
+            Value::Array(vec![bulk("k2"), Value::Array(vec![])]),
+        ]);
+        let resp3 = Value::Map(vec![(bulk("k1"), Value::Array(vec![entry("1-0", 1, "e")]))]);
+        let keys = |v: Value| {
+            streams_of(v)
+                .into_iter()
+                .map(|(k, _)| as_str(&k).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(resp2), ["k1", "k2"]);
+        assert_eq!(keys(resp3), ["k1"]);
+        assert!(streams_of(Value::Nil).is_empty(), "a timed-out XREAD is nil");
+    }
+
+    #[test]
+    fn births_name_the_channels_created_and_the_last_id() {
+        let birth = |id: &str, c: &str| Value::Array(vec![bulk(id), Value::Array(vec![bulk("c"), bulk(c)])]);
+        let reply = Value::Array(vec![birth("5-0", "a.b"), birth("6-2", "c.d")]);
+        assert_eq!(
+            parse_births(reply).unwrap(),
+            Some(Births {
+                channels: vec!["a.b".into(), "c.d".into()],
+                last: StreamId::new(6, 2),
+            })
+        );
+        assert_eq!(parse_births(Value::Array(vec![])).unwrap(), None);
+        assert!(parse_births(Value::Okay).is_err());
+    }
+
+    #[test]
+    fn slot_maps_leave_out_masters_without_an_address() {
+        let range = |a: i64, b: i64, host: Value| {
+            Value::Array(vec![
+                Value::Int(a),
+                Value::Int(b),
+                Value::Array(vec![host, Value::Int(7001)]),
+            ])
+        };
+        let reply = Value::Array(vec![
+            range(0, 5460, bulk("10.0.0.1")),
+            range(5461, 10922, bulk("?")),
+            range(10923, 16383, Value::Nil),
+        ]);
+        let map = slot_ranges(&reply).unwrap();
+        assert_eq!(
+            map,
+            vec![(
+                0..=5460,
+                NodeAddr {
+                    host: "10.0.0.1".into(),
+                    port: 7001
+                }
+            )]
+        );
+        assert_eq!(slot_ranges(&Value::Nil), None);
+    }
+
+    #[test]
+    fn pairs_read_flat_arrays_and_maps() {
+        let flat = Value::Array(vec![bulk("length"), Value::Int(3), bulk("dangling")]);
+        let map = Value::Map(vec![(bulk("length"), Value::Int(3))]);
+        for v in [flat, map] {
+            let p = pairs(&v).unwrap();
+            assert_eq!(p.len(), 1);
+            assert_eq!((as_str(p[0].0).as_deref(), as_u64(p[0].1)), (Some("length"), Some(3)));
+        }
+        assert_eq!(as_id(&bulk("17-4")), Some(StreamId::new(17, 4)));
+        // As Redis reads them: a bare millisecond time is its first id.
+        assert_eq!(as_id(&bulk("17")), Some(StreamId::new(17, 0)));
+        assert_eq!(as_id(&bulk("seventeen")), None);
     }
 }
