@@ -28,7 +28,7 @@ pub struct Metrics {
     pub rollbacks: IntCounter,
     /// REST history pages by where they were read from (`cache`, `store`).
     pub history_pages: IntCounterVec,
-    /// Bytes the history cache holds (set when a page is served).
+    /// Bytes the page cache holds (set when a page is served).
     pub history_cache_bytes: IntGauge,
     /// Close frames sent, by code: the fixed set of docs/PROTOCOL.md §5.6.
     pub close_codes: IntCounterVec,

@@ -67,7 +67,7 @@ impl StreamInfo {
     }
 }
 
-/// A range read, with what its reply proves it saw (the history cache's input).
+/// A range read, with what its reply proves it saw (the page cache's input).
 pub struct RangeRead {
     /// The readable entries, in read order.
     pub ticks: Vec<Tick>,

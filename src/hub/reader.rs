@@ -103,7 +103,7 @@ impl Hub {
                         tracing::info!(partition = partition.index, "partition reader reconnected");
                     }
                     partition.publish(&batches, self.ring, self.live_buffer);
-                    // Then the ticks themselves move into the history cache.
+                    // Then the ticks themselves move into the page cache.
                     for b in batches {
                         self.page_cache.remember(&b.channel, b.after, b.last, b.ticks);
                     }

@@ -14,7 +14,7 @@ use crate::engine::{ChannelSummary, IdRange, Probe, RangeRead, StoreError, Strea
 use crate::tick::StreamId;
 
 impl RedisEngine {
-    /// See [`Store::probe`]: one script (`redis/probe.lua`), so the look at the
+    /// See [`Engine::probe`](crate::engine::Engine::probe): one script (`redis/probe.lua`), so the look at the
     /// births and at the stream are one moment, on one Redis or a cluster's master.
     pub async fn probe(&self, channel: &str) -> Result<Probe, StoreError> {
         let k = self.keys(channel);
@@ -103,7 +103,7 @@ impl RedisEngine {
     }
 
     /// The stream's first id and its last entry (id and epoch), in one round trip:
-    /// what the history cache checks a page against.
+    /// what the page cache checks a page against.
     pub async fn ends(&self, channel: &str) -> Result<StreamEnds, StoreError> {
         let k = self.keys(channel);
         let mut pipe = redis::pipe();
