@@ -506,20 +506,35 @@ pub fn sid(s: &str) -> StreamId {
     s.parse().expect("stream id")
 }
 
-/// Polls `check` until it holds or the deadline passes.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it holds; panics naming `what` after [`TIMEOUT`].
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
+    eventually_within(what, TIMEOUT, check).await;
+}
+
+/// [`eventually`] with a deadline of its own, for a condition that takes longer than
+/// [`TIMEOUT`] by design. Polls soon after the start (1, 2, 4 ms ...), then every 20 ms.
+pub async fn eventually_within<F, Fut>(what: &str, patience: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
         if check().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
-    panic!("timed out waiting for: {what}");
 }
 
 /// Which engine a test runs against; the Redis variant owns its process.
