@@ -231,6 +231,7 @@ async fn live_candles_follow_the_reference_and_close_buckets_with_a_final_frame(
         };
         reference.add(&tick, answer["results"][0]["id"].as_str().unwrap());
         sent_at.push(std::time::Instant::now());
+        // Pacing, not a condition: the 40 ticks spread over about a second.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let a = reference.candles("1s").into_values().next().unwrap();

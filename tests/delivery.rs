@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::property::{self, ingest_n};
@@ -285,7 +284,7 @@ fn rfc3339(ms: u64) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
-/// Ticks appended in three bursts, at least a few milliseconds apart.
+/// Ticks appended in three bursts, each in a later millisecond than the one before.
 async fn three_bursts(app: &TestApp, channel: &str) -> Vec<Vec<String>> {
     let mut bursts = Vec::new();
     for b in 0..3 {
@@ -302,7 +301,12 @@ async fn three_bursts(app: &TestApp, channel: &str) -> Vec<Vec<String>> {
                 .map(|r| r["id"].as_str().unwrap().to_string())
                 .collect::<Vec<_>>(),
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Ids take the clock's millisecond: once it has moved on, the next burst's do.
+        let last_ms = ms_of(bursts.last().unwrap().last().unwrap());
+        eventually("the clock passes the burst's millisecond", || async move {
+            tickstream::clock::now_ms() > last_ms
+        })
+        .await;
     }
     bursts
 }
