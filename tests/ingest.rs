@@ -96,15 +96,7 @@ async fn duplicates_store_once(engine: Engine) {
     assert_eq!(latest["seq"], 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_store_once_memory() {
-    duplicates_store_once(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_store_once_redis() {
-    duplicates_store_once(Engine::redis()).await;
-}
+both_engines!(duplicates_store_once);
 
 /// A keyed tick's event id: SHA-256 of `["k", channel, key]` (docs/PROTOCOL.md §2).
 fn keyed_event_id(channel: &str, key: &str) -> String {
@@ -156,15 +148,7 @@ async fn the_dedup_window_holds_then_ends(engine: Engine) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dedup_window_holds_then_ends_memory() {
-    the_dedup_window_holds_then_ends(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dedup_window_holds_then_ends_redis() {
-    the_dedup_window_holds_then_ends(Engine::redis()).await;
-}
+both_engines!(the_dedup_window_holds_then_ends);
 
 /// After an upgrade from the first storage format (one string key per event id), the
 /// markers it left are still honoured for one window: a producer's retry of a tick

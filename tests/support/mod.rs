@@ -563,6 +563,31 @@ impl Engine {
     }
 }
 
+/// Runs a scenario, an `async fn(Engine)`, on both engines as two tests: `NAME::memory`
+/// and `NAME::redis` (`cargo test NAME` runs both). `both_engines!(scenario)` names
+/// the module after the scenario; `both_engines!(name, scenario)` otherwise.
+#[allow(unused_macros)]
+macro_rules! both_engines {
+    ($scenario:ident) => {
+        $crate::support::both_engines!($scenario, $scenario);
+    };
+    ($name:ident, $scenario:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$scenario($crate::support::Engine::Memory).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$scenario($crate::support::Engine::redis()).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_engines;
+
 /// A tickstream binary started by a test (chaos tests: killed with SIGKILL, stopped
 /// with SIGTERM, by pid).
 pub struct NodeProc {
