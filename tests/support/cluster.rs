@@ -23,17 +23,22 @@ pub struct ClusterNode {
 impl ClusterNode {
     fn start() -> ClusterNode {
         let mut node = ClusterNode {
-            port: free_cluster_port(),
+            port: 0,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };
-        node.spawn();
+        super::on_own_port("cluster node", free_cluster_port, |port| {
+            node.port = port;
+            node.spawn()
+        });
         node
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process on `self.port`; `Err` when the Redis answering there is not
+    /// it (or it could not bind the port or its bus port).
+    fn spawn(&mut self) -> Result<(), String> {
         let node_timeout = NODE_TIMEOUT_MS.to_string();
-        let child = super::spawn_redis(
+        let mut child = super::spawn_redis(
             self.port,
             self.dir.path(),
             &[
@@ -53,8 +58,14 @@ impl ClusterNode {
                 "everysec",
             ],
         );
+        if let Err(why) = super::wait_own(self.port, &mut child, super::redis_is) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(why);
+        }
         self.child = Some(child);
         super::until_up(self.port, || self.query(&["PING"]).is_some());
+        Ok(())
     }
 
     pub fn addr(&self) -> String {
@@ -94,7 +105,9 @@ impl ClusterNode {
     /// Starts again on its port and directory (it rejoins the cluster from its
     /// `nodes.conf`; a master that was failed over comes back as a replica).
     pub fn start_again(&mut self) {
-        self.spawn();
+        if let Err(why) = self.spawn() {
+            panic!("cluster node again on port {}: {why}", self.port);
+        }
     }
 
     /// A field of `INFO <section>`, or of `CLUSTER INFO` for section "cluster".
