@@ -202,6 +202,7 @@ async fn ws_once_healthy(app: &TestApp, path: &str, t: &str) -> WsClient {
             Ok(ws) => return ws,
             Err((503, body)) if Instant::now() < deadline => {
                 assert_eq!(body["error"], "unavailable", "{body}");
+                // A client's retry interval, under the deadline above.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(refused) => panic!("{path}: {refused:?}"),
@@ -304,6 +305,7 @@ async fn a_graceful_failover_loses_nothing() {
         if round >= 10 && failed_over.is_none() && blocking(|| cluster.nodes[replica].is_master()) {
             failed_over = Some(t0.elapsed());
         }
+        // Pacing, not a condition: 40 batches spread over the failover.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     blocking(|| cluster.wait_master(replica));
@@ -348,6 +350,7 @@ fn cut_off(cluster: &RedisCluster, master: usize, replica: usize, slot_tag: u32)
         .is_some_and(|i| !i.contains("connected_slaves:0"))
     {
         assert!(Instant::now() < deadline, "the master kept its replica");
+        // A poll of the condition above, under its deadline.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -415,6 +418,8 @@ async fn a_hard_failover_that_lost_ticks_is_announced() {
                 if seen.contains(&503) && seen.last() == Some(&200) {
                     break;
                 }
+                // Pacing, not a condition: a probe every 100 ms records the statuses
+                // over the failover (up to 150 of them).
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             seen
@@ -444,6 +449,7 @@ async fn a_hard_failover_that_lost_ticks_is_announced() {
                 if statuses.contains(&503) && status == 201 {
                     break;
                 }
+                // Pacing, not a condition: a producer posting every 100 ms.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             statuses
