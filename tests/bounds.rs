@@ -108,6 +108,7 @@ async fn headers_must_arrive_within_10_s() {
     // Meanwhile everyone else is served.
     for _ in 0..5 {
         assert_eq!(app.get("/healthz", None).await.0, 200);
+        // Pacing, not a condition: the probes are spread over the slow clients' wait.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for (what, handle) in [("half a request", slow), ("no request", silent)] {
@@ -350,6 +351,7 @@ async fn flood_closes_with_4029(app: &TestApp, path: &str) {
         if let Err(e) = ws.try_send(ping.clone()).await {
             panic!("{path}: the connection was reset under the client's write {n}: {e}");
         }
+        // Pacing, not a condition: one by one, as a script sends them.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     loop {
@@ -394,6 +396,8 @@ async fn a_socket_whose_client_stopped_reading_still_closes_when_its_token_expir
     // long before the 10 s write stall would end the connection anyway.
     let started = Instant::now();
     let ended = loop {
+        // Pacing, not a condition: a ping every 300 ms (faster would meet the inbound
+        // throttle's 4029 instead of the expiry).
         tokio::time::sleep(Duration::from_millis(300)).await;
         if ws.try_send(Message::Text(r#"{"type":"ping"}"#.into())).await.is_err() {
             break started.elapsed();

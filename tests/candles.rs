@@ -17,26 +17,27 @@ fn seed() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn candles_equal_a_reference_on_both_engines_and_outlive_the_stream() {
-    for engine in [Engine::Memory, Engine::redis()] {
-        let mut cfg = engine.config();
-        cfg.stream_maxlen = 50;
-        let app = TestApp::start(cfg).await;
-        let reference = candles_match_reference(&app, "cd.prop", seed()).await;
-        // The stream keeps about 50 ticks; the candles count every stored one.
-        let counted: u64 = reference.candles("1d").values().map(|c| c.count).sum();
-        let (_, page) = app
-            .get("/api/v1/channels/cd.prop/ticks?limit=1000", Some(&token(&["*"])))
-            .await;
-        let kept = page["ticks"].as_array().unwrap().len() as u64;
-        assert!(
-            counted > 4 * kept,
-            "candles count {counted} ticks, the stream keeps {kept}"
-        );
-        app.stop().await;
-    }
+/// Exact against a reference, with the stream capped at 50 ticks: the candles count
+/// every stored tick, trimmed or not.
+async fn candles_equal_a_reference_and_outlive_the_stream(engine: Engine) {
+    let mut cfg = engine.config();
+    cfg.stream_maxlen = 50;
+    let app = TestApp::start(cfg).await;
+    let reference = candles_match_reference(&app, "cd.prop", seed()).await;
+    // The stream keeps about 50 ticks; the candles count every stored one.
+    let counted: u64 = reference.candles("1d").values().map(|c| c.count).sum();
+    let (_, page) = app
+        .get("/api/v1/channels/cd.prop/ticks?limit=1000", Some(&token(&["*"])))
+        .await;
+    let kept = page["ticks"].as_array().unwrap().len() as u64;
+    assert!(
+        counted > 4 * kept,
+        "candles count {counted} ticks, the stream keeps {kept}"
+    );
+    app.stop().await;
 }
+
+both_engines!(candles_equal_a_reference_and_outlive_the_stream);
 
 /// Five one-minute buckets, one tick each, values 1..=5.
 async fn five_minutes(app: &TestApp, channel: &str) -> Vec<i64> {
@@ -231,6 +232,7 @@ async fn live_candles_follow_the_reference_and_close_buckets_with_a_final_frame(
         };
         reference.add(&tick, answer["results"][0]["id"].as_str().unwrap());
         sent_at.push(std::time::Instant::now());
+        // Pacing, not a condition: the 40 ticks spread over about a second.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let a = reference.candles("1s").into_values().next().unwrap();

@@ -1,8 +1,10 @@
-//! Redis Cluster (docs/OPERATIONS.md "Redis Cluster", docs/PROTOCOL.md §5.4): one
-//! local cluster of 3 masters and 3 replicas serves every scenario, in sequence (a
-//! cluster takes seconds to start, and the failover scenarios need it alone). Each
-//! scenario uses channels of its own; the failovers leave the cluster whole again.
-//! Timings are printed (`--nocapture`), not asserted.
+//! Redis Cluster (docs/OPERATIONS.md "Redis Cluster", docs/PROTOCOL.md §5.4): each
+//! scenario is a test of its own, and one local cluster of 3 masters and 3 replicas
+//! serves them all (a cluster takes seconds to start): `support::cluster::hold`
+//! starts it for the first and lends it to one test at a time, whole (the failovers
+//! need it alone, and the others count the nodes in the registry). Each scenario uses
+//! channels of its own; the failovers leave the cluster whole again. Timings are
+//! printed (`--nocapture`), not asserted.
 
 mod support;
 
@@ -81,24 +83,13 @@ async fn ingest_until_201(app: &TestApp, body: &Value) -> (Vec<String>, usize) {
     (ids, refused)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_redis_cluster() {
-    let started = Instant::now();
-    let mut cluster = blocking(|| RedisCluster::start(3));
-    eprintln!("cluster of 3 masters + 3 replicas up in {:?}", started.elapsed());
-    channels_land_on_their_slot_owners(&cluster).await;
-    exactly_once_with_two_nodes(&cluster).await;
-    rate_limits_are_shared_by_nodes(&cluster).await;
-    candles_are_exact_on_a_cluster(&cluster).await;
-    a_graceful_failover_loses_nothing(&cluster).await;
-    a_hard_failover_that_lost_ticks_is_announced(&mut cluster).await;
-    waited_ticks_survive_a_hard_failover(&mut cluster).await;
-}
-
 /// Channels spread over all 16 partitions: each channel's keys are in the slot our
 /// keyspace computes and on the master serving it; one batch over all of them (one
 /// pipeline per partition), the channel list across every master, and delivery.
-async fn channels_land_on_their_slot_owners(cluster: &RedisCluster) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_land_on_their_slot_owners() {
+    let fixture = support::cluster::hold().await;
+    let cluster: &RedisCluster = &fixture;
     let app = TestApp::start(cluster_config(cluster)).await;
     let run = run_id();
     let mut names = vec![String::new(); 16];
@@ -162,7 +153,10 @@ async fn channels_land_on_their_slot_owners(cluster: &RedisCluster) {
 
 /// The core property with two tickstream nodes on the cluster, one channel per
 /// master: producers post through either node, clients (re)connect to either.
-async fn exactly_once_with_two_nodes(cluster: &RedisCluster) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_with_two_nodes() {
+    let fixture = support::cluster::hold().await;
+    let cluster: &RedisCluster = &fixture;
     let started = Instant::now();
     let a = Arc::new(TestApp::start(cluster_config(cluster)).await);
     let b = Arc::new(TestApp::start(cluster_config(cluster)).await);
@@ -208,6 +202,7 @@ async fn ws_once_healthy(app: &TestApp, path: &str, t: &str) -> WsClient {
             Ok(ws) => return ws,
             Err((503, body)) if Instant::now() < deadline => {
                 assert_eq!(body["error"], "unavailable", "{body}");
+                // A client's retry interval, under the deadline above.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(refused) => panic!("{path}: {refused:?}"),
@@ -216,7 +211,10 @@ async fn ws_once_healthy(app: &TestApp, path: &str, t: &str) -> WsClient {
 }
 
 /// Two nodes, one bucket in the cluster: the burst is shared.
-async fn rate_limits_are_shared_by_nodes(cluster: &RedisCluster) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_by_nodes() {
+    let fixture = support::cluster::hold().await;
+    let cluster: &RedisCluster = &fixture;
     let a = TestApp::start(with_limits(cluster_config(cluster), "3/h:3")).await;
     let b = TestApp::start(with_limits(cluster_config(cluster), "3/h:3")).await;
     let t = token_with(json!({"sub": format!("rl-{}", run_id()), "channels": ["*"]}));
@@ -242,7 +240,10 @@ async fn rate_limits_are_shared_by_nodes(cluster: &RedisCluster) {
 
 /// Candles on channels of several partitions (so several masters): exact against
 /// the reference past the stream's cap, and unchanged by a rebuild.
-async fn candles_are_exact_on_a_cluster(cluster: &RedisCluster) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_are_exact_on_a_cluster() {
+    let fixture = support::cluster::hold().await;
+    let cluster: &RedisCluster = &fixture;
     let mut cfg = cluster_config(cluster);
     cfg.stream_maxlen = 50;
     let app = TestApp::start(cfg.clone()).await;
@@ -271,7 +272,10 @@ async fn candles_are_exact_on_a_cluster(cluster: &RedisCluster) {
 
 /// `CLUSTER FAILOVER` of the master serving a busy channel, while clients are
 /// subscribed and a producer posts: nothing lost, nothing twice, sockets stay open.
-async fn a_graceful_failover_loses_nothing(cluster: &RedisCluster) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_loses_nothing() {
+    let fixture = support::cluster::hold().await;
+    let cluster: &RedisCluster = &fixture;
     let app = TestApp::start(cluster_config(cluster)).await;
     let run = run_id();
     let master = master_at(cluster, 0);
@@ -301,6 +305,7 @@ async fn a_graceful_failover_loses_nothing(cluster: &RedisCluster) {
         if round >= 10 && failed_over.is_none() && blocking(|| cluster.nodes[replica].is_master()) {
             failed_over = Some(t0.elapsed());
         }
+        // Pacing, not a condition: 40 batches spread over the failover.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     blocking(|| cluster.wait_master(replica));
@@ -345,6 +350,7 @@ fn cut_off(cluster: &RedisCluster, master: usize, replica: usize, slot_tag: u32)
         .is_some_and(|i| !i.contains("connected_slaves:0"))
     {
         assert!(Instant::now() < deadline, "the master kept its replica");
+        // A poll of the condition above, under its deadline.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -365,7 +371,10 @@ fn heal(cluster: &mut RedisCluster, master: usize) {
 /// A hard failover that lost acknowledged ticks: on the channel that lost some,
 /// clients get a `rollback` gap and the new epoch; on a channel of the same master
 /// that lost nothing, and on another master's channel, exact continuity.
-async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_failover_that_lost_ticks_is_announced() {
+    let mut fixture = support::cluster::hold().await;
+    let cluster: &mut RedisCluster = &mut fixture;
     let app = TestApp::start(cluster_config(cluster)).await;
     let run = run_id();
     let master = master_at(cluster, 1);
@@ -409,6 +418,8 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
                 if seen.contains(&503) && seen.last() == Some(&200) {
                     break;
                 }
+                // Pacing, not a condition: a probe every 100 ms records the statuses
+                // over the failover (up to 150 of them).
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             seen
@@ -438,6 +449,7 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
                 if statuses.contains(&503) && status == 201 {
                     break;
                 }
+                // Pacing, not a condition: a producer posting every 100 ms.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             statuses
@@ -583,7 +595,10 @@ async fn a_hard_failover_that_lost_ticks_is_announced(cluster: &mut RedisCluster
 
 /// `TICKSTREAM_REDIS_WAIT=1`: the same hard failover, and every tick answered 201
 /// survives it; what was not confirmed was answered 503 and lands on retry, once.
-async fn waited_ticks_survive_a_hard_failover(cluster: &mut RedisCluster) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waited_ticks_survive_a_hard_failover() {
+    let mut fixture = support::cluster::hold().await;
+    let cluster: &mut RedisCluster = &mut fixture;
     let mut cfg = cluster_config(cluster);
     cfg.redis_wait = 1;
     let app = TestApp::start(cfg).await;

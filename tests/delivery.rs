@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::property::{self, ingest_n};
@@ -46,15 +45,7 @@ async fn replay_defaults(engine: Engine) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_defaults_memory() {
-    replay_defaults(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_defaults_redis() {
-    replay_defaults(Engine::redis()).await;
-}
+both_engines!(replay_defaults);
 
 async fn trimmed_history_is_announced(engine: Engine) {
     let mut config = engine.config();
@@ -95,15 +86,7 @@ async fn trimmed_history_is_announced(engine: Engine) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trimmed_history_is_announced_memory() {
-    trimmed_history_is_announced(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trimmed_history_is_announced_redis() {
-    trimmed_history_is_announced(Engine::redis()).await;
-}
+both_engines!(trimmed_history_is_announced);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_epoch_after_flushall_is_announced() {
@@ -173,15 +156,7 @@ async fn lagging_session_catches_up(engine: Engine) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lagging_session_catches_up_memory() {
-    lagging_session_catches_up(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lagging_session_catches_up_redis() {
-    lagging_session_catches_up(Engine::redis()).await;
-}
+both_engines!(lagging_session_catches_up);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiplexed_socket_subscribes_and_unsubscribes() {
@@ -231,15 +206,7 @@ async fn exactly_once(engine: Engine) {
     assert!(checked > 1000, "checked {checked} deliveries");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_memory() {
-    exactly_once(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_redis() {
-    exactly_once(Engine::redis()).await;
-}
+both_engines!(exactly_once);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_resume_exactly_after_a_server_restart() {
@@ -285,7 +252,7 @@ fn rfc3339(ms: u64) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
-/// Ticks appended in three bursts, at least a few milliseconds apart.
+/// Ticks appended in three bursts, each in a later millisecond than the one before.
 async fn three_bursts(app: &TestApp, channel: &str) -> Vec<Vec<String>> {
     let mut bursts = Vec::new();
     for b in 0..3 {
@@ -302,7 +269,12 @@ async fn three_bursts(app: &TestApp, channel: &str) -> Vec<Vec<String>> {
                 .map(|r| r["id"].as_str().unwrap().to_string())
                 .collect::<Vec<_>>(),
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Ids take the clock's millisecond: once it has moved on, the next burst's do.
+        let last_ms = ms_of(bursts.last().unwrap().last().unwrap());
+        eventually("the clock passes the burst's millisecond", || async move {
+            tickstream::clock::now_ms() > last_ms
+        })
+        .await;
     }
     bursts
 }
@@ -348,15 +320,7 @@ async fn resume_by_time(engine: Engine) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_by_time_memory() {
-    resume_by_time(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_by_time_redis() {
-    resume_by_time(Engine::redis()).await;
-}
+both_engines!(resume_by_time);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_by_time_older_than_the_kept_history_is_a_trimmed_gap() {

@@ -138,6 +138,8 @@ impl Raw {
         );
         // A server that hung up with unread bytes in its socket made its kernel send a
         // reset after the FIN; it leaves an error on this socket.
+        // Not a condition: this waits for something that must *not* come (a reset),
+        // so a window has to pass before looking.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             self.tcp.take_error().expect("socket error").is_none(),

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -349,33 +347,28 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
     let app = TestApp::start(config(None)).await;
     // Valid now only thanks to the 30 s leeway; it lapses within ~2 s.
     let exp = unix_now() - 28;
-    let short = token_with(json!({"sub": "alice", "channels": ["*"], "exp": exp}));
-    let mut ws = app.ws("/ws", &short).await;
-    assert_eq!(ws.close_code().await, Some(4001));
+    let expiring = |sub: &str, exp: u64| token_with(json!({"sub": sub, "channels": ["*"], "exp": exp}));
+    let mut ws = app.ws("/ws", &expiring("alice", exp)).await;
 
-    let mut ws = app
-        .ws(
-            "/ws",
-            &token_with(json!({"sub": "alice", "channels": ["*"], "exp": unix_now() - 28})),
-        )
+    // The same expiry, refreshed in time.
+    let mut refreshed = app.ws("/ws", &expiring("alice", exp)).await;
+    refreshed
+        .send(json!({"type": "refresh", "token": token_with(json!({"sub": "alice", "channels": ["*"]}))}))
         .await;
-    ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "alice", "channels": ["*"]}))}))
-        .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    ws.send(json!({"type": "ping"})).await;
-    assert_eq!(ws.next_json().await["type"], "pong", "refreshed: still open");
-
     // A refresh for another subject is refused, and the old expiry stands.
-    let mut ws = app
-        .ws(
-            "/ws",
-            &token_with(json!({"sub": "bob", "channels": ["*"], "exp": unix_now() - 28})),
-        )
+    let mut bob = app.ws("/ws", &expiring("bob", exp)).await;
+    bob.send(json!({"type": "refresh", "token": token_with(json!({"sub": "mallory", "channels": ["*"]}))}))
         .await;
-    ws.send(json!({"type": "refresh", "token": token_with(json!({"sub": "mallory", "channels": ["*"]}))}))
-        .await;
-    assert_eq!(ws.next_json().await["code"], "invalid_token");
+    assert_eq!(bob.next_json().await["code"], "invalid_token");
+    // A witness that the refreshed socket's old token has lapsed: one that lapses 2 s
+    // after it (the server's expiry is to the second, so at least 1 s after).
+    let mut witness = app.ws("/ws", &expiring("alice", exp + 2)).await;
+
     assert_eq!(ws.close_code().await, Some(4001));
+    assert_eq!(bob.close_code().await, Some(4001));
+    assert_eq!(witness.close_code().await, Some(4001));
+    refreshed.send(json!({"type": "ping"})).await;
+    assert_eq!(refreshed.next_json().await["type"], "pong", "refreshed: still open");
     app.stop().await;
 }
 

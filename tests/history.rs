@@ -76,6 +76,7 @@ async fn cached_pages_equal_xrange_under_ingest_trimming_and_a_new_epoch() {
                     })
                     .collect();
                 app.ingest_retrying(&Value::Array(batch)).await;
+                // Pacing, not a condition: a producer posting at random intervals.
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..8))).await;
             }
         })
@@ -119,6 +120,7 @@ async fn cached_pages_equal_xrange_under_ingest_trimming_and_a_new_epoch() {
         let channel = CHANNELS[rng.random_range(0..2)];
         let before = tokio::task::block_in_place(|| stream_ids(&redis, channel));
         if before.len() < 2 {
+            // A poll of the condition "two ticks stored", under the loop's deadline.
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }

@@ -96,15 +96,7 @@ async fn duplicates_store_once(engine: Engine) {
     assert_eq!(latest["seq"], 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_store_once_memory() {
-    duplicates_store_once(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_store_once_redis() {
-    duplicates_store_once(Engine::redis()).await;
-}
+both_engines!(duplicates_store_once);
 
 /// A keyed tick's event id: SHA-256 of `["k", channel, key]` (docs/PROTOCOL.md §2).
 fn keyed_event_id(channel: &str, key: &str) -> String {
@@ -138,6 +130,7 @@ async fn the_dedup_window_holds_then_ends(engine: Engine) {
         let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut r).unwrap();
         assert!((2_000..=4_000).contains(&ttl), "PTTL {ttl}");
     }
+    // Not conditions: the dedup window is time; these are moments inside it and past it.
     for after_ms in [300, 1_200, 1_900] {
         tokio::time::sleep_until((sent + Duration::from_millis(after_ms)).into()).await;
         assert_eq!(
@@ -147,7 +140,7 @@ async fn the_dedup_window_holds_then_ends(engine: Engine) {
         );
     }
     // Redis forgets within the window, half a window and the skew (memory: at once
-    // after the window).
+    // after the window). Not a condition either: the window and its slack pass.
     tokio::time::sleep_until((stored + Duration::from_millis(4_300)).into()).await;
     let (dup, again) = post_keyed(&app, "w.c", "order-1").await;
     assert!(!dup, "after the window a resend is a new tick");
@@ -155,15 +148,7 @@ async fn the_dedup_window_holds_then_ends(engine: Engine) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dedup_window_holds_then_ends_memory() {
-    the_dedup_window_holds_then_ends(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dedup_window_holds_then_ends_redis() {
-    the_dedup_window_holds_then_ends(Engine::redis()).await;
-}
+both_engines!(the_dedup_window_holds_then_ends);
 
 /// After an upgrade from the first storage format (one string key per event id), the
 /// markers it left are still honoured for one window: a producer's retry of a tick
@@ -213,7 +198,8 @@ async fn markers_of_the_first_format_are_honoured_for_one_window() {
         "old markers are still read after the channel's first append in buckets"
     );
     // One window after the channel's first append in the new format, old markers are
-    // no longer read (they would have expired by then).
+    // no longer read (they would have expired by then). Not a condition: the window
+    // has to pass.
     tokio::time::sleep(std::time::Duration::from_millis(2_300)).await;
     let (dup, _) = post_keyed(&app, "up.c", "old-3").await;
     assert!(!dup, "the transition is over");

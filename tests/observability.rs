@@ -4,9 +4,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::json;
+use support::candles::parse_ms;
 use support::*;
 use tickstream::keyspace::partition_of;
 
@@ -95,8 +94,17 @@ async fn demo_channels_are_alive_and_survive_a_restart() {
     let before = lengths(&app).await;
     let btc = latest_value(&app, "demo.BTC-USD").await;
     app.stop().await;
+    let restarted_ms = tickstream::clock::now_ms() as i64;
     let app = TestApp::start(config).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The new feeder has made its backfill decision once it ticks live: a backfill
+    // (older `ts`) is appended before its first live tick, which then is the newest.
+    eventually("the restarted demo ticks live", || async {
+        let (_, tick) = app
+            .get("/api/v1/channels/demo.BTC-USD/latest", Some(&token(&["*"])))
+            .await;
+        tick["ts"].as_str().is_some_and(|ts| parse_ms(ts) >= restarted_ms)
+    })
+    .await;
     let after = lengths(&app).await;
     for (channel, n) in &before {
         let now = after.iter().find(|(c, _)| c == channel).map(|(_, n)| *n).unwrap_or(0);

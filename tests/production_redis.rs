@@ -15,13 +15,6 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 /// A redis-server started with the given arguments, killed (by pid) on drop.
 struct Redis {
     port: u16,
@@ -30,20 +23,39 @@ struct Redis {
 }
 
 impl Redis {
-    fn start(dir: tempfile::TempDir, port: u16, args: &[String]) -> Redis {
-        let child = Command::new("redis-server")
-            .args(args)
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(dir.path().join("redis.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
+    /// On a free port that turns out to be its own: `owner` is the check of
+    /// [`wait_own`] (its pid from `INFO server`, or from /proc where a test client
+    /// cannot ask it).
+    fn start(
+        dir: tempfile::TempDir,
+        args: impl Fn(u16) -> Vec<String>,
+        owner: impl Fn(u16, u32) -> Option<bool>,
+    ) -> Redis {
+        let log = dir.path().join("redis.log");
+        let (port, child) = on_own_port("redis-server", free_port, |port| {
+            let mut child = Command::new("redis-server")
+                .args(args(port))
+                .arg("--dir")
+                .arg(dir.path())
+                .arg("--logfile")
+                .arg(&log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            match wait_own(port, &mut child, &owner) {
+                Ok(()) => Ok((port, child)),
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    Err(format!("{why}; its log: {log}"))
+                }
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = std::fs::read_to_string(dir.path().join("redis.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
             assert!(Instant::now() < deadline, "redis-server did not start: {log}");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -68,17 +80,21 @@ fn production_redis(password: &str) -> Redis {
     let acl = format!("{acl}user admin on >admin-pw ~* &* +@all\n");
     let acl_path = dir.path().join("users.acl");
     std::fs::write(&acl_path, acl).unwrap();
-    let port = free_port();
-    let args: Vec<String> = vec![
-        repo("redis/redis.conf").display().to_string(),
-        "--aclfile".into(),
-        acl_path.display().to_string(),
-        "--port".into(),
-        port.to_string(),
-        "--save".into(),
-        String::new(),
-    ];
-    Redis::start(dir, port, &args)
+    let args = |port: u16| {
+        vec![
+            repo("redis/redis.conf").display().to_string(),
+            "--aclfile".into(),
+            acl_path.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--save".into(),
+            String::new(),
+        ]
+    };
+    let owner = |port: u16, pid: u32| {
+        redis_pid_at(&format!("redis://admin:admin-pw@127.0.0.1:{port}")).map(|answered| answered == pid)
+    };
+    Redis::start(dir, args, owner)
 }
 
 fn admin(redis: &Redis) -> redis::Connection {
@@ -189,33 +205,36 @@ impl Pki {
 }
 
 fn tls_redis(pki: &Pki, client_certs: bool) -> Redis {
-    let port = free_port();
-    let args: Vec<String> = [
-        "--port",
-        "0",
-        "--tls-port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--tls-auth-clients",
-        if client_certs { "yes" } else { "no" },
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "--tls-cert-file".into(),
-        pki.path("server.pem").display().to_string(),
-        "--tls-key-file".into(),
-        pki.path("server.key").display().to_string(),
-        "--tls-ca-cert-file".into(),
-        pki.path("ca.pem").display().to_string(),
-    ])
-    .collect();
-    Redis::start(tempfile::tempdir().unwrap(), port, &args)
+    let args = |port: u16| -> Vec<String> {
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-auth-clients",
+            if client_certs { "yes" } else { "no" },
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--tls-cert-file".into(),
+            pki.path("server.pem").display().to_string(),
+            "--tls-key-file".into(),
+            pki.path("server.key").display().to_string(),
+            "--tls-ca-cert-file".into(),
+            pki.path("ca.pem").display().to_string(),
+        ])
+        .collect()
+    };
+    // INFO would need a TLS client with the test CA (and a client certificate): the
+    // listening socket's owner, from /proc, says as much.
+    Redis::start(tempfile::tempdir().unwrap(), args, listener_is)
 }
 
 async fn works_end_to_end(app: &TestApp) {

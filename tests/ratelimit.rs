@@ -66,7 +66,8 @@ async fn tokens_come_back_at_the_configured_rate() {
     let refused = latest(&app, &t).await;
     assert_eq!(refused.status, 429);
     assert_eq!(refused.number("retry-after"), Some(1));
-    // One token a second: waiting that long buys exactly one request.
+    // One token a second: waiting that long buys exactly one request (not a
+    // condition: the refill is time).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = latest(&app, &t).await;
     assert_eq!(again.status, 200);

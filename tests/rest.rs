@@ -88,15 +88,7 @@ async fn paging(engine: Engine) {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_memory() {
-    paging(Engine::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_redis() {
-    paging(Engine::redis()).await;
-}
+both_engines!(history_pages, paging);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_list_shows_only_what_the_token_may_read() {

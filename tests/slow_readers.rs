@@ -41,6 +41,7 @@ async fn settled_rss(app: &TestApp, pid: u32, sockets: usize) -> (u64, f64) {
     let started = Instant::now();
     let (mut last, mut subscribed) = (rss(pid), subscriptions().await);
     loop {
+        // The interval between two readings that must agree ("still" needs time).
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (now, now_subscribed) = (rss(pid), subscriptions().await);
         if now_subscribed == subscribed && now.abs_diff(last) * 100 <= last {
@@ -85,6 +86,7 @@ impl SlowReader {
             let mut total = 0u64;
             let mut chunk = vec![0u8; per_sec.div_ceil(10)];
             loop {
+                // Not a condition: a deliberately slow reader, `per_sec` bytes a second.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 match tcp.read(&mut chunk).await {
                     Ok(0) | Err(_) => return total,

@@ -1,13 +1,16 @@
 //! A local Redis Cluster for the cluster tests: `masters` masters with one replica
 //! each, `redis-server --cluster-enabled yes` on free ports in temporary directories,
 //! joined with `redis-cli --cluster create`. One cluster serves every test of a test
-//! binary (starting one takes seconds); tests that break it (failovers) hold it alone
-//! and leave it whole again: three masters, each with a replica in sync.
+//! binary (starting one takes seconds, see [`hold`]); each test holds it alone, and
+//! tests that break it (failovers) leave it whole again: three masters, each with a
+//! replica in sync.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use std::net::TcpListener;
+
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 /// How long a node may be silent before the others count it as failed. Short, so a
 /// hard failover takes seconds; long enough that a busy CI machine does not fail a
@@ -23,17 +26,22 @@ pub struct ClusterNode {
 impl ClusterNode {
     fn start() -> ClusterNode {
         let mut node = ClusterNode {
-            port: free_cluster_port(),
+            port: 0,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };
-        node.spawn();
+        super::on_own_port("cluster node", free_cluster_port, |port| {
+            node.port = port;
+            node.spawn()
+        });
         node
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process on `self.port`; `Err` when the Redis answering there is not
+    /// it (or it could not bind the port or its bus port).
+    fn spawn(&mut self) -> Result<(), String> {
         let node_timeout = NODE_TIMEOUT_MS.to_string();
-        let child = super::spawn_redis(
+        let mut child = super::spawn_redis(
             self.port,
             self.dir.path(),
             &[
@@ -53,8 +61,14 @@ impl ClusterNode {
                 "everysec",
             ],
         );
+        if let Err(why) = super::wait_own(self.port, &mut child, super::redis_is) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(why);
+        }
         self.child = Some(child);
         super::until_up(self.port, || self.query(&["PING"]).is_some());
+        Ok(())
     }
 
     pub fn addr(&self) -> String {
@@ -94,7 +108,9 @@ impl ClusterNode {
     /// Starts again on its port and directory (it rejoins the cluster from its
     /// `nodes.conf`; a master that was failed over comes back as a replica).
     pub fn start_again(&mut self) {
-        self.spawn();
+        if let Err(why) = self.spawn() {
+            panic!("cluster node again on port {}: {why}", self.port);
+        }
     }
 
     /// A field of `INFO <section>`, or of `CLUSTER INFO` for section "cluster".
@@ -152,7 +168,66 @@ pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
 }
 
+/// The test binary's one cluster. Only processes and directories live in it (no
+/// connection, nothing bound to a runtime): each `#[tokio::test]` has a runtime of its
+/// own, and the cluster outlives them. tokio's mutex, unlike std's, may be held across
+/// an `.await`, and does not care which runtime waits on it.
+static SHARED: Mutex<Option<RedisCluster>> = Mutex::const_new(None);
+
+/// The shared cluster of 3 masters and 3 replicas, whole, held alone until the guard
+/// drops: the failover tests need it alone, and the others count the nodes in the
+/// registry (every server on the cluster registers) or would share 2 cores with a
+/// failover's timing. The first caller starts it, and has its processes killed when
+/// the test binary exits; later callers first [`RedisCluster::repair`] it.
+pub async fn hold() -> MappedMutexGuard<'static, RedisCluster> {
+    let mut shared = SHARED.lock().await;
+    match shared.as_mut() {
+        Some(cluster) => tokio::task::block_in_place(|| cluster.repair()),
+        None => {
+            let started = Instant::now();
+            *shared = Some(tokio::task::block_in_place(|| RedisCluster::start(3)));
+            // SAFETY: registers a function that takes nothing and cannot unwind (see
+            // `stop_shared`).
+            let registered = unsafe { libc::atexit(stop_shared) };
+            assert_eq!(registered, 0, "atexit");
+            eprintln!("cluster of 3 masters + 3 replicas up in {:?}", started.elapsed());
+        }
+    }
+    MutexGuard::map(shared, |cluster| cluster.as_mut().expect("started above"))
+}
+
+/// At the test binary's exit: kills the shared cluster's processes and removes their
+/// directories (a static is never dropped). Nothing in it panics: killing and removing
+/// ignore errors.
+extern "C" fn stop_shared() {
+    if let Ok(mut shared) = SHARED.try_lock() {
+        drop(shared.take());
+    }
+}
+
 impl RedisCluster {
+    /// Undoes what a test that failed half-way may have left: a node stopped (SIGSTOP)
+    /// or killed, a master's replica output buffer limit lowered (see the hard
+    /// failovers); then waits until the cluster is whole. After a test that passed
+    /// there is nothing to undo, and this costs a few queries.
+    pub fn repair(&mut self) {
+        for node in &mut self.nodes {
+            match &node.child {
+                // SAFETY: a signal to a process this test binary started and has not
+                // reaped; SIGCONT to a running process does nothing.
+                Some(child) => unsafe {
+                    libc::kill(child.id() as libc::pid_t, libc::SIGCONT);
+                },
+                None => node.start_again(),
+            }
+        }
+        for node in &self.nodes {
+            // Redis's default for the replica class.
+            let _ = node.query(&["CONFIG", "SET", "client-output-buffer-limit", "replica 256mb 64mb 60"]);
+        }
+        self.wait_whole();
+    }
+
     /// `masters` masters and one replica each, every slot assigned, state ok.
     pub fn start(masters: usize) -> RedisCluster {
         let nodes: Vec<ClusterNode> = (0..masters * 2).map(|_| ClusterNode::start()).collect();

@@ -33,11 +33,99 @@ pub const SECRET: &str = "test-secret-0123456789abcdef";
 pub const INGEST_TOKEN: &str = "test-ingest-token";
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
+/// A port that was free a moment ago: another test may take it before our server binds
+/// it, which [`on_own_port`] and [`wait_own`] catch.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// Starts a server with `start` on ports from `pick` until one is its own: `start`
+/// answers `Err` when another process answered on the port (another test took it
+/// between the probe and the bind) or the server could not bind it. Five tries.
+pub fn on_own_port<T>(what: &str, mut pick: impl FnMut() -> u16, mut start: impl FnMut(u16) -> Result<T, String>) -> T {
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let port = pick();
+        match start(port) {
+            Ok(started) => return started,
+            Err(why) => {
+                eprintln!("{what} on port {port}: {why}; trying another port");
+                refused.push(why);
+            }
+        }
+    }
+    panic!("{what}: no port of its own in 5 tries: {refused:?}");
+}
+
+/// Waits up to 10 s until the server just started as `child` answers on `port` and is
+/// `child`: `owner(port, pid)` says whether whoever answers there is process `pid`
+/// (`None` while nothing answers). `Err` when another process answers there, or when
+/// `child` exited first (it could not bind the port).
+pub fn wait_own(port: u16, child: &mut Child, mut owner: impl FnMut(u16, u32) -> Option<bool>) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match owner(port, child.id()) {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(format!("another process answers on port {port}")),
+            None => {}
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status}) before answering on port {port}"));
+        }
+        assert!(Instant::now() < deadline, "nothing answered on port {port} within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `process_id` of `INFO server` from the Redis at `url`; `None` while nothing
+/// answers there as a Redis.
+pub fn redis_pid_at(url: &str) -> Option<u32> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
+/// For [`wait_own`]: whether the Redis on `port` (no password) is process `pid`.
+pub fn redis_is(port: u16, pid: u32) -> Option<bool> {
+    redis_pid_at(&format!("redis://127.0.0.1:{port}")).map(|answered| answered == pid)
+}
+
+/// For [`wait_own`]: whether the socket listening on `port` (any local address) is
+/// process `pid`'s, from /proc/net/tcp{,6} and the process's descriptors (Linux), for
+/// servers that do not tell their pid; `None` while nothing listens there.
+pub fn listener_is(port: u16, pid: u32) -> Option<bool> {
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st ... inode (the 10th field); 0A is LISTEN.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else {
+                continue;
+            };
+            if local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) {
+                sockets.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if sockets.is_empty() {
+        return None;
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.filter_map(Result::ok)
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|link| sockets.iter().any(|s| link.as_os_str() == s.as_str())),
+    )
 }
 
 /// A private redis-server process.
@@ -61,24 +149,41 @@ impl RedisServer {
 
     fn start_with(persistent: bool) -> RedisServer {
         let mut server = RedisServer {
-            port: free_port(),
+            port: 0,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             persistent,
         };
-        server.spawn();
+        on_own_port("redis-server", free_port, |port| {
+            server.port = port;
+            server.spawn()
+        });
         server
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process on `self.port`; `Err` when the Redis answering there is not it.
+    fn spawn(&mut self) -> Result<(), String> {
         let appendonly = if self.persistent { "yes" } else { "no" };
-        let child = spawn_redis(
+        let mut child = spawn_redis(
             self.port,
             self.dir.path(),
             &["--appendonly", appendonly, "--appendfsync", "always"],
         );
+        if let Err(why) = wait_own(self.port, &mut child, redis_is) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(why);
+        }
         self.child = Some(child);
         until_up(self.port, || self.ping());
+        Ok(())
+    }
+
+    /// Starts the process again on its port, which must still be free.
+    fn respawn(&mut self) {
+        if let Err(why) = self.spawn() {
+            panic!("redis-server again on port {}: {why}", self.port);
+        }
     }
 
     fn ping(&self) -> bool {
@@ -111,12 +216,12 @@ impl RedisServer {
     /// Kills and starts again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.respawn();
     }
 
     /// Starts again after `kill`, on the same port and directory.
     pub fn start_again(&mut self) {
-        self.spawn();
+        self.respawn();
     }
 
     /// Number of data keys, for "Redis unchanged" checks. The node registry's
@@ -169,7 +274,8 @@ pub fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> std::pro
         .expect("redis-server is installed (apt-get install redis-server)")
 }
 
-/// Waits up to 10 s for `up` to say the Redis on `port` answers.
+/// Waits up to 10 s for `up` to say the Redis on `port` answers (PING, which a Redis
+/// loading its data refuses).
 pub fn until_up(port: u16, mut up: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -506,20 +612,35 @@ pub fn sid(s: &str) -> StreamId {
     s.parse().expect("stream id")
 }
 
-/// Polls `check` until it holds or the deadline passes.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it holds; panics naming `what` after [`TIMEOUT`].
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
+    eventually_within(what, TIMEOUT, check).await;
+}
+
+/// [`eventually`] with a deadline of its own, for a condition that takes longer than
+/// [`TIMEOUT`] by design. Polls soon after the start (1, 2, 4 ms ...), then every 20 ms.
+pub async fn eventually_within<F, Fut>(what: &str, patience: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + patience;
+    let mut pause = Duration::from_millis(1);
+    loop {
         if check().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for: {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
-    panic!("timed out waiting for: {what}");
 }
 
 /// Which engine a test runs against; the Redis variant owns its process.
@@ -548,6 +669,31 @@ impl Engine {
     }
 }
 
+/// Runs a scenario, an `async fn(Engine)`, on both engines as two tests: `NAME::memory`
+/// and `NAME::redis` (`cargo test NAME` runs both). `both_engines!(scenario)` names
+/// the module after the scenario; `both_engines!(name, scenario)` otherwise.
+#[allow(unused_macros)]
+macro_rules! both_engines {
+    ($scenario:ident) => {
+        $crate::support::both_engines!($scenario, $scenario);
+    };
+    ($name:ident, $scenario:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$scenario($crate::support::Engine::Memory).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$scenario($crate::support::Engine::redis()).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_engines;
+
 /// A tickstream binary started by a test (chaos tests: killed with SIGKILL, stopped
 /// with SIGTERM, by pid).
 pub struct NodeProc {
@@ -566,37 +712,48 @@ impl NodeProc {
 
     /// With extra environment variables.
     pub async fn start_with(redis: &RedisServer, env: &[(&str, &str)]) -> NodeProc {
-        let mut node = NodeProc {
-            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-            child: None,
-            redis_url: redis.url(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            open_files: None,
-        };
-        node.spawn().await;
-        node
+        Self::start_on_own_port(redis, env, None).await
     }
 
     /// With the process's open-file limit (soft and hard) set to `files`.
     pub async fn start_with_open_files(redis: &RedisServer, env: &[(&str, &str)], files: u64) -> NodeProc {
+        Self::start_on_own_port(redis, env, Some(files)).await
+    }
+
+    /// On a free port that turns out to be the node's own (see [`on_own_port`]).
+    async fn start_on_own_port(redis: &RedisServer, env: &[(&str, &str)], open_files: Option<u64>) -> NodeProc {
         let mut node = NodeProc {
-            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            addr: "127.0.0.1:0".parse().unwrap(),
             child: None,
             redis_url: redis.url(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            open_files: Some(files),
+            open_files,
         };
-        node.spawn().await;
-        node
+        let mut refused = Vec::new();
+        for _ in 0..5 {
+            node.addr.set_port(free_port());
+            match node.spawn().await {
+                Ok(()) => return node,
+                Err(why) => {
+                    eprintln!("tickstream on {}: {why}; trying another port", node.addr);
+                    refused.push(why);
+                }
+            }
+        }
+        panic!("tickstream: no port of its own in 5 tries: {refused:?}");
     }
 
     /// Starts the binary again after `terminate` or `kill9`: same port, Redis and
     /// environment, as a restarted deployment would.
     pub async fn start_again(&mut self) {
-        self.spawn().await;
+        if let Err(why) = self.spawn().await {
+            panic!("tickstream again on {}: {why}", self.addr);
+        }
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the binary on `self.addr`; `Err` when the socket listening there is not
+    /// its own (the binary does not tell its pid: /proc does, see [`listener_is`]).
+    async fn spawn(&mut self) -> Result<(), String> {
         let port = self.addr.port();
         let mut generous: Vec<(&str, &str)> = vec![("TICKSTREAM_IP_RATE", GENEROUS)];
         for tier in Tier::LIMITED {
@@ -621,7 +778,7 @@ impl NodeProc {
                 });
             }
         }
-        let child = command
+        let mut child = command
             .envs(generous)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("TICKSTREAM_HMAC_SECRET")
@@ -635,6 +792,22 @@ impl NodeProc {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the tickstream binary");
+        let mut own = Err(String::new());
+        eventually("the tickstream binary listens on its port, or exits", || {
+            own = match (listener_is(port, child.id()), child.try_wait()) {
+                (Some(true), _) => Ok(()),
+                (Some(false), _) => Err(format!("another process listens on port {port}")),
+                (None, Ok(Some(status))) => Err(format!("exited ({status}) before listening on port {port}")),
+                (None, _) => return std::future::ready(false),
+            };
+            std::future::ready(true)
+        })
+        .await;
+        if let Err(why) = own {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(why);
+        }
         self.child = Some(child);
         let url = format!("http://{}/healthz", self.addr);
         eventually("node answers /healthz", || {
@@ -642,6 +815,7 @@ impl NodeProc {
             async move { reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) }
         })
         .await;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {

@@ -145,6 +145,7 @@ pub async fn exactly_once(apps: &[Arc<TestApp>], channels: &[String]) -> usize {
                     .collect();
                 let (status, body) = any(&apps).ingest(&Value::Array(batch)).await;
                 assert_eq!(status, 201, "{body}");
+                // Pacing, not a condition: producers post at random intervals.
                 let pause = rand::rng().random_range(5..80);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
@@ -158,6 +159,7 @@ pub async fn exactly_once(apps: &[Arc<TestApp>], channels: &[String]) -> usize {
         let channel = channels[i % channels.len()].clone();
         let done = dones[&channel].clone();
         clients.push(tokio::spawn(async move {
+            // Not a condition: clients join at random moments of the run.
             let join_at = rand::rng().random_range(0..2500);
             tokio::time::sleep(Duration::from_millis(join_at)).await;
             let history = any(&apps).history_ids(&channel, "0-0").await;
