@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use std::net::TcpListener;
 
+use serde_json::{json, Value};
+use tickstream::keyspace::{self, partition_of};
+
+use super::{bearer, config, Next, TestApp, WsClient};
+
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 /// How long a node may be silent before the others count it as failed. Short, so a
@@ -368,4 +373,100 @@ fn owner_port(slots: &redis::Value, slot: u16) -> Option<u16> {
             _ => None,
         }
     })
+}
+
+// What the cluster scenarios (tests/cluster.rs, tests/cluster_failover.rs) share.
+
+pub fn cluster_config(cluster: &RedisCluster) -> tickstream::Config {
+    let mut c = config(None);
+    c.redis_url = Some(cluster.url());
+    c
+}
+
+/// Runs a blocking wait on the cluster's processes without stalling the servers that
+/// share this runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+pub fn run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// A channel name (`prefix.<n>`) whose partition the master at `master` serves now.
+pub fn channel_on(cluster: &RedisCluster, master: usize, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}.{n}"))
+        .find(|c| master_of_channel(cluster, c) == master)
+        .unwrap_or_default()
+}
+
+pub fn master_of_channel(cluster: &RedisCluster, channel: &str) -> usize {
+    blocking(|| cluster.master_of(keyspace::partition_slot(partition_of(channel, 16))))
+}
+
+/// Collects the frames of one channel's subscription until `ticks` ticks came.
+pub async fn ticks_until(ws: &mut WsClient, ticks: usize) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while frames.iter().filter(|f: &&Value| f["type"] == "tick").count() < ticks {
+        match ws.next_within(Duration::from_secs(30)).await {
+            Next::Json(f) => frames.push(f),
+            Next::Timeout => panic!("no tick for 30 s; so far {frames:?}"),
+            Next::Closed(code, reason) => panic!("closed {code:?} {reason} after {frames:?}"),
+        }
+    }
+    frames
+}
+
+pub fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "tick")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect()
+}
+
+pub fn batch(channel: &str, tag: &str, n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"channel": channel, "value": i as f64, "key": format!("{tag}-{i}")}))
+            .collect(),
+    )
+}
+
+/// Posts `body` until it is answered 201 (503 is retried), for up to 60 s: the ids,
+/// and how many tries were refused.
+pub async fn ingest_until_201(app: &TestApp, body: &Value) -> (Vec<String>, usize) {
+    let (results, refused) = app.ingest_results(body, Duration::from_secs(60)).await;
+    let ids = results.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    (ids, refused)
+}
+
+/// The index of the `n`th master (in node order).
+pub fn master_at(cluster: &RedisCluster, n: usize) -> usize {
+    let masters: Vec<usize> = blocking(|| {
+        (0..cluster.nodes.len())
+            .filter(|&i| cluster.nodes[i].is_master())
+            .collect()
+    });
+    masters[n % masters.len()]
+}
+
+/// A WebSocket opened once the node's health task has seen the cluster answer again
+/// after a failover: until its next good ping (pinging every master the topology
+/// still names can take a few seconds after a master died) handshakes answer 503
+/// `unavailable`, which a client retries.
+pub async fn ws_once_healthy(app: &TestApp, path: &str, t: &str) -> WsClient {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match app.try_ws(path, &[bearer(t)]).await {
+            Ok(ws) => return ws,
+            Err((503, body)) if Instant::now() < deadline => {
+                assert_eq!(body["error"], "unavailable", "{body}");
+                // A client's retry interval, under the deadline above.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(refused) => panic!("{path}: {refused:?}"),
+        }
+    }
 }
