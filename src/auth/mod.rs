@@ -192,7 +192,7 @@ fn random_hex(bytes: usize) -> String {
 
 impl Authenticator {
     /// Builds the verifier. In dev mode (no key configured) it signs with `dev_secret`
-    /// (see [`Authenticator::dev_secret`]), makes an ingest token if needed, and returns
+    /// (kept by the engine: `Engine::dev_secret`), makes an ingest token if needed, and returns
     /// a reader token and the ingest token so start-up can print them: the server never
     /// runs with authentication off.
     pub fn new(

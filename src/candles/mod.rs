@@ -8,6 +8,12 @@
 //! - [`book`]: a channel's candles of every interval in memory, with retention (the
 //!   memory engine; the rebuild).
 //!
+//! Where candles meet the rest (each piece in the room whose job it is): stored and
+//! read by the Redis engine in `redis/candles.rs` (folded by `redis/append.lua`) and
+//! by the memory engine through [`book`]; sent live by the hub's feeds
+//! (`hub/candle_feed.rs`); paged over REST by `http/candles.rs`; rebuilt by
+//! `tickstream candles rebuild` (`server/rebuild.rs`).
+//!
 //! Open and close are decided by the tick's `ts` and, for equal `ts`, by its stream id
 //! (first appended opens, last appended closes), so folding is the same whatever the
 //! order ticks arrive in: a late tick updates its own older bucket exactly.

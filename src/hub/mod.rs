@@ -4,7 +4,7 @@
 //!   session's handle on it.
 //! - [`reader`]: one reader task per partition, tailing the store.
 //! - [`lag`]: how far each reader is behind its partition's streams (a metric).
-//! - [`candles`]: live candle feeds, one per channel and interval, shared by their
+//! - [`candle_feed`]: live candle feeds, one per channel and interval, shared by their
 //!   subscribers.
 //!
 //! While a partition has active channels (channels with at least one local

@@ -2,7 +2,8 @@
 //! to the wire (docs/PROTOCOL.md §1–2).
 //!
 //! - [`id`]: stream ids, the resume cursor everywhere, and where a subscriber starts.
-//! - [`ingest`]: the ingest body, its validation and the event id.
+//! - [`validate`]: the ingest body, its all-or-nothing validation and the event id.
+//! - [`epoch`]: epoch names, and the successor a rollback moves a channel to.
 //! - [`wire`]: a stored tick and the JSON it is written as.
 //!
 //! Everything here is pure (no I/O), so the rules are unit-tested beside the code. A
