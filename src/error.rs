@@ -9,8 +9,8 @@
 //! Internal details (Redis error text, file paths) are logged, never sent: a 503 says
 //! "storage unavailable", the log says why. `into_response` logs nothing itself: it
 //! leaves an [`ErrorCause`] in the response's extensions, and the layer that writes
-//! each request's one log line (`http::observe`) writes the code there, and for a
-//! 5xx the cause, so the line that says "503" also says why, once.
+//! each request's one log line (`http::observe`) adds the code (`error`) and, for a
+//! 5xx, the cause (`cause`), so the line that says "503" also says why, once.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -80,7 +80,7 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Invalid(e) => e.into(),
-            IngestError::Forbidden(channel) => AuthError::Forbidden(format!("writing to channel {channel:?}")).into(),
+            IngestError::Forbidden(_) => AuthError::Forbidden(e.to_string()).into(),
             IngestError::Store(e) => e.into(),
         }
     }
@@ -116,8 +116,9 @@ pub fn error_body(code: &str, message: &str) -> serde_json::Value {
 pub struct ErrorCause {
     /// The stable code the body carries.
     pub code: &'static str,
-    /// The error's full text, internal details included (a 5xx's only record).
-    pub detail: String,
+    /// A 5xx's full text, internal details included (its only record); `None` for a
+    /// 4xx, whose message the client got (and which may quote what it sent).
+    pub detail: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -135,7 +136,7 @@ impl IntoResponse for ApiError {
         }
         response.extensions_mut().insert(ErrorCause {
             code,
-            detail: self.to_string(),
+            detail: status.is_server_error().then(|| self.to_string()),
         });
         response
     }

@@ -1,7 +1,8 @@
 //! tickstream: a WebSocket fan-out server for high-frequency ticks, backed by Redis
 //! streams.
 //!
-//! The map: each module is one concept, in the order a tick meets them
+//! The map: each module is one concept; start-up first, then the path of a tick
+//! from producer to client, then what every request passes through
 //! (docs/ARCHITECTURE.md opens with a "where is X" table).
 //!
 //! - [`config`]: environment, `.env` and CLI flags, validated once at start-up.
@@ -56,7 +57,7 @@ pub(crate) mod page_cache;
 pub mod ratelimit;
 pub(crate) mod redis;
 pub(crate) mod retry;
-pub mod server;
+pub(crate) mod server;
 pub mod session;
 pub mod tick;
 

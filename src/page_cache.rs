@@ -4,11 +4,11 @@
 //! holds every entry the page needs. Each channel has at most one **segment**: the
 //! ticks of every stream entry with id in `(low, high]`, of one epoch, in id order.
 //! Segments are filled by the partition readers (live ticks of active channels) and
-//! by the pages read from Redis (so history readers that are not subscribers are
+//! by the pages read from the engine (so history readers that are not subscribers are
 //! served from memory from their second page on).
 //!
 //! Exactness does not rest on the cache being told about every change: each page
-//! first asks Redis for the stream's ends (its first id, and its last entry with its
+//! first asks the engine for the stream's ends (its first id, and its last entry with its
 //! epoch: two `O(1)` reads in one round trip), and the cache answers only when
 //! - the segment's epoch is the epoch of the stream's last entry (a new epoch or a
 //!   rollback's successor never matches an older segment), and its `high` is not
@@ -16,7 +16,7 @@
 //! - the segment covers the page: from the page's lower bound (raised to the stream's
 //!   first id, so trimmed entries are never served) up to where the page ends.
 //!
-//! Else the page is read from Redis, as before, and remembered. Memory is bounded by
+//! Else the page is read from the engine, and remembered. Memory is bounded by
 //! `TICKSTREAM_HISTORY_CACHE` (MiB, all channels): the least recently read segments
 //! go first; each segment keeps at most the stream's `MAXLEN` ticks.
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tickstream::tick::ingest::{MAX_BATCH, MAX_DATA_BYTES};
+use tickstream::tick::validate::{MAX_BATCH, MAX_DATA_BYTES};
 use tickstream::tick::{is_valid_channel, parse_body};
 
 fuzz_target!(|data: &[u8]| {

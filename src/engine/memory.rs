@@ -213,7 +213,9 @@ impl MemoryEngine {
     }
 
     pub async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.lock().channels.keys().map(|k| k.to_string()).collect())
+        let mut names: Vec<String> = self.lock().channels.keys().map(|k| k.to_string()).collect();
+        names.sort_unstable();
+        Ok(names)
     }
 
     pub async fn summaries(&self, names: &[String]) -> Result<Vec<ChannelSummary>, StoreError> {
@@ -371,8 +373,9 @@ impl Engine for MemoryEngine {
     async fn roll_back_behind(
         &self,
         _delivered: &[(Arc<str>, Fence)],
-    ) -> Result<Vec<(Arc<str>, StreamId)>, StoreError> {
-        Ok(Vec::new())
+        _rolled: &mut (dyn FnMut(Arc<str>, StreamId) + Send),
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -395,7 +398,7 @@ impl Engine for MemoryEngine {
 
 /// A partition reader over the memory engine: waits for the next append instead of
 /// blocking on a socket.
-pub struct MemoryTail {
+struct MemoryTail {
     store: Arc<MemoryEngine>,
     appended: watch::Receiver<u64>,
     waker: Arc<TailWaker>,

@@ -101,7 +101,7 @@ pub trait Engine: Send + Sync + 'static {
     /// The channel's current epoch (`None` before its first tick).
     async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError>;
 
-    /// Every channel name with a stream, in no particular order.
+    /// Every channel name with a stream, sorted (the channel list pages by name).
     async fn channel_names(&self) -> Result<Vec<String>, StoreError>;
 
     /// Length and newest tick of each named channel, in the order given.
@@ -119,10 +119,15 @@ pub trait Engine: Send + Sync + 'static {
     async fn last_stored(&self, channels: &[Arc<str>]) -> Result<Vec<LastStored>, StoreError>;
 
     /// Moves each of `delivered` (channels of one partition, with what this node
-    /// delivered of them) whose stream came back behind its fence to its next epoch;
-    /// returns those channels with the newest entry that survived, from which
-    /// readers go on. An engine that cannot fail over returns none.
-    async fn roll_back_behind(&self, delivered: &[(Arc<str>, Fence)]) -> Result<Vec<(Arc<str>, StreamId)>, StoreError>;
+    /// delivered of them) whose stream came back behind its fence to its next epoch,
+    /// calling `rolled` with the channel and the newest entry that survived (readers
+    /// go on from it) as each one moves: what moved is known even when a later one
+    /// fails. An engine that cannot fail over moves none.
+    async fn roll_back_behind(
+        &self,
+        delivered: &[(Arc<str>, Fence)],
+        rolled: &mut (dyn FnMut(Arc<str>, StreamId) + Send),
+    ) -> Result<(), StoreError>;
 
     /// A round trip to the engine (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -168,13 +173,6 @@ impl dyn Engine {
     /// The newest tick, if any.
     pub async fn latest(&self, channel: &str) -> Result<Option<Tick>, StoreError> {
         Ok(self.rev_range(channel, IdRange::ALL, 1).await?.pop())
-    }
-
-    /// Every channel name with a stream, sorted.
-    pub async fn sorted_channel_names(&self) -> Result<Vec<String>, StoreError> {
-        let mut names = self.channel_names().await?;
-        names.sort_unstable();
-        Ok(names)
     }
 }
 

@@ -77,7 +77,7 @@ pub struct RangeRead {
     pub edges: Option<(StreamId, StreamId)>,
 }
 
-/// A stream's ends, as Redis answered just before a page.
+/// A stream's ends, as the engine answered just before a page.
 #[derive(Debug, Clone)]
 pub struct StreamEnds {
     pub first: Option<StreamId>,
@@ -160,16 +160,4 @@ pub struct LastStored {
     /// The channel's epoch and the last `seq` it handed out.
     pub epoch: Option<String>,
     pub seq: u64,
-}
-
-/// What a rollback call did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rolled {
-    /// The channel's epoch now.
-    pub epoch: Option<String>,
-    /// The newest entry at or below the fence (`0-0`: none): what survived of what
-    /// was delivered; readers go on from it.
-    pub survivor: StreamId,
-    /// This call moved the channel on (another node may have done it first).
-    pub moved: bool,
 }

@@ -104,7 +104,7 @@ pub async fn channels(
     let mut names = if principal.channels.is_empty() {
         Vec::new()
     } else {
-        state.store.sorted_channel_names().await?
+        state.store.channel_names().await?
     };
     names.retain(|c| principal.can_read(c) && after.as_ref().is_none_or(|a| c > a));
     let more = names.len() > limit;

@@ -155,20 +155,36 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .observe(elapsed.as_secs_f64());
     let cause = response.extensions_mut().remove::<ErrorCause>();
     let request_id = id.to_str().unwrap_or("");
-    let (micros, status_code) = (elapsed.as_micros() as u64, status.as_u16());
-    let error = cause.as_ref().map_or("", |c| c.code);
-    match cause.filter(|_| status.is_server_error()) {
-        // A 5xx's cause is logged here and nowhere else. (A 4xx's message went to the
-        // client; its code is enough here, and its text may quote what it sent.)
-        Some(cause) => tracing::warn!(
-            request_id, method = %method, path = %path, status = status_code, micros,
-            error, cause = %cause.detail, "request"
-        ),
-        None => tracing::info!(
-            request_id, method = %method, path = %path, status = status_code, micros, error, "request"
-        ),
+    let (micros, status) = (elapsed.as_micros() as u64, status.as_u16());
+    match cause {
+        // A 5xx's cause is logged here and nowhere else: at warn for the first in a
+        // second (an outage fails every request the same way; a log kept at warn gets
+        // one line a second, not one per request), at info for the others.
+        Some(ErrorCause {
+            code,
+            detail: Some(cause),
+        }) => {
+            if server_error_warning_due() {
+                tracing::warn!(request_id, method = %method, path = %path, status, micros, error = code, cause, "request");
+            } else {
+                tracing::info!(request_id, method = %method, path = %path, status, micros, error = code, cause, "request");
+            }
+        }
+        Some(ErrorCause { code, detail: None }) => {
+            tracing::info!(request_id, method = %method, path = %path, status, micros, error = code, "request")
+        }
+        None => tracing::info!(request_id, method = %method, path = %path, status, micros, "request"),
     }
     response
+}
+
+/// Whether a 5xx's request line may be a warning: the first of each second is. A
+/// process-wide clock is enough for a log's pace (it holds no request state).
+fn server_error_warning_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    let now = crate::clock::now_ms() / 1000;
+    LAST_SECOND.swap(now, Ordering::Relaxed) != now
 }
 
 /// A method as a metric label: one of the standard ones, else `other`, so a client

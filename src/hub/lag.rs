@@ -4,12 +4,13 @@
 //! reader delivered. Latency histograms only see ticks that were delivered; a reader
 //! that has fallen behind, or stopped, shows here.
 //!
-//! Sampled every [`EVERY`]. A reader that heard from Redis within the last 5 s and
+//! Sampled every [`EVERY`]. A reader that heard from its store within the last 5 s and
 //! whose last read was not a full batch is caught up by its own account: lag 0, and
 //! Redis is not asked. Otherwise one `last_stored` read per partition (the read the
 //! rollback check uses) measures it. Either way the cost does not grow with clients,
-//! and a healthy node adds no Redis reads at all. The memory engine's reader is
-//! always caught up: its lag is 0.
+//! and a healthy node adds no Redis reads at all. On the memory engine the same
+//! sample reads the engine's own memory (no Redis); its reader is behind only while
+//! it works through full batches.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,14 +51,14 @@ impl Hub {
             let names: Vec<Arc<str>> = delivered.iter().map(|(c, _)| c.clone()).collect();
             // A failed read leaves the last sample: the reader's own errors are
             // counted (and logged) where it reads.
-            let Ok(heads) = self.store.last_stored(&names).await else {
+            let Ok(stored) = self.store.last_stored(&names).await else {
                 return;
             };
-            for ((_, fence), head) in delivered.iter().zip(heads) {
-                let Some(last) = head.last_id else { continue };
+            for ((_, fence), now) in delivered.iter().zip(stored) {
+                let Some(last) = now.last_id else { continue };
                 ms = ms.max(last.ms.saturating_sub(fence.id.ms));
-                if head.epoch.as_deref() == Some(&*fence.epoch) {
-                    ticks += head.seq.saturating_sub(fence.seq);
+                if now.epoch.as_deref() == Some(&*fence.epoch) {
+                    ticks += now.seq.saturating_sub(fence.seq);
                 }
             }
         }

@@ -320,7 +320,7 @@ impl Hub {
 
     /// What this node delivered of each of `channels` it has subscribers for: an
     /// ingest through this node checks the stream against it first (a failover may
-    /// have rolled it back; `store::redis::failover`).
+    /// have rolled it back; `redis/failover.rs`).
     pub fn fences<'a>(&self, channels: impl IntoIterator<Item = &'a str>) -> Fences {
         let mut fences = Fences::new();
         for channel in channels {

@@ -152,9 +152,11 @@ impl Hub {
     /// epoch (docs/ARCHITECTURE.md §4 "Failover").
     async fn check_rollbacks(&self, partition: &Partition) -> Result<(), StoreError> {
         let delivered = partition.delivered();
-        for (channel, survivor) in self.store.roll_back_behind(&delivered).await? {
-            partition.rolled_back(&channel, survivor);
-        }
+        self.store
+            .roll_back_behind(&delivered, &mut |channel, survivor| {
+                partition.rolled_back(&channel, survivor)
+            })
+            .await?;
         Ok(())
     }
 

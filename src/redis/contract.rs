@@ -69,8 +69,12 @@ impl Engine for RedisEngine {
         RedisEngine::last_stored(self, channels).await
     }
 
-    async fn roll_back_behind(&self, delivered: &[(Arc<str>, Fence)]) -> Result<Vec<(Arc<str>, StreamId)>, StoreError> {
-        RedisEngine::roll_back_behind(self, delivered).await
+    async fn roll_back_behind(
+        &self,
+        delivered: &[(Arc<str>, Fence)],
+        rolled: &mut (dyn FnMut(Arc<str>, StreamId) + Send),
+    ) -> Result<(), StoreError> {
+        RedisEngine::roll_back_behind(self, delivered, rolled).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

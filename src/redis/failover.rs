@@ -11,15 +11,26 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::{newest_entry, RedisEngine};
-use crate::engine::{Fence, LastStored, Rolled, StoreError};
+use crate::engine::{Fence, LastStored, StoreError};
 use crate::redis::keyspace::ChannelKeys;
 use crate::redis::reply::{as_array, as_id, as_str, as_u64, parse_entries, protocol};
 use crate::tick::epoch::{after_rollback, is_rollback_of};
 use crate::tick::StreamId;
 
+/// What a rollback call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rolled {
+    /// The channel's epoch now.
+    pub epoch: Option<String>,
+    /// The newest entry at or below the fence (`0-0`: none): what survived of what
+    /// was delivered; readers go on from it.
+    pub survivor: StreamId,
+    /// This call moved the channel on (another node may have done it first).
+    pub moved: bool,
+}
+
 impl RedisEngine {
-    /// Where each of `channels` (all of partition `partition`) stands: one pipeline,
-    /// one slot.
+    /// Where each of `channels` (all of one partition) stands: one pipeline, one slot.
     pub async fn last_stored(&self, channels: &[Arc<str>]) -> Result<Vec<LastStored>, StoreError> {
         if channels.is_empty() {
             return Ok(Vec::new());
@@ -60,13 +71,13 @@ impl RedisEngine {
     pub async fn roll_back_behind(
         &self,
         delivered: &[(Arc<str>, Fence)],
-    ) -> Result<Vec<(Arc<str>, StreamId)>, StoreError> {
+        rolled: &mut (dyn FnMut(Arc<str>, StreamId) + Send),
+    ) -> Result<(), StoreError> {
         if delivered.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let names: Vec<Arc<str>> = delivered.iter().map(|(c, _)| c.clone()).collect();
         let stored = self.last_stored(&names).await?;
-        let mut rolled_back = Vec::new();
         for ((channel, fence), now) in delivered.iter().zip(stored) {
             let same = now.epoch.as_deref() == Some(&*fence.epoch);
             let moved_on = now
@@ -75,11 +86,11 @@ impl RedisEngine {
                 .is_some_and(|epoch| is_rollback_of(epoch, &fence.epoch));
             let behind = now.last_id.unwrap_or(StreamId::ZERO) < fence.id || (same && now.seq < fence.seq);
             if behind && (same || moved_on) {
-                let rolled = self.roll_back(channel, fence).await?;
-                rolled_back.push((channel.clone(), rolled.survivor));
+                let done = self.roll_back(channel, fence).await?;
+                rolled(channel.clone(), done.survivor);
             }
         }
-        Ok(rolled_back)
+        Ok(())
     }
 
     /// Runs `redis/rollback.lua` on `channel` against what was delivered of it.

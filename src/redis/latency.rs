@@ -3,7 +3,7 @@
 //! "Metrics"). Blocking reads are not measured: their time is the block, not Redis.
 //!
 //! The `command` label is a fixed vocabulary: the scripts by name (`append`,
-//! `rollback`, `token_bucket`), else the command's lowercase name when it is one the
+//! `rollback`, `probe`, `token_bucket`), else the command's lowercase name when it is one the
 //! server issues, else `other`; a pipeline counts as its first command. So the label
 //! can never grow with what clients send.
 

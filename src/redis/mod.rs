@@ -8,7 +8,7 @@
 //! - [`connections`]: the shared connections, scripts by `EVALSHA` (reloaded on
 //!   `NOSCRIPT`), a command on a given cluster node.
 //! - [`reply`]: reading Redis replies into ticks, ids and slot maps.
-//! - [`latency`]: `tickstream_redis_command_seconds` by command.
+//! - [`latency`]: `tickstream_redis_command_duration_seconds` by command.
 //! - `contract.rs`: the engine contract (`engine::Engine`) kept by the pieces below.
 //! - [`append`]: the append pipeline (dedup, `seq`, candles, births, fences).
 //! - [`reads`]: ranges, a stream's ends and info, the channel list.

@@ -130,7 +130,7 @@ impl RedisEngine {
             .await?)
     }
 
-    /// Every channel name with a stream, from the partitions' registries.
+    /// Every channel name with a stream, from the partitions' registries, sorted.
     pub async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
         let reads = (0..self.settings.partitions).map(|p| async move {
             let mut conn = self.connections.get().await?;
@@ -142,7 +142,9 @@ impl RedisEngine {
                 .await?;
             Ok::<_, StoreError>(names)
         });
-        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+        let mut names: Vec<String> = try_join_all(reads).await?.into_iter().flatten().collect();
+        names.sort_unstable();
+        Ok(names)
     }
 
     /// Length and newest tick of each named channel, in the order given.

@@ -46,9 +46,10 @@ const HTTP_DRAIN: Duration = Duration::from_secs(6);
 pub enum StartError {
     #[error("TICKSTREAM_LISTEN: cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    /// The engine could not be opened or prepared (`REDIS_URL`, its credentials, its
-    /// TLS files, the deployment's partition count, the scripts).
-    #[error("REDIS_URL: cannot use the store: {0}")]
+    /// The Redis engine could not be opened or prepared (`REDIS_URL`, its credentials,
+    /// its TLS files, the deployment's partition count, the scripts): the memory
+    /// engine cannot fail to start.
+    #[error("REDIS_URL: cannot use Redis: {0}")]
     Store(StoreError),
     #[error(transparent)]
     Key(#[from] auth::KeyError),

@@ -44,7 +44,7 @@ pub async fn rebuild_candles(
     let store = open_engine(config, &Metrics::new()).await?.store;
     let channels = match channel {
         Some(c) => vec![c],
-        None => store.sorted_channel_names().await?,
+        None => store.channel_names().await?,
     };
     for channel in &channels {
         let ticks = store.rebuild_candles(channel).await?;

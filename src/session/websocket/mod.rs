@@ -196,7 +196,7 @@ impl Inbound {
 /// client sent right behind its request). `initial` subscribes at once
 /// (`/ws/{channel}`). `_done` is held until every task of the session has finished:
 /// graceful shutdown waits for all of them.
-pub async fn run(
+pub(crate) async fn run(
     tcp: TcpStream,
     early: Vec<u8>,
     ctx: Arc<SessionContext>,
