@@ -91,24 +91,6 @@ impl MemoryEngine {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub async fn append(&self, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
-        let mut results = Vec::with_capacity(ticks.len());
-        {
-            let mut state = self.lock();
-            let now = Instant::now();
-            while state.dedup_order.front().is_some_and(|(exp, _)| *exp <= now) {
-                if let Some((_, key)) = state.dedup_order.pop_front() {
-                    state.dedup.remove(&key);
-                }
-            }
-            for t in ticks {
-                results.push(self.append_one(&mut state, t, now));
-            }
-        }
-        self.appended.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(results)
-    }
-
     fn append_one(&self, state: &mut State, t: &PreparedTick, now: Instant) -> Appended {
         let name: Arc<str> = match state.channels.get_key_value(t.channel.as_str()) {
             Some((k, _)) => k.clone(),
@@ -169,92 +151,33 @@ impl MemoryEngine {
         }
     }
 
-    pub async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
-        let state = self.lock();
-        Ok(state.channels.get(channel).map(|c| StreamInfo {
-            length: c.entries.len() as u64,
-            entries_added: c.added,
-            first: c.entries.front().cloned(),
-            last: c.entries.back().cloned(),
-        }))
-    }
-
-    pub async fn range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
+    fn ascending(&self, channel: &str, range: IdRange, count: usize) -> Vec<Tick> {
         let state = self.lock();
         let Some(c) = state.channels.get(channel) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let start = c.lower_bound(range.from);
-        Ok(c.entries
+        c.entries
             .range(start..)
             .take_while(|t| t.id <= range.to)
             .take(count)
             .cloned()
-            .collect())
+            .collect()
     }
 
-    pub async fn rev_range(&self, channel: &str, range: IdRange, count: usize) -> Result<Vec<Tick>, StoreError> {
+    fn descending(&self, channel: &str, range: IdRange, count: usize) -> Vec<Tick> {
         let state = self.lock();
         let Some(c) = state.channels.get(channel) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let end = c.entries.partition_point(|t| t.id <= range.to);
-        Ok(c.entries
+        c.entries
             .range(..end)
             .rev()
             .take_while(|t| t.id >= range.from)
             .take(count)
             .cloned()
-            .collect())
-    }
-
-    pub async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.lock().channels.get(channel).map(|c| c.epoch.to_string()))
-    }
-
-    pub async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
-        let mut names: Vec<String> = self.lock().channels.keys().map(|k| k.to_string()).collect();
-        names.sort_unstable();
-        Ok(names)
-    }
-
-    pub async fn summaries(&self, names: &[String]) -> Result<Vec<ChannelSummary>, StoreError> {
-        let state = self.lock();
-        Ok(names
-            .iter()
-            .map(|name| {
-                let c = state.channels.get(name.as_str());
-                ChannelSummary {
-                    channel: name.clone(),
-                    last: c.and_then(|c| c.entries.back().cloned()),
-                    length: c.map_or(0, |c| c.entries.len() as u64),
-                }
-            })
-            .collect())
-    }
-
-    pub async fn candles(&self, channel: &str, q: Query) -> Result<Vec<Candle>, StoreError> {
-        let state = self.lock();
-        Ok(state
-            .channels
-            .get(channel)
-            .map(|c| c.candles.page(q))
-            .unwrap_or_default())
-    }
-
-    /// Folds the channel's candles again from the ticks it still holds (the rule of
-    /// [`Book::adopt`]).
-    pub async fn rebuild_candles(&self, channel: &str) -> Result<usize, StoreError> {
-        let mut state = self.lock();
-        let Some(c) = state.channels.get_mut(channel) else {
-            return Ok(0);
-        };
-        let mut book = Book::default();
-        for tick in &c.entries {
-            book.add_stored(&self.candles, tick);
-        }
-        c.candles.adopt(&self.candles, book);
-        Ok(c.entries.len())
+            .collect()
     }
 
     /// Event ids currently remembered (tests).
@@ -291,7 +214,21 @@ impl Engine for MemoryEngine {
 
     /// This engine never fails over: nothing is ever behind a fence.
     async fn append(&self, ticks: &[PreparedTick], _fences: &Fences) -> Result<Vec<Appended>, StoreError> {
-        MemoryEngine::append(self, ticks).await
+        let mut results = Vec::with_capacity(ticks.len());
+        {
+            let mut state = self.lock();
+            let now = Instant::now();
+            while state.dedup_order.front().is_some_and(|(exp, _)| *exp <= now) {
+                if let Some((_, key)) = state.dedup_order.pop_front() {
+                    state.dedup.remove(&key);
+                }
+            }
+            for t in ticks {
+                results.push(self.append_one(&mut state, t, now));
+            }
+        }
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(results)
     }
 
     /// Reads cost nothing here: every channel counts as existing.
@@ -303,7 +240,13 @@ impl Engine for MemoryEngine {
     }
 
     async fn info(&self, channel: &str) -> Result<Option<StreamInfo>, StoreError> {
-        MemoryEngine::info(self, channel).await
+        let state = self.lock();
+        Ok(state.channels.get(channel).map(|c| StreamInfo {
+            length: c.entries.len() as u64,
+            entries_added: c.added,
+            first: c.entries.front().cloned(),
+            last: c.entries.back().cloned(),
+        }))
     }
 
     /// Every entry here is a tick: nothing is unreadable.
@@ -315,8 +258,8 @@ impl Engine for MemoryEngine {
         descending: bool,
     ) -> Result<RangeRead, StoreError> {
         let ticks = match descending {
-            false => self.range(channel, range, count).await?,
-            true => self.rev_range(channel, range, count).await?,
+            false => self.ascending(channel, range, count),
+            true => self.descending(channel, range, count),
         };
         Ok(RangeRead {
             edges: ticks.first().map(|t| t.id).zip(ticks.last().map(|t| t.id)),
@@ -335,23 +278,52 @@ impl Engine for MemoryEngine {
     }
 
     async fn epoch(&self, channel: &str) -> Result<Option<String>, StoreError> {
-        MemoryEngine::epoch(self, channel).await
+        Ok(self.lock().channels.get(channel).map(|c| c.epoch.to_string()))
     }
 
     async fn channel_names(&self) -> Result<Vec<String>, StoreError> {
-        MemoryEngine::channel_names(self).await
+        let mut names: Vec<String> = self.lock().channels.keys().map(|k| k.to_string()).collect();
+        names.sort_unstable();
+        Ok(names)
     }
 
     async fn summaries(&self, names: &[String]) -> Result<Vec<ChannelSummary>, StoreError> {
-        MemoryEngine::summaries(self, names).await
+        let state = self.lock();
+        Ok(names
+            .iter()
+            .map(|name| {
+                let c = state.channels.get(name.as_str());
+                ChannelSummary {
+                    channel: name.clone(),
+                    last: c.and_then(|c| c.entries.back().cloned()),
+                    length: c.map_or(0, |c| c.entries.len() as u64),
+                }
+            })
+            .collect())
     }
 
     async fn candles(&self, channel: &str, q: Query) -> Result<Vec<Candle>, StoreError> {
-        MemoryEngine::candles(self, channel, q).await
+        let state = self.lock();
+        Ok(state
+            .channels
+            .get(channel)
+            .map(|c| c.candles.page(q))
+            .unwrap_or_default())
     }
 
+    /// Folds the channel's candles again from the ticks it still holds (the rule of
+    /// [`Book::adopt`]).
     async fn rebuild_candles(&self, channel: &str) -> Result<usize, StoreError> {
-        MemoryEngine::rebuild_candles(self, channel).await
+        let mut state = self.lock();
+        let Some(c) = state.channels.get_mut(channel) else {
+            return Ok(0);
+        };
+        let mut book = Book::default();
+        for tick in &c.entries {
+            book.add_stored(&self.candles, tick);
+        }
+        c.candles.adopt(&self.candles, book);
+        Ok(c.entries.len())
     }
 
     async fn last_stored(&self, channels: &[Arc<str>]) -> Result<Vec<LastStored>, StoreError> {
@@ -436,6 +408,7 @@ impl Tail for MemoryTail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Store;
 
     fn prepared(channel: &str, n: i64) -> PreparedTick {
         serde_json::from_value::<crate::tick::IngestTick>(serde_json::json!({"channel": channel, "value": n}))
@@ -455,25 +428,30 @@ mod tests {
         }
     }
 
+    /// Appends as the append service does (this engine has no fences to check).
+    async fn append(engine: &dyn Engine, ticks: &[PreparedTick]) -> Vec<Appended> {
+        engine.append(ticks, &Fences::new()).await.unwrap()
+    }
+
     #[tokio::test]
     async fn the_dedup_memory_is_bounded_by_count() {
         let s = MemoryEngine::with_dedup_capacity(settings(100), 4);
         let batch: Vec<_> = (0..10).map(|n| prepared("c", n)).collect();
-        s.append(&batch).await.unwrap();
+        append(&s, &batch).await;
         assert_eq!(s.dedup_len(), 4);
         // The newest are still remembered; the oldest were forgotten and store again.
-        assert!(s.append(&batch[9..]).await.unwrap()[0].duplicate);
-        assert!(!s.append(&batch[..1]).await.unwrap()[0].duplicate);
+        assert!(append(&s, &batch[9..]).await[0].duplicate);
+        assert!(!append(&s, &batch[..1]).await[0].duplicate);
         assert_eq!(s.dedup_len(), 4);
     }
 
     #[tokio::test]
     async fn ids_and_seq_increase_and_duplicates_take_none() {
-        let s = MemoryEngine::new(settings(3));
+        let s: Store = Arc::new(MemoryEngine::new(settings(3)));
         let batch: Vec<_> = (0..5).map(|n| prepared("c", n)).collect();
-        let first = s.append(&batch).await.unwrap();
+        let first = append(&*s, &batch).await;
         assert!(first.windows(2).all(|w| w[0].id < w[1].id));
-        let again = s.append(&batch[..1]).await.unwrap();
+        let again = append(&*s, &batch[..1]).await;
         assert!(again[0].duplicate);
         assert_eq!(again[0].id, first[0].id);
         let info = s.info("c").await.unwrap().unwrap();
@@ -485,5 +463,11 @@ mod tests {
         assert_eq!(desc.iter().map(|t| t.seq).collect::<Vec<_>>(), vec![5, 4]);
         let asc = s.range("c", IdRange::after(first[3].id), 10).await.unwrap();
         assert_eq!(asc.len(), 1);
+        let ends = s.ends("c").await.unwrap();
+        assert_eq!(
+            (ends.first, ends.last.map(|(id, _)| id)),
+            (Some(first[2].id), Some(first[4].id))
+        );
+        assert_eq!(s.channel_names().await.unwrap(), ["c"]);
     }
 }
