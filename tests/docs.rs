@@ -207,14 +207,14 @@ fn cited_sections(text: &str, names: &[&str]) -> (BTreeSet<String>, BTreeSet<Str
 fn exists(path: &str, here: &Path, all: &[PathBuf]) -> bool {
     let root = root();
     let path = path.trim_end_matches('/');
-    let direct = [
-        root.join(path),
-        root.join("src").join(path),
-        root.join(here).join(path),
-        root.join(here).join("..").join(path),
-    ];
+    let direct = [root.join(path), root.join("src").join(path), root.join(here).join(path)];
+    if direct.iter().any(|c| c.exists()) {
+        return true;
+    }
+    // A bare file name is read in its section's context; a path with a folder must
+    // be a path from one of the places above.
     let tail = format!("/{path}");
-    direct.iter().any(|c| c.exists()) || all.iter().any(|f| f.to_string_lossy().ends_with(&tail))
+    !path.contains('/') && all.iter().any(|f| f.to_string_lossy().ends_with(&tail))
 }
 
 #[test]

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 
 use super::{Incoming, Violation, BINARY, CLOSE, CONTINUATION, FIN, PING, PONG, TEXT};
 
-/// What the session reads from a socket at a time, at most (`websocket/mod.rs`).
+/// What the session reads from a socket at a time, at most (`src/session/websocket/mod.rs`).
 pub const READ_CHUNK: usize = 4096;
 
 /// A frame's unmasked payload: the decoder's whole buffer taken over, or a part of it.
