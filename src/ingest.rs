@@ -67,8 +67,7 @@ impl Ingest {
     /// Appends validated ticks behind this node's rollback fences, counted as stored
     /// or duplicate.
     pub async fn append(&self, ticks: &[PreparedTick]) -> Result<Vec<Appended>, StoreError> {
-        let fences = self.hub.fences(ticks.iter().map(|t| t.channel.as_str()));
-        let results = self.store.append(ticks, &fences).await?;
+        let results = self.store.append(ticks, &*self.hub).await?;
         let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
         let counter = |result: &str| self.metrics.ticks_ingested.with_label_values(&[result]);
         counter("stored").inc_by(results.len() as u64 - duplicates);

@@ -213,7 +213,7 @@ impl Engine for MemoryEngine {
     }
 
     /// This engine never fails over: nothing is ever behind a fence.
-    async fn append(&self, ticks: &[PreparedTick], _fences: &Fences) -> Result<Vec<Appended>, StoreError> {
+    async fn append(&self, ticks: &[PreparedTick], _fences: &dyn Fences) -> Result<Vec<Appended>, StoreError> {
         let mut results = Vec::with_capacity(ticks.len());
         {
             let mut state = self.lock();
@@ -428,9 +428,18 @@ mod tests {
         }
     }
 
-    /// Appends as the append service does (this engine has no fences to check).
+    /// Nothing delivered: no fences.
+    struct NoFences;
+
+    impl Fences for NoFences {
+        fn fence(&self, _channel: &str) -> Option<Fence> {
+            None
+        }
+    }
+
+    /// Appends as the append service does.
     async fn append(engine: &dyn Engine, ticks: &[PreparedTick]) -> Vec<Appended> {
-        engine.append(ticks, &Fences::new()).await.unwrap()
+        engine.append(ticks, &NoFences).await.unwrap()
     }
 
     #[tokio::test]

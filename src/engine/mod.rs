@@ -67,10 +67,10 @@ pub trait Engine: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Appends validated ticks in batch order, deduplicated (see the module's
-    /// guarantees); one answer per tick, in order. `fences` are what this node
+    /// guarantees); one answer per tick, in order. `fences` tell what this node
     /// delivered of the batch's channels: a channel whose stream is behind its fence
     /// moves to its next epoch before anything is appended to it.
-    async fn append(&self, ticks: &[PreparedTick], fences: &Fences) -> Result<Vec<Appended>, StoreError>;
+    async fn append(&self, ticks: &[PreparedTick], fences: &dyn Fences) -> Result<Vec<Appended>, StoreError>;
 
     /// Whether `channel`'s stream exists, and where its partition's births stood
     /// before that look: one round trip. A subscription to a channel that does not

@@ -39,8 +39,12 @@ pub struct Fence {
     pub seq: u64,
 }
 
-/// Fences by channel name.
-pub type Fences = std::collections::HashMap<String, Fence>;
+/// Where an append looks up a channel's fence: what this node delivered of it
+/// (`None`: nothing, or no subscriber here). Asked once per channel of a batch, and
+/// only by an engine that can fail over.
+pub trait Fences: Sync {
+    fn fence(&self, channel: &str) -> Option<Fence>;
+}
 
 /// The outcome of appending one tick.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,17 +28,28 @@ pub struct LiveTick {
     pub epoch: Arc<str>,
     /// The complete `{"type":"tick",…}` frame.
     pub text: String,
+    /// Whether `text` holds a raw CR or LF: only a body written to Redis by something
+    /// other than tickstream does. Found once per tick, so an SSE event (one line of
+    /// `data:`) need not look for it once per client.
+    pub line_breaks: bool,
 }
 
 impl LiveFrame {
     pub fn new(tick: &Tick) -> LiveFrame {
+        let text = tick.to_frame();
         LiveFrame(Arc::new(LiveTick {
             id: tick.id,
             seq: tick.seq,
             epoch: tick.epoch.clone(),
-            text: tick.to_frame(),
+            line_breaks: has_line_break(&text),
+            text,
         }))
     }
+}
+
+/// Whether `text` holds a raw CR or LF.
+pub fn has_line_break(text: &str) -> bool {
+    text.bytes().any(|b| matches!(b, b'\r' | b'\n'))
 }
 
 impl std::ops::Deref for LiveFrame {

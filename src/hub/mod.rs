@@ -30,14 +30,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
 
 use crate::clock::now_ms;
-use crate::engine::{Fences, IdRange, Store, StoreError, StreamInfo, TailWaker};
+use crate::engine::{Fence, Fences, IdRange, Store, StoreError, StreamInfo, TailWaker};
 use crate::metrics::Metrics;
 use crate::page_cache::PageCache;
 use crate::redis::keyspace::partition_of;
 use crate::tick::StreamId;
 pub use candle_feed::CandleSubscription;
+pub use channel::{has_line_break, Interrupted, LiveFrame, LiveSubscription};
 use channel::{ActiveChannel, Partition};
-pub use channel::{Interrupted, LiveFrame, LiveSubscription};
 
 /// What the hub is sized with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,25 +318,20 @@ impl Hub {
         })
     }
 
-    /// What this node delivered of each of `channels` it has subscribers for: an
-    /// ingest through this node checks the stream against it first (a failover may
-    /// have rolled it back; `redis/failover.rs`).
-    pub fn fences<'a>(&self, channels: impl IntoIterator<Item = &'a str>) -> Fences {
-        let mut fences = Fences::new();
-        for channel in channels {
-            if fences.contains_key(channel) {
-                continue;
-            }
-            let channels = self.partition(channel).lock();
-            if let Some(fence) = channels.get(channel).and_then(ActiveChannel::fence) {
-                fences.insert(channel.to_string(), fence);
-            }
-        }
-        fences
-    }
-
     /// Channels with local subscribers (for metrics and tests).
     pub fn active_channels(&self) -> usize {
         self.partitions.iter().map(|p| p.lock().len()).sum()
+    }
+}
+
+/// What this node delivered of a channel it has subscribers for: an ingest through
+/// this node checks the stream against it first (a failover may have rolled it back;
+/// `redis/failover.rs`).
+impl Fences for Hub {
+    fn fence(&self, channel: &str) -> Option<Fence> {
+        self.partition(channel)
+            .lock()
+            .get(channel)
+            .and_then(ActiveChannel::fence)
     }
 }

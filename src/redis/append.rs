@@ -22,7 +22,7 @@ impl RedisEngine {
     /// first has `redis/rollback.lua` run on it in the same pipeline: if a failover
     /// rolled its stream back behind the fence, it moves to its next epoch before
     /// anything is appended, so no `seq` is handed out twice in one epoch.
-    pub async fn append(&self, ticks: &[PreparedTick], fences: &Fences) -> Result<Vec<Appended>, StoreError> {
+    pub async fn append(&self, ticks: &[PreparedTick], fences: &dyn Fences) -> Result<Vec<Appended>, StoreError> {
         if ticks.is_empty() {
             return Ok(Vec::new());
         }
@@ -58,8 +58,8 @@ impl RedisEngine {
             for &g in members_of_partition {
                 let (channel, members) = &groups[g];
                 let k = &keys[g];
-                let fence = fences.get(*channel);
-                if let Some(f) = fence {
+                let fence = fences.fence(channel);
+                if let Some(f) = &fence {
                     self.rollback_call(&mut pipe, k, f);
                 }
                 fenced.push(fence.is_some());

@@ -19,7 +19,7 @@ impl Engine for RedisEngine {
         "redis"
     }
 
-    async fn append(&self, ticks: &[PreparedTick], fences: &Fences) -> Result<Vec<Appended>, StoreError> {
+    async fn append(&self, ticks: &[PreparedTick], fences: &dyn Fences) -> Result<Vec<Appended>, StoreError> {
         RedisEngine::append(self, ticks, fences).await
     }
 

@@ -190,12 +190,10 @@ pub fn parse_births(v: Value) -> Result<Option<Births>, StoreError> {
     for entry in items {
         let (id, fields) = split_entry(entry)?;
         last = Some(id);
-        let fields = as_array(&fields).unwrap_or(&[]);
-        for pair in fields.chunks(2) {
-            if let [name, value] = pair {
-                if as_bytes(name) == Some(b"c".as_slice()) {
-                    channels.extend(as_str(value));
-                }
+        // A RESP2 flat array or a RESP3 map, as every entry's fields.
+        for (name, value) in pairs(&fields).unwrap_or_default() {
+            if as_bytes(name) == Some(b"c".as_slice()) {
+                channels.extend(as_str(value));
             }
         }
     }
@@ -402,6 +400,12 @@ mod tests {
                 last: StreamId::new(6, 2),
             })
         );
+        // RESP3 answers an entry's fields as a map.
+        let map = Value::Array(vec![Value::Array(vec![
+            bulk("7-0"),
+            Value::Map(vec![(bulk("c"), bulk("e.f"))]),
+        ])]);
+        assert_eq!(parse_births(map).unwrap().unwrap().channels, ["e.f"]);
         assert_eq!(parse_births(Value::Array(vec![])).unwrap(), None);
         assert!(parse_births(Value::Okay).is_err());
     }

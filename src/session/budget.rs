@@ -109,6 +109,15 @@ impl Grant {
         }
     }
 
+    /// Moves `n` of its bytes (at most all) to `to`, a grant of the same budget:
+    /// two counters change, nothing else (no budget handle is cloned or dropped).
+    pub fn move_to(&mut self, to: &mut Grant, n: usize) {
+        debug_assert!(Arc::ptr_eq(&self.budget, &to.budget));
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        to.bytes += n;
+    }
+
     /// Takes over `other`'s bytes.
     pub fn absorb(&mut self, mut other: Grant) {
         self.bytes += std::mem::take(&mut other.bytes);

@@ -118,8 +118,7 @@ impl Feed {
             self.frame_estimate = self.frame_estimate.max(cost);
             return false;
         }
-        let paid = self.spare.split(cost);
-        self.pending_held.absorb(paid);
+        self.spare.move_to(&mut self.pending_held, cost);
         true
     }
 
@@ -220,7 +219,7 @@ impl Feed {
             };
             let page = until_ok(&ctx.metrics, || ctx.store.entries(&channel, range, count, true)).await;
             for tick in &page.ticks {
-                self.largest = self.largest.max(frame_cost(tick.body.len() + tick.channel.len() + 96));
+                self.largest = self.largest.max(frame_cost(tick.frame_len_estimate()));
             }
             self.spare.release();
             let Some((_, oldest)) = page.edges else {

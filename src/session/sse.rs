@@ -19,6 +19,7 @@ use super::protocol::{close, Closing, Frame, Kind, SubscribeRequest, PING_INTERV
 use super::writer::{Transport, Writer};
 use super::{queue, Session, SessionContext};
 use crate::auth::Principal;
+use crate::hub::has_line_break;
 
 /// Chunks in flight to the response body; a client that does not read holds them.
 /// One: with the one the body is writing, a slow reader holds two batches, which the
@@ -33,9 +34,10 @@ pub(crate) struct SseTransport {
 /// Appends one frame as an SSE event.
 fn write_event(out: &mut Vec<u8>, frame: &Frame) {
     use std::io::Write;
-    let (kind, text) = match frame {
-        Frame::Text { kind, text } => (*kind, &**text),
-        Frame::Tick(tick) => (Kind::Tick, tick.text.as_str()),
+    let (kind, text, line_breaks) = match frame {
+        // Our own frames are rare beside ticks: looked at here.
+        Frame::Text { kind, text } => (*kind, &**text, has_line_break(text)),
+        Frame::Tick(tick) => (Kind::Tick, tick.text.as_str(), tick.line_breaks),
         // A comment line: proxies see traffic, EventSource ignores it.
         Frame::Ping => return out.extend_from_slice(b": keep-alive\n\n"),
         // Only a WebSocket client pings.
@@ -54,7 +56,7 @@ fn write_event(out: &mut Vec<u8>, frame: &Frame) {
     // line and make the rest a field of its own. Such a byte is only JSON whitespace
     // or an invalid string character, so a space in its place keeps the event whole.
     let bytes = text.as_bytes();
-    if bytes.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+    if line_breaks {
         out.extend(bytes.iter().map(|b| if matches!(b, b'\r' | b'\n') { b' ' } else { *b }));
     } else {
         out.extend_from_slice(bytes);

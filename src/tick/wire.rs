@@ -140,9 +140,15 @@ impl Tick {
         out.push_str(&self.body);
     }
 
+    /// About how long this tick's `tick` frame is (its body and channel, and at most
+    /// 96 bytes of id, type and punctuation).
+    pub fn frame_len_estimate(&self) -> usize {
+        96 + self.channel.len() + self.body.len()
+    }
+
     /// The WebSocket `tick` frame as a fresh string.
     pub fn to_frame(&self) -> String {
-        let mut out = String::with_capacity(96 + self.channel.len() + self.body.len());
+        let mut out = String::with_capacity(self.frame_len_estimate());
         self.write_json(&mut out, true);
         out
     }
