@@ -108,7 +108,7 @@ async fn headers_must_arrive_within_10_s() {
     // Meanwhile everyone else is served.
     for _ in 0..5 {
         assert_eq!(app.get("/healthz", None).await.0, 200);
-        // Pacing, not a condition: the probes are spread over the slow clients' wait.
+        // Pacing, not a condition: five probes 500 ms apart, while the slow clients wait.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for (what, handle) in [("half a request", slow), ("no request", silent)] {
@@ -133,7 +133,7 @@ async fn subscriptions_to_empty_channels_cost_no_live_buffer_and_still_get_the_f
     for _ in 0..SOCKETS {
         sockets.push(app.ws("/ws", &t).await);
     }
-    let before = rss(&app).await;
+    let before = app.rss().await;
     // 1,000 subscriptions to channels no one ever wrote to (within the inbound burst).
     for (s, ws) in sockets.iter_mut().enumerate() {
         for c in 0..PER_SOCKET {
@@ -149,7 +149,7 @@ async fn subscriptions_to_empty_channels_cost_no_live_buffer_and_still_get_the_f
             }
         }
     }
-    let grown = rss(&app).await - before;
+    let grown = app.rss().await - before;
     let per_subscription = grown / (SOCKETS * PER_SOCKET) as f64;
     println!(
         "RSS grew {:.1} MiB: {per_subscription:.0} bytes per empty subscription",
@@ -225,12 +225,6 @@ async fn the_channel_list_is_filtered_first_and_paged() {
     assert_eq!(names(&none).len(), 0);
     assert_eq!(calls(&redis, "xlen"), xlen);
     app.stop().await;
-}
-
-async fn rss(app: &TestApp) -> f64 {
-    app.metric("/metrics/system", "process_resident_memory_bytes")
-        .await
-        .unwrap()
 }
 
 async fn active_channels(app: &TestApp) -> u64 {

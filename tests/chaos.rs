@@ -252,7 +252,7 @@ async fn a_stuck_client_never_delays_the_others() {
     let mut normal = app.ws("/ws/chaos.slow?since=$", &t).await;
     normal.until_type("live").await;
 
-    let rss_before = rss(&app).await;
+    let rss_before = app.rss().await;
     let reader = tokio::spawn(async move {
         let mut ids = Vec::new();
         let mut lags_ms = Vec::new();
@@ -277,7 +277,7 @@ async fn a_stuck_client_never_delays_the_others() {
         app.ingest_retrying(&Value::Array(ticks)).await;
     }
     let (ids, mut lags) = reader.await.unwrap();
-    let rss_after = rss(&app).await;
+    let rss_after = app.rss().await;
     let elapsed = started.elapsed();
     let expected = redis.xrange_ids("chaos.slow", 16);
     assert_same_ids(&ids, &expected, "the normal client gets all 20,000, in order");
@@ -408,13 +408,6 @@ async fn a_resume_storm_reads_history_from_redis_once() {
         reads <= 2,
         "history came from Redis {reads} times for {CLIENTS} resumes"
     );
-}
-
-/// The node's resident memory, from /metrics/system.
-async fn rss(app: &TestApp) -> i64 {
-    app.metric("/metrics/system", "process_resident_memory_bytes")
-        .await
-        .expect("RSS is reported") as i64
 }
 
 /// Open WebSockets on the node.

@@ -1,10 +1,9 @@
-//! Redis Cluster (docs/OPERATIONS.md "Redis Cluster", docs/PROTOCOL.md §5.4): each
-//! scenario is a test of its own, and one local cluster of 3 masters and 3 replicas
-//! serves them all (a cluster takes seconds to start): `support::cluster::hold`
-//! starts it for the first and lends it to one test at a time, whole (the failovers
-//! need it alone, and the others count the nodes in the registry). Each scenario uses
-//! channels of its own; the failovers leave the cluster whole again. Timings are
-//! printed (`--nocapture`), not asserted.
+//! Redis Cluster without failovers (docs/OPERATIONS.md "Redis Cluster"): slots,
+//! delivery from every master, two nodes, shared buckets, candles. Each scenario is a
+//! test of its own, and one local cluster of 3 masters and 3 replicas serves them all
+//! (a cluster takes seconds to start): `support::cluster::hold` starts it for the
+//! first and lends it to one test at a time, whole (the others' nodes would show in
+//! the registry this file counts). The failovers are in `tests/cluster_failover.rs`.
 
 mod support;
 

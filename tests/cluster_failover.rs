@@ -130,10 +130,10 @@ async fn a_hard_failover_that_lost_ticks_is_announced() {
     let master = master_at(cluster, 1);
     let replica = blocking(|| cluster.replica_of(master));
     let lost = channel_on(cluster, master, &format!("hard.{run}.lost"));
-    let kept = (0..)
+    let kept = (0..1000)
         .map(|n| format!("hard.{run}.kept.{n}"))
         .find(|c| partition_of(c, 16) != partition_of(&lost, 16) && master_of_channel(cluster, c) == master)
-        .unwrap_or_default();
+        .expect("a second partition on the same master");
     let other = channel_on(cluster, master_at(cluster, 2), &format!("hard.{run}.other"));
     let t = token(&["*"]);
     let mut subs = Vec::new();

@@ -118,7 +118,8 @@ async fn subscriptions_to_channels_without_ticks_cost_one_read_and_nothing_after
     );
     assert!(commands(&later, "XREAD").iter().all(|l| !l.contains(":s:empty.8\"")));
     drop(monitor);
-    // The other waiting subscribers were told nothing, and still wait.
+    // The other waiting subscribers were told nothing, and still wait (a frame that
+    // must not come has no condition to wait for: a window has to pass).
     match waiting[8].next_within(Duration::from_millis(200)).await {
         Next::Timeout => {}
         other => panic!("a waiting subscriber got {other:?}"),
@@ -184,7 +185,8 @@ async fn a_channel_created_without_a_birth_is_found_after_a_reconnect() {
         .query(&mut c)
         .unwrap();
     let _: () = redis::cmd("SAVE").query(&mut c).unwrap();
-    // Nothing announced it: the subscriber waits (no read of it either).
+    // Nothing announced it: the subscriber waits (no read of it either; a frame that
+    // must not come needs a window to pass).
     match ws.next_within(Duration::from_millis(300)).await {
         Next::Timeout => {}
         other => panic!("got {other:?} before any reconnect"),

@@ -132,6 +132,13 @@ impl TestApp {
             .and_then(|v| v.parse().ok())
     }
 
+    /// The node's resident memory in bytes, from `/metrics/system`.
+    pub async fn rss(&self) -> f64 {
+        self.metric("/metrics/system", "process_resident_memory_bytes")
+            .await
+            .expect("RSS is reported")
+    }
+
     /// All ids of a channel after `after`, paging through REST.
     pub async fn history_ids(&self, channel: &str, after: &str) -> Vec<String> {
         let token = token(&["*"]);

@@ -395,10 +395,11 @@ pub fn run_id() -> String {
 
 /// A channel name (`prefix.<n>`) whose partition the master at `master` serves now.
 pub fn channel_on(cluster: &RedisCluster, master: usize, prefix: &str) -> String {
-    (0..)
+    // Each of 3 masters serves about a third of the partitions: 1,000 names are plenty.
+    (0..1000)
         .map(|n| format!("{prefix}.{n}"))
         .find(|c| master_of_channel(cluster, c) == master)
-        .unwrap_or_default()
+        .unwrap_or_else(|| panic!("no channel {prefix}.* on master {master}"))
 }
 
 pub fn master_of_channel(cluster: &RedisCluster, channel: &str) -> usize {

@@ -54,8 +54,9 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Starts the process again on its port, which must still be free.
-    fn respawn(&mut self) {
+    /// Starts again after `kill`, on the same port and directory (which must still be
+    /// free).
+    pub fn start_again(&mut self) {
         if let Err(why) = self.spawn() {
             panic!("redis-server again on port {}: {why}", self.port);
         }
@@ -91,12 +92,7 @@ impl RedisServer {
     /// Kills and starts again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.respawn();
-    }
-
-    /// Starts again after `kill`, on the same port and directory.
-    pub fn start_again(&mut self) {
-        self.respawn();
+        self.start_again();
     }
 
     /// Number of data keys, for "Redis unchanged" checks. The node registry's

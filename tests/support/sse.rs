@@ -102,8 +102,7 @@ impl SseClient {
                 let (mut event, mut id, mut data) = (String::from("message"), None, String::new());
                 let mut any = false;
                 for line in text.lines() {
-                    if let Some(comment) = line.strip_prefix(':') {
-                        let _ = comment;
+                    if line.starts_with(':') {
                         self.comments += 1;
                     } else if let Some(v) = line.strip_prefix("event: ") {
                         event = v.to_string();
