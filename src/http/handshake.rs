@@ -15,7 +15,7 @@ use crate::candles::CandleSettings;
 use crate::engine::StoreError;
 use crate::error::ApiError;
 use crate::ratelimit::Group;
-use crate::session::protocol::{check_epoch, SubscribeRequest};
+use crate::session::protocol::{check_epoch, FrameRate, SubscribeRequest};
 use crate::tick::Since;
 
 /// A subscriber admitted: who it is, and its place under the connection cap (held for
@@ -57,11 +57,12 @@ pub struct StartQuery {
     seq: Option<String>,
     epoch: Option<String>,
     candles: Option<String>,
+    rate: Option<String>,
 }
 
 impl StartQuery {
     /// The subscription these parameters ask for (400 `bad_since` / `bad_seq` /
-    /// `bad_epoch` / `bad_interval`).
+    /// `bad_epoch` / `bad_interval` / `bad_rate`).
     pub fn request(self, channel: String, settings: &CandleSettings) -> Result<SubscribeRequest, ApiError> {
         let candles = settings
             .live(self.candles.as_deref())
@@ -76,6 +77,8 @@ impl StartQuery {
             ),
         };
         check_epoch(self.epoch.as_deref()).map_err(|why| ApiError::bad_request("bad_epoch", why))?;
+        let rate =
+            FrameRate::parse_query(self.rate.as_deref()).map_err(|why| ApiError::bad_request("bad_rate", why))?;
         Ok(SubscribeRequest {
             channel,
             since,
@@ -83,6 +86,7 @@ impl StartQuery {
             epoch: self.epoch.filter(|e| !e.is_empty()),
             from_event_id: false,
             candles,
+            rate,
         })
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, Notify};
 
+use super::conflation::Group;
 use crate::engine::{Fence, Probe, TailBatch, TailWaker};
 use crate::tick::{StreamId, Tick};
 
@@ -85,6 +86,8 @@ pub(crate) struct ActiveChannel {
     pub(crate) first_read: Instant,
     /// One session refreshes `first_id` at a time; the others use the last value.
     pub(crate) refreshing: bool,
+    /// The channel's conflated subscriptions, while it has any.
+    pub(crate) conflation: Option<Group>,
 }
 
 impl ActiveChannel {
@@ -290,15 +293,20 @@ impl Partition {
                     tx
                 }
             };
+            let mut any = false;
             for frame in frames {
                 if frame.id > active.cursor {
                     active.cursor = frame.id;
                     active.push_recent(frame.clone(), ring);
                     // No receivers is fine: the last one may have just left.
                     let _ = tx.send(frame);
+                    any = true;
                 }
             }
             active.cursor = active.cursor.max(last);
+            if let (true, Some(group), Some(newest)) = (any, &mut active.conflation, active.recent.back()) {
+                group.published(newest, tokio::time::Instant::now());
+            }
         }
     }
 }

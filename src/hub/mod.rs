@@ -4,6 +4,7 @@
 //!   session's handle on it.
 //! - [`reader`]: one reader task per partition, tailing the store.
 //! - [`lag`]: how far each reader is behind its partition's streams (a metric).
+//! - [`conflation`]: conflated (`rate`) subscriptions, timed per channel.
 //! - [`candle_feed`]: live candle feeds, one per channel and interval, shared by their
 //!   subscribers.
 //!
@@ -19,6 +20,7 @@
 
 pub mod candle_feed;
 pub mod channel;
+pub mod conflation;
 mod lag;
 pub mod reader;
 
@@ -38,6 +40,7 @@ use crate::tick::StreamId;
 pub use candle_feed::CandleSubscription;
 pub use channel::{has_line_break, Interrupted, LiveFrame, LiveSubscription};
 use channel::{ActiveChannel, Partition};
+pub use conflation::{Conflated, Offer, Sampler};
 
 /// What the hub is sized with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +218,38 @@ impl Hub {
         (len == n || active.floor == StreamId::ZERO).then_some(active.floor)
     }
 
+    /// The channel's newest tick, as its ring holds it: what a conflated subscription
+    /// replays.
+    pub fn newest(&self, channel: &str) -> Option<LiveFrame> {
+        self.partition(channel).lock().get(channel)?.recent.back().cloned()
+    }
+
+    /// The `seq` of the channel's last tick at or before `after` (one less than the
+    /// first one after it), when the ring holds every tick after `after` and one of
+    /// them: what a conflated subscription's first `skipped` counts from.
+    pub fn seq_through(&self, channel: &str, after: StreamId) -> Option<u64> {
+        let channels = self.partition(channel).lock();
+        let active = channels.get(channel)?;
+        if after < active.floor {
+            return None;
+        }
+        let i = active.recent.partition_point(|f| f.id <= after);
+        active.recent.get(i).map(|f| f.seq.saturating_sub(1))
+    }
+
+    /// Hands `live` over to conflation: from here on its channel's newest tick is
+    /// offered to `sampler` at most once per `interval` (docs/ARCHITECTURE.md
+    /// "Conflation"); `sent_at` is when the subscription's last tick frame went out.
+    pub fn conflate(
+        &self,
+        live: LiveSubscription,
+        interval: Duration,
+        sampler: Box<dyn Sampler>,
+        sent_at: Option<tokio::time::Instant>,
+    ) -> Conflated {
+        conflation::register(live, interval, sampler, sent_at)
+    }
+
     /// The stream's epoch, first and last id for a `subscribed` frame, without a
     /// store read per subscriber: `first_id` is re-read at most once a second per
     /// channel (trimming moves it; everything else the hub tracks exactly).
@@ -290,6 +325,7 @@ impl Hub {
                         first_id: seed.first_id,
                         first_read: Instant::now(),
                         refreshing: false,
+                        conflation: None,
                     },
                 );
                 let generation = partition.generation.fetch_add(1, Ordering::AcqRel) + 1;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::protocol::{Frame, Kind};
+use crate::hub::LiveFrame;
 use crate::tick::epoch::is_rollback_of;
 use crate::tick::StreamId;
 
@@ -26,6 +27,13 @@ pub struct Cursor {
     pub epoch: Option<Arc<str>>,
     /// Ticks sent so far.
     pub sent: u64,
+}
+
+/// A conflated subscription's frames for one tick: a `gap` first, if any.
+#[derive(Debug)]
+pub struct Sample {
+    pub gap: Option<Frame>,
+    pub tick: Frame,
 }
 
 /// What to do with one tick.
@@ -82,6 +90,34 @@ impl Cursor {
     ///   read before the rollback, arriving late): the subscription only moves
     ///   forward, so it is skipped.
     pub fn admit(&mut self, id: StreamId, seq: u64, epoch: &Arc<str>) -> Admit {
+        self.admit_counting(id, seq, epoch, true)
+    }
+
+    /// The delivery rule of a conflated subscription (docs/PROTOCOL.md §5.3
+    /// "Conflation"): `newest` goes out unless it was sent already, as a tick frame
+    /// whose `skipped` counts the channel's ticks since the previous frame's (`null`
+    /// where they cannot be counted: the `seq` before is unknown, or a `gap` of
+    /// another epoch or a rollback precedes it). A jump in `seq` is what conflation
+    /// means, never a `trimmed` gap. Returns the frames to send, in order.
+    pub fn sample(&mut self, newest: &LiveFrame) -> Option<Sample> {
+        let before = self.last_seq;
+        match self.admit_counting(newest.id, newest.seq, &newest.epoch, false) {
+            Admit::Skip => None,
+            Admit::Send => Some(Sample {
+                gap: None,
+                tick: Frame::sampled(
+                    newest,
+                    before.and_then(|last| newest.seq.checked_sub(last.saturating_add(1))),
+                ),
+            }),
+            Admit::SendAfter(gap) => Some(Sample {
+                gap: Some(gap),
+                tick: Frame::sampled(newest, None),
+            }),
+        }
+    }
+
+    fn admit_counting(&mut self, id: StreamId, seq: u64, epoch: &Arc<str>, count_jumps: bool) -> Admit {
         // The ticks of one read share one epoch allocation: the common case is a
         // pointer comparison, not a string one, and never an epoch parse.
         let other_epoch = self
@@ -105,7 +141,7 @@ impl Cursor {
             }
             // Saturating: a client may send any `seq`, up to u64::MAX.
             None => match self.last_seq {
-                Some(last) if seq > last.saturating_add(1) => {
+                Some(last) if count_jumps && seq > last.saturating_add(1) => {
                     Some(self.gap_frame("trimmed", Some(id), Some(seq - last - 1)))
                 }
                 Some(last) if seq <= last && !self.seq_claimed => Some(self.gap_frame("rollback", Some(id), None)),
@@ -225,6 +261,72 @@ mod tests {
         c.last_seq = Some(1000);
         c.seq_claimed = true;
         assert!(matches!(c.admit(id(6), 5, &e), Admit::Send));
+    }
+
+    fn tick(id_ms: u64, seq: u64, epoch: &Arc<str>) -> LiveFrame {
+        let fields = crate::tick::wire::fields(0, Some("1.5"), None, "ev");
+        let tick = crate::tick::Tick {
+            id: id(id_ms),
+            seq,
+            epoch: epoch.clone(),
+            channel: "c".into(),
+            body: crate::tick::wire::body(seq, epoch, &fields),
+        };
+        LiveFrame::new(&tick)
+    }
+
+    fn skipped_of(frame: &Frame) -> serde_json::Value {
+        match frame {
+            Frame::Sampled(s) => serde_json::from_str::<serde_json::Value>(&s.text).unwrap()["skipped"].clone(),
+            other => panic!("expected a sampled tick, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sample_counts_what_it_skipped_and_never_makes_a_trimmed_gap() {
+        let e: Arc<str> = "e1".into();
+        let mut c = Cursor::new(1, "c".into());
+        c.last_sent = id(10);
+        c.last_seq = Some(10);
+        let s = c.sample(&tick(50, 50, &e)).unwrap();
+        assert!(s.gap.is_none());
+        assert_eq!(skipped_of(&s.tick), 39);
+        // Continuity: previous seq + skipped + 1.
+        let s = c.sample(&tick(51, 51, &e)).unwrap();
+        assert_eq!(skipped_of(&s.tick), 0);
+        // The same newest tick again sends nothing.
+        assert!(c.sample(&tick(51, 51, &e)).is_none());
+        // Without a known seq before, nothing can be counted.
+        let mut c = Cursor::new(1, "c".into());
+        assert!(skipped_of(&c.sample(&tick(5, 5, &e)).unwrap().tick).is_null());
+    }
+
+    #[test]
+    fn a_sample_of_a_new_epoch_follows_its_gap_uncounted() {
+        let old: Arc<str> = "old".into();
+        let new: Arc<str> = "new".into();
+        let mut c = Cursor::new(1, "c".into());
+        c.sample(&tick(10, 10, &old)).unwrap();
+        let s = c.sample(&tick(20, 7, &new)).unwrap();
+        let gap = gap_of(Admit::SendAfter(s.gap.unwrap()));
+        assert_eq!(gap["reason"], "epoch");
+        assert!(skipped_of(&s.tick).is_null());
+        assert_eq!(skipped_of(&c.sample(&tick(25, 9, &new)).unwrap().tick), 1);
+    }
+
+    #[test]
+    fn a_sampled_frame_is_the_tick_with_skipped_last() {
+        let e: Arc<str> = "e1".into();
+        let t = tick(7, 3, &e);
+        let Frame::Sampled(s) = Frame::sampled(&t, Some(12)) else {
+            panic!("not a sampled frame");
+        };
+        let v: serde_json::Value = serde_json::from_str(&s.text).unwrap();
+        let plain: serde_json::Value = serde_json::from_str(&t.text).unwrap();
+        assert_eq!(v["skipped"], 12);
+        assert_eq!(v.as_object().unwrap().len(), plain.as_object().unwrap().len() + 1);
+        assert_eq!(v["seq"], 3);
+        assert!(s.text.ends_with(",\"skipped\":12}"));
     }
 
     #[test]

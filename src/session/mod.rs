@@ -7,6 +7,7 @@
 //! - [`cursor`]: where a subscription stands, and the delivery rule.
 //! - [`budget`]: a socket's budget of tick bytes in flight (at most 1 MiB).
 //! - [`replay`]: a subscription's start (history, then `live`) and its catch-ups.
+//! - [`sampling`]: a conflated (`rate`) subscription's start and its sampler.
 //! - [`writer`]: the task that writes a connection's frames, in batches.
 //! - [`websocket`] (with its framing, [`websocket::codec`]) and [`sse`]: the two
 //!   transports and their control loops.
@@ -19,6 +20,7 @@ pub(crate) mod budget;
 pub(crate) mod cursor;
 pub mod protocol;
 pub(crate) mod replay;
+pub(crate) mod sampling;
 pub(crate) mod sse;
 pub mod websocket;
 pub(crate) mod writer;
@@ -40,6 +42,7 @@ use budget::{Budget, Grant};
 use cursor::Cursor;
 use protocol::{close, Closing, Frame, SubscribeRequest};
 use replay::{run_subscription, FEED_BATCH};
+use sampling::Conflating;
 
 /// Everything a session needs from the server, shared by all sessions.
 pub struct SessionContext {
@@ -78,6 +81,9 @@ pub(crate) enum Outbound {
     Close(u64),
     /// A subscription has replayed history and hands its live feed to the writer.
     Live(Box<Handover>),
+    /// A conflated subscription is live: the writer holds its conflation while it
+    /// is open (its frames come as `Sub`).
+    Conflated(Box<Conflating>),
 }
 
 /// Frames of subscription `sub`; `ticks` of them are tick frames.

@@ -77,6 +77,52 @@ pub struct SubscribeRequest {
     pub from_event_id: bool,
     /// Live candles of this interval too.
     pub candles: Option<Interval>,
+    /// Conflation: at most this many tick frames a second, each the newest.
+    pub rate: Option<FrameRate>,
+}
+
+/// A subscription's `rate`: at most this many tick frames a second (docs/PROTOCOL.md
+/// §5.3 "Conflation"), a whole number from 1 to 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRate(u16);
+
+impl FrameRate {
+    pub const MAX: u16 = 1000;
+    const BAD: &'static str = "rate must be a whole number from 1 to 1000";
+
+    /// `?rate=` as written: digits only (`+5`, `5.0` and ` 5` are not whole numbers
+    /// as a client means them); empty means absent.
+    pub fn parse_query(raw: Option<&str>) -> Result<Option<FrameRate>, &'static str> {
+        match raw {
+            None | Some("") => Ok(None),
+            Some(raw) if raw.bytes().all(|b| b.is_ascii_digit()) && raw.len() <= 4 => {
+                raw.parse().ok().and_then(FrameRate::new).map(Some).ok_or(Self::BAD)
+            }
+            Some(_) => Err(Self::BAD),
+        }
+    }
+
+    /// A subscribe message's `"rate"`: a JSON integer (`null` means absent; `2.5`,
+    /// `"10"` and `-1` are refused).
+    pub fn parse_json(value: Option<&serde_json::Value>) -> Result<Option<FrameRate>, &'static str> {
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v.as_u64().and_then(FrameRate::new).map(Some).ok_or(Self::BAD),
+        }
+    }
+
+    fn new(n: u64) -> Option<FrameRate> {
+        (1..=u64::from(Self::MAX)).contains(&n).then_some(FrameRate(n as u16))
+    }
+
+    pub fn per_second(self) -> u16 {
+        self.0
+    }
+
+    /// The least time between two tick frames.
+    pub fn interval(self) -> Duration {
+        Duration::from_micros(1_000_000 / u64::from(self.0))
+    }
 }
 
 /// A message from a WebSocket client.
@@ -93,6 +139,10 @@ pub enum ClientMessage {
         epoch: Option<String>,
         #[serde(default)]
         candles: Option<String>,
+        /// Checked by [`FrameRate::parse_json`], so a bad value is an `error` frame
+        /// `bad_rate` (the socket stays open), not a malformed message.
+        #[serde(default)]
+        rate: Option<serde_json::Value>,
     },
     Unsubscribe {
         channel: String,
@@ -146,6 +196,8 @@ pub enum Frame {
     Text { kind: Kind, text: Arc<str> },
     /// A tick from the hub, shared with every subscriber of its channel.
     Tick(LiveFrame),
+    /// A tick of a conflated subscription: its own text, which carries `skipped`.
+    Sampled(Box<Sampled>),
     /// Keep-alive: a WebSocket ping, an SSE comment.
     Ping,
     /// The answer to a WebSocket client's ping, with its payload.
@@ -165,14 +217,45 @@ impl Frame {
         match self {
             Frame::Text { text, .. } => text.len(),
             Frame::Tick(frame) => frame.text.len(),
+            Frame::Sampled(sampled) => sampled.text.len(),
             Frame::Ping => 0,
             Frame::Pong(payload) => payload.len(),
         }
     }
 
     pub fn is_tick(&self) -> bool {
-        matches!(self, Frame::Tick(_))
+        matches!(self, Frame::Tick(_) | Frame::Sampled(_))
     }
+
+    /// The tick frame of a conflated subscription: `tick`'s frame with `"skipped"`
+    /// (the channel's ticks between the previous frame's and this one; `null` where
+    /// they cannot be counted) as its last member.
+    pub fn sampled(tick: &LiveFrame, skipped: Option<u64>) -> Frame {
+        let body = tick.text.strip_suffix('}').unwrap_or(&tick.text);
+        let mut text = String::with_capacity(body.len() + 32);
+        text.push_str(body);
+        text.push_str(",\"skipped\":");
+        match skipped {
+            // Writing into a String cannot fail.
+            Some(k) => {
+                let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{k}"));
+            }
+            None => text.push_str("null"),
+        }
+        text.push('}');
+        Frame::Sampled(Box::new(Sampled {
+            tick: tick.clone(),
+            text,
+        }))
+    }
+}
+
+/// A conflated tick frame: the hub's tick (its id, for SSE) and this subscription's
+/// text of it.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub tick: LiveFrame,
+    pub text: String,
 }
 
 pub fn subscribed(channel: &str, epoch: Option<&str>, first: Option<StreamId>, last: Option<StreamId>) -> Frame {

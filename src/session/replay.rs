@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::budget::{frame_cost, Budget, Grant, FEED_BYTES, MAX_FRAME_BYTES, PAGE_BYTES, REPLAY_BYTES};
 use super::cursor::{Admit, Cursor};
 use super::protocol::{self, Frame, Kind, SubscribeRequest, REPLAY_PAGE};
-use super::{Handover, Outbound, SessionContext, SubFrames};
+use super::{sampling, Handover, Outbound, SessionContext, SubFrames};
 use crate::engine::IdRange;
 use crate::hub::{CandleSubscription, LiveFrame};
 use crate::retry::until_ok;
@@ -31,8 +31,8 @@ pub(crate) struct Gone;
 
 /// A subscription's start-up or catch-up side: its cursor, the queue to the writer,
 /// and its share of the socket's budget (`budget.rs`).
-struct Feed {
-    cursor: Cursor,
+pub(super) struct Feed {
+    pub(super) cursor: Cursor,
     out: mpsc::Sender<Outbound>,
     budget: Arc<Budget>,
     /// Frames not yet queued.
@@ -65,7 +65,12 @@ impl Feed {
         }
     }
 
-    async fn send(&mut self, frame: Frame) -> Result<(), Gone> {
+    /// The cursor, and the queue to the writer.
+    pub(super) fn into_parts(self) -> (Cursor, mpsc::Sender<Outbound>) {
+        (self.cursor, self.out)
+    }
+
+    pub(super) async fn send(&mut self, frame: Frame) -> Result<(), Gone> {
         self.pending_ticks += u64::from(frame.is_tick());
         self.pending.push(frame);
         if self.pending.len() >= FEED_BATCH || self.pending_held.bytes() >= FEED_BYTES {
@@ -77,7 +82,7 @@ impl Feed {
     /// Queues what is pending. Called before anything that may wait (a store read,
     /// the budget, the hand-over), so frames are never held back while the feed
     /// waits.
-    async fn flush(&mut self) -> Result<(), Gone> {
+    pub(super) async fn flush(&mut self) -> Result<(), Gone> {
         let held = self.pending_held.split(usize::MAX);
         if self.pending.is_empty() {
             // Paid for ticks the cursor skipped: nothing holds those bytes.
@@ -318,6 +323,7 @@ async fn position(
         Since::Default => {
             if ctx.default_replay == 0 {
                 feed.cursor.last_sent = current;
+                feed.cursor.last_seq = head.last_seq;
                 return Ok(StreamId::ZERO);
             }
             // `catch_up` replays them, within the socket's budget.
@@ -358,8 +364,9 @@ async fn position(
                 _ => {
                     feed.cursor.epoch = head.epoch.or(client_epoch);
                     // With `seq`, `Cursor::admit` sees the jump and announces it
-                    // exactly; without it the loss cannot be counted: say so.
-                    if trimmed_away && req.seq.is_none() {
+                    // exactly; without it the loss cannot be counted: say so. Under
+                    // a `rate` the first frame's `skipped` covers it instead.
+                    if trimmed_away && req.seq.is_none() && req.rate.is_none() {
                         feed.gap("trimmed", head.first, None).await?;
                     }
                 }
@@ -409,19 +416,25 @@ async fn start(
     let subscribed = protocol::subscribed(&req.channel, head.epoch.as_deref(), head.first, head.last);
     feed.send(subscribed).await?;
     let fallback = position(ctx, &req, head, vanished, &mut feed).await?;
-    feed.catch_up(ctx).await?;
-    ctx.metrics.replay_size.observe(feed.cursor.sent as f64);
-    let last_id = if feed.cursor.sent > 0 {
-        feed.cursor.last_sent
-    } else {
-        fallback
+    let out = match req.rate {
+        Some(rate) => sampling::go_live(ctx, &req, feed, live, rate, fallback).await?,
+        None => {
+            feed.catch_up(ctx).await?;
+            ctx.metrics.replay_size.observe(feed.cursor.sent as f64);
+            let last_id = if feed.cursor.sent > 0 {
+                feed.cursor.last_sent
+            } else {
+                fallback
+            };
+            feed.send(protocol::live(&req.channel, last_id)).await?;
+            feed.flush().await?;
+            let Feed { cursor, out, .. } = feed;
+            out.send(Outbound::Live(Box::new(Handover { cursor, live })))
+                .await
+                .map_err(|_| Gone)?;
+            out
+        }
     };
-    feed.send(protocol::live(&req.channel, last_id)).await?;
-    feed.flush().await?;
-    let Feed { cursor, out, .. } = feed;
-    out.send(Outbound::Live(Box::new(Handover { cursor, live })))
-        .await
-        .map_err(|_| Gone)?;
     if let Some(candles) = candles {
         forward_candles(sub, candles, out).await;
     }

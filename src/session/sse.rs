@@ -38,6 +38,7 @@ fn write_event(out: &mut Vec<u8>, frame: &Frame) {
         // Our own frames are rare beside ticks: looked at here.
         Frame::Text { kind, text } => (*kind, &**text, has_line_break(text)),
         Frame::Tick(tick) => (Kind::Tick, tick.text.as_str(), tick.line_breaks),
+        Frame::Sampled(sampled) => (Kind::Tick, sampled.text.as_str(), sampled.tick.line_breaks),
         // A comment line: proxies see traffic, EventSource ignores it.
         Frame::Ping => return out.extend_from_slice(b": keep-alive\n\n"),
         // Only a WebSocket client pings.
@@ -45,9 +46,14 @@ fn write_event(out: &mut Vec<u8>, frame: &Frame) {
     };
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(kind.name().as_bytes());
-    if let Frame::Tick(tick) = frame {
+    let id = match frame {
+        Frame::Tick(tick) => Some(tick.id),
+        Frame::Sampled(sampled) => Some(sampled.tick.id),
+        _ => None,
+    };
+    if let Some(id) = id {
         // Writing into a Vec cannot fail.
-        let _ = write!(out, "\nid: {}", tick.id);
+        let _ = write!(out, "\nid: {id}");
     }
     out.extend_from_slice(b"\ndata: ");
     // Our frames are single-line JSON (serde_json escapes newlines in strings), but a

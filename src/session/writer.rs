@@ -22,6 +22,7 @@ use super::budget::{Budget, Grant, BATCH_BYTES};
 use super::cursor::{Admit, Cursor};
 use super::protocol::{close, Closing, Frame, WRITE_STALL};
 use super::replay::resume_live;
+use super::sampling::Conflating;
 use super::{Handover, Outbound, SessionContext, SubFrames};
 use crate::hub::{Interrupted, LiveFrame};
 
@@ -63,6 +64,8 @@ pub(crate) struct Writer<T> {
     /// Subscriptions whose frames may be written.
     open: Vec<u64>,
     live: Vec<LiveSlot>,
+    /// Conflated subscriptions: the hub samples them; dropping one ends it.
+    conflated: Vec<Conflating>,
     /// Catch-ups after a live feed lagged, by subscription: aborted when their
     /// subscription closes, and with the writer.
     catch_ups: Vec<(u64, AbortHandle)>,
@@ -108,6 +111,7 @@ impl<T: Transport> Writer<T> {
             ctx,
             open: Vec::new(),
             live: Vec::new(),
+            conflated: Vec::new(),
             catch_ups: Vec::new(),
             batch: Vec::new(),
             batch_bytes: 0,
@@ -188,6 +192,7 @@ impl<T: Transport> Writer<T> {
             Outbound::Close(sub) => {
                 self.open.retain(|s| *s != sub);
                 self.live.retain(|slot| slot.sub != sub);
+                self.conflated.retain(|c| c.sub != sub);
                 self.catch_ups.retain(|(s, task)| {
                     if *s == sub {
                         task.abort();
@@ -195,6 +200,9 @@ impl<T: Transport> Writer<T> {
                     *s != sub && !task.is_finished()
                 });
             }
+            // One that closed before it got here is dropped, which ends it.
+            Outbound::Conflated(conflating) if self.is_open(conflating.sub) => self.conflated.push(*conflating),
+            Outbound::Conflated(_) => {}
             Outbound::Live(handover) => {
                 if self.is_open(handover.cursor.sub) {
                     self.live.push(LiveSlot {

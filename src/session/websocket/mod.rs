@@ -16,8 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Principal;
 use crate::session::budget::Budget;
 use crate::session::protocol::{
-    self, check_epoch, close, parse_client_message, ClientMessage, Closing, Frame, SubscribeRequest, CLOSE_HANDSHAKE,
-    IDLE_TIMEOUT, INBOUND_BURST, INBOUND_PER_SEC, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS, PING_INTERVAL,
+    self, check_epoch, close, parse_client_message, ClientMessage, Closing, Frame, FrameRate, SubscribeRequest,
+    CLOSE_HANDSHAKE, IDLE_TIMEOUT, INBOUND_BURST, INBOUND_PER_SEC, MAX_CLIENT_MESSAGE, MAX_SUBSCRIPTIONS,
+    PING_INTERVAL,
 };
 use crate::session::writer::{Transport, Writer};
 use crate::session::{queue, Ending, Session, SessionContext};
@@ -63,6 +64,7 @@ impl Transport for WebSocketTransport {
             match frame {
                 Frame::Text { text, .. } => codec::encode_text(&mut self.buf, &text),
                 Frame::Tick(frame) => codec::encode_text(&mut self.buf, &frame.text),
+                Frame::Sampled(sampled) => codec::encode_text(&mut self.buf, &sampled.text),
                 Frame::Ping => codec::encode_ping(&mut self.buf),
                 Frame::Pong(payload) => codec::encode_pong(&mut self.buf, &payload),
             }
@@ -323,6 +325,7 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
             seq,
             epoch,
             candles,
+            rate,
         } => {
             if !is_valid_channel(&channel) {
                 return session
@@ -354,6 +357,10 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
             if let Err(why) = check_epoch(epoch.as_deref()) {
                 return session.refuse(&channel, "bad_epoch", why).await;
             }
+            let rate = match FrameRate::parse_json(rate.as_ref()) {
+                Ok(rate) => rate,
+                Err(why) => return session.refuse(&channel, "bad_rate", why).await,
+            };
             if session.charge_subscribe(&channel).await? {
                 session
                     .subscribe(SubscribeRequest {
@@ -363,6 +370,7 @@ async fn on_text(session: &mut Session, raw: &str) -> Result<(), Ending> {
                         epoch,
                         from_event_id: false,
                         candles,
+                        rate,
                     })
                     .await?;
             }
