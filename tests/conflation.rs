@@ -1,4 +1,4 @@
-//! Conflation (`rate`, docs/PROTOCOL.md §5.3 "Conflation"), on both engines: at most
+//! Conflation (`rate`, docs/PROTOCOL.md §5.8), on both engines: at most
 //! `rate` tick frames a second, each the newest tick, `skipped` proving continuity;
 //! replay under a rate is one tick; an idle subscription gets a tick at once and the
 //! newest tick always arrives last; bad rates are refused; subscriptions with and

@@ -124,8 +124,17 @@ async fn subscriber(mut ws: Ws, target: Arc<AtomicU64>, stop: Arc<AtomicBool>) -
 }
 
 /// Produces `rate` ticks/s spread evenly over `channels` for `duration`, in 10 ms
-/// batches; returns how many each channel got.
-async fn produce(url: &str, ingest: &str, channels: &[String], rate: u64, duration: Duration) -> Vec<u64> {
+/// batches; returns how many each channel got. With `sent`, the send time of tick `n`
+/// (1-based, in `data.n`) goes to `sent[n]`, for scenarios that need the send time of
+/// ticks they never receive.
+pub async fn produce(
+    url: &str,
+    ingest: &str,
+    channels: &[String],
+    rate: u64,
+    duration: Duration,
+    sent: Option<&[AtomicU64]>,
+) -> Vec<u64> {
     let mut per_channel = vec![0u64; channels.len()];
     let Ok(mut http) = Http::connect(url).await else {
         return per_channel;
@@ -148,7 +157,11 @@ async fn produce(url: &str, ingest: &str, channels: &[String], rate: u64, durati
         let batch: Vec<Value> = (0..count)
             .map(|_| {
                 n += 1;
-                json!({"channel": channels[(n as usize) % channels.len()], "data": {"sent_us": now_us(), "n": n}})
+                let now = now_us();
+                if let Some(slot) = sent.and_then(|sent| sent.get(n as usize)) {
+                    slot.store(now, Ordering::Relaxed);
+                }
+                json!({"channel": channels[(n as usize) % channels.len()], "data": {"sent_us": now, "n": n}})
             })
             .collect();
         let body = serde_json::to_vec(&batch).unwrap_or_default();
@@ -193,6 +206,7 @@ pub async fn run(
         &names,
         rate_per_channel * channels as u64,
         Duration::from_secs(duration),
+        None,
     )
     .await;
     let produced: u64 = per_channel.iter().sum();

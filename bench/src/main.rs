@@ -10,10 +10,11 @@
 //! so the bench costs far less per delivery than the server it measures.
 //!
 //! - [`ws`], [`http`]: the clients.
-//! - [`fanout`], [`sessions`], [`rest`]: the scenarios.
+//! - [`fanout`], [`conflation`], [`sessions`], [`rest`]: the scenarios.
 //! - [`reference`]: the reference server.
 //! - [`report`]: the table, the JSON line, CPU accounting.
 
+mod conflation;
 mod fanout;
 mod http;
 mod reference;
@@ -72,6 +73,20 @@ enum Scenario {
         clients: usize,
         #[arg(long, default_value_t = 500)]
         rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// One busy channel, clients subscribed with a `rate` (conflation): frames per
+    /// client, continuity by `skipped`, how long each stored tick waited.
+    Conflation {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Ticks a second into the channel.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Each subscription's `rate`: frames a second.
+        #[arg(long, default_value_t = 10)]
+        frame_rate: u16,
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
@@ -193,6 +208,18 @@ async fn main() {
             (
                 "fanout",
                 json!({"clients": clients, "rate": rate, "duration_s": duration}),
+            )
+        }
+        Scenario::Conflation {
+            clients,
+            rate,
+            frame_rate,
+            duration,
+        } => {
+            conflation::run(&args, clients, rate, frame_rate, duration, &mut report).await;
+            (
+                "conflation",
+                json!({"clients": clients, "rate": rate, "frame_rate": frame_rate, "duration_s": duration}),
             )
         }
         Scenario::ManyChannels {

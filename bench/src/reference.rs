@@ -1,6 +1,11 @@
 //! The reference: a fan-out server that does nothing but fan out, speaking just enough
 //! of tickstream's protocol for the fan-out, idle and handshake scenarios (ingest
-//! `POST`, `/ws/{channel}`, `/healthz`, `/metrics/system`).
+//! `POST`, `/ws/{channel}`, `/healthz`, `/metrics/system`), and for the history
+//! scenario `GET /api/v1/channels/{channel}/ticks`, which answers one fixed page of
+//! 1,000 ticks, encoded once, shaped and sized like tickstream's page of the ticks
+//! that scenario stores: the least work an HTTP history endpoint can do.
+//!
+//! It does not conflate: a `rate` in the URL is ignored and every tick is sent.
 //!
 //! Each ingest batch is encoded once, as WebSocket frames in one buffer per channel,
 //! and that buffer is written to each subscriber's socket straight from the ingest
@@ -193,6 +198,9 @@ async fn connection(mut tcp: TcpStream, state: Arc<State>) -> io::Result<()> {
                 let body = ingest(&state, &req.body);
                 answer(&mut tcp, "201 Created", "application/json", &body).await?;
             }
+            ("GET", p, None) if p.starts_with("/api/v1/channels/") && p.ends_with("/ticks") => {
+                answer(&mut tcp, "200 OK", "application/json", history_page()).await?
+            }
             ("GET", "/healthz", _) => answer(&mut tcp, "200 OK", "application/json", r#"{"status":"ok"}"#).await?,
             ("GET", "/metrics/system", _) => {
                 let text = format!(
@@ -214,6 +222,35 @@ async fn connection(mut tcp: TcpStream, state: Arc<State>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The fixed history page: 1,000 ticks as tickstream writes them (id, channel,
+/// ingest time, seq, epoch, then the stored body) for the history scenario's ticks.
+fn history_page() -> &'static str {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PAGE.get_or_init(|| {
+        let mut page = String::from(r#"{"channel":"bench.history.0123abcd","ticks":["#);
+        for i in 0..1000u64 {
+            if i > 0 {
+                page.push(',');
+            }
+            page.push_str(&format!(
+                concat!(
+                    r#"{{"id":"1796083200{i:03}-0","channel":"bench.history.0123abcd","#,
+                    r#""ingest_ts":"2026-12-01T00:00:00.{i:03}Z","seq":{seq},"epoch":"k3v9q2xa","#,
+                    r#""ts":"2026-11-30T00:{m:02}:{s:02}.000Z","value":{i},"#,
+                    r#""data":{{"bid":{i},"ask":{ask},"volume":1}},"event_id":"{i:016x}"}}"#
+                ),
+                i = i,
+                seq = i + 1,
+                m = i / 60,
+                s = i % 60,
+                ask = i + 1,
+            ));
+        }
+        page.push_str(r#"],"epoch":"k3v9q2xa","next":"1796083200999-0"}"#);
+        page
+    })
 }
 
 fn rss() -> u64 {

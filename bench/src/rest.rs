@@ -115,10 +115,13 @@ pub async fn history(
     };
     let per_conn = (rate as f64 / connections as f64).max(0.1);
     let failures = Arc::new(AtomicU64::new(0));
+    // The size of a page as answered: the reference's fixed page is meant to match.
+    let page_bytes = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let (url, token, path, failures) = (args.url.clone(), token.clone(), path.clone(), failures.clone());
+            let page_bytes = page_bytes.clone();
             tokio::spawn(async move {
                 let mut h = histogram();
                 let Ok(mut http) = Http::connect(&url).await else {
@@ -133,8 +136,9 @@ pub async fn history(
                 while started.elapsed() < Duration::from_secs(duration) {
                     tokio::time::sleep_until(due.into()).await;
                     match http.request("GET", &path, &token, b"").await {
-                        Ok((200, _)) => {
+                        Ok((200, body)) => {
                             let _ = h.record(due.elapsed().as_micros() as u64);
+                            page_bytes.store(body.len() as u64, Ordering::Relaxed);
                         }
                         _ => {
                             failures.fetch_add(1, Ordering::Relaxed);
@@ -157,6 +161,8 @@ pub async fn history(
         failures.load(Ordering::Relaxed).to_string(),
     );
     report.put("page_ticks", json!(limit), limit.to_string());
+    let bytes = page_bytes.load(Ordering::Relaxed);
+    report.put("page_bytes", json!(bytes), format!("{bytes} B"));
     report.latency("page_latency", &latency);
     report.server(usage0, usage1, elapsed);
 }

@@ -93,7 +93,7 @@ impl Cursor {
         self.admit_counting(id, seq, epoch, true)
     }
 
-    /// The delivery rule of a conflated subscription (docs/PROTOCOL.md §5.3
+    /// The delivery rule of a conflated subscription (docs/PROTOCOL.md §5.8
     /// "Conflation"): `newest` goes out unless it was sent already, as a tick frame
     /// whose `skipped` counts the channel's ticks since the previous frame's (`null`
     /// where they cannot be counted: the `seq` before is unknown, or a `gap` of

@@ -82,7 +82,7 @@ pub struct SubscribeRequest {
 }
 
 /// A subscription's `rate`: at most this many tick frames a second (docs/PROTOCOL.md
-/// §5.3 "Conflation"), a whole number from 1 to 1000.
+/// §5.8), a whole number from 1 to 1000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRate(u16);
 

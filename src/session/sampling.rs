@@ -1,4 +1,4 @@
-//! A conflated subscription, the session's side (docs/PROTOCOL.md §5.3
+//! A conflated subscription, the session's side (docs/PROTOCOL.md §5.8
 //! "Conflation"): its start (at most one tick, the newest after the cursor, then
 //! `live`) and the [`Sampler`] through which the hub offers it its channel's newest
 //! tick, at most `rate` times a second (`hub/conflation.rs` decides when). Its
@@ -109,7 +109,7 @@ pub(super) async fn go_live(
 }
 
 /// The `seq` the first frame's `skipped` counts from, where it can be known
-/// (docs/PROTOCOL.md §5.3: `null` is allowed after `since` without `seq`, after
+/// (docs/PROTOCOL.md §5.8: `null` is allowed after `since` without `seq`, after
 /// `since=$` and after an epoch gap): the ring's tick before the first one after the
 /// cursor; for a `since`-less start (the last ticks of the stream, all kept) also the
 /// stream's; 0 for a channel with no tick yet (from its start), whose first tick
