@@ -2,8 +2,9 @@
 //! `seq` = previous `seq` + `skipped` + 1 on every frame (continuity), counts its
 //! frames a second, and measures how long each stored tick waited before a frame
 //! carried it or a newer one: for a frame after `prev`, that is the wait of tick
-//! `prev + 1`, the oldest it replaced (its send time is looked up by `seq`, which on
-//! a fresh channel fed by one producer equals the producer's count).
+//! `prev + 1`, the oldest it replaced, from when Redis stored it (the millisecond of
+//! its stream id, from the ingest answer, so a wait reads up to 1 ms long) to the
+//! frame's arrival. Its `seq` is the producer's count: a fresh channel, one producer.
 //!
 //! Against the reference server, which does not conflate, the same clients get every
 //! tick (`skipped` absent counts as 0): what a fan-out costs without conflation.
@@ -33,7 +34,7 @@ struct Seen {
 
 async fn subscriber(
     mut ws: Ws,
-    sent: Arc<Vec<AtomicU64>>,
+    stored: Arc<Vec<AtomicU64>>,
     target: Arc<AtomicU64>,
     window_end: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -74,7 +75,7 @@ async fn subscriber(
                 }
                 None => seq,
             };
-            if let Some(at) = sent.get(oldest as usize).map(|s| s.load(Ordering::Relaxed)) {
+            if let Some(at) = stored.get(oldest as usize).map(|s| s.load(Ordering::Relaxed)) {
                 if at > 0 {
                     let _ = seen.covered_us.record(now.saturating_sub(at).max(1));
                 }
@@ -108,7 +109,7 @@ pub async fn run(args: &Args, clients: usize, rate: u64, frame_rate: u16, durati
     let path = format!("/ws/{channel}?since=$&rate={frame_rate}");
     let sockets = connect_many(&args.url, &token, vec![path; clients]).await;
     let connected = sockets.len();
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..rate * duration + rate + 2).map(|_| AtomicU64::new(0)).collect());
+    let stored: Arc<Vec<AtomicU64>> = Arc::new((0..rate * duration + rate + 2).map(|_| AtomicU64::new(0)).collect());
     let target = Arc::new(AtomicU64::new(0));
     let window_end = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -117,8 +118,8 @@ pub async fn run(args: &Args, clients: usize, rate: u64, frame_rate: u16, durati
     let readers: Vec<_> = sockets
         .into_iter()
         .map(|ws| {
-            let (sent, target, window_end, stop) = (sent.clone(), target.clone(), window_end.clone(), stop.clone());
-            tokio::spawn(subscriber(ws, sent, target, window_end, stop))
+            let (stored, target, window_end, stop) = (stored.clone(), target.clone(), window_end.clone(), stop.clone());
+            tokio::spawn(subscriber(ws, stored, target, window_end, stop))
         })
         .collect();
     let started = Instant::now();
@@ -129,7 +130,7 @@ pub async fn run(args: &Args, clients: usize, rate: u64, frame_rate: u16, durati
         &channels,
         rate,
         Duration::from_secs(duration),
-        Some(&sent),
+        Some(&stored),
     )
     .await
     .iter()

@@ -124,16 +124,16 @@ async fn subscriber(mut ws: Ws, target: Arc<AtomicU64>, stop: Arc<AtomicBool>) -
 }
 
 /// Produces `rate` ticks/s spread evenly over `channels` for `duration`, in 10 ms
-/// batches; returns how many each channel got. With `sent`, the send time of tick `n`
-/// (1-based, in `data.n`) goes to `sent[n]`, for scenarios that need the send time of
-/// ticks they never receive.
+/// batches; returns how many each channel got. With `stored`, the time Redis stored
+/// tick `n` (1-based, in `data.n`; the millisecond of its stream id, in µs) goes to
+/// `stored[n]`, for scenarios that need it for ticks they never receive.
 pub async fn produce(
     url: &str,
     ingest: &str,
     channels: &[String],
     rate: u64,
     duration: Duration,
-    sent: Option<&[AtomicU64]>,
+    stored: Option<&[AtomicU64]>,
 ) -> Vec<u64> {
     let mut per_channel = vec![0u64; channels.len()];
     let Ok(mut http) = Http::connect(url).await else {
@@ -157,17 +157,25 @@ pub async fn produce(
         let batch: Vec<Value> = (0..count)
             .map(|_| {
                 n += 1;
-                let now = now_us();
-                if let Some(slot) = sent.and_then(|sent| sent.get(n as usize)) {
-                    slot.store(now, Ordering::Relaxed);
-                }
-                json!({"channel": channels[(n as usize) % channels.len()], "data": {"sent_us": now, "n": n}})
+                json!({"channel": channels[(n as usize) % channels.len()], "data": {"sent_us": now_us(), "n": n}})
             })
             .collect();
         let body = serde_json::to_vec(&batch).unwrap_or_default();
-        if let Ok((201, _)) = http.request("POST", "/api/v1/ingest", ingest, &body).await {
+        if let Ok((201, answer)) = http.request("POST", "/api/v1/ingest", ingest, &body).await {
             for k in first + 1..=n {
                 per_channel[(k as usize) % channels.len()] += 1;
+            }
+            if let Some(stored) = stored {
+                // The results are in the batch's order; an id is `<ms>-<n>`.
+                let id = Field::new(b"\"id\":\"");
+                let mut rest = &answer[..];
+                for k in first + 1..=n {
+                    let Some(at) = id.position(rest) else { break };
+                    rest = &rest[at..];
+                    if let (Some(ms), Some(slot)) = (crate::ws::digits(rest), stored.get(k as usize)) {
+                        slot.store(ms * 1000, Ordering::Relaxed);
+                    }
+                }
             }
         }
     }

@@ -196,12 +196,17 @@ impl Field {
 
     /// The member's digits in `frame`, read in place.
     pub fn number(&self, frame: &[u8]) -> Option<u64> {
-        let at = self.0.find(frame)? + self.0.needle().len();
-        digits(&frame[at..])
+        digits(&frame[self.position(frame)?..])
+    }
+
+    /// Where the member's value starts in `text`.
+    pub fn position(&self, text: &[u8]) -> Option<usize> {
+        Some(self.0.find(text)? + self.0.needle().len())
     }
 }
 
-fn digits(text: &[u8]) -> Option<u64> {
+/// The leading digits of `text` as a number.
+pub fn digits(text: &[u8]) -> Option<u64> {
     let mut n: u64 = 0;
     let mut any = false;
     for b in text {

@@ -164,13 +164,15 @@ impl Group {
         }
     }
 
-    /// Fires every entry due by `now` with `newest` (none: the channel has no tick,
-    /// so they go idle); returns when the next one is due.
-    fn fire_due(&mut self, newest: Option<&LiveFrame>, now: Instant) -> Option<Instant> {
+    /// Fires at most `limit` entries due by `now` with `newest` (none: the channel
+    /// has no tick, so they go idle); returns when the next one is due (by `now`
+    /// when more are due already).
+    fn fire_due(&mut self, newest: Option<&LiveFrame>, now: Instant, mut limit: usize) -> Option<Instant> {
         while let Some(&Reverse((due, key))) = self.due.peek() {
-            if due > now {
+            if due > now || limit == 0 {
                 break;
             }
+            limit -= 1;
             self.due.pop();
             let Some(entry) = self.entries.get_mut(&key) else {
                 continue;
@@ -260,10 +262,20 @@ pub(crate) fn register(
     Conflated { key, live }
 }
 
+/// Subscriptions the timer fires before it lets their writers run.
+const SLICE: usize = 64;
+
 /// The timer of one channel's group: sleeps until the earliest due time (or until a
 /// subscription is armed earlier), fires what is due, and ends with its group.
+///
+/// Subscriptions that joined together fall due together. Fired a slice at a time,
+/// with the writers of each slice written before the next is fired, each one's
+/// `sent_at` is when its frame really left, so such a crowd spreads itself over the
+/// period within a few rounds instead of every tenth of a second queueing its last
+/// members behind a thousand writes (docs/BENCHMARKS.md "Conflation").
 async fn run_timer(partition: Arc<Partition>, channel: Arc<str>, timer: Arc<Notify>) {
     loop {
+        let now = Instant::now();
         let wake_at = {
             let mut channels = partition.lock();
             let Some(active) = channels.get_mut(&channel) else {
@@ -271,10 +283,14 @@ async fn run_timer(partition: Arc<Partition>, channel: Arc<str>, timer: Arc<Noti
             };
             let newest = active.recent.back().cloned();
             match &mut active.conflation {
-                Some(group) if Arc::ptr_eq(&group.timer, &timer) => group.fire_due(newest.as_ref(), Instant::now()),
+                Some(group) if Arc::ptr_eq(&group.timer, &timer) => group.fire_due(newest.as_ref(), now, SLICE),
                 _ => return,
             }
         };
+        if wake_at.is_some_and(|at| at <= now) {
+            tokio::task::yield_now().await;
+            continue;
+        }
         match wake_at {
             Some(at) => {
                 tokio::select! {
@@ -348,9 +364,9 @@ mod tests {
         group.published(&frame(2), t0 + ms(10));
         group.published(&frame(3), t0 + ms(20));
         assert_eq!(*offers.lock().unwrap(), vec![1]);
-        assert_eq!(group.fire_due(Some(&frame(3)), t0 + ms(50)), Some(t0 + ms(100)));
+        assert_eq!(group.fire_due(Some(&frame(3)), t0 + ms(50), SLICE), Some(t0 + ms(100)));
         // Due: whatever is newest then goes out.
-        assert_eq!(group.fire_due(Some(&frame(4)), t0 + ms(100)), None);
+        assert_eq!(group.fire_due(Some(&frame(4)), t0 + ms(100), SLICE), None);
         assert_eq!(*offers.lock().unwrap(), vec![1, 4]);
         // Idle again long enough: the next tick goes at once.
         group.published(&frame(5), t0 + ms(300));
@@ -364,10 +380,24 @@ mod tests {
         *answer.lock().unwrap() = Offer::Full;
         let t0 = Instant::now();
         group.published(&frame(1), t0);
-        assert_eq!(group.fire_due(Some(&frame(1)), t0), Some(t0 + ms(100)));
+        assert_eq!(group.fire_due(Some(&frame(1)), t0, SLICE), Some(t0 + ms(100)));
         *answer.lock().unwrap() = Offer::Sent;
-        group.fire_due(Some(&frame(2)), t0 + ms(100));
+        group.fire_due(Some(&frame(2)), t0 + ms(100), SLICE);
         assert_eq!(*offers.lock().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_crowd_is_fired_a_slice_at_a_time() {
+        let mut group = Group::new();
+        let t0 = Instant::now();
+        let (a, _) = probe(&mut group, Some(t0));
+        let (b, _) = probe(&mut group, Some(t0));
+        group.published(&frame(1), t0 + ms(10));
+        // Both due at once; a slice of one leaves the other due already.
+        assert_eq!(group.fire_due(Some(&frame(2)), t0 + ms(100), 1), Some(t0 + ms(100)));
+        assert_eq!(a.lock().unwrap().len() + b.lock().unwrap().len(), 1);
+        assert_eq!(group.fire_due(Some(&frame(2)), t0 + ms(101), 1), None);
+        assert_eq!((a.lock().unwrap().len(), b.lock().unwrap().len()), (1, 1));
     }
 
     #[test]

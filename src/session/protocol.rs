@@ -95,7 +95,7 @@ impl FrameRate {
     pub fn parse_query(raw: Option<&str>) -> Result<Option<FrameRate>, &'static str> {
         match raw {
             None | Some("") => Ok(None),
-            Some(raw) if raw.bytes().all(|b| b.is_ascii_digit()) && raw.len() <= 4 => {
+            Some(raw) if raw.bytes().all(|b| b.is_ascii_digit()) => {
                 raw.parse().ok().and_then(FrameRate::new).map(Some).ok_or(Self::BAD)
             }
             Some(_) => Err(Self::BAD),
