@@ -13,6 +13,7 @@
   const HISTORY_PAGE = 1000;      // ticks fetched over REST to draw a channel at once
   const AUTO_CHANNELS = 12;       // a first visit subscribes to at most this many
   const RATE_MS = 5000;           // ticks per second over the last 5 s
+  const RATE_TITLE = "The channel's ticks per second over the last 5 s";
   const PALETTE = 8;              // --c0 … --c7 in style.css
   const PING_MS = 25e3, SILENCE_MS = 60e3;   // silent for 60 s (not even a pong) = dead socket
   const STABLE_MS = 10e3;         // a connection that stayed open this long resets the backoff
@@ -20,6 +21,9 @@
   // The server closes with 4029 beyond a burst of 20 then 10 msg/s: stay safely under it.
   const SEND_BURST = 15, SEND_PER_MS = 8 / 1000;
   const INTERVALS = { '1s': 1e3, '1m': 60e3, '5m': 300e3, '1h': 3600e3, '1d': 86400e3 };
+  // Tick frames per second asked of each channel ("rate": the server conflates to the
+  // newest tick and says how many it skipped); 0 = every tick, no rate.
+  const RATES = [5, 10, 15, 20, 30, 0];
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, cls, text) => {   // textContent only, never innerHTML: server data is untrusted
@@ -46,6 +50,7 @@
     paused: saved.paused === true,
     windowSec: [60, 300, 900].includes(saved.windowSec) ? saved.windowSec : 300,
     interval: Object.hasOwn(INTERVALS, saved.interval) ? saved.interval : '1m',
+    rate: RATES.includes(saved.rate) ? saved.rate : 15,
   };
   const savePrefs = () => { if (!firstVisit) lsSet(KEY.prefs, JSON.stringify(prefs)); };
 
@@ -154,6 +159,7 @@
     q('table').setAttribute('aria-label', `Ticks on ${name}, newest first`);
     q('canvas.line').setAttribute('aria-label', `Line chart of ${name} values; the ticks table lists the same ticks`);
     q('canvas.candles').setAttribute('aria-label', `Candles of ${name}`);
+    q('.rate').title = RATE_TITLE;
     const chip = el('li', 'chip'), rm = el('button', 'remove', '×');
     rm.type = 'button';
     rm.setAttribute('aria-label', `Remove ${name}`);
@@ -163,9 +169,9 @@
     $('tables').append(card);
     const c = { name, color, card, chip, tbody: q('tbody'), badge: q('.badge'), lastEl: q('.last'), rateEl: q('.rate'),
       latencyEl: q('.latency'), seqEl: q('.seq'), checkEl: q('.check'), lineCanvas: q('canvas.line'),
-      candleCanvas: q('canvas.candles'), candleCaption: q('.candle-caption'),
-      state: 'offline', replayed: 0, gapPending: false, count: 0, last: null, shown: null, pending: [], xs: [], ys: [],
-      candles: [], arrivals: [], latency: null, breaks: 0, gaps: 0, checked: 0, loading: null, loaded: false, older: [], liveSince: 0, dirty: true };
+      candleCanvas: q('canvas.candles'), candleCaption: q('.candle-caption'), sampleEl: q('.sample-note'),
+      state: 'offline', replayed: 0, replaySkipped: 0, gapPending: false, fresh: false, count: 0, last: null, shown: null, pending: [], xs: [], ys: [],
+      candles: [], arrivals: [], sizes: [], ticksIn: 0, latency: null, breaks: 0, gaps: 0, checked: 0, loading: null, loaded: false, older: [], liveSince: 0, dirty: true };
     chans.set(name, c);
     setChanState(c, 'offline');
     resizer.observe(c.lineCanvas); resizer.observe(c.candleCanvas);
@@ -318,6 +324,7 @@
 
   function subscribe(c) {
     const cur = cursors[c.name], msg = { type: 'subscribe', channel: c.name, candles: prefs.interval };
+    if (prefs.rate) msg.rate = prefs.rate;   // a sample suited to drawing; the cursors stay exact
     setChanState(c, 'pending');
     if (cur) {   // resume right after the last tick seen; no cursor = the server's recent replay
       msg.since = cur.id;
@@ -426,14 +433,17 @@
         if (c && m.interval === prefs.interval) { const k = toCandle(m); if (k) { upsert(c.candles, k); c.dirty = true; scheduleRender(); } }
         break;
       case 'subscribed':   // a changed epoch needs nothing here: the server follows with a gap frame
-        if (c) { c.replayed = 0; c.gapPending = false; setChanState(c, 'replaying'); }
+        if (c) { c.replayed = c.replaySkipped = 0; c.gapPending = false; c.fresh = true; setChanState(c, 'replaying'); }
         break;
       case 'gap': if (c) onGap(c, m); break;
       case 'live':
         if (!c) break;
         setChanState(c, 'live');
-        c.liveSince = Date.now(); c.arrivals.length = 0;
-        if (c.replayed) notice('info', `${c.name}: replayed ${c.replayed} tick${c.replayed === 1 ? '' : 's'} from history, now live`);
+        c.liveSince = Date.now(); c.arrivals.length = c.sizes.length = c.ticksIn = 0;
+        if (c.replayed) {
+          notice('info', `${c.name}: replayed ${c.replayed} tick${c.replayed === 1 ? '' : 's'} from history`
+            + (c.replaySkipped ? ` (a sample: ${c.replaySkipped} more skipped)` : '') + ', now live');
+        }
         refreshStatus();
         break;
       case 'error':
@@ -475,7 +485,10 @@
     if (!ID_RE.test(t.id)) return;
     const cur = cursors[c.name];
     // The contract, checked here in the open: exactly once, in id order, and within
-    // an epoch seq = previous + 1 — unless a gap frame announced otherwise.
+    // an epoch seq = previous + skipped + 1 (skipped: what a rate left out; absent = 0)
+    // — unless a gap frame announced otherwise. `skipped: null` (not countable) may
+    // only come first after a (re)subscribe or a gap, where the check starts again.
+    const skipped = t.skipped ?? 0;
     if (cur && !c.gapPending) {
       if (t.epoch === cur.epoch && cmpId(t.id, cur.id) <= 0) {
         c.breaks++; c.dirty = true;
@@ -485,20 +498,23 @@
       if (cur.epoch !== null && t.epoch !== cur.epoch) {
         c.breaks++;
         notice('error', `${c.name}: epoch changed ${cur.epoch} → ${t.epoch} without a gap notice`, 'ep:' + c.name);
-      } else if (cur.seq !== null && Number.isInteger(t.seq) && t.seq !== cur.seq + 1) {
+      } else if (t.skipped === null && !c.fresh) {
         c.breaks++;
-        notice('error', `${c.name}: seq jumped ${cur.seq} → ${t.seq} without a gap notice`, 'seq:' + c.name);
+        notice('error', `${c.name}: tick ${t.id} does not say how many ticks were skipped before it`, 'skip:' + c.name);
+      } else if (cur.seq !== null && Number.isInteger(t.seq) && t.skipped !== null && t.seq !== cur.seq + skipped + 1) {
+        c.breaks++;
+        notice('error', `${c.name}: seq jumped ${cur.seq} → ${t.seq}${skipped ? ` (${skipped} skipped)` : ''} without a gap notice`, 'seq:' + c.name);
       } else {
         c.checked++;
       }
     }
-    c.gapPending = false;
+    c.gapPending = c.fresh = false;
     setCursor(c, t);
-    const replay = c.state === 'replaying';
-    if (replay) c.replayed++;
-    else {
+    const replay = c.state === 'replaying', n = Number.isInteger(skipped) && skipped > 0 ? skipped : 0;
+    if (replay) { c.replayed++; c.replaySkipped += n; } else {
       const now = Date.now(), at = Date.parse(t.ingest_ts);
-      c.arrivals.push(now);
+      // ticks/s is the channel's: a sampled frame stands for itself and what it skipped.
+      c.arrivals.push(now); c.sizes.push(1 + n); c.ticksIn += 1 + n;
       if (!Number.isNaN(at)) c.latency = now - at;
     }
     record(c, t, replay ? 'replay' : 'live');
@@ -550,10 +566,16 @@
 
   function showStats(c) {
     const now = Date.now();
-    while (c.arrivals.length && c.arrivals[0] < now - RATE_MS) c.arrivals.shift();
+    while (c.arrivals.length && c.arrivals[0] < now - RATE_MS) { c.arrivals.shift(); c.ticksIn -= c.sizes.shift(); }
     // Over the last 5 s, or since the subscription went live when that is shorter.
-    const span = Math.min(RATE_MS, now - c.liveSince);
-    c.rateEl.textContent = c.state === 'live' && span >= 1000 ? (c.arrivals.length * 1000 / span).toFixed(1) : '—';
+    const span = Math.min(RATE_MS, now - c.liveSince), known = c.state === 'live' && span >= 1000;
+    const perSec = known ? (c.ticksIn * 1000 / span).toFixed(1) : '—';
+    c.rateEl.textContent = perSec;
+    c.rateEl.title = RATE_TITLE + (prefs.rate ? `; this page is sent a sample of at most ${prefs.rate} of them a second`
+      + (known ? ` (${(c.arrivals.length * 1000 / span).toFixed(1)}/s now)` : '') + ', each frame counting the ticks it skipped' : '');
+    c.sampleEl.hidden = !prefs.rate;
+    c.sampleEl.textContent = prefs.rate ? `sample: at most ${prefs.rate} ticks/s${known ? ` of ${perSec}/s` : ''}`
+      + ' — Skipped counts the ticks left out before each row' : '';
     c.latencyEl.textContent = c.latency === null ? '—' : `${Math.max(0, c.latency)} ms`;
     c.seqEl.textContent = c.last ? `${c.last.seq ?? '—'}` : '—';
     const ok = c.breaks === 0;
@@ -587,7 +609,9 @@
     if (Number.isInteger(t.seq)) tr.dataset.seq = String(t.seq);
     const dataTd = el('td', 'data mono', data.length > 160 ? data.slice(0, 160) + '…' : data);
     if (data.length > 160) dataTd.title = data.slice(0, 2000);
-    tr.append(el('td', 'mono', fmtTs(t.ts)), el('td', 'num', t.seq ?? ''), el('td', 'mono', t.id), el('td', 'num', fmtVal(t.value)), dataTd);
+    if (Number.isInteger(t.skipped)) tr.dataset.skipped = String(t.skipped);
+    tr.append(el('td', 'mono', fmtTs(t.ts)), el('td', 'num', t.seq ?? ''), el('td', 'num', t.skipped === null ? '?' : t.skipped ?? ''),
+      el('td', 'mono', t.id), el('td', 'num', fmtVal(t.value)), dataTd);
     return tr;
   }
 
@@ -601,7 +625,7 @@
   }
 
   // ---- UI wiring ----------------------------------------------------------------------------------
-  const pauseBtn = $('pause'), themeBtn = $('theme'), windowSel = $('window'), intervalSel = $('interval');
+  const pauseBtn = $('pause'), themeBtn = $('theme'), windowSel = $('window'), intervalSel = $('interval'), rateSel = $('rate');
   const channelInput = $('channel-input'), addError = $('add-error'), tokenInput = $('token-input');
   const resizer = new ResizeObserver(markAll);
 
@@ -615,6 +639,7 @@
     $('paused-badge').hidden = !prefs.paused;
     windowSel.value = String(prefs.windowSec);
     intervalSel.value = prefs.interval;
+    rateSel.value = String(prefs.rate);
     savePrefs();
     markAll();
   }
@@ -658,6 +683,10 @@
     // Candle feeds are chosen per subscription: resubscribe everything on a fresh
     // socket (resuming from the cursors loses nothing and repeats nothing).
     for (const c of chans.values()) c.candles = [];
+    connect();
+  });
+  rateSel.addEventListener('change', () => {   // a subscription's rate is set when it subscribes
+    choose(); prefs.rate = Number(rateSel.value); applyPrefs();
     connect();
   });
   $('clear-notices').addEventListener('click', () => { noticesEl.replaceChildren(); recent.clear(); });

@@ -1,7 +1,8 @@
 // The dashboard in a real browser (docs/TESTING.md "Browser tests"): Debian's
 // chromium, driven by playwright-core, against a real `tickstream --demo` on its own
 // redis-server. What a first-time user does: open the printed dev URL, see ticks
-// arrive, reload, change a preference, live through a server restart.
+// arrive, reload, change a preference, sample at a lower rate, live through a server
+// restart, then ask for every tick again.
 //
 //   TICKSTREAM_BIN=target/debug/tickstream node tests/browser/dashboard.test.mjs
 //
@@ -103,18 +104,24 @@ try {
   const cards = () => page.locator('article.card');
   const card = (channel) => page.locator(`article.card[data-channel="${channel}"]`);
   const state = () => page.locator('#status').getAttribute('data-state');
+  // `skipped`: what the rate left out before a row (the Skipped column; none = 0).
   const rows = (channel) => card(channel).locator('tbody tr').evaluateAll((trs) =>
-    trs.map((tr) => ({ id: tr.dataset.id, seq: Number(tr.dataset.seq) })));
+    trs.map((tr) => ({ id: tr.dataset.id, seq: Number(tr.dataset.seq), skipped: Number(tr.dataset.skipped ?? 0), sampled: 'skipped' in tr.dataset })));
+  const sampleNote = (channel) => card(channel).locator('.sample-note');
+  // The card's ticks/s (the channel's rate) and, from its tooltip, the frames/s received.
+  const rates = (channel) => card(channel).locator('.rate').evaluate((dd) => ({
+    ticks: Number(dd.textContent), frames: Number((dd.title.match(/\(([\d.]+)\/s now\)/) || [])[1]) }));
   const checkText = (channel) => card(channel).locator('.check').textContent();
   const checked = async (channel) => Number(((await checkText(channel)).match(/continuous \((\d+)\)/) || [])[1] || 0);
 
-  // Rows newest first: every id once, and each seq the next one's + 1.
+  // Rows newest first: every id once, and each seq the next one's + skipped + 1.
   async function assertContinuous(channel, what) {
     const r = await rows(channel);
     check(r.length > 0, `${what}: ${channel} has rows`);
     check(new Set(r.map((x) => x.id)).size === r.length, `${what}: no duplicate rows on ${channel}`);
     for (let i = 1; i < r.length; i++) {
-      check(r[i - 1].seq === r[i].seq + 1, `${what}: ${channel} seq continuous at ${r[i].seq} → ${r[i - 1].seq}`);
+      check(r[i - 1].seq === r[i].seq + r[i - 1].skipped + 1,
+        `${what}: ${channel} seq continuous at ${r[i].seq} → ${r[i - 1].seq} (${r[i - 1].skipped} skipped)`);
     }
     check((await checkText(channel)).startsWith('✓'), `${what}: the page's own seq check holds on ${channel}`);
     return r;
@@ -139,6 +146,9 @@ try {
   check(/ms$/.test(await card('demo.BTC-USD').locator('.latency').textContent()), 'last-tick latency shown');
   check((await card('demo.BTC-USD').locator('tbody tr').count()) >= 100, 'history rows filled at once');
   await assertContinuous('demo.BTC-USD', 'first open');
+  check((await page.inputValue('#rate')) === '15', 'the rate is 15/s by default');
+  check(await sampleNote('demo.BTC-USD').isVisible(), 'the ticks table says it is a sample');
+  check((await sampleNote('demo.BTC-USD').textContent()).includes('at most 15 ticks/s'), 'the sample note names the rate');
   await page.screenshot({ path: join(ART, 'dashboard.png'), fullPage: true });
   step('first open: four channels live, ticks arriving', { live_after_ms: liveAfter, ticks_after_ms: ticksAfter, btc_ticks_per_s: rate });
 
@@ -156,20 +166,39 @@ try {
   for (const c of DEMO.slice(1)) await assertContinuous(c, 'after reload');
   step('reload: resumed, seq continuous, no duplicate rows', { rows: after.length });
 
-  // 3. Preferences survive a reload.
+  // 3. Preferences survive a reload. The rate goes down to 5/s (below demo.BTC-USD's
+  //    10 ticks/s): resubscribed from the cursors, frames now skip ticks, the check
+  //    counts them and still holds, and ticks/s stays the channel's rate while the
+  //    frames come at most 5 a second. (One reload for all three: each page load costs
+  //    the free tier's REST and subscribe buckets.)
   await page.click('#theme');
+  const checkedBefore = await checked('demo.BTC-USD');
+  await page.selectOption('#rate', '5');   // first: the interval change then reloads the candles once
   await page.selectOption('#interval', '1s');
   await until('1 s candles drawn', async () => (await card('demo.BTC-USD').locator('.candle-caption').textContent()).includes('1s'));
+  await until('the sample note says 5/s', async () => (await sampleNote('demo.BTC-USD').textContent()).includes('at most 5 ticks/s'));
+  await until('live again at 5/s', async () => (await state()) === 'live' && (await checked('demo.BTC-USD')) > checkedBefore + 5);
+  const skippedSeen = await until('a sampled row that skipped ticks', async () =>
+    Math.max(0, ...(await rows('demo.BTC-USD')).filter((x) => x.sampled).map((x) => x.skipped)));
+  const sampled = await until('ticks/s counts skipped ticks, frames at most 5/s', async () => {
+    const r = await rates('demo.BTC-USD');
+    return r.frames > 0 && r.frames <= 5.5 && r.ticks >= 1.5 * r.frames && r;
+  });
+  for (const c of DEMO) await assertContinuous(c, 'at 5/s');
   await page.reload();
-  await until('live after the preference reload', async () => (await state()) === 'live');
+  await until('live after the preference reload', async () => (await state()) === 'live' && (await checked('demo.BTC-USD')) >= 3);
   check((await page.locator('html').getAttribute('data-theme')) === 'dark', 'the dark theme survived the reload');
   check((await page.inputValue('#interval')) === '1s', 'the candle interval survived the reload');
+  check((await page.inputValue('#rate')) === '5', 'the rate survived the reload');
   check((await cards().count()) === DEMO.length, 'the channel choice survived the reload');
+  check((await sampleNote('demo.BTC-USD').textContent()).includes('at most 5 ticks/s'), 'the sample note after the reload');
+  await until('sampled rows after the reload', async () => (await rows('demo.BTC-USD')).some((x) => x.sampled && x.skipped > 0));
   await assertContinuous('demo.BTC-USD', 'after the preference reload');
   await page.screenshot({ path: join(ART, 'dashboard-dark.png'), fullPage: true });
-  step('preferences: theme and candle interval kept');
+  step('preferences: theme, candle interval and rate kept; 5/s sampled, skipped counted, check holds',
+    { max_skipped: skippedSeen, btc_ticks_per_s: sampled.ticks, btc_frames_per_s: sampled.frames });
 
-  // 4. Server restart (SIGTERM, same port, same Redis): the page resumes by itself.
+  // 4. Server restart (SIGTERM, same port, same Redis), still at 5/s: the page resumes by itself.
   await until('ticks flowing before the restart', async () => (await checked('demo.BTC-USD')) >= 3);
   const lastSeq = (await rows('demo.BTC-USD'))[0].seq;
   networkDown = true;
@@ -185,9 +214,21 @@ try {
   await until('new ticks after the restart', async () => (await rows('demo.BTC-USD'))[0].seq > lastSeq + 3);
   await assertContinuous('demo.BTC-USD', 'after the restart');
   const notices = await page.locator('#notices').textContent();
-  check(!/Gap on|duplicate|jumped|without a gap/.test(notices), `no gap or duplicate after a clean restart: ${notices}`);
+  check(!/Gap on|duplicate|jumped|without a gap|does not say/.test(notices), `no gap or duplicate after a clean restart: ${notices}`);
   await page.screenshot({ path: join(ART, 'dashboard-restarted.png'), fullPage: true });
   step('restart: reconnected by itself and resumed', { countdown, last_seq_before: lastSeq });
+
+  // 5. Back to every tick: no rate, no sample note, rows one seq apart again.
+  const seqAtAll = (await rows('demo.BTC-USD'))[0].seq;
+  await page.selectOption('#rate', '0');
+  await until('the sample note hidden', async () => !(await sampleNote('demo.BTC-USD').isVisible()));
+  await until('every tick again', async () => {
+    const r = await rows('demo.BTC-USD');
+    return r[0].seq > seqAtAll + 10 && r.slice(0, 10).every((x) => !x.sampled);
+  });
+  await assertContinuous('demo.BTC-USD', 'at all');
+  check(!/duplicate|jumped|without a gap|does not say/.test(await page.locator('#notices').textContent()), 'no break notice after the rate changes');
+  step('rate all: every tick, one seq apart');
 
   check(problems.length === 0, `no console error or CSP violation:\n  ${problems.join('\n  ')}`);
   step('no console error, no CSP violation');
