@@ -18,7 +18,9 @@
 //!   topology, replies, the keyspace, the append, tail readers, failover, candles.
 //! - [`health`]: whether the store answers (one ping a second per node).
 //! - [`hub`]: per node, one reader per partition; each tick serialized once and
-//!   broadcast to the channel's subscribers; live candle feeds.
+//!   delivered from the channel: written straight to caught-up WebSocket
+//!   subscribers, broadcast to the others; conflation; live candle feeds.
+//! - [`framing`]: WebSocket server frames, encoded once for every socket.
 //! - [`session`]: a client's subscriptions, transport-free (cursor, replay, budget,
 //!   writer), and its transports: WebSocket (with its framing) and Server-Sent Events.
 //! - [`page_cache`]: recent history in memory for REST pages.
@@ -47,6 +49,7 @@ pub mod config;
 pub(crate) mod demo;
 pub(crate) mod engine;
 pub(crate) mod error;
+pub(crate) mod framing;
 pub(crate) mod health;
 pub(crate) mod http;
 pub(crate) mod hub;

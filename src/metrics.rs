@@ -14,6 +14,9 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     pub ticks_ingested: IntCounterVec,
     pub ticks_delivered: IntCounter,
+    /// Of those, tick frames the channels wrote (or queued) straight to a socket
+    /// (docs/ARCHITECTURE.md "Delivery from the channel").
+    pub ticks_direct: IntCounter,
     pub delivery_latency: Histogram,
     pub replayed_ticks: IntCounter,
     pub handshakes: IntCounterVec,
@@ -81,6 +84,10 @@ impl Metrics {
                 "result",
             ),
             ticks_delivered: counter("tickstream_ticks_delivered_total", "Tick frames written to WebSockets."),
+            ticks_direct: counter(
+                "tickstream_ticks_direct_total",
+                "Of the tick frames delivered, those the channel wrote straight to a caught-up socket.",
+            ),
             delivery_latency: register(
                 &r,
                 Histogram::with_opts(

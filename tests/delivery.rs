@@ -42,6 +42,10 @@ async fn replay_defaults(engine: Engine) {
         assert_eq!(f["id"], new_id.as_str());
         assert_eq!(f["seq"], 151);
     }
+    // All three were caught up: the channel wrote the tick to each directly
+    // (docs/ARCHITECTURE.md "Delivery from the channel").
+    let direct = app.metric("/metrics", "tickstream_ticks_direct_total").await;
+    assert_eq!(direct, Some(3.0));
     app.stop().await;
 }
 
@@ -128,16 +132,32 @@ async fn a_new_epoch_after_flushall_is_announced() {
 
 async fn lagging_session_catches_up(engine: Engine) {
     let mut config = engine.config();
-    // A tiny live buffer forces the broadcast to overrun a client that is still
-    // replaying, so it must catch up from the stream.
+    // A tiny live buffer and queue: a client that does not read is lapped by the
+    // broadcast, or (on the direct path) fills its socket and then the channel's
+    // pending bytes for it, so it must catch up from the ring or the stream.
     config.live_buffer = 16;
     config.send_queue = 16;
     let app = TestApp::start(config).await;
     let t = token(&["*"]);
     let mut ws = app.ws("/ws/c.lag?since=0-0", &t).await;
     ws.until_type("live").await;
-    // Ingest without reading: the session's queue fills, the broadcast laps it.
-    let ids = ingest_n(&app, "c.lag", 3000).await;
+    // Ingest without reading: 9 MB, more than the sockets on the way can hold.
+    let pad = "x".repeat(3000);
+    let mut ids = Vec::new();
+    for round in 0..12 {
+        let batch: Vec<Value> = (0..250)
+            .map(|i| json!({"channel": "c.lag", "value": i, "key": format!("{round}-{i}"), "data": {"pad": pad}}))
+            .collect();
+        let (status, body) = app.ingest(&Value::Array(batch)).await;
+        assert_eq!(status, 201, "{body}");
+        ids.extend(
+            body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string()),
+        );
+    }
     let mut got = Vec::new();
     let mut last_seq = 0;
     while got.len() < ids.len() {

@@ -11,6 +11,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, Notify};
 
 use super::conflation::Group;
+use super::direct::{self, Delivery, DirectSub};
 use crate::engine::{Fence, Probe, TailBatch, TailWaker};
 use crate::tick::{StreamId, Tick};
 
@@ -88,6 +89,9 @@ pub(crate) struct ActiveChannel {
     pub(crate) refreshing: bool,
     /// The channel's conflated subscriptions, while it has any.
     pub(crate) conflation: Option<Group>,
+    /// Subscribers the channel writes to directly (`direct.rs`); shared, so a
+    /// delivery takes the list out of the lock and writes outside it.
+    pub(crate) direct: Arc<Vec<Arc<DirectSub>>>,
 }
 
 impl ActiveChannel {
@@ -256,6 +260,10 @@ impl Partition {
     pub(crate) fn rolled_back(&self, channel: &str, survivor: StreamId) {
         let mut channels = self.lock();
         if let Some(active) = channels.get_mut(channel) {
+            // Its direct subscribers were given what is rolled back: their cursors,
+            // not the channel, announce it.
+            let delivered = active.fence();
+            direct::detach_all(&mut active.direct, &delivered);
             while active.recent.back().is_some_and(|f| f.id > survivor) {
                 active.recent.pop_back();
             }
@@ -266,17 +274,22 @@ impl Partition {
         }
     }
 
-    pub(crate) fn publish(&self, batches: &[TailBatch], ring: usize, live_buffer: usize) {
+    /// Publishes what the reader read: into each channel's ring and live buffer,
+    /// and, for the channels' direct subscribers, as framed batches the reader
+    /// writes once the lock is released.
+    pub(crate) fn publish(&self, batches: &[TailBatch], ring: usize, live_buffer: usize) -> Vec<Delivery> {
         // Serialize outside the lock: that is the expensive part.
         let frames: Vec<(Arc<str>, Vec<LiveFrame>, StreamId)> = batches
             .iter()
             .map(|b| (b.channel.clone(), b.ticks.iter().map(LiveFrame::new).collect(), b.last))
             .collect();
+        let mut deliveries = Vec::new();
         let mut channels = self.lock();
         for (channel, frames, last) in frames {
             let Some(active) = channels.get_mut(&channel) else {
                 continue;
             };
+            let prev = active.fence();
             if frames.is_empty() {
                 // Only unreadable entries: move past them.
                 active.cursor = active.cursor.max(last);
@@ -293,21 +306,39 @@ impl Partition {
                     tx
                 }
             };
-            let mut any = false;
+            let mut fresh = Vec::with_capacity(frames.len());
             for frame in frames {
                 if frame.id > active.cursor {
                     active.cursor = frame.id;
                     active.push_recent(frame.clone(), ring);
                     // No receivers is fine: the last one may have just left.
-                    let _ = tx.send(frame);
-                    any = true;
+                    let _ = tx.send(frame.clone());
+                    fresh.push(frame);
                 }
             }
             active.cursor = active.cursor.max(last);
-            if let (true, Some(group), Some(newest)) = (any, &mut active.conflation, active.recent.back()) {
+            if fresh.is_empty() {
+                continue;
+            }
+            if let (Some(group), Some(newest)) = (&mut active.conflation, active.recent.back()) {
                 group.published(newest, tokio::time::Instant::now());
             }
+            if active.direct.is_empty() {
+                continue;
+            }
+            if direct::follows(&prev, &fresh) {
+                deliveries.push(Delivery {
+                    subs: active.direct.clone(),
+                    batch: direct::frame_batch(&fresh),
+                    ticks: fresh.len() as u64,
+                    oldest_ms: fresh[0].id.ms,
+                    prev,
+                });
+            } else {
+                direct::detach_all(&mut active.direct, &prev);
+            }
         }
+        deliveries
     }
 }
 

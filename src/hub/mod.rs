@@ -4,6 +4,8 @@
 //!   session's handle on it.
 //! - [`reader`]: one reader task per partition, tailing the store.
 //! - [`lag`]: how far each reader is behind its partition's streams (a metric).
+//! - [`direct`]: delivery from the channel: each batch framed once and written
+//!   straight to caught-up WebSocket subscribers.
 //! - [`conflation`]: conflated (`rate`) subscriptions, timed per channel.
 //! - [`candle_feed`]: live candle feeds, one per channel and interval, shared by their
 //!   subscribers.
@@ -21,6 +23,7 @@
 pub mod candle_feed;
 pub mod channel;
 pub mod conflation;
+pub mod direct;
 mod lag;
 pub mod reader;
 
@@ -41,6 +44,7 @@ pub use candle_feed::CandleSubscription;
 pub use channel::{has_line_break, Interrupted, LiveFrame, LiveSubscription};
 use channel::{ActiveChannel, Partition};
 pub use conflation::{Conflated, Offer, Sampler};
+pub use direct::{Attachment, Conn, Pending};
 
 /// What the hub is sized with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +254,22 @@ impl Hub {
         conflation::register(live, interval, sampler, sent_at)
     }
 
+    /// Puts `live`'s subscription on its channel's direct path, on connection `conn`
+    /// (docs/ARCHITECTURE.md "Delivery from the channel"): `catch_up` turns the
+    /// ring's ticks after `after` into the frames still owed (`Err`: too many),
+    /// queued ahead of anything the channel writes. Gives `live` back when the ring
+    /// does not hold every tick after `after`.
+    pub fn attach(
+        &self,
+        live: LiveSubscription,
+        conn: &Arc<Conn>,
+        sub: u64,
+        after: StreamId,
+        catch_up: impl FnOnce(&mut dyn Iterator<Item = &LiveFrame>) -> Result<Option<axum::body::Bytes>, ()>,
+    ) -> Result<Attachment, LiveSubscription> {
+        direct::attach(live, direct::DirectSub::new(sub, conn.clone()), after, catch_up)
+    }
+
     /// The stream's epoch, first and last id for a `subscribed` frame, without a
     /// store read per subscriber: `first_id` is re-read at most once a second per
     /// channel (trimming moves it; everything else the hub tracks exactly).
@@ -326,6 +346,7 @@ impl Hub {
                         first_read: Instant::now(),
                         refreshing: false,
                         conflation: None,
+                        direct: Arc::default(),
                     },
                 );
                 let generation = partition.generation.fetch_add(1, Ordering::AcqRel) + 1;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::channel::Partition;
+use super::direct::Delivery;
 use super::Hub;
 use crate::clock::now_ms;
 use crate::engine::{Births, StoreError, Tail, TailBatch, TAIL_COUNT};
@@ -102,7 +103,8 @@ impl Hub {
                     if errors_logged.recovered() {
                         tracing::info!(partition = partition.index, "partition reader reconnected");
                     }
-                    partition.publish(&batches, self.ring, self.live_buffer);
+                    let deliveries = partition.publish(&batches, self.ring, self.live_buffer);
+                    self.deliver(deliveries);
                     // Then the ticks themselves move into the page cache.
                     for b in batches {
                         self.page_cache.remember(&b.channel, b.after, b.last, b.ticks);
@@ -125,6 +127,20 @@ impl Hub {
 
     /// Connects, checks for rolled-back streams when the connection is fresh, then
     /// reads. A failed check is tried again before the next read.
+    /// Writes each channel's new ticks to its direct subscribers (`direct.rs`).
+    fn deliver(&self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            let oldest_ms = delivery.oldest_ms;
+            let delivered = delivery.run();
+            if delivered > 0 {
+                self.metrics.ticks_delivered.inc_by(delivered);
+                self.metrics.ticks_direct.inc_by(delivered);
+                let age_ms = now_ms().saturating_sub(oldest_ms);
+                self.metrics.delivery_latency.observe(age_ms as f64 / 1000.0);
+            }
+        }
+    }
+
     async fn read_checked(
         &self,
         partition: &Partition,

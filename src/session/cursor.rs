@@ -13,7 +13,7 @@ use crate::tick::epoch::is_rollback_of;
 use crate::tick::StreamId;
 
 /// What a subscription has sent, and in which epoch.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Cursor {
     /// The session's number for this subscription.
     pub sub: u64,

@@ -97,6 +97,12 @@ impl Transport for SseTransport {
         write_event(&mut out, &frame);
         let _ = self.body.send(Bytes::from(out)).await;
     }
+
+    /// SSE has no direct path (its writer is given no connection to offer one), so
+    /// nothing framed for a WebSocket ever comes here.
+    async fn write_framed(&mut self, _bytes: &[u8]) -> Result<(), ()> {
+        Err(())
+    }
 }
 
 /// Runs an SSE stream to its end: subscribes, then keeps it alive with a comment
@@ -119,6 +125,7 @@ pub async fn run(
         out_tx.downgrade(),
         ctx.clone(),
         budget.clone(),
+        None,
     );
     let mut writer = tokio::spawn(writer.run(close_rx));
     let mut session = Session::new(ctx.clone(), principal, out_tx, budget);

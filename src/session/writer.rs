@@ -3,17 +3,27 @@
 //! writes what is ready in one batch through its [`Transport`] (a WebSocket or an SSE
 //! stream).
 //!
-//! A live tick costs one wake-up of this task and no queue hop. A client that does not
-//! read blocks only this task: its live feeds stop being drained, fall behind the live
-//! buffer, and later catch up from the node's ring or the stream (in a task of their
-//! own, so the writer never waits on Redis). A batch that cannot be written for
-//! [`WRITE_STALL`] ends the connection (1013).
+//! On a WebSocket, a subscription in its live phase is handed to its channel
+//! (`hub/direct.rs`): the channel writes its ticks straight to the socket while the
+//! connection has nothing of its own queued, and this task is woken only for frames
+//! of the connection's own, for bytes the socket could not take at once, and for a
+//! subscription that left the direct path (it catches up, then is attached again).
+//! While it has frames in hand it holds the connection, so the channel's bytes queue
+//! behind them in order (docs/ARCHITECTURE.md "Delivery from the channel").
+//!
+//! Elsewhere (SSE, or a subscription the ring cannot attach) a live tick costs one
+//! wake-up of this task and no queue hop. A client that does not read blocks only
+//! this task: its live feeds stop being drained, fall behind the live buffer, and
+//! later catch up from the node's ring or the stream (in a task of their own, so the
+//! writer never waits on Redis). A batch that cannot be written for [`WRITE_STALL`]
+//! ends the connection (1013).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::ReusableBoxFuture;
@@ -24,7 +34,9 @@ use super::protocol::{close, Closing, Frame, WRITE_STALL};
 use super::replay::resume_live;
 use super::sampling::Conflating;
 use super::{Handover, Outbound, SessionContext, SubFrames};
-use crate::hub::{Interrupted, LiveFrame};
+use crate::engine::Fence;
+use crate::framing;
+use crate::hub::{Attachment, Conn, Interrupted, LiveFrame, Pending};
 
 /// Frames written per flush, at most…
 const BATCH: usize = 64;
@@ -40,7 +52,23 @@ pub trait Transport: Send + 'static {
     /// Tells the client why the connection ends (a WebSocket close frame, an SSE
     /// `error` event) and flushes.
     fn close(&mut self, closing: Closing) -> impl Future<Output = ()> + Send;
+
+    /// Writes bytes the channel framed for this transport (only one that offers a
+    /// direct path, `Writer::new`'s `conn`, is given any) and flushes.
+    fn write_framed(&mut self, bytes: &[u8]) -> impl Future<Output = Result<(), ()>> + Send;
 }
+
+/// A subscription the channel writes to directly, and where it stood when attached.
+struct Attached {
+    sub: u64,
+    /// Its cursor at attachment; a detachment says where it is now.
+    cursor: Cursor,
+    hold: Attachment,
+}
+
+/// Ring ticks a subscription may still be owed when it is attached (framed and
+/// queued at once); more, and it catches up through its own queue first.
+const ATTACH_BYTES: usize = BATCH_BYTES;
 
 type LiveNext = ReusableBoxFuture<'static, (Box<Handover>, Result<LiveFrame, Interrupted>)>;
 
@@ -64,6 +92,11 @@ pub(crate) struct Writer<T> {
     /// Subscriptions whose frames may be written.
     open: Vec<u64>,
     live: Vec<LiveSlot>,
+    /// The connection as the channels see it, where they may write directly
+    /// (WebSocket only).
+    conn: Option<Arc<Conn>>,
+    /// Subscriptions on the direct path.
+    attached: Vec<Attached>,
     /// Conflated subscriptions: the hub samples them; dropping one ends it.
     conflated: Vec<Conflating>,
     /// Catch-ups after a live feed lagged, by subscription: aborted when their
@@ -86,6 +119,9 @@ impl<T> Drop for Writer<T> {
         for (_, task) in &self.catch_ups {
             task.abort();
         }
+        if let Some(conn) = &self.conn {
+            conn.close();
+        }
     }
 }
 
@@ -94,6 +130,8 @@ enum Wake {
     Close(Option<Closing>),
     Queue(Outbound),
     Live(usize, Box<Handover>, Result<LiveFrame, Interrupted>),
+    /// The channels queued bytes (or a detachment) for this connection.
+    Pending,
 }
 
 impl<T: Transport> Writer<T> {
@@ -103,6 +141,7 @@ impl<T: Transport> Writer<T> {
         requeue: mpsc::WeakSender<Outbound>,
         ctx: Arc<SessionContext>,
         budget: Arc<Budget>,
+        conn: Option<Arc<Conn>>,
     ) -> Writer<T> {
         Writer {
             transport,
@@ -111,6 +150,8 @@ impl<T: Transport> Writer<T> {
             ctx,
             open: Vec::new(),
             live: Vec::new(),
+            conn,
+            attached: Vec::new(),
             conflated: Vec::new(),
             catch_ups: Vec::new(),
             batch: Vec::new(),
@@ -134,6 +175,13 @@ impl<T: Transport> Writer<T> {
     pub(crate) async fn run(mut self, mut close_rx: oneshot::Receiver<Closing>) {
         loop {
             let (queue, live, turn) = (&mut self.queue, &mut self.live, &mut self.turn);
+            let conn = self.conn.clone();
+            let pending = async move {
+                match &conn {
+                    Some(conn) => conn.wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             let wake = tokio::select! {
                 biased;
                 close = &mut close_rx => Wake::Close(close.ok()),
@@ -141,8 +189,14 @@ impl<T: Transport> Writer<T> {
                     Some(out) => Wake::Queue(out),
                     None => return,
                 },
+                () = pending => Wake::Pending,
                 (i, handover, first) = std::future::poll_fn(|cx| poll_live(live, turn, cx)) => Wake::Live(i, handover, first),
             };
+            // From here until the pending list is empty, the channels' bytes for
+            // this connection queue behind what this task writes.
+            if let Some(conn) = &self.conn {
+                conn.hold();
+            }
             let mut delivered = 0;
             match wake {
                 Wake::Close(closing) => {
@@ -153,6 +207,7 @@ impl<T: Transport> Writer<T> {
                 }
                 Wake::Queue(out) => delivered += self.take(out),
                 Wake::Live(i, handover, first) => delivered += self.drain_live(i, handover, first),
+                Wake::Pending => {}
             }
             while !self.batch_full() {
                 match self.queue.try_recv() {
@@ -161,9 +216,74 @@ impl<T: Transport> Writer<T> {
                 }
             }
             self.ctx.metrics.ticks_delivered.inc_by(delivered);
-            if !self.write_batch().await {
+            if !self.write_batch().await || !self.write_pending().await {
                 return;
             }
+        }
+    }
+
+    /// Writes what the channels queued for this connection, in order, until nothing
+    /// is left (which releases the connection to them); false when it is done.
+    async fn write_pending(&mut self) -> bool {
+        let Some(conn) = self.conn.clone() else {
+            return true;
+        };
+        while let Some(item) = conn.next_pending() {
+            match item {
+                Pending::Bytes { sub, bytes } if self.is_open(sub) => {
+                    let write = self.transport.write_framed(&bytes);
+                    match stall_guard(write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(())) => return false,
+                        Err(()) => return self.stalled().await,
+                    }
+                }
+                Pending::Bytes { .. } => {}
+                Pending::Detached { sub, after, lagged } => self.detached(sub, after, lagged),
+            }
+        }
+        true
+    }
+
+    /// Subscription `sub` left the direct path after `after`: it catches up from
+    /// there through its own queue, and is attached again when done.
+    fn detached(&mut self, sub: u64, after: Option<Fence>, lagged: bool) {
+        let Some(i) = self.attached.iter().position(|a| a.sub == sub) else {
+            return;
+        };
+        let Attached { mut cursor, hold, .. } = self.attached.swap_remove(i);
+        if let Some(after) = after {
+            cursor.last_sent = after.id;
+            cursor.last_seq = Some(after.seq);
+            cursor.seq_claimed = false;
+            cursor.epoch = Some(after.epoch);
+        }
+        if let Some(live) = hold.detach() {
+            if lagged {
+                self.ctx.metrics.slow_consumer_catchups.inc();
+            }
+            self.spawn_catch_up(Box::new(Handover { cursor, live }));
+        }
+    }
+
+    /// Hands a subscription in its live phase to its channel's direct path, with
+    /// the ring's ticks it is still owed queued first; one the ring cannot serve
+    /// that way catches up through its own queue first.
+    fn attach(&mut self, conn: Arc<Conn>, handover: Handover) {
+        let Handover { cursor, live } = handover;
+        let mut owed = cursor.clone();
+        let after = cursor.last_sent;
+        let attached = self
+            .ctx
+            .hub
+            .attach(live, &conn, cursor.sub, after, |frames| frame_owed(&mut owed, frames));
+        match attached {
+            Ok(hold) => self.attached.push(Attached {
+                sub: owed.sub,
+                cursor: owed,
+                hold,
+            }),
+            Err(live) => self.spawn_catch_up(Box::new(Handover { cursor, live })),
         }
     }
 
@@ -192,6 +312,7 @@ impl<T: Transport> Writer<T> {
             Outbound::Close(sub) => {
                 self.open.retain(|s| *s != sub);
                 self.live.retain(|slot| slot.sub != sub);
+                self.attached.retain(|a| a.sub != sub);
                 self.conflated.retain(|c| c.sub != sub);
                 self.catch_ups.retain(|(s, task)| {
                     if *s == sub {
@@ -204,7 +325,12 @@ impl<T: Transport> Writer<T> {
             Outbound::Conflated(conflating) if self.is_open(conflating.sub) => self.conflated.push(*conflating),
             Outbound::Conflated(_) => {}
             Outbound::Live(handover) => {
-                if self.is_open(handover.cursor.sub) {
+                if !self.is_open(handover.cursor.sub) {
+                    return 0;
+                }
+                if let Some(conn) = self.conn.clone() {
+                    self.attach(conn, *handover);
+                } else {
                     self.live.push(LiveSlot {
                         sub: handover.cursor.sub,
                         next: ReusableBoxFuture::new(next_live(handover)),
@@ -299,6 +425,12 @@ impl<T: Transport> Writer<T> {
     /// Moves live slot `i` to a catch-up task (ring or stream), which hands it back.
     fn catch_up(&mut self, i: usize, handover: Box<Handover>) {
         self.live.swap_remove(i);
+        self.spawn_catch_up(handover);
+    }
+
+    /// Catches a subscription up (ring or stream) in a task of its own, which hands
+    /// it back.
+    fn spawn_catch_up(&mut self, handover: Box<Handover>) {
         self.catch_ups.retain(|(_, task)| !task.is_finished());
         if let Some(out) = self.requeue.upgrade() {
             let sub = handover.cursor.sub;
@@ -318,23 +450,7 @@ impl<T: Transport> Writer<T> {
             return true;
         }
         let write = self.transport.write(&mut self.batch);
-        // Most writes complete at once; the stall timer is only armed for a
-        // connection that actually blocks, so a healthy fan-out touches no timer.
-        let outcome = {
-            let mut write = std::pin::pin!(write);
-            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                Poll::Ready(r) => Ok(r),
-                Poll::Pending => {
-                    // Boxed: the timer only exists for a blocked write, and inline it
-                    // would size every connection's writer for its whole life.
-                    let stall = Box::pin(tokio::time::sleep(WRITE_STALL));
-                    tokio::select! {
-                        r = write => Ok(r),
-                        _ = stall => Err(()),
-                    }
-                }
-            }
-        };
+        let outcome = stall_guard(write).await;
         self.batch.clear();
         self.batch_bytes = 0;
         // Written (or given up on): the replayed ticks' budget goes back.
@@ -342,13 +458,16 @@ impl<T: Transport> Writer<T> {
         match outcome {
             Ok(Ok(())) => true,
             Ok(Err(())) => false,
-            Err(_) => {
-                let closing = (close::TRY_LATER, "too slow");
-                self.count_close(closing);
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close(closing)).await;
-                false
-            }
+            Err(()) => self.stalled().await,
         }
+    }
+
+    /// A write stalled: 1013, if the close frame can still be written. Always false.
+    async fn stalled(&mut self) -> bool {
+        let closing = (close::TRY_LATER, "too slow");
+        self.count_close(closing);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.transport.close(closing)).await;
+        false
     }
 
     fn count_close(&self, (code, _): Closing) {
@@ -375,15 +494,59 @@ impl<T: Transport> Writer<T> {
         while let Ok(out) = self.queue.try_recv() {
             self.take(out);
         }
-        let transport = &mut self.transport;
-        let batch = &mut self.batch;
-        let _ = tokio::time::timeout(Duration::from_secs(1), async move {
-            if transport.write(batch).await.is_ok() {
-                transport.close(closing).await;
+        if let Some(conn) = &self.conn {
+            conn.hold();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            // The channels' bytes first: one may be the rest of a frame.
+            if self.transport.write(&mut self.batch).await.is_ok() && self.write_pending().await {
+                self.transport.close(closing).await;
             }
         })
         .await;
     }
+}
+
+/// Awaits a write, failing with `Err` when it stalls for [`WRITE_STALL`]. Most writes
+/// complete at once; the stall timer is only armed for a connection that actually
+/// blocks, so a healthy fan-out touches no timer.
+async fn stall_guard(write: impl Future<Output = Result<(), ()>>) -> Result<Result<(), ()>, ()> {
+    let mut write = std::pin::pin!(write);
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => {
+            // Boxed: the timer only exists for a blocked write, and inline it would
+            // size every connection's writer for its whole life.
+            let stall = Box::pin(tokio::time::sleep(WRITE_STALL));
+            tokio::select! {
+                r = write => Ok(r),
+                _ = stall => Err(()),
+            }
+        }
+    }
+}
+
+/// The frames a subscription attached at `cursor` is still owed from the ring,
+/// framed for the socket: through the delivery rule, so a gap is announced as
+/// anywhere else. `Err` when they are more than [`ATTACH_BYTES`] (the cursor is then
+/// left as it was).
+fn frame_owed(cursor: &mut Cursor, frames: &mut dyn Iterator<Item = &LiveFrame>) -> Result<Option<Bytes>, ()> {
+    let mut moved = cursor.clone();
+    let mut out = Vec::new();
+    for frame in frames {
+        match moved.admit(frame.id, frame.seq, &frame.epoch) {
+            Admit::Skip => continue,
+            Admit::Send => {}
+            Admit::SendAfter(Frame::Text { text, .. }) => framing::encode_text(&mut out, &text),
+            Admit::SendAfter(_) => {}
+        }
+        framing::encode_text(&mut out, &frame.text);
+        if out.len() > ATTACH_BYTES {
+            return Err(());
+        }
+    }
+    *cursor = moved;
+    Ok((!out.is_empty()).then(|| Bytes::from(out)))
 }
 
 /// The first live subscription with a tick (or an interruption) ready, starting at

@@ -8,12 +8,12 @@ pub mod codec;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Principal;
+use crate::hub::Conn;
 use crate::session::budget::Budget;
 use crate::session::protocol::{
     self, check_epoch, close, parse_client_message, ClientMessage, Closing, Frame, FrameRate, SubscribeRequest,
@@ -32,7 +32,9 @@ const KEEP_BUFFER: usize = 4096;
 /// The socket's sending half: each batch is framed into one buffer and written with
 /// as few `write` calls as the kernel allows.
 pub(crate) struct WebSocketTransport {
-    tcp: OwnedWriteHalf,
+    /// Shared with the connection's direct path (`hub/direct.rs`), which writes to
+    /// it only while this transport holds nothing unwritten.
+    tcp: Arc<OwnedWriteHalf>,
     buf: Vec<u8>,
     /// How much of `buf` the kernel has taken. A write cut short (the stall timer
     /// fired) leaves the rest in `buf`, so a close frame still follows whole frames.
@@ -42,10 +44,7 @@ pub(crate) struct WebSocketTransport {
 impl WebSocketTransport {
     async fn flush(&mut self) -> Result<(), ()> {
         while self.sent < self.buf.len() {
-            match self.tcp.write(&self.buf[self.sent..]).await {
-                Ok(0) | Err(_) => return Err(()),
-                Ok(n) => self.sent += n,
-            }
+            self.sent += write_some(&self.tcp, &self.buf[self.sent..]).await?;
         }
         self.buf.clear();
         self.sent = 0;
@@ -75,6 +74,29 @@ impl Transport for WebSocketTransport {
     async fn close(&mut self, (code, reason): Closing) {
         codec::encode_close(&mut self.buf, code, reason);
         let _ = self.flush().await;
+    }
+
+    async fn write_framed(&mut self, mut bytes: &[u8]) -> Result<(), ()> {
+        // Whatever a stalled write left comes first.
+        self.flush().await?;
+        while !bytes.is_empty() {
+            let n = write_some(&self.tcp, bytes).await?;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+}
+
+/// Writes some of `bytes` once the socket takes any (through a shared half, as the
+/// direct path does); `Err` when the connection is gone.
+async fn write_some(tcp: &OwnedWriteHalf, bytes: &[u8]) -> Result<usize, ()> {
+    loop {
+        match tcp.try_write(bytes) {
+            Ok(0) => return Err(()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tcp.writable().await.map_err(|_| ())?,
+            Err(_) => return Err(()),
+        }
     }
 }
 
@@ -213,6 +235,8 @@ pub(crate) async fn run(
         decoder: Decoder::new(MAX_CLIENT_MESSAGE, early),
         last_read: Instant::now(),
     };
+    let write = Arc::new(write);
+    let conn = Conn::new(write.clone());
     let transport = WebSocketTransport {
         tcp: write,
         buf: Vec::new(),
@@ -221,7 +245,14 @@ pub(crate) async fn run(
     let (out_tx, out_rx) = queue(&ctx);
     let budget = Budget::new();
     let (close_tx, close_rx) = oneshot::channel();
-    let writer = Writer::new(transport, out_rx, out_tx.downgrade(), ctx.clone(), budget.clone());
+    let writer = Writer::new(
+        transport,
+        out_rx,
+        out_tx.downgrade(),
+        ctx.clone(),
+        budget.clone(),
+        Some(conn),
+    );
     let mut writer = tokio::spawn(writer.run(close_rx));
     let mut session = Session::new(ctx.clone(), principal, out_tx, budget);
     let ending = match initial {
