@@ -335,13 +335,16 @@ pub(crate) fn detach_all(subs: &mut Arc<Vec<Arc<DirectSub>>>, prev: &Option<Fenc
 
 /// Registers `direct` in its channel's list, after queueing what `catch_up` makes of
 /// the ring's ticks after `after` (the subscription's frames up to the channel's
-/// last tick; `Err` when there are too many to queue). Fails, giving `live` back,
-/// when the ring does not hold every tick after `after`.
+/// last tick, given beside them). Fails, giving `live` back, when the ring does not
+/// hold every tick after `after`, or `catch_up` refuses: too many to queue, or the
+/// subscription would not then stand exactly at the channel's last tick (a catch-up
+/// that read the stream ahead of the reader; another epoch): the channel writes
+/// every later batch as it is, so only a subscription in step may join.
 pub(crate) fn attach(
     mut live: LiveSubscription,
     direct: Arc<DirectSub>,
     after: crate::tick::StreamId,
-    catch_up: impl FnOnce(&mut dyn Iterator<Item = &LiveFrame>) -> Result<Option<Bytes>, ()>,
+    catch_up: impl FnOnce(&mut dyn Iterator<Item = &LiveFrame>, Option<&LiveFrame>) -> Result<Option<Bytes>, ()>,
 ) -> Result<Attachment, LiveSubscription> {
     let partition = live.partition.clone();
     let mut channels = partition.lock();
@@ -354,7 +357,7 @@ pub(crate) fn attach(
         return Err(live);
     }
     let start = active.recent.partition_point(|f| f.id <= after);
-    let Ok(bytes) = catch_up(&mut active.recent.range(start..)) else {
+    let Ok(bytes) = catch_up(&mut active.recent.range(start..), active.recent.back()) else {
         drop(channels);
         return Err(live);
     };

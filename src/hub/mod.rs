@@ -256,16 +256,19 @@ impl Hub {
 
     /// Puts `live`'s subscription on its channel's direct path, on connection `conn`
     /// (docs/ARCHITECTURE.md "Delivery from the channel"): `catch_up` turns the
-    /// ring's ticks after `after` into the frames still owed (`Err`: too many),
-    /// queued ahead of anything the channel writes. Gives `live` back when the ring
-    /// does not hold every tick after `after`.
+    /// ring's ticks after `after` into the frames still owed, queued ahead of
+    /// anything the channel writes, or refuses (`direct::attach` says when). Gives
+    /// `live` back when it cannot join.
     pub fn attach(
         &self,
         live: LiveSubscription,
         conn: &Arc<Conn>,
         sub: u64,
         after: StreamId,
-        catch_up: impl FnOnce(&mut dyn Iterator<Item = &LiveFrame>) -> Result<Option<axum::body::Bytes>, ()>,
+        catch_up: impl FnOnce(
+            &mut dyn Iterator<Item = &LiveFrame>,
+            Option<&LiveFrame>,
+        ) -> Result<Option<axum::body::Bytes>, ()>,
     ) -> Result<Attachment, LiveSubscription> {
         direct::attach(live, direct::DirectSub::new(sub, conn.clone()), after, catch_up)
     }

@@ -267,23 +267,27 @@ impl<T: Transport> Writer<T> {
     }
 
     /// Hands a subscription in its live phase to its channel's direct path, with
-    /// the ring's ticks it is still owed queued first; one the ring cannot serve
-    /// that way catches up through its own queue first.
-    fn attach(&mut self, conn: Arc<Conn>, handover: Handover) {
+    /// the ring's ticks it is still owed queued first. One that cannot join yet
+    /// takes its channel's live buffer (through its cursor's delivery rule, which
+    /// catches up or drops what it already has) and tries again once it has drained
+    /// it; `Err` gives it back for that.
+    fn attach(&mut self, conn: &Arc<Conn>, handover: Handover) -> Result<(), Box<Handover>> {
         let Handover { cursor, live } = handover;
         let mut owed = cursor.clone();
         let after = cursor.last_sent;
-        let attached = self
-            .ctx
-            .hub
-            .attach(live, &conn, cursor.sub, after, |frames| frame_owed(&mut owed, frames));
+        let attached = self.ctx.hub.attach(live, conn, cursor.sub, after, |frames, last| {
+            frame_owed(&mut owed, frames, last)
+        });
         match attached {
-            Ok(hold) => self.attached.push(Attached {
-                sub: owed.sub,
-                cursor: owed,
-                hold,
-            }),
-            Err(live) => self.spawn_catch_up(Box::new(Handover { cursor, live })),
+            Ok(hold) => {
+                self.attached.push(Attached {
+                    sub: owed.sub,
+                    cursor: owed,
+                    hold,
+                });
+                Ok(())
+            }
+            Err(live) => Err(Box::new(Handover { cursor, live })),
         }
     }
 
@@ -328,14 +332,17 @@ impl<T: Transport> Writer<T> {
                 if !self.is_open(handover.cursor.sub) {
                     return 0;
                 }
-                if let Some(conn) = self.conn.clone() {
-                    self.attach(conn, *handover);
-                } else {
-                    self.live.push(LiveSlot {
-                        sub: handover.cursor.sub,
-                        next: ReusableBoxFuture::new(next_live(handover)),
-                    });
-                }
+                let handover = match self.conn.clone() {
+                    Some(conn) => match self.attach(&conn, *handover) {
+                        Ok(()) => return 0,
+                        Err(handover) => handover,
+                    },
+                    None => handover,
+                };
+                self.live.push(LiveSlot {
+                    sub: handover.cursor.sub,
+                    next: ReusableBoxFuture::new(next_live(handover)),
+                });
             }
         }
         0
@@ -393,6 +400,17 @@ impl<T: Transport> Writer<T> {
             next = match handover.live.try_recv() {
                 Ok(Some(frame)) => Ok(frame),
                 Ok(None) => {
+                    // Drained: in step with its channel, perhaps, and then it joins
+                    // the direct path.
+                    if let Some(conn) = self.conn.clone() {
+                        match self.attach(&conn, *handover) {
+                            Ok(()) => {
+                                self.live.swap_remove(i);
+                                break added;
+                            }
+                            Err(back) => handover = back,
+                        }
+                    }
                     self.live[i].next.set(next_live(handover));
                     break added;
                 }
@@ -528,9 +546,14 @@ async fn stall_guard(write: impl Future<Output = Result<(), ()>>) -> Result<Resu
 
 /// The frames a subscription attached at `cursor` is still owed from the ring,
 /// framed for the socket: through the delivery rule, so a gap is announced as
-/// anywhere else. `Err` when they are more than [`ATTACH_BYTES`] (the cursor is then
-/// left as it was).
-fn frame_owed(cursor: &mut Cursor, frames: &mut dyn Iterator<Item = &LiveFrame>) -> Result<Option<Bytes>, ()> {
+/// anywhere else. `Err` (the cursor left as it was) when they are more than
+/// [`ATTACH_BYTES`], or when the cursor would not then stand at `last`, the
+/// channel's last tick (the channel's later batches follow on from `last` only).
+fn frame_owed(
+    cursor: &mut Cursor,
+    frames: &mut dyn Iterator<Item = &LiveFrame>,
+    last: Option<&LiveFrame>,
+) -> Result<Option<Bytes>, ()> {
     let mut moved = cursor.clone();
     let mut out = Vec::new();
     for frame in frames {
@@ -544,6 +567,11 @@ fn frame_owed(cursor: &mut Cursor, frames: &mut dyn Iterator<Item = &LiveFrame>)
         if out.len() > ATTACH_BYTES {
             return Err(());
         }
+    }
+    let in_step =
+        last.is_none_or(|last| moved.last_sent == last.id && moved.epoch.as_deref().is_some_and(|e| *e == *last.epoch));
+    if !in_step {
+        return Err(());
     }
     *cursor = moved;
     Ok((!out.is_empty()).then(|| Bytes::from(out)))
