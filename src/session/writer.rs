@@ -228,7 +228,17 @@ impl<T: Transport> Writer<T> {
         let Some(conn) = self.conn.clone() else {
             return true;
         };
-        while let Some(item) = conn.next_pending() {
+        // Nothing pending is the common case, and costs no future: the one that
+        // writes is boxed, so it does not size every connection's task for its life.
+        match conn.next_pending() {
+            None => true,
+            Some(first) => Box::pin(self.write_pending_from(&conn, first)).await,
+        }
+    }
+
+    async fn write_pending_from(&mut self, conn: &Conn, first: Pending) -> bool {
+        let mut next = Some(first);
+        while let Some(item) = next {
             match item {
                 Pending::Bytes { sub, bytes } if self.is_open(sub) => {
                     let write = self.transport.write_framed(&bytes);
@@ -241,6 +251,7 @@ impl<T: Transport> Writer<T> {
                 Pending::Bytes { .. } => {}
                 Pending::Detached { sub, after, lagged } => self.detached(sub, after, lagged),
             }
+            next = conn.next_pending();
         }
         true
     }
@@ -467,7 +478,10 @@ impl<T: Transport> Writer<T> {
         if self.batch.is_empty() {
             return true;
         }
-        let write = self.transport.write(&mut self.batch);
+        // Boxed: a write future (with the socket's readiness in it) inline would size
+        // every connection's task for its whole life, for what is a short moment on
+        // a connection that mostly idles (its live ticks come from the channel).
+        let write = Box::pin(self.transport.write(&mut self.batch));
         let outcome = stall_guard(write).await;
         self.batch.clear();
         self.batch_bytes = 0;
@@ -476,7 +490,8 @@ impl<T: Transport> Writer<T> {
         match outcome {
             Ok(Ok(())) => true,
             Ok(Err(())) => false,
-            Err(()) => self.stalled().await,
+            // Boxed: rare, and inline it would size every connection's task.
+            Err(()) => Box::pin(self.stalled()).await,
         }
     }
 
