@@ -178,6 +178,47 @@ async fn lagging_session_catches_up(engine: Engine) {
 
 both_engines!(lagging_session_catches_up);
 
+/// The connection's own frames (pongs here) and the channel's direct writes share one
+/// socket: while the client does not read, the socket fills, a direct write is cut
+/// short, and the pongs must wait until the rest of that frame is out. Read at last,
+/// every frame is whole, every pong arrives, every tick once and in order.
+async fn own_frames_never_split_a_direct_write(engine: Engine) {
+    let app = TestApp::start(engine.config()).await;
+    let t = token(&["*"]);
+    let mut ws = app.ws("/ws/c.split?since=$", &t).await;
+    ws.until_type("live").await;
+    let pad = "y".repeat(3000);
+    let mut ids = Vec::new();
+    for round in 0..12 {
+        let batch: Vec<Value> = (0..250)
+            .map(|i| json!({"channel": "c.split", "value": i, "key": format!("{round}-{i}"), "data": {"pad": pad}}))
+            .collect();
+        let (status, body) = app.ingest(&Value::Array(batch)).await;
+        assert_eq!(status, 201, "{body}");
+        ids.extend(
+            body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string()),
+        );
+        ws.send(json!({"type": "ping"})).await;
+    }
+    let (mut got, mut pongs) = (Vec::new(), 0);
+    while got.len() < ids.len() || pongs < 12 {
+        let f = ws.next_json().await;
+        match f["type"].as_str() {
+            Some("tick") => got.push(f["id"].as_str().unwrap().to_string()),
+            Some("pong") => pongs += 1,
+            _ => panic!("unexpected frame {f}"),
+        }
+    }
+    assert_eq!(got, ids);
+    app.stop().await;
+}
+
+both_engines!(own_frames_never_split_a_direct_write);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiplexed_socket_subscribes_and_unsubscribes() {
     let app = TestApp::start(config(None)).await;

@@ -101,15 +101,16 @@ impl Conn {
         self.lock().busy = true;
     }
 
-    /// The next pending item for the writer; `None` when there is none, which also
-    /// ends the writer's hold (direct writes resume).
-    pub fn next_pending(&self) -> Option<Pending> {
+    /// The next pending item for the writer; `None` when there is none, which with
+    /// `release` also ends the writer's hold (direct writes resume).
+    pub fn next_pending(&self, release: bool) -> Option<Pending> {
         let mut state = self.lock();
         let next = state.pending.pop_front();
         match &next {
             Some(Pending::Bytes { bytes, .. }) => state.pending_bytes -= bytes.len(),
             Some(Pending::Detached { .. }) => {}
-            None => state.busy = false,
+            None if release => state.busy = false,
+            None => {}
         }
         next
     }
@@ -414,13 +415,13 @@ mod tests {
             conn.deliver(&sub, &Bytes::from_static(b"abc"), &None),
             Delivered::Yes
         ));
-        assert!(conn.next_pending().is_none());
+        assert!(conn.next_pending(true).is_none());
         // Two of "defg" fit: the rest waits, and so does what follows it.
         conn.deliver(&sub, &Bytes::from_static(b"defg"), &None);
         conn.deliver(&sub, &Bytes::from_static(b"hi"), &None);
         assert_eq!(&*socket.written.lock().unwrap(), b"abcde");
         let mut rest = Vec::new();
-        while let Some(Pending::Bytes { bytes, .. }) = conn.next_pending() {
+        while let Some(Pending::Bytes { bytes, .. }) = conn.next_pending(true) {
             rest.extend_from_slice(&bytes);
         }
         assert_eq!(rest, b"fghi");
@@ -435,9 +436,9 @@ mod tests {
         assert!(matches!(conn.deliver(&sub, &big, &None), Delivered::Yes));
         assert!(matches!(conn.deliver(&sub, &big, &None), Delivered::Not));
         assert!(socket.written.lock().unwrap().is_empty());
-        assert!(matches!(conn.next_pending(), Some(Pending::Bytes { sub: 7, .. })));
+        assert!(matches!(conn.next_pending(true), Some(Pending::Bytes { sub: 7, .. })));
         assert!(matches!(
-            conn.next_pending(),
+            conn.next_pending(true),
             Some(Pending::Detached {
                 sub: 7,
                 after: None,
@@ -446,7 +447,7 @@ mod tests {
         ));
         // Detached: nothing more for it, and the hold ends with the queue.
         assert!(matches!(conn.deliver(&sub, &big, &None), Delivered::Not));
-        assert!(conn.next_pending().is_none());
+        assert!(conn.next_pending(true).is_none());
     }
 
     #[test]

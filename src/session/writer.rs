@@ -193,9 +193,13 @@ impl<T: Transport> Writer<T> {
                 (i, handover, first) = std::future::poll_fn(|cx| poll_live(live, turn, cx)) => Wake::Live(i, handover, first),
             };
             // From here until the pending list is empty, the channels' bytes for
-            // this connection queue behind what this task writes.
+            // this connection queue behind what this task writes. What they queued
+            // before goes first: it may be the rest of a frame a direct write cut.
             if let Some(conn) = &self.conn {
                 conn.hold();
+            }
+            if !self.write_pending(false).await {
+                return;
             }
             let mut delivered = 0;
             match wake {
@@ -216,27 +220,28 @@ impl<T: Transport> Writer<T> {
                 }
             }
             self.ctx.metrics.ticks_delivered.inc_by(delivered);
-            if !self.write_batch().await || !self.write_pending().await {
+            if !self.write_batch().await || !self.write_pending(true).await {
                 return;
             }
         }
     }
 
     /// Writes what the channels queued for this connection, in order, until nothing
-    /// is left (which releases the connection to them); false when it is done.
-    async fn write_pending(&mut self) -> bool {
+    /// is left (which, with `release`, releases the connection to them; without, the
+    /// writer keeps holding it for a batch of its own); false when it is done.
+    async fn write_pending(&mut self, release: bool) -> bool {
         let Some(conn) = self.conn.clone() else {
             return true;
         };
         // Nothing pending is the common case, and costs no future: the one that
         // writes is boxed, so it does not size every connection's task for its life.
-        match conn.next_pending() {
+        match conn.next_pending(release) {
             None => true,
-            Some(first) => Box::pin(self.write_pending_from(&conn, first)).await,
+            Some(first) => Box::pin(self.write_pending_from(&conn, first, release)).await,
         }
     }
 
-    async fn write_pending_from(&mut self, conn: &Conn, first: Pending) -> bool {
+    async fn write_pending_from(&mut self, conn: &Conn, first: Pending, release: bool) -> bool {
         let mut next = Some(first);
         while let Some(item) = next {
             match item {
@@ -251,7 +256,7 @@ impl<T: Transport> Writer<T> {
                 Pending::Bytes { .. } => {}
                 Pending::Detached { sub, after, lagged } => self.detached(sub, after, lagged),
             }
-            next = conn.next_pending();
+            next = conn.next_pending(release);
         }
         true
     }
@@ -524,15 +529,19 @@ impl<T: Transport> Writer<T> {
     /// within a second, so a stuck connection cannot hold up the end of the session.
     async fn finish(&mut self, closing: Closing) {
         self.count_close(closing);
-        while let Ok(out) = self.queue.try_recv() {
-            self.take(out);
-        }
         if let Some(conn) = &self.conn {
             conn.hold();
         }
+        while let Ok(out) = self.queue.try_recv() {
+            self.take(out);
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            // The channels' bytes first: one may be the rest of a frame.
-            if self.transport.write(&mut self.batch).await.is_ok() && self.write_pending().await {
+            // The channels' bytes first: one may be the rest of a frame a direct
+            // write cut; then this task's own, then what the channels queued since.
+            if self.write_pending(false).await
+                && self.transport.write(&mut self.batch).await.is_ok()
+                && self.write_pending(false).await
+            {
                 self.transport.close(closing).await;
             }
         })
