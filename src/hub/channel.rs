@@ -329,9 +329,9 @@ impl Partition {
             if direct::follows(&prev, &fresh) {
                 deliveries.push(Delivery {
                     subs: active.direct.clone(),
-                    batch: direct::frame_batch(&fresh),
                     ticks: fresh.len() as u64,
                     oldest_ms: fresh[0].id.ms,
+                    frames: fresh,
                     prev,
                 });
             } else {

@@ -58,7 +58,7 @@ pub struct Conn {
 }
 
 #[derive(Default)]
-pub struct ConnState {
+struct ConnState {
     /// The writer has frames of its own in hand, or bytes are pending: the direct
     /// path appends instead of writing.
     busy: bool,
@@ -70,8 +70,10 @@ pub struct ConnState {
 
 /// What waits for a connection's writer, in order.
 pub enum Pending {
-    /// Framed ticks of subscription `sub`.
-    Bytes { sub: u64, bytes: Bytes },
+    /// Framed ticks of subscription `sub`. `cut`: the rest of frames a direct
+    /// write cut short, which must go out whatever becomes of `sub` (the socket
+    /// already holds their start).
+    Bytes { sub: u64, bytes: Bytes, cut: bool },
     /// Subscription `sub` left the direct path after `after`, the last tick written
     /// or queued for it (`None`: none since it was attached): catch it up from there.
     /// `lagged`: it fell behind (else the channel's ticks did not follow on, and its
@@ -156,28 +158,24 @@ impl Conn {
             let item = Pending::Bytes {
                 sub: sub.sub,
                 bytes: batch.clone(),
+                cut: false,
             };
             self.queue(&mut state, item);
             return Delivered::Yes;
         }
-        let rest = match self.socket.try_write(batch) {
+        let (bytes, cut) = match self.socket.try_write(batch) {
             Ok(n) if n == batch.len() => return Delivered::Yes,
-            Ok(n) => batch.slice(n..),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => batch.clone(),
-            Err(_) => {
-                // The writer learns it on its own next write; nothing more goes here.
-                state.closed = true;
-                self.wake.notify_one();
-                return Delivered::Not;
-            }
+            Ok(n) => (batch.slice(n..), n > 0),
+            // Any other error is the writer's to find: it writes the batch itself
+            // next, and a connection that is gone ends there.
+            Err(_) => (batch.clone(), false),
         };
-        self.queue(
-            &mut state,
-            Pending::Bytes {
-                sub: sub.sub,
-                bytes: rest,
-            },
-        );
+        let item = Pending::Bytes {
+            sub: sub.sub,
+            bytes,
+            cut,
+        };
+        self.queue(&mut state, item);
         Delivered::Yes
     }
 
@@ -199,13 +197,9 @@ impl Conn {
     fn queue_bytes(&self, sub: u64, bytes: Bytes) {
         let mut state = self.lock();
         if !state.closed {
-            self.queue(&mut state, Pending::Bytes { sub, bytes });
+            let item = Pending::Bytes { sub, bytes, cut: false };
+            self.queue(&mut state, item);
         }
-    }
-
-    /// Whether the connection is gone.
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
     }
 }
 
@@ -273,10 +267,11 @@ impl Drop for Attachment {
     }
 }
 
-/// One channel's new ticks for its direct subscribers, framed once.
+/// One channel's new ticks for its direct subscribers, framed once (outside the
+/// partition's lock, by [`Delivery::run`]).
 pub(crate) struct Delivery {
     pub subs: Arc<Vec<Arc<DirectSub>>>,
-    pub batch: Bytes,
+    pub frames: Vec<LiveFrame>,
     /// The channel's last tick before this batch: what every subscriber in `subs`
     /// was last given.
     pub prev: Option<Fence>,
@@ -289,9 +284,10 @@ impl Delivery {
     /// Writes the batch to each subscriber (outside the partition's lock); returns
     /// the tick frames delivered.
     pub fn run(self) -> u64 {
+        let batch = frame_batch(&self.frames);
         let mut delivered = 0;
         for sub in self.subs.iter() {
-            if let Delivered::Yes = sub.conn.deliver(sub, &self.batch, &self.prev) {
+            if let Delivered::Yes = sub.conn.deliver(sub, &batch, &self.prev) {
                 delivered += self.ticks;
             }
         }

@@ -125,8 +125,6 @@ impl Hub {
         }
     }
 
-    /// Connects, checks for rolled-back streams when the connection is fresh, then
-    /// reads. A failed check is tried again before the next read.
     /// Writes each channel's new ticks to its direct subscribers (`direct.rs`).
     fn deliver(&self, deliveries: Vec<Delivery>) {
         for delivery in deliveries {
@@ -141,6 +139,8 @@ impl Hub {
         }
     }
 
+    /// Connects, checks for rolled-back streams when the connection is fresh, then
+    /// reads. A failed check is tried again before the next read.
     async fn read_checked(
         &self,
         partition: &Partition,

@@ -28,13 +28,18 @@ pub(crate) struct Conflating {
 /// What the hub offers ticks to: the subscription's cursor and its connection.
 struct Sampling {
     cursor: Cursor,
-    out: mpsc::Sender<Outbound>,
+    /// Weak: the hub holding it must not keep the connection's queue open after the
+    /// session has gone (its writer ends when the queue closes).
+    out: mpsc::WeakSender<Outbound>,
 }
 
 impl Sampler for Sampling {
     fn offer(&mut self, newest: &LiveFrame) -> Offer {
+        let Some(out) = self.out.upgrade() else {
+            return Offer::Gone;
+        };
         // Room first: the cursor moves only for a frame that is queued.
-        let permit = match self.out.try_reserve() {
+        let permit = match out.try_reserve() {
             Ok(permit) => permit,
             Err(TrySendError::Full(())) => return Offer::Full,
             Err(TrySendError::Closed(())) => return Offer::Gone,
@@ -99,7 +104,7 @@ pub(super) async fn go_live(
     let sub = cursor.sub;
     let sampling = Sampling {
         cursor,
-        out: out.clone(),
+        out: out.downgrade(),
     };
     let hold = ctx.hub.conflate(live, rate.interval(), Box::new(sampling), sent_at);
     out.send(Outbound::Conflated(Box::new(Conflating { sub, _hold: hold })))

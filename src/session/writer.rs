@@ -67,7 +67,8 @@ struct Attached {
 }
 
 /// Ring ticks a subscription may still be owed when it is attached (framed and
-/// queued at once); more, and it catches up through its own queue first.
+/// queued at once); more, and it takes its channel's live buffer first (and joins
+/// once it has drained it).
 const ATTACH_BYTES: usize = BATCH_BYTES;
 
 type LiveNext = ReusableBoxFuture<'static, (Box<Handover>, Result<LiveFrame, Interrupted>)>;
@@ -242,10 +243,15 @@ impl<T: Transport> Writer<T> {
     }
 
     async fn write_pending_from(&mut self, conn: &Conn, first: Pending, release: bool) -> bool {
+        // A pass writes at most a batch's worth, then goes back to the queue (a
+        // pong, an unsubscribe, the close), still holding the connection: channels
+        // that produce as fast as the socket drains never starve this task.
+        let mut written = 0;
         let mut next = Some(first);
         while let Some(item) = next {
             match item {
-                Pending::Bytes { sub, bytes } if self.is_open(sub) => {
+                Pending::Bytes { sub, bytes, cut } if cut || self.is_open(sub) => {
+                    written += bytes.len();
                     let write = self.transport.write_framed(&bytes);
                     match stall_guard(write).await {
                         Ok(Ok(())) => {}
@@ -253,8 +259,14 @@ impl<T: Transport> Writer<T> {
                         Err(()) => return self.stalled().await,
                     }
                 }
+                // Whole frames of a subscription that has ended: dropped.
                 Pending::Bytes { .. } => {}
                 Pending::Detached { sub, after, lagged } => self.detached(sub, after, lagged),
+            }
+            if written >= BATCH_BYTES {
+                // The rest waits for the next pass, which this wakes.
+                conn.wake.notify_one();
+                return true;
             }
             next = conn.next_pending(release);
         }
@@ -578,6 +590,13 @@ fn frame_owed(
     frames: &mut dyn Iterator<Item = &LiveFrame>,
     last: Option<&LiveFrame>,
 ) -> Result<Option<Bytes>, ()> {
+    // The ring's ticks after the cursor are found by id, which only means "after"
+    // within one epoch: a cursor of another epoch than the ring's takes the live
+    // buffer instead, through its delivery rule.
+    let same_epoch = |a: &Option<Arc<str>>, b: &LiveFrame| a.as_deref().is_some_and(|e| *e == *b.epoch);
+    if last.is_some_and(|last| cursor.epoch.is_some() && !same_epoch(&cursor.epoch, last)) {
+        return Err(());
+    }
     let mut moved = cursor.clone();
     let mut out = Vec::new();
     for frame in frames {
@@ -585,15 +604,15 @@ fn frame_owed(
             Admit::Skip => continue,
             Admit::Send => {}
             Admit::SendAfter(Frame::Text { text, .. }) => framing::encode_text(&mut out, &text),
-            Admit::SendAfter(_) => {}
+            // A gap is always a text frame; anything else is not sent half-way.
+            Admit::SendAfter(_) => return Err(()),
         }
         framing::encode_text(&mut out, &frame.text);
         if out.len() > ATTACH_BYTES {
             return Err(());
         }
     }
-    let in_step =
-        last.is_none_or(|last| moved.last_sent == last.id && moved.epoch.as_deref().is_some_and(|e| *e == *last.epoch));
+    let in_step = last.is_none_or(|last| moved.last_sent == last.id && same_epoch(&moved.epoch, last));
     if !in_step {
         return Err(());
     }

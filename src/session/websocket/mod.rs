@@ -76,14 +76,12 @@ impl Transport for WebSocketTransport {
         let _ = self.flush().await;
     }
 
-    async fn write_framed(&mut self, mut bytes: &[u8]) -> Result<(), ()> {
-        // Whatever a stalled write left comes first.
-        self.flush().await?;
-        while !bytes.is_empty() {
-            let n = write_some(&self.tcp, bytes).await?;
-            bytes = &bytes[n..];
-        }
-        Ok(())
+    async fn write_framed(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        // Through the buffer, like the connection's own frames: a write the stall
+        // timer cuts leaves the rest there, so a close frame still follows whole
+        // frames.
+        self.buf.extend_from_slice(bytes);
+        self.flush().await
     }
 }
 
