@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use support::property::{self, ingest_n};
+use support::property::{self, ingest_large, ingest_n};
 use support::*;
 
 async fn replay_defaults(engine: Engine) {
@@ -142,21 +142,9 @@ async fn lagging_session_catches_up(engine: Engine) {
     let mut ws = app.ws("/ws/c.lag?since=0-0", &t).await;
     ws.until_type("live").await;
     // Ingest without reading: 9 MB, more than the sockets on the way can hold.
-    let pad = "x".repeat(3000);
     let mut ids = Vec::new();
     for round in 0..12 {
-        let batch: Vec<Value> = (0..250)
-            .map(|i| json!({"channel": "c.lag", "value": i, "key": format!("{round}-{i}"), "data": {"pad": pad}}))
-            .collect();
-        let (status, body) = app.ingest(&Value::Array(batch)).await;
-        assert_eq!(status, 201, "{body}");
-        ids.extend(
-            body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_string()),
-        );
+        ids.extend(ingest_large(&app, "c.lag", round).await);
     }
     let mut got = Vec::new();
     let mut last_seq = 0;
@@ -187,21 +175,9 @@ async fn own_frames_never_split_a_direct_write(engine: Engine) {
     let t = token(&["*"]);
     let mut ws = app.ws("/ws/c.split?since=$", &t).await;
     ws.until_type("live").await;
-    let pad = "y".repeat(3000);
     let mut ids = Vec::new();
     for round in 0..12 {
-        let batch: Vec<Value> = (0..250)
-            .map(|i| json!({"channel": "c.split", "value": i, "key": format!("{round}-{i}"), "data": {"pad": pad}}))
-            .collect();
-        let (status, body) = app.ingest(&Value::Array(batch)).await;
-        assert_eq!(status, 201, "{body}");
-        ids.extend(
-            body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_string()),
-        );
+        ids.extend(ingest_large(&app, "c.split", round).await);
         ws.send(json!({"type": "ping"})).await;
     }
     let (mut got, mut pongs) = (Vec::new(), 0);

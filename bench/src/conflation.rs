@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::fanout::{connect_many, produce};
+use crate::fanout::{connect_many, drain, produce};
 use crate::report::{histogram, server_usage, BenchCpu, Report};
 use crate::ws::{is_tick, Field, Frame, Ws};
 use crate::{now_us, Args};
@@ -139,20 +139,7 @@ pub async fn run(args: &Args, clients: usize, rate: u64, frame_rate: u16, durati
     window_end.store(now_us(), Ordering::Release);
     target.store(produced.max(1), Ordering::Release);
     // The last tick is due at most 1/rate after the one before it: 5 s is plenty.
-    let drain = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            stop.store(true, Ordering::Release);
-        }
-    });
-    let mut results = Vec::new();
-    for r in readers {
-        if let Ok(seen) = r.await {
-            results.push(seen);
-        }
-    }
-    drain.abort();
+    let results = drain(readers, &stop).await;
     let elapsed = started.elapsed().as_secs_f64();
     report.bench(&cpu);
     let usage1 = server_usage(&args.url).await;

@@ -123,6 +123,26 @@ async fn subscriber(mut ws: Ws, target: Arc<AtomicU64>, stop: Arc<AtomicBool>) -
     seen
 }
 
+/// Waits for `readers` to finish, setting `stop` (which ends those still reading)
+/// after 5 s, however many there are; the results of those that did not fail.
+pub async fn drain<T>(readers: Vec<tokio::task::JoinHandle<T>>, stop: &Arc<AtomicBool>) -> Vec<T> {
+    let deadline = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.store(true, Ordering::Release);
+        }
+    });
+    let mut results = Vec::new();
+    for r in readers {
+        if let Ok(seen) = r.await {
+            results.push(seen);
+        }
+    }
+    deadline.abort();
+    results
+}
+
 /// Produces `rate` ticks/s spread evenly over `channels` for `duration`, in 10 ms
 /// batches; returns how many each channel got. With `stored`, the time Redis stored
 /// tick `n` (1-based, in `data.n`; the millisecond of its stream id, in µs) goes to
@@ -221,21 +241,8 @@ pub async fn run(
     for (t, n) in targets.iter().zip(&per_channel) {
         t.store((*n).max(1), Ordering::Release);
     }
-    // The producer is done; give the subscribers 5 s to drain.
-    let drain = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            stop.store(true, Ordering::Release);
-        }
-    });
-    let mut results = Vec::new();
-    for r in readers {
-        if let Ok(seen) = r.await {
-            results.push(seen);
-        }
-    }
-    drain.abort();
+    // The producer is done; the subscribers get 5 s to drain.
+    let results = drain(readers, &stop).await;
     let elapsed = started.elapsed().as_secs_f64();
     report.bench(&cpu);
     let usage1 = server_usage(&args.url).await;

@@ -329,8 +329,6 @@ impl Partition {
             if direct::follows(&prev, &fresh) {
                 deliveries.push(Delivery {
                     subs: active.direct.clone(),
-                    ticks: fresh.len() as u64,
-                    oldest_ms: fresh[0].id.ms,
                     frames: fresh,
                     prev,
                 });

@@ -275,23 +275,26 @@ pub(crate) struct Delivery {
     /// The channel's last tick before this batch: what every subscriber in `subs`
     /// was last given.
     pub prev: Option<Fence>,
-    pub ticks: u64,
-    /// Append time (ms) of the batch's oldest tick.
-    pub oldest_ms: u64,
 }
 
 impl Delivery {
     /// Writes the batch to each subscriber (outside the partition's lock); returns
     /// the tick frames delivered.
-    pub fn run(self) -> u64 {
+    pub fn run(&self) -> u64 {
         let batch = frame_batch(&self.frames);
+        let ticks = self.frames.len() as u64;
         let mut delivered = 0;
         for sub in self.subs.iter() {
             if let Delivered::Yes = sub.conn.deliver(sub, &batch, &self.prev) {
-                delivered += self.ticks;
+                delivered += ticks;
             }
         }
         delivered
+    }
+
+    /// Append time (ms) of the batch's oldest tick.
+    pub fn oldest_ms(&self) -> u64 {
+        self.frames.first().map_or(0, |f| f.id.ms)
     }
 }
 

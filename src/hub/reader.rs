@@ -128,12 +128,11 @@ impl Hub {
     /// Writes each channel's new ticks to its direct subscribers (`direct.rs`).
     fn deliver(&self, deliveries: Vec<Delivery>) {
         for delivery in deliveries {
-            let oldest_ms = delivery.oldest_ms;
             let delivered = delivery.run();
             if delivered > 0 {
                 self.metrics.ticks_delivered.inc_by(delivered);
                 self.metrics.ticks_direct.inc_by(delivered);
-                let age_ms = now_ms().saturating_sub(oldest_ms);
+                let age_ms = now_ms().saturating_sub(delivery.oldest_ms());
                 self.metrics.delivery_latency.observe(age_ms as f64 / 1000.0);
             }
         }

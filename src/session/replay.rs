@@ -70,6 +70,20 @@ impl Feed {
         (self.cursor, self.out)
     }
 
+    /// Ends the replay: counts it, and queues the `live` frame, whose `last_id` is
+    /// the last tick sent, else `fallback` (docs/PROTOCOL.md §5.3).
+    pub(super) async fn send_live(&mut self, ctx: &SessionContext, fallback: StreamId) -> Result<(), Gone> {
+        ctx.metrics.replay_size.observe(self.cursor.sent as f64);
+        let last_id = if self.cursor.sent > 0 {
+            self.cursor.last_sent
+        } else {
+            fallback
+        };
+        let live = protocol::live(&self.cursor.channel, last_id);
+        self.send(live).await?;
+        self.flush().await
+    }
+
     pub(super) async fn send(&mut self, frame: Frame) -> Result<(), Gone> {
         self.pending_ticks += u64::from(frame.is_tick());
         self.pending.push(frame);
@@ -420,14 +434,7 @@ async fn start(
         Some(rate) => sampling::go_live(ctx, &req, feed, live, rate, fallback).await?,
         None => {
             feed.catch_up(ctx).await?;
-            ctx.metrics.replay_size.observe(feed.cursor.sent as f64);
-            let last_id = if feed.cursor.sent > 0 {
-                feed.cursor.last_sent
-            } else {
-                fallback
-            };
-            feed.send(protocol::live(&req.channel, last_id)).await?;
-            feed.flush().await?;
+            feed.send_live(ctx, fallback).await?;
             let Feed { cursor, out, .. } = feed;
             out.send(Outbound::Live(Box::new(Handover { cursor, live })))
                 .await

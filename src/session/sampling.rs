@@ -9,7 +9,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 
 use super::cursor::{Cursor, Sample};
-use super::protocol::{self, FrameRate, SubscribeRequest};
+use super::protocol::{FrameRate, SubscribeRequest};
 use super::replay::{Feed, Gone};
 use super::{Outbound, SessionContext, SubFrames};
 use crate::engine::IdRange;
@@ -92,14 +92,7 @@ pub(super) async fn go_live(
         feed.send(sample.tick).await?;
         sent_at = Some(Instant::now());
     }
-    ctx.metrics.replay_size.observe(feed.cursor.sent as f64);
-    let last_id = if feed.cursor.sent > 0 {
-        feed.cursor.last_sent
-    } else {
-        fallback
-    };
-    feed.send(protocol::live(&req.channel, last_id)).await?;
-    feed.flush().await?;
+    feed.send_live(ctx, fallback).await?;
     let (cursor, out) = feed.into_parts();
     let sub = cursor.sub;
     let sampling = Sampling {

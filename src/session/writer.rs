@@ -60,8 +60,8 @@ pub trait Transport: Send + 'static {
 
 /// A subscription the channel writes to directly, and where it stood when attached.
 struct Attached {
-    sub: u64,
-    /// Its cursor at attachment; a detachment says where it is now.
+    /// Its cursor at attachment (and its subscription's number); a detachment says
+    /// where it is now.
     cursor: Cursor,
     hold: Attachment,
 }
@@ -276,10 +276,10 @@ impl<T: Transport> Writer<T> {
     /// Subscription `sub` left the direct path after `after`: it catches up from
     /// there through its own queue, and is attached again when done.
     fn detached(&mut self, sub: u64, after: Option<Fence>, lagged: bool) {
-        let Some(i) = self.attached.iter().position(|a| a.sub == sub) else {
+        let Some(i) = self.attached.iter().position(|a| a.cursor.sub == sub) else {
             return;
         };
-        let Attached { mut cursor, hold, .. } = self.attached.swap_remove(i);
+        let Attached { mut cursor, hold } = self.attached.swap_remove(i);
         if let Some(after) = after {
             cursor.last_sent = after.id;
             cursor.last_seq = Some(after.seq);
@@ -308,11 +308,7 @@ impl<T: Transport> Writer<T> {
         });
         match attached {
             Ok(hold) => {
-                self.attached.push(Attached {
-                    sub: owed.sub,
-                    cursor: owed,
-                    hold,
-                });
+                self.attached.push(Attached { cursor: owed, hold });
                 Ok(())
             }
             Err(live) => Err(Box::new(Handover { cursor, live })),
@@ -344,7 +340,7 @@ impl<T: Transport> Writer<T> {
             Outbound::Close(sub) => {
                 self.open.retain(|s| *s != sub);
                 self.live.retain(|slot| slot.sub != sub);
-                self.attached.retain(|a| a.sub != sub);
+                self.attached.retain(|a| a.cursor.sub != sub);
                 self.conflated.retain(|c| c.sub != sub);
                 self.catch_ups.retain(|(s, task)| {
                     if *s == sub {

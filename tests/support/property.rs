@@ -26,17 +26,32 @@ pub async fn ingest_n(app: &TestApp, channel: &str, n: usize) -> Vec<String> {
             .iter()
             .map(|i| json!({"channel": channel, "value": *i as f64, "key": format!("{channel}-{i}-{}", rand::random::<u64>())}))
             .collect();
-        let (status, body) = app.ingest(&Value::Array(batch)).await;
-        assert_eq!(status, 201, "{body}");
-        ids.extend(
-            body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_string()),
-        );
+        ids.extend(ingest_ids(app, batch).await);
     }
     ids
+}
+
+/// Ingests `batch` (it must be stored) and returns the ids, in order.
+async fn ingest_ids(app: &TestApp, batch: Vec<Value>) -> Vec<String> {
+    let (status, body) = app.ingest(&Value::Array(batch)).await;
+    assert_eq!(status, 201, "{body}");
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Ingests 250 ticks of about 3 KB each (some 750 KB; `round` keeps their keys apart
+/// from other rounds') and returns their ids: a dozen rounds are more than the
+/// sockets on the way hold for a client that does not read.
+pub async fn ingest_large(app: &TestApp, channel: &str, round: usize) -> Vec<String> {
+    let pad = "x".repeat(3000);
+    let batch = (0..250)
+        .map(|i| json!({"channel": channel, "value": i, "key": format!("{round}-{i}"), "data": {"pad": pad}}))
+        .collect();
+    ingest_ids(app, batch).await
 }
 
 /// One client's view: connects (and sometimes reconnects) with a cursor, collects
