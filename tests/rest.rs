@@ -9,14 +9,7 @@ async fn seed(app: &TestApp, channel: &str, n: usize) -> Vec<String> {
     let batch: Vec<Value> = (0..n)
         .map(|i| json!({"channel": channel, "value": i, "key": format!("{i}")}))
         .collect();
-    let (status, body) = app.ingest(&Value::Array(batch)).await;
-    assert_eq!(status, 201);
-    body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect()
+    support::property::ingest_ids(app, batch).await
 }
 
 async fn page_ids(app: &TestApp, path: &str) -> (Vec<String>, Option<String>, Value) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::fanout::{connect_many, drain, produce};
+use crate::fanout::{connect_many, drain, produce, read_on};
 use crate::report::{histogram, server_usage, BenchCpu, Report};
 use crate::ws::{is_tick, Field, Frame, Ws};
 use crate::{now_us, Args};
@@ -83,20 +83,8 @@ async fn subscriber(
             last_seq = Some(seq);
         }
         let t = target.load(Ordering::Acquire);
-        if t > 0 && last_seq >= Some(t) {
+        if t > 0 && last_seq >= Some(t) || !read_on(&mut ws, &mut check, &stop).await {
             break;
-        }
-        tokio::select! {
-            more = ws.read_more() => {
-                if !matches!(more, Ok(true)) {
-                    break;
-                }
-            }
-            _ = check.tick() => {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-            }
         }
     }
     ws.close().await;

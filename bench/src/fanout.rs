@@ -102,25 +102,23 @@ async fn subscriber(mut ws: Ws, target: Arc<AtomicU64>, stop: Arc<AtomicBool>) -
             }
         }
         let t = target.load(Ordering::Acquire);
-        if t > 0 && seen.received >= t {
+        if t > 0 && seen.received >= t || !read_on(&mut ws, &mut check, &stop).await {
             break;
-        }
-        tokio::select! {
-            more = ws.read_more() => {
-                if !matches!(more, Ok(true)) {
-                    break;
-                }
-            }
-            _ = check.tick() => {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-            }
         }
     }
     seen.lost = missing.len() as u64;
     ws.close().await;
     seen
+}
+
+/// Waits for more bytes in `ws`'s buffer or the next tick of `check`, whichever
+/// comes first (so a reader looks at its target again at least every tick); false
+/// when the reader should end: the socket closed, or `stop` is set.
+pub async fn read_on(ws: &mut Ws, check: &mut tokio::time::Interval, stop: &AtomicBool) -> bool {
+    tokio::select! {
+        more = ws.read_more() => matches!(more, Ok(true)),
+        _ = check.tick() => !stop.load(Ordering::Acquire),
+    }
 }
 
 /// Waits for `readers` to finish, setting `stop` (which ends those still reading)

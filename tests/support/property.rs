@@ -32,7 +32,7 @@ pub async fn ingest_n(app: &TestApp, channel: &str, n: usize) -> Vec<String> {
 }
 
 /// Ingests `batch` (it must be stored) and returns the ids, in order.
-async fn ingest_ids(app: &TestApp, batch: Vec<Value>) -> Vec<String> {
+pub async fn ingest_ids(app: &TestApp, batch: Vec<Value>) -> Vec<String> {
     let (status, body) = app.ingest(&Value::Array(batch)).await;
     assert_eq!(status, 201, "{body}");
     body["results"]
