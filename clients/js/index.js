@@ -1,0 +1,945 @@
+// tickstream-client: the delivery guarantee of a tickstream server, kept for its user.
+//
+// One ES module, no dependencies, no build step: the same file is the npm package
+// `tickstream-client` and the dashboard's client (served by the server at
+// /tickstream-client.js). What it promises, and how, is in README.md beside it and in
+// the project's docs/PROTOCOL.md §12.
+//
+// Map of this file:
+//   errors and small helpers      TickstreamError, Emitter, ids, backoff
+//   tokens                        TokenSource: a string, or a function called again before exp
+//   REST                          Rest: one call at a time, paced by X-RateLimit-Remaining
+//   subscriptions                 Subscription: cursor, continuity check, events, iterators
+//   transports                    WsLink (one multiplexed /ws socket), SseLink (one /sse stream)
+//   the client                    Client
+//   cursor stores                 memoryStore, localStorageStore
+
+// ---- errors and small helpers ------------------------------------------------------------
+
+/** Every error this library hands over: the server's `code` (or one of its own), and
+ *  for HTTP refusals the `status` and `retryAfter` (seconds). */
+export class TickstreamError extends Error {
+  constructor(code, message, { status = null, channel = null, retryAfter = null } = {}) {
+    super(message || code);
+    this.name = 'TickstreamError';
+    this.code = code;
+    this.status = status;
+    this.channel = channel;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** A small event emitter that never throws for want of a listener (unlike Node's on
+ *  "error"), so nothing this library reports can crash a process nobody listens in. */
+class Emitter {
+  #handlers = new Map();
+  on(event, fn) {
+    if (!this.#handlers.has(event)) this.#handlers.set(event, new Set());
+    this.#handlers.get(event).add(fn);
+    return this;
+  }
+  off(event, fn) { this.#handlers.get(event)?.delete(fn); return this; }
+  once(event, fn) {
+    const wrapped = (...args) => { this.off(event, wrapped); fn(...args); };
+    return this.on(event, wrapped);
+  }
+  listens(event) { return (this.#handlers.get(event)?.size ?? 0) > 0; }
+  emit(event, ...args) {
+    for (const fn of [...(this.#handlers.get(event) ?? [])]) {
+      try { fn(...args); } catch (e) { queueMicrotask(() => { throw e; }); }   // a listener's own bug stays its own
+    }
+  }
+}
+
+const CHANNEL_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+const ID_RE = /^\d+-\d+$/;
+const SPECIAL_SINCE = /^(\$|t:.+)$/;
+
+/** Redis stream ids "ms-n", compared numerically part by part. */
+export function compareIds(a, b) {
+  const [am, an] = a.split('-'), [bm, bn] = b.split('-');
+  const ms = BigInt(am) - BigInt(bm);
+  if (ms !== 0n) return ms < 0n ? -1 : 1;
+  const n = BigInt(an) - BigInt(bn);
+  return n === 0n ? 0 : n < 0n ? -1 : 1;
+}
+
+const sleep = (ms, signal) => new Promise((resolve) => {
+  if (signal?.aborted) return resolve();
+  const t = setTimeout(resolve, ms);
+  signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+});
+
+/** Exponential backoff with full jitter: uniform in [min, min + min(cap, base·2ⁿ)]. */
+function backoffDelay(attempt, { base, cap }, min = 0) {
+  return min + Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
+}
+
+// The server's inbound throttle is a burst of 20 then 10 messages a second per socket
+// (PROTOCOL §5.5); beyond it the socket closes with 4029. We stay safely under it.
+const SEND_BURST = 15, SEND_PER_MS = 8 / 1000;
+// Liveness: a ping after 25 s of silence; 60 s without a byte is a dead connection.
+const PING_MS = 25_000, SILENCE_MS = 60_000;
+// A connection that stayed up this long resets the backoff.
+const STABLE_MS = 10_000;
+
+// ---- tokens --------------------------------------------------------------------------------
+
+function jwtClaims(token) {
+  const part = typeof token === 'string' ? token.split('.')[1] : undefined;
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const text = typeof atob === 'function' ? atob(b64) : Buffer.from(b64, 'base64').toString('binary');
+    return JSON.parse(decodeURIComponent(escape(text)));
+  } catch { return null; }
+}
+
+/** When to ask for the next token: before `exp` by a fifth of its lifetime (1–60 s),
+ *  never sooner than in 1 s; null when the token carries no `exp`. */
+export function refreshDelay(token, now = Date.now()) {
+  const c = jwtClaims(token);
+  if (!c || typeof c.exp !== 'number') return null;
+  const nowS = now / 1000, lifetime = c.exp - (typeof c.iat === 'number' ? c.iat : nowS);
+  const margin = Math.min(60, Math.max(1, lifetime / 5));
+  return Math.max(1000, (c.exp - margin - nowS) * 1000);
+}
+
+/** A static token, or a function that returns one (called again before `exp` and
+ *  whenever the server says the token expired). Concurrent callers share one call. */
+class TokenSource {
+  #fn; #value; #pending = null;
+  constructor(token) {
+    if (typeof token === 'function') this.#fn = token;
+    else if (typeof token === 'string' || token == null) this.#value = token ?? '';
+    else throw new TypeError('token must be a string or a function returning one');
+  }
+  get refreshable() { return !!this.#fn; }
+  /** The token in force; `fresh` asks the function for a new one. */
+  async get(fresh = false) {
+    if (!this.#fn) return this.#value;
+    if (!fresh && this.#value != null) return this.#value;
+    this.#pending ??= (async () => {
+      try {
+        const t = await this.#fn();
+        if (typeof t !== 'string' || !t) throw new TickstreamError('bad_token', 'the token function returned no token');
+        return (this.#value = t);
+      } finally { this.#pending = null; }
+    })();
+    return this.#pending;
+  }
+  get current() { return this.#value; }
+}
+
+// ---- REST ----------------------------------------------------------------------------------
+
+const enc = encodeURIComponent;
+const query = (params) => {
+  const q = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => `${k}=${enc(String(v))}`).join('&');
+  return q ? '?' + q : '';
+};
+
+async function errorFrom(res) {
+  const body = await res.json().catch(() => ({}));
+  const retry = Number(res.headers.get('Retry-After'));
+  return new TickstreamError(typeof body.error === 'string' ? body.error : `http_${res.status}`,
+    `HTTP ${res.status}${body.message ? ': ' + body.message : ''}`,
+    { status: res.status, retryAfter: Number.isFinite(retry) && retry > 0 ? retry : null });
+}
+
+/** REST reads, one at a time: when `X-RateLimit-Remaining` reaches 0 the next waits a
+ *  second (about one refill), a 429 waits its `Retry-After` and is tried again (five
+ *  times), and a 401 with a token function is tried once more with a fresh token. */
+class Rest {
+  #chain = Promise.resolve(); #notBefore = 0;
+  constructor(client) { this.client = client; }
+
+  request(path, { allow404 = false } = {}) {
+    const call = this.#chain.then(() => this.#send(path, allow404));
+    this.#chain = call.catch(() => {});
+    return call;
+  }
+
+  async #send(path, allow404) {
+    const { tokens } = this.client;
+    let refreshed = false;
+    for (let tries = 0; ; tries++) {
+      const wait = this.#notBefore - Date.now();
+      if (wait > 0) await sleep(wait);
+      const token = await tokens.get();
+      let res;
+      try {
+        res = await this.client.fetch(this.client.httpUrl + path, {
+          headers: token ? { Authorization: 'Bearer ' + token } : {}, cache: 'no-store' });
+      } catch (e) {
+        throw new TickstreamError('unreachable', `cannot reach the server: ${e.message}`);
+      }
+      const left = res.headers.get('X-RateLimit-Remaining');
+      if (left !== null && Number(left) < 1) this.#notBefore = Date.now() + 1000;
+      if (res.status === 429 && tries < 5) {
+        await res.body?.cancel().catch(() => {});
+        this.#notBefore = Date.now() + (Number(res.headers.get('Retry-After')) || 1) * 1000;
+        continue;
+      }
+      if (res.status === 401 && tokens.refreshable && !refreshed) {
+        await res.body?.cancel().catch(() => {});
+        refreshed = true;
+        await tokens.get(true);
+        continue;
+      }
+      if (res.status === 404 && allow404) { await res.body?.cancel().catch(() => {}); return null; }
+      if (!res.ok) throw await errorFrom(res);
+      return res.json();
+    }
+  }
+
+  /** Yields the items of every page, following `next`, `limit` items at most. */
+  async *pages(path, params, field, limit) {
+    let left = limit ?? Infinity, cursor;
+    do {
+      const page = await this.request(path + query({ ...params, limit: Math.min(1000, left), cursor }));
+      const items = Array.isArray(page?.[field]) ? page[field] : [];
+      for (const item of items.slice(0, left)) yield item;
+      left -= items.length;
+      cursor = page?.next;
+    } while (cursor && left > 0);
+  }
+}
+
+// ---- subscriptions --------------------------------------------------------------------------
+
+/** One async iterator over a subscription: a buffer that exists only while it does. */
+class Feed {
+  #queue = []; #waiter = null; #ended = false; #error = null;
+  constructor(sub) { this.sub = sub; }
+  push(event) {
+    if (this.#waiter) { const w = this.#waiter; this.#waiter = null; w.resolve({ value: event, done: false }); }
+    else this.#queue.push(event);
+  }
+  // A tick is handed over when the iterator yields it, not when it is buffered.
+  #yield(event) {
+    if (event.type === 'tick') this.sub.handedOver(event);
+    return { value: event, done: false };
+  }
+  end(error) {
+    this.#ended = true; this.#error = error ?? null;
+    if (this.#waiter) { const w = this.#waiter; this.#waiter = null; this.#settle(w); }
+  }
+  #settle(w) {
+    if (this.#error) { const e = this.#error; this.#error = null; w.reject(e); }
+    else w.resolve({ value: undefined, done: true });
+  }
+  next() {
+    if (this.#queue.length) return Promise.resolve(this.#yield(this.#queue.shift()));
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve: (r) => resolve(r.done ? r : this.#yield(r.value)), reject };
+      if (this.#ended) { this.#waiter = null; this.#settle({ resolve, reject }); }
+    });
+  }
+  /** Leaving a `for await` loop closes the subscription. */
+  return() {
+    this.#queue.length = 0;
+    this.sub.close();
+    return Promise.resolve({ value: undefined, done: true });
+  }
+  [Symbol.asyncIterator]() { return this; }
+}
+
+/** One channel's subscription: its cursor, the continuity check, and its events. */
+export class Subscription extends Emitter {
+  /** `{id, seq, epoch}` of the last tick handed over (to `tick` listeners, or yielded by
+   *  the iterator when one runs): what the store keeps. Before the first tick, the
+   *  stored or given start; null for the server's default replay. */
+  cursor = null;
+  /** "pending" (asked for, waiting) | "replaying" | "live" | "closed". */
+  state = 'pending';
+  /** Why it ended, when it ended with an error. */
+  error = null;
+  /** Resolves (never rejects) with the error it ended with, or null. */
+  closed;
+
+  #client; #options; #feeds = new Set(); #resolveClosed;
+  // Set when a (re)subscribe was sent: frames before its `subscribed` belong to an
+  // earlier incarnation and are ignored.
+  #awaiting = true;
+  // The next tick may start a new run (after `subscribed` or a gap): no continuity check.
+  #fresh = true; #gapPending = false; #epoch = null;
+  // The last tick received and accepted (it may still wait in an iterator's buffer):
+  // repeats and continuity are judged against it, and a reconnect resumes after it.
+  #last = null;
+  /** Ticks handed over since the last (re)subscribe, while replaying. */
+  replayed = 0;
+
+  constructor(client, channel, options, cursor) {
+    super();
+    this.#client = client;
+    this.channel = channel;
+    this.#options = options;
+    this.start(cursor);
+    this.closed = new Promise((r) => { this.#resolveClosed = r; });
+  }
+
+  /** Where it starts: a stored or given cursor, or null. */
+  start(cursor) { this.cursor = this.#last = cursor; }
+
+  get rate() { return this.#options.rate ?? null; }
+  get candles() { return this.#options.candles ?? null; }
+
+  /** The subscribe to send now: from the cursor once there is one, else as asked. */
+  subscribeMessage() {
+    const o = this.#options, msg = { type: 'subscribe', channel: this.channel };
+    const c = this.#last;
+    if (c) {
+      msg.since = c.id;
+      if (Number.isSafeInteger(c.seq)) msg.seq = c.seq;
+      if (typeof c.epoch === 'string') msg.epoch = c.epoch;
+    } else {
+      if (o.since != null) msg.since = o.since;
+      if (o.seq != null) msg.seq = o.seq;
+      if (o.epoch != null) msg.epoch = o.epoch;
+    }
+    if (o.rate != null) msg.rate = o.rate;
+    if (o.candles != null) msg.candles = o.candles;
+    return msg;
+  }
+
+  /** Called by the transport as it (re)subscribes. */
+  subscribing() {
+    this.#awaiting = true;
+    this.#setState('pending');
+  }
+
+  #setState(s) {
+    if (this.state === s) return;
+    this.state = s;
+    this.emit('state', s);
+  }
+
+  #hand(type, event) {
+    for (const f of this.#feeds) f.push(event);
+    this.emit(type, event);
+    if (type === 'tick' && !this.#feeds.size) this.handedOver(event);
+  }
+
+  /** Called as a tick reaches the user. */
+  handedOver(t) {
+    this.cursor = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
+    this.#client.saveCursor(this.channel, this.cursor);
+  }
+
+  /** One server frame for this channel. */
+  frame(f) {
+    if (this.state === 'closed') return;
+    if (f.type === 'subscribed') {
+      this.#awaiting = false;
+      this.#fresh = true; this.#gapPending = false;
+      this.#epoch = f.epoch ?? null;
+      this.replayed = 0;
+      this.#setState('replaying');
+      return;
+    }
+    if (this.#awaiting) return;
+    switch (f.type) {
+      case 'tick': return this.#tick(f);
+      case 'gap':
+        this.#gapPending = true;
+        return this.#hand('gap', f);
+      case 'candle': return this.#hand('candle', f);
+      case 'live':
+        // With nothing handed over yet (since=$, or an empty channel), the cursor
+        // becomes where the server says the stream stood, so a reconnect resumes there.
+        if (!this.#last && typeof f.last_id === 'string' && ID_RE.test(f.last_id)) {
+          this.cursor = this.#last = { id: f.last_id, seq: null, epoch: this.#epoch };
+          this.#client.saveCursor(this.channel, this.cursor);
+        }
+        this.#setState('live');
+        return this.emit('live', { type: 'live', channel: this.channel, last_id: f.last_id, replayed: this.replayed });
+      default: return undefined;   // a frame type newer than this library
+    }
+  }
+
+  // Exactly once, in order: a tick at or before the cursor (same epoch) is a repeat of
+  // what was handed over, dropped. Within an epoch the next tick's seq must be the
+  // cursor's + skipped + 1, and an epoch must not change, unless a gap frame said so;
+  // a break the server did not announce becomes a gap event of our own (`detected:
+  // "client"`), never hidden.
+  #tick(t) {
+    if (typeof t.id !== 'string' || !ID_RE.test(t.id)) return;
+    const cur = this.#last;
+    if (cur && (cur.epoch == null || t.epoch === cur.epoch) && compareIds(t.id, cur.id) <= 0) return;
+    if (cur && !this.#gapPending) {
+      const base = { type: 'gap', channel: this.channel, after: cur.id, resume_from: t.id, detected: 'client' };
+      if (cur.epoch != null && t.epoch !== cur.epoch) {
+        this.#hand('gap', { ...base, reason: 'epoch', missed: null });
+      } else if (t.skipped === null && !this.#fresh) {   // uncountable, where it may not be
+        this.#hand('gap', { ...base, reason: 'seq', missed: null });
+      } else if (Number.isSafeInteger(cur.seq) && Number.isSafeInteger(t.seq) && t.skipped !== null) {
+        const expected = cur.seq + (t.skipped ?? 0) + 1;
+        if (t.seq !== expected) this.#hand('gap', { ...base, reason: 'seq', missed: t.seq > expected ? t.seq - expected : null });
+      }
+    }
+    this.#fresh = this.#gapPending = false;
+    if (this.state === 'replaying') this.replayed++;
+    this.#last = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
+    this.#hand('tick', t);
+  }
+
+  /** Ends the subscription; with an error, that error reaches the user once: the
+   *  running iterator throws it, `error` listeners get it, else the next iterator
+   *  throws it (and it stays in `sub.error`). */
+  end(error = null) {
+    if (this.state === 'closed') return;
+    this.#setState('closed');
+    this.error = error;
+    let told = false;
+    for (const f of this.#feeds) { f.end(error); told = true; }
+    this.#feeds.clear();
+    if (error && this.listens('error')) { this.emit('error', error); told = true; }
+    if (error && !told) this.#unreported = true;
+    this.emit('close', error);
+    this.#resolveClosed(error);
+  }
+  #unreported = false;
+
+  /** Stops it: an unsubscribe is sent, iterators finish. The cursor stays in the store. */
+  close() {
+    if (this.state === 'closed') return;
+    this.#client.unsubscribed(this);
+    this.end(null);
+  }
+
+  [Symbol.asyncIterator]() {
+    const feed = new Feed(this);
+    if (this.state === 'closed') {
+      feed.end(this.#unreported ? this.error : null);
+      this.#unreported = false;
+    } else {
+      this.#feeds.add(feed);
+    }
+    return feed;
+  }
+}
+
+// ---- transports ------------------------------------------------------------------------------
+
+/** What to do after a socket closed with `code` (PROTOCOL §5.6). */
+function afterClose(code) {
+  switch (code) {
+    case 1002: case 1007: case 1008:
+      return { stop: new TickstreamError('policy', `the server closed the socket (${code}): this client sent what it should not`) };
+    case 4003: return { stop: new TickstreamError('forbidden', 'the server refused this client (4003)', { status: 403 }) };
+    case 4001: return { token: true };
+    case 4029: return { min: 5000, extra: 2 };
+    case 1013: return { min: 5000 };
+    case 1012: return { soon: true };
+    default: return {};
+  }
+}
+
+/** What to do after an HTTP refusal (a handshake, or an SSE request). */
+function afterRefusal(error, tokens) {
+  switch (error.status) {
+    case 401: return tokens.refreshable ? { token: true, backoff: true } : { stop: error };
+    case 403: case 400: case 404: return { stop: error };
+    case 429: return { min: (error.retryAfter ?? 1) * 1000 };
+    default: return {};
+  }
+}
+
+/** Common to both transports: connection state, retry timing. */
+class Link {
+  attempt = 0;
+  #retryTimer = 0; #stableTimer = 0;
+  constructor(client) { this.client = client; }
+
+  /** Schedules the next connection per `plan`; returns false when it must stop. */
+  retry(plan, info) {
+    const c = this.client;
+    if (plan.stop) { c.fail(plan.stop); return false; }
+    let delay;
+    if (plan.soon) delay = 100 + Math.random() * 900;
+    else if (plan.token && !plan.backoff && this.attempt === 0) delay = 0;
+    else delay = backoffDelay(this.attempt, c.backoff, plan.min ?? 0);
+    this.attempt += 1 + (plan.extra ?? 0);
+    if (plan.token) this.freshToken = true;
+    c.setState('reconnecting', { ...info, delay: Math.round(delay), attempt: this.attempt });
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => this.connect(), delay);
+    return true;
+  }
+  connectNow() { clearTimeout(this.#retryTimer); this.connect(); }
+  opened() {
+    clearTimeout(this.#stableTimer);
+    this.#stableTimer = setTimeout(() => { this.attempt = 0; }, STABLE_MS);
+  }
+  stopTimers() { clearTimeout(this.#retryTimer); clearTimeout(this.#stableTimer); }
+  /** The token for the next request, fresh when the server said it expired. */
+  async token() {
+    const fresh = this.freshToken;
+    this.freshToken = false;
+    return this.client.tokens.get(fresh);
+  }
+}
+
+/** One multiplexed `/ws` socket carrying every subscription of the client. */
+class WsLink extends Link {
+  ws = null;
+  #gen = 0; #openedAt = 0; #lastRx = 0; #pingTimer = 0; #drainTimer = 0; #refreshTimer = 0;
+  #out = []; #bucket = SEND_BURST; #bucketAt = 0;
+  #retrySubs = new Map();   // subscriptions waiting to retry a rate-limited subscribe
+
+  get open() { return this.ws !== null && this.#openedAt > 0; }
+
+  add(sub) {
+    if (this.open) this.#subscribe(sub);
+    else if (this.client.state === 'idle') this.connect();   // else the open to come subscribes it
+  }
+
+  remove(sub) {
+    clearTimeout(this.#retrySubs.get(sub)); this.#retrySubs.delete(sub);
+    const queued = this.#out.findIndex((m) => m.type === 'subscribe' && m.channel === sub.channel);
+    if (queued >= 0) this.#out.splice(queued, 1);
+    else if (this.open) this.#send({ type: 'unsubscribe', channel: sub.channel });
+  }
+
+  #subscribe(sub) {
+    sub.subscribing();
+    this.#send(sub.subscribeMessage());
+  }
+
+  #send(msg) { this.#out.push(msg); this.#drain(); }
+
+  #drain() {
+    clearTimeout(this.#drainTimer);
+    if (!this.open) return;
+    const now = Date.now();
+    this.#bucket = Math.min(SEND_BURST, this.#bucket + (now - this.#bucketAt) * SEND_PER_MS);
+    this.#bucketAt = now;
+    for (; this.#out.length && this.#bucket >= 1; this.#bucket--) {
+      try { this.ws.send(JSON.stringify(this.#out.shift())); } catch { return; }   // closing: onclose follows
+    }
+    if (this.#out.length) this.#drainTimer = setTimeout(() => this.#drain(), 1 / SEND_PER_MS);
+  }
+
+  async connect() {
+    const c = this.client, gen = ++this.#gen;
+    this.#drop();
+    if (c.state === 'closed') return;
+    c.setState('connecting', { url: c.httpUrl });
+    let token;
+    try { token = await this.token(); } catch (e) {
+      if (gen === this.#gen) this.retry({}, { error: e instanceof TickstreamError ? e : new TickstreamError('token_error', e.message) });
+      return;
+    }
+    if (gen !== this.#gen || c.state === 'closed') return;
+    let ws;
+    try {
+      const protocols = ['tickstream.v1'];
+      if (token) protocols.push('tickstream.bearer.' + token);
+      ws = new c.WebSocket(c.httpUrl.replace(/^http/, 'ws') + '/ws', protocols);
+    } catch (e) {   // e.g. a token with characters a subprotocol may not carry
+      c.fail(new TickstreamError('bad_token', `the token cannot be sent: ${e.message}`));
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => { if (ws === this.ws) this.#onOpen(token); };
+    ws.onmessage = (ev) => { if (ws === this.ws) this.#onMessage(ev.data); };
+    ws.onclose = (ev) => { if (ws === this.ws) this.#onClose(ev.code, ev.reason); };
+    ws.onerror = () => {};   // a close event always follows
+  }
+
+  #onOpen(token) {
+    const c = this.client;
+    this.#openedAt = this.#lastRx = Date.now();
+    this.#bucket = SEND_BURST; this.#bucketAt = Date.now();
+    this.opened();
+    c.setState('connected', { url: c.httpUrl });
+    for (const sub of c.subscriptions.values()) this.#subscribe(sub);
+    this.#pingTimer = setInterval(() => this.#heartbeat(), PING_MS);
+    this.#scheduleRefresh(token);
+  }
+
+  #scheduleRefresh(token) {
+    clearTimeout(this.#refreshTimer);
+    if (!this.client.tokens.refreshable) return;
+    const delay = refreshDelay(token);
+    if (delay === null) return;
+    this.#refreshTimer = setTimeout(async () => {
+      let fresh;
+      try { fresh = await this.client.tokens.get(true); } catch (e) {
+        this.client.report(new TickstreamError('token_error', `the token function failed: ${e.message}`));
+        this.#refreshTimer = setTimeout(() => this.#scheduleRefresh(token), 5000);
+        return;
+      }
+      if (!this.open) return;
+      this.#send({ type: 'refresh', token: fresh });
+      this.#scheduleRefresh(fresh);
+    }, Math.min(delay, 2 ** 31 - 1));
+  }
+
+  #heartbeat() {
+    if (!this.open) return;
+    if (Date.now() - this.#lastRx < SILENCE_MS) return this.#send({ type: 'ping' });
+    // A half-open connection: do not wait for the platform to notice.
+    this.#onClose(1006, 'no data for 60 s');
+  }
+
+  #onMessage(data) {
+    this.#lastRx = Date.now();
+    let f;
+    try { f = JSON.parse(typeof data === 'string' ? data : String(data)); } catch { return; }
+    if (!f || typeof f !== 'object') return;
+    if (f.type === 'error') return this.#onError(f);
+    const sub = typeof f.channel === 'string' ? this.client.subscriptions.get(f.channel) : undefined;
+    if (sub) sub.frame(f);
+  }
+
+  #onError(f) {
+    const c = this.client, sub = f.channel ? c.subscriptions.get(f.channel) : undefined;
+    const error = new TickstreamError(f.code || 'error', f.message, { channel: f.channel || null, retryAfter: f.retry_after ?? null });
+    if (!sub) {   // a refused refresh: the next token is asked for when the server closes with 4001
+      if (!f.channel) c.report(error);
+      return;
+    }
+    if (f.code === 'rate_limited') {   // transient: the same subscribe again, later
+      sub.subscribing();
+      const n = (sub.rateLimited = (sub.rateLimited ?? 0) + 1);
+      const delay = backoffDelay(n, c.backoff, (f.retry_after ?? 1) * 1000);
+      this.#retrySubs.set(sub, setTimeout(() => {
+        this.#retrySubs.delete(sub);
+        if (this.open && c.subscriptions.get(sub.channel) === sub) this.#subscribe(sub);
+      }, delay));
+      return;
+    }
+    c.subscriptions.delete(sub.channel);
+    sub.end(error);   // forbidden, bad_*: final
+  }
+
+  #onClose(code, reason) {
+    const c = this.client, wasOpen = this.open;
+    this.#drop();
+    if (c.state === 'closed') return;
+    for (const sub of c.subscriptions.values()) sub.subscribing();
+    const info = { code, reason };
+    if (wasOpen) return void this.retry(afterClose(code), info);
+    // Refused before the upgrade: a browser hides the HTTP status; ask REST.
+    this.#diagnose(this.#gen, info);
+  }
+
+  async #diagnose(gen, info) {
+    const c = this.client;
+    let plan = {}, error = null;
+    try {
+      await c.rest.request('/api/v1/channels?limit=1');
+    } catch (e) {
+      error = e;
+      if (e.status) plan = afterRefusal(e, c.tokens);
+    }
+    if (gen !== this.#gen || c.state === 'closed') return;
+    this.retry(plan, { ...info, error });
+  }
+
+  #drop() {
+    const ws = this.ws;
+    this.ws = null; this.#openedAt = 0;
+    clearInterval(this.#pingTimer); clearTimeout(this.#drainTimer); clearTimeout(this.#refreshTimer);
+    for (const t of this.#retrySubs.values()) clearTimeout(t);
+    this.#retrySubs.clear();
+    this.#out.length = 0;   // subscriptions are rebuilt from their cursors on the next open
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onerror = null;
+      ws.onclose = null;
+      try { ws.close(1000); } catch { /* already closing */ }
+    }
+  }
+
+  /** Closes the socket for good; resolves once it is closed (at most 2 s). */
+  shutdown() {
+    const ws = this.ws;
+    this.#gen++;
+    this.stopTimers();
+    if (!ws) return this.#drop(), Promise.resolve();
+    const done = new Promise((resolve) => {
+      const t = setTimeout(resolve, 2000);
+      const finish = () => { clearTimeout(t); resolve(); };
+      if (typeof ws.addEventListener === 'function') ws.addEventListener('close', finish, { once: true });
+      else ws.onclose = finish;
+    });
+    this.#drop();
+    return done;
+  }
+}
+
+/** Server-Sent Events, chosen explicitly (`transport: "sse"`): one `/sse/{channel}`
+ *  stream per subscription, read with fetch (headers, and the status of a refusal). */
+class SseLink extends Link {
+  #abort = null; #closed = false; #silence = 0;
+  constructor(client, sub) { super(client); this.sub = sub; }
+
+  add() { this.connect(); }
+  remove() { this.#closed = true; this.stopTimers(); clearTimeout(this.#silence); this.#abort?.abort(); }
+  shutdown() { this.remove(); return Promise.resolve(); }
+
+  async connect() {
+    const c = this.client, sub = this.sub;
+    if (this.#closed || c.state === 'closed') return;
+    this.#abort?.abort();
+    const abort = (this.#abort = new AbortController());
+    c.setState('connecting', { url: c.httpUrl, channel: sub.channel });
+    let end = {};
+    try {
+      const token = await this.token();
+      const m = sub.subscribeMessage();
+      const url = `${c.httpUrl}/sse/${enc(sub.channel)}` + query({ since: m.since, seq: m.seq, epoch: m.epoch, rate: m.rate, candles: m.candles });
+      sub.subscribing();
+      const res = await c.fetch(url, { headers: { Accept: 'text/event-stream', ...(token ? { Authorization: 'Bearer ' + token } : {}) },
+        signal: abort.signal, cache: 'no-store' });
+      if (!res.ok) {
+        const error = await errorFrom(res);
+        if (error.code === 'forbidden' || error.status === 400) {   // this channel, for good
+          c.subscriptions.delete(sub.channel);
+          return void sub.end(error);
+        }
+        return void this.retry(afterRefusal(error, c.tokens), { channel: sub.channel, error });
+      }
+      this.opened();
+      c.setState('connected', { url: c.httpUrl, channel: sub.channel });
+      end = await this.#read(res.body, abort);
+    } catch (e) {
+      if (this.#closed) return;
+      end = { error: new TickstreamError('unreachable', e.message) };
+    }
+    if (this.#closed || c.state === 'closed' || sub.state === 'closed') return;
+    sub.subscribing();
+    this.retry(end.plan ?? {}, { channel: sub.channel, code: end.code, error: end.error });
+  }
+
+  #watch(abort) {
+    clearTimeout(this.#silence);
+    this.#silence = setTimeout(() => abort.abort(), SILENCE_MS);   // comments come every 20 s
+  }
+
+  // Reads events until the stream ends; returns how it ended.
+  async #read(body, abort) {
+    const reader = body.getReader(), decoder = new TextDecoder();
+    let buf = '', plan = {}, code;
+    this.#watch(abort);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        this.#watch(abort);
+        buf += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
+        let cut;
+        while ((cut = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(l[5] === ' ' ? 6 : 5)).join('\n');
+          if (!data) continue;
+          let f;
+          try { f = JSON.parse(data); } catch { continue; }
+          if (f?.type !== 'error') { this.sub.frame(f); continue; }
+          // The stream's end, said before it ends (PROTOCOL §5.7).
+          code = f.code;
+          plan = code === 'restarting' ? { soon: true } : code === 'token_expired' ? { token: true }
+            : code === 'too_slow' ? { min: 5000 } : code === 'closed' ? {} : null;
+          if (plan === null) {   // a refusal of this subscription: final
+            this.client.subscriptions.delete(this.sub.channel);
+            this.sub.end(new TickstreamError(f.code || 'error', f.message, { channel: this.sub.channel }));
+            this.#closed = true;
+            return {};
+          }
+        }
+      }
+    } finally {
+      clearTimeout(this.#silence);
+      reader.cancel().catch(() => {});
+    }
+    return { plan, code };
+  }
+}
+
+// ---- the client ----------------------------------------------------------------------------------
+
+/** A tickstream client: one multiplexed socket (or SSE streams, when asked), every
+ *  subscription resumed from its cursor after any drop, REST reads paced. */
+export class Client extends Emitter {
+  /** "idle" | "connecting" | "connected" | "reconnecting" | "closed". */
+  state = 'idle';
+  /** Subscriptions by channel. */
+  subscriptions = new Map();
+
+  #urls; #urlIndex = 0; #links = new Map(); #ws = null; #store; #transport;
+
+  constructor({ url, token, WebSocket: WS, transport = 'websocket', store = null, fetch: fetchImpl, backoff } = {}) {
+    super();
+    const urls = (Array.isArray(url) ? url : [url]).filter(Boolean).map((u) => String(u).replace(/\/+$/, '').replace(/^ws(s?):/, 'http$1:'));
+    if (!urls.length || urls.some((u) => !/^https?:\/\//.test(u))) throw new TypeError('url must be an http(s) or ws(s) URL (or a list of them)');
+    if (!['websocket', 'sse'].includes(transport)) throw new TypeError('transport must be "websocket" or "sse"');
+    this.#urls = urls;
+    this.#transport = transport;
+    this.#store = store;
+    this.tokens = new TokenSource(token);
+    this.WebSocket = WS ?? globalThis.WebSocket;
+    if (transport === 'websocket' && typeof this.WebSocket !== 'function') {
+      throw new TypeError('no WebSocket: pass one in the options (Node 20: the `ws` package)');
+    }
+    const f = fetchImpl ?? globalThis.fetch;
+    this.fetch = (...args) => f(...args);
+    this.backoff = { base: 500, cap: 30_000, ...backoff };
+    this.rest = new Rest(this);
+  }
+
+  /** The node in use; another of the list after each failed or dropped connection. */
+  get httpUrl() { return this.#urls[this.#urlIndex]; }
+
+  setState(state, info = {}) {
+    if (state === 'reconnecting' && this.#urls.length > 1) this.#urlIndex = (this.#urlIndex + 1) % this.#urls.length;
+    this.state = state;
+    this.emit('state', state, info);
+  }
+
+  /** Reports an error that belongs to no call or subscription to `error` listeners. */
+  report(error) { if (this.listens('error')) this.emit('error', error); }
+
+  /** Stops for good: every subscription ends with `error`. */
+  fail(error) {
+    for (const link of this.#links.values()) link.shutdown();
+    this.#ws?.shutdown();
+    this.setState('closed', { error });
+    const subs = [...this.subscriptions.values()];
+    this.subscriptions.clear();
+    for (const sub of subs) sub.end(error);
+  }
+
+  /**
+   * Subscribes to `channel`; events: `tick`, `gap`, `candle` (also as an async
+   * iterable), `live`, `state`, `error`, `close`. With a store holding a cursor for the
+   * channel it resumes from it; else `since`/`seq`/`epoch` say where to start.
+   */
+  subscribe(channel, { since, seq, epoch, rate, candles } = {}) {
+    if (typeof channel !== 'string' || !CHANNEL_RE.test(channel)) throw new TickstreamError('bad_channel', `not a channel name: ${channel}`);
+    if (this.state === 'closed') throw new TickstreamError('closed', 'this client is closed');
+    if (this.subscriptions.has(channel)) throw new TickstreamError('already_subscribed', `already subscribed to ${channel}`);
+    if (since != null && !(ID_RE.test(since) || SPECIAL_SINCE.test(since))) throw new TickstreamError('bad_since', `since: ${since}`);
+    if (rate != null && !(Number.isInteger(rate) && rate >= 1 && rate <= 1000)) throw new TickstreamError('bad_rate', 'rate: a whole number from 1 to 1000');
+    // An id in `since` is a cursor like any other: repeats at or before it are dropped
+    // and continuity is checked from its `seq`.
+    const explicit = since != null && ID_RE.test(since) ? { id: since, seq: seq ?? null, epoch: epoch ?? null } : null;
+    const sub = new Subscription(this, channel, { since, seq, epoch, rate, candles }, null);
+    this.subscriptions.set(channel, sub);
+    const stored = this.#store ? this.#store.get(channel) : null;
+    const start = (cursor) => {
+      if (this.subscriptions.get(channel) !== sub) return;
+      sub.start(cursor && ID_RE.test(cursor.id) ? { id: cursor.id, seq: cursor.seq ?? null, epoch: cursor.epoch ?? null } : explicit);
+      this.#linkFor(sub).add(sub);
+    };
+    if (stored && typeof stored.then === 'function') {
+      stored.then(start, (e) => { this.subscriptions.delete(channel); sub.end(new TickstreamError('store_error', e.message)); });
+    } else start(stored);
+    return sub;
+  }
+
+  #linkFor(sub) {
+    if (this.#transport === 'websocket') return (this.#ws ??= new WsLink(this));
+    const link = new SseLink(this, sub);
+    this.#links.set(sub, link);
+    return link;
+  }
+
+  /** Called by `sub.close()`. */
+  unsubscribed(sub) {
+    if (this.subscriptions.get(sub.channel) !== sub) return;
+    this.subscriptions.delete(sub.channel);
+    if (this.#transport === 'websocket') this.#ws?.remove(sub);
+    else { this.#links.get(sub)?.remove(); this.#links.delete(sub); }
+  }
+
+  saveCursor(channel, cursor) {
+    try { this.#store?.set(channel, cursor); } catch (e) { this.report(new TickstreamError('store_error', e.message)); }
+  }
+
+  /** Skips the rest of a backoff wait and connects now. */
+  reconnect() {
+    if (this.state === 'closed') return;
+    this.#ws?.connectNow();
+    for (const link of this.#links.values()) link.connectNow();
+  }
+
+  /** Closes the socket and ends every subscription (their cursors stay in the store). */
+  async close() {
+    if (this.state === 'closed') return;
+    const subs = [...this.subscriptions.values()];
+    this.subscriptions.clear();
+    this.setState('closed', {});
+    for (const sub of subs) sub.end(null);
+    await Promise.all([this.#ws?.shutdown(), ...[...this.#links.values()].map((l) => l.shutdown())]);
+    this.#store?.flush?.();
+  }
+
+  /** Every tick of a channel in (`since`, `until`], in `order`, `limit` at most; pages followed. */
+  history(channel, { since, until, order, limit } = {}) {
+    return this.rest.pages(`/api/v1/channels/${enc(channel)}/ticks`, { since, until, order }, 'ticks', limit);
+  }
+
+  /** Candles of `interval` whose start is in (`since`, `until`], pages followed. */
+  candles(channel, { interval = '1m', since, until, order, limit } = {}) {
+    return this.rest.pages(`/api/v1/channels/${enc(channel)}/candles`, { interval, since, until, order }, 'candles', limit);
+  }
+
+  /** The channel's newest tick, or null when it has none. */
+  latest(channel) {
+    return this.rest.request(`/api/v1/channels/${enc(channel)}/latest`, { allow404: true });
+  }
+
+  /** A page of the channels this token may read: `{channels, next}`. */
+  channels({ limit, cursor } = {}) {
+    return this.rest.request('/api/v1/channels' + query({ limit, cursor }));
+  }
+}
+
+// ---- cursor stores ---------------------------------------------------------------------------------
+
+/** Cursors kept in memory, for one process. */
+export function memoryStore(initial = {}) {
+  const map = new Map(Object.entries(initial));
+  return {
+    get: (channel) => map.get(channel) ?? null,
+    set: (channel, cursor) => { if (cursor) map.set(channel, cursor); else map.delete(channel); },
+    entries: () => Object.fromEntries(map),
+  };
+}
+
+/** Cursors kept in a browser's `localStorage` under one key, so a reload resumes:
+ *  written at most every `delay` ms and when the page is hidden or left. Storage that
+ *  throws (private mode, quota) leaves the page working, only unremembered. */
+export function localStorageStore({ key = 'tickstream.cursors', storage = globalThis.localStorage, delay = 250 } = {}) {
+  let cursors = {};
+  try {
+    const saved = JSON.parse(storage?.getItem(key) ?? '{}');
+    for (const [ch, c] of Object.entries(saved && typeof saved === 'object' ? saved : {})) {
+      if (CHANNEL_RE.test(ch) && c && ID_RE.test(c.id)) {
+        cursors[ch] = { id: c.id, seq: Number.isSafeInteger(c.seq) ? c.seq : null, epoch: typeof c.epoch === 'string' ? c.epoch : null };
+      }
+    }
+  } catch { cursors = {}; }
+  let timer = 0;
+  const flush = () => {
+    clearTimeout(timer); timer = 0;
+    try { storage?.setItem(key, JSON.stringify(cursors)); } catch { /* not kept */ }
+  };
+  if (typeof addEventListener === 'function') {
+    addEventListener('pagehide', flush);
+    globalThis.document?.addEventListener('visibilitychange', () => { if (globalThis.document.hidden) flush(); });
+  }
+  return {
+    get: (channel) => cursors[channel] ?? null,
+    set: (channel, cursor) => {
+      if (cursor) cursors[channel] = cursor; else delete cursors[channel];
+      if (!timer) timer = setTimeout(flush, delay);
+    },
+    flush,
+    entries: () => ({ ...cursors }),
+  };
+}
