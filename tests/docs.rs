@@ -4,7 +4,7 @@
 //!
 //! Documents are the Markdown files of the repository; code comments are those of
 //! `src/`, `tests/`, `bench/src/` and `fuzz/`. A path counts when it starts at the
-//! repository's root (`src/…`, `tests/…`, `docs/…`, `redis/…`, `static/…`,
+//! repository's root (`src/…`, `tests/…`, `docs/…`, `redis/…`, `static/…`, `clients/…`,
 //! `scripts/…`, `bench/…`, `fuzz/…`, `.ci/…`) or, in backticks and ending in `.rs`,
 //! when it is relative to `src/` or to the file's own folder. A section counts when
 //! it is `PROTOCOL.md §N` (also `PROTOCOL §N`, `ARCHITECTURE.md §N`) or a quoted
@@ -74,8 +74,8 @@ fn prose(file: &Path, text: &str) -> String {
     }
 }
 
-const ROOTS: [&str; 9] = [
-    "src/", "tests/", "docs/", "redis/", "static/", "scripts/", "bench/", "fuzz/", ".ci/",
+const ROOTS: [&str; 10] = [
+    "src/", "tests/", "docs/", "redis/", "static/", "clients/", "scripts/", "bench/", "fuzz/", ".ci/",
 ];
 
 fn is_path_char(c: char) -> bool {

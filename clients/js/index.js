@@ -529,7 +529,10 @@ class WsLink extends Link {
     c.setState('connecting', { url: c.httpUrl });
     let token;
     try { token = await this.token(); } catch (e) {
-      if (gen === this.#gen) this.retry({}, { error: e instanceof TickstreamError ? e : new TickstreamError('token_error', e.message) });
+      if (gen !== this.#gen) return;
+      const error = new TickstreamError('token_error', `the token function failed: ${e.message}`);
+      c.report(error);
+      this.retry({ token: true, backoff: true }, { error });
       return;
     }
     if (gen !== this.#gen || c.state === 'closed') return;

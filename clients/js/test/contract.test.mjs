@@ -180,3 +180,22 @@ test('history, latest and candles equal what Redis holds', async () => {
   assert.deepEqual(candles.map(({ t, open, high, low, close, count, volume }) => ({ t: t.replace('.000Z', 'Z'), open, high, low, close, count, volume })), [...want.values()]);
   await c.close();
 });
+
+test('Redis restarts without its data: an epoch gap, then the new stream from its first tick', async () => {
+  const channel = 'contract.lost';
+  const c = client(server.url);
+  const sub = c.subscribe(channel, { since: '0-0' });
+  const got = collect(sub);
+  await server.ingest(channel, [{ value: 1 }, { value: 2 }]);
+  await until('two ticks', () => got.ticks.length === 2);
+  await redis.stop();
+  await redis.startAgain();   // no persistence: every stream is gone
+  const fresh = await until('the server stores again', () => server.ingest(channel, [{ value: 3 }]).catch(() => null));
+  await until('the new tick', () => got.ticks.at(-1).id === fresh[0]);
+  assert.equal(got.gaps.length, 1);
+  assert.equal(got.gaps[0].reason, 'epoch');
+  assert.equal(got.gaps[0].detected, undefined, 'announced by the server');
+  assert.equal(got.ticks.at(-1).seq, 1, 'the new epoch counts from 1');
+  assert.notEqual(got.ticks.at(-1).epoch, got.ticks[0].epoch);
+  await c.close();
+});
