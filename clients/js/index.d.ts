@@ -68,7 +68,8 @@ export type SubscriptionState = "pending" | "replaying" | "live" | "closed";
 export interface StateInfo {
   url?: string;
   channel?: string;
-  /** The close code that caused a reconnect. */
+  /** The close code that caused a reconnect (over SSE, the code the stream's ending
+   *  event stands for: 1012 restarting, 4001 token expired, 1013 too slow, 1000 closed). */
   code?: number;
   reason?: string;
   /** Milliseconds until the next attempt. */
@@ -79,6 +80,7 @@ export interface StateInfo {
 }
 
 export class TickstreamError extends Error {
+  constructor(code: string, message?: string, options?: { status?: number | null; channel?: string | null; retryAfter?: number | null });
   /** The server's code (`forbidden`, `rate_limited`, `invalid_token`, `bad_rate`, …)
    *  or this library's (`policy`, `unreachable`, `already_subscribed`, …). */
   code: string;

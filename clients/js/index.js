@@ -78,8 +78,9 @@ function backoffDelay(attempt, { base, cap }, min = 0) {
 // The server's inbound throttle is a burst of 20 then 10 messages a second per socket
 // (PROTOCOL §5.5); beyond it the socket closes with 4029. We stay safely under it.
 const SEND_BURST = 15, SEND_PER_MS = 8 / 1000;
-// Liveness: a ping after 25 s of silence; 60 s without a byte is a dead connection.
-const PING_MS = 25_000, SILENCE_MS = 60_000;
+// Liveness: a ping after 25 s of silence (looked at every 5 s); 60 s without a byte is
+// a dead connection.
+const PING_MS = 25_000, SILENCE_MS = 60_000, LOOK_MS = 5_000;
 // A connection that stayed up this long resets the backoff.
 const STABLE_MS = 10_000;
 
@@ -134,6 +135,8 @@ class TokenSource {
 // ---- REST ----------------------------------------------------------------------------------
 
 const enc = encodeURIComponent;
+// A REST answer that takes longer is given up (a page of 1,000 ticks takes milliseconds).
+const REST_TIMEOUT_MS = 30_000;
 const query = (params) => {
   const q = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== '')
     .map(([k, v]) => `${k}=${enc(String(v))}`).join('&');
@@ -167,11 +170,15 @@ class Rest {
     for (let tries = 0; ; tries++) {
       const wait = this.#notBefore - Date.now();
       if (wait > 0) await sleep(wait);
-      const token = await tokens.get();
+      let token;
+      try { token = await tokens.get(); } catch (e) {
+        throw new TickstreamError('token_error', `the token function failed: ${e.message}`);
+      }
       let res;
       try {
         res = await this.client.fetch(this.client.httpUrl + path, {
-          headers: token ? { Authorization: 'Bearer ' + token } : {}, cache: 'no-store' });
+          headers: token ? { Authorization: 'Bearer ' + token } : {}, cache: 'no-store',
+          signal: AbortSignal.timeout?.(REST_TIMEOUT_MS) });
       } catch (e) {
         throw new TickstreamError('unreachable', `cannot reach the server: ${e.message}`);
       }
@@ -185,7 +192,9 @@ class Rest {
       if (res.status === 401 && tokens.refreshable && !refreshed) {
         await res.body?.cancel().catch(() => {});
         refreshed = true;
-        await tokens.get(true);
+        try { await tokens.get(true); } catch (e) {
+          throw new TickstreamError('token_error', `the token function failed: ${e.message}`);
+        }
         continue;
       }
       if (res.status === 404 && allow404) { await res.body?.cancel().catch(() => {}); return null; }
@@ -197,6 +206,7 @@ class Rest {
   /** Yields the items of every page, following `next`, `limit` items at most. */
   async *pages(path, params, field, limit) {
     let left = limit ?? Infinity, cursor;
+    if (!(left > 0)) return;
     do {
       const page = await this.request(path + query({ ...params, limit: Math.min(1000, left), cursor }));
       const items = Array.isArray(page?.[field]) ? page[field] : [];
@@ -224,6 +234,9 @@ class Feed {
   }
   end(error) {
     this.#ended = true; this.#error = error ?? null;
+    // Closed by the user (or the client): what still waits is not wanted. An error
+    // comes after what was received before it.
+    if (!error) this.#queue.length = 0;
     if (this.#waiter) { const w = this.#waiter; this.#waiter = null; this.#settle(w); }
   }
   #settle(w) {
@@ -268,6 +281,12 @@ export class Subscription extends Emitter {
   // The last tick received and accepted (it may still wait in an iterator's buffer):
   // repeats and continuity are judged against it, and a reconnect resumes after it.
   #last = null;
+  // The last gap handed over while no tick has followed it: a resume before its tick
+  // makes the server say it again, and a user adding up `missed` must not count it twice.
+  #lastGap = null;
+  /** False until its start is known (a cursor store may answer later): a transport
+   *  subscribes it only then. */
+  started = false;
   /** Ticks handed over since the last (re)subscribe, while replaying. */
   replayed = 0;
 
@@ -276,12 +295,15 @@ export class Subscription extends Emitter {
     this.#client = client;
     this.channel = channel;
     this.#options = options;
-    this.start(cursor);
+    this.cursor = this.#last = cursor;
     this.closed = new Promise((r) => { this.#resolveClosed = r; });
   }
 
   /** Where it starts: a stored or given cursor, or null. */
-  start(cursor) { this.cursor = this.#last = cursor; }
+  start(cursor) {
+    this.cursor = this.#last = cursor;
+    this.started = true;
+  }
 
   get rate() { return this.#options.rate ?? null; }
   get candles() { return this.#options.candles ?? null; }
@@ -306,6 +328,7 @@ export class Subscription extends Emitter {
 
   /** Called by the transport as it (re)subscribes. */
   subscribing() {
+    if (this.state === 'closed') return;
     this.#awaiting = true;
     this.#setState('pending');
   }
@@ -317,13 +340,16 @@ export class Subscription extends Emitter {
   }
 
   #hand(type, event) {
+    // Listeners alone: handed over now (a listener reading `sub.cursor` sees this tick).
+    if (type === 'tick' && !this.#feeds.size) this.handedOver(event);
     for (const f of this.#feeds) f.push(event);
     this.emit(type, event);
-    if (type === 'tick' && !this.#feeds.size) this.handedOver(event);
   }
 
   /** Called as a tick reaches the user. */
   handedOver(t) {
+    const c = this.cursor;   // two loops on one subscription: the cursor never goes back
+    if (c && t.epoch === c.epoch && compareIds(t.id, c.id) <= 0) return;
     this.cursor = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
     this.#client.saveCursor(this.channel, this.cursor);
   }
@@ -333,7 +359,7 @@ export class Subscription extends Emitter {
     if (this.state === 'closed') return;
     if (f.type === 'subscribed') {
       this.#awaiting = false;
-      this.#fresh = true; this.#gapPending = false;
+      this.#fresh = true;   // a gap handed over before the drop stays pending: its tick is still to come
       this.#epoch = f.epoch ?? null;
       this.replayed = 0;
       this.#setState('replaying');
@@ -342,9 +368,13 @@ export class Subscription extends Emitter {
     if (this.#awaiting) return;
     switch (f.type) {
       case 'tick': return this.#tick(f);
-      case 'gap':
+      case 'gap': {
+        const g = this.#lastGap;
+        if (g && g.reason === f.reason && g.after === f.after && g.resume_from === f.resume_from && g.missed === f.missed) return undefined;
         this.#gapPending = true;
+        this.#lastGap = f;
         return this.#hand('gap', f);
+      }
       case 'candle': return this.#hand('candle', f);
       case 'live':
         // With nothing handed over yet (since=$, or an empty channel), the cursor
@@ -380,6 +410,7 @@ export class Subscription extends Emitter {
       }
     }
     this.#fresh = this.#gapPending = false;
+    this.#lastGap = null;
     if (this.state === 'replaying') this.replayed++;
     this.#last = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
     this.#hand('tick', t);
@@ -442,20 +473,31 @@ function afterRefusal(error, tokens) {
   switch (error.status) {
     case 401: return tokens.refreshable ? { token: true, backoff: true } : { stop: error };
     case 403: case 400: case 404: return { stop: error };
-    case 429: return { min: (error.retryAfter ?? 1) * 1000 };
+    case 429: return { min: (error.retryAfter ?? 5) * 1000 };
+    case 503: return { min: 1000 };
     default: return {};
   }
 }
 
-/** Common to both transports: connection state, retry timing. */
+// The `error` event that ends an SSE stream (PROTOCOL §5.7), as the close code it
+// stands for, so a user sees the same `code` whichever transport runs.
+const SSE_ENDS = { restarting: 1012, token_expired: 4001, too_slow: 1013, closed: 1000 };
+
+// A WebSocket handshake (or an SSE request's headers) that takes longer is given up.
+const HANDSHAKE_MS = 15_000;
+
+/** Common to both transports: retry timing, the stable-connection reset. */
 class Link {
   attempt = 0;
+  freshToken = false;
   #retryTimer = 0; #stableTimer = 0;
   constructor(client) { this.client = client; }
 
-  /** Schedules the next connection per `plan`; returns false when it must stop. */
+  /** Schedules the next connection per `plan`; false when it must stop. */
   retry(plan, info) {
     const c = this.client;
+    this.unstable();
+    if (c.state === 'closed') return false;
     if (plan.stop) { c.fail(plan.stop); return false; }
     let delay;
     if (plan.soon) delay = 100 + Math.random() * 900;
@@ -468,12 +510,18 @@ class Link {
     this.#retryTimer = setTimeout(() => this.connect(), delay);
     return true;
   }
-  connectNow() { clearTimeout(this.#retryTimer); this.connect(); }
+  /** Skips the rest of a backoff wait; nothing while connected or connecting. */
+  skipWait() {
+    if (this.waiting) { clearTimeout(this.#retryTimer); this.connect(); }
+  }
+  get waiting() { return this.client.state === 'reconnecting'; }
+  /** A connection is up: the backoff starts over once it has stayed up 10 s. */
   opened() {
     clearTimeout(this.#stableTimer);
     this.#stableTimer = setTimeout(() => { this.attempt = 0; }, STABLE_MS);
   }
-  stopTimers() { clearTimeout(this.#retryTimer); clearTimeout(this.#stableTimer); }
+  unstable() { clearTimeout(this.#stableTimer); }
+  stopTimers() { clearTimeout(this.#retryTimer); this.unstable(); }
   /** The token for the next request, fresh when the server said it expired. */
   async token() {
     const fresh = this.freshToken;
@@ -485,9 +533,20 @@ class Link {
 /** One multiplexed `/ws` socket carrying every subscription of the client. */
 class WsLink extends Link {
   ws = null;
-  #gen = 0; #openedAt = 0; #lastRx = 0; #pingTimer = 0; #drainTimer = 0; #refreshTimer = 0;
+  #gen = 0; #openedAt = 0; #lastRx = 0; #pingAt = 0;
+  #pingTimer = 0; #drainTimer = 0; #refreshTimer = 0; #handshakeTimer = 0;
   #out = []; #bucket = SEND_BURST; #bucketAt = 0;
-  #retrySubs = new Map();   // subscriptions waiting to retry a rate-limited subscribe
+  #retrySubs = new Map();   // subscription -> timer of a rate-limited subscribe's retry
+  #limited = new Map();     // subscription -> rate-limited refusals in a row
+  // A channel unsubscribed on this socket may still have frames of the old subscription
+  // on the way (PROTOCOL §5.2), and its subscribe may or may not have been answered:
+  // no frame names the subscribe it answers. So an unsubscribe is followed by a ping,
+  // and until its pong (the server answers in order, after what it had queued) the
+  // channel's frames are dropped and a new subscribe to it waits.
+  #draining = new Map();    // channel -> number of the ping that ends its drain
+  #held = new Map();        // channel -> subscription waiting for the drain
+  #pings = 0; #pongs = 0;
+  #refusal = null;          // the HTTP status a platform told of a refused handshake
 
   get open() { return this.ws !== null && this.#openedAt > 0; }
 
@@ -497,18 +556,24 @@ class WsLink extends Link {
   }
 
   remove(sub) {
-    clearTimeout(this.#retrySubs.get(sub)); this.#retrySubs.delete(sub);
-    const queued = this.#out.findIndex((m) => m.type === 'subscribe' && m.channel === sub.channel);
-    if (queued >= 0) this.#out.splice(queued, 1);
-    else if (this.open) this.#send({ type: 'unsubscribe', channel: sub.channel });
+    clearTimeout(this.#retrySubs.get(sub));
+    this.#retrySubs.delete(sub); this.#limited.delete(sub);
+    const queued = this.#out.findIndex((m) => m.sub === sub);
+    if (queued >= 0) return void this.#out.splice(queued, 1);   // never sent: nothing to undo
+    if (this.#held.get(sub.channel) === sub) return void this.#held.delete(sub.channel);
+    if (!this.open) return;
+    this.#send({ type: 'unsubscribe', channel: sub.channel });
+    this.#draining.set(sub.channel, Infinity);
+    this.#send({ type: 'ping' }, null, sub.channel);
   }
 
   #subscribe(sub) {
     sub.subscribing();
-    this.#send(sub.subscribeMessage());
+    if (this.#draining.has(sub.channel)) this.#held.set(sub.channel, sub);
+    else this.#send(sub.subscribeMessage(), sub);
   }
 
-  #send(msg) { this.#out.push(msg); this.#drain(); }
+  #send(msg, sub = null, drain = null) { this.#out.push({ msg, sub, drain }); this.#drain(); }
 
   #drain() {
     clearTimeout(this.#drainTimer);
@@ -517,7 +582,12 @@ class WsLink extends Link {
     this.#bucket = Math.min(SEND_BURST, this.#bucket + (now - this.#bucketAt) * SEND_PER_MS);
     this.#bucketAt = now;
     for (; this.#out.length && this.#bucket >= 1; this.#bucket--) {
-      try { this.ws.send(JSON.stringify(this.#out.shift())); } catch { return; }   // closing: onclose follows
+      const { msg, drain } = this.#out.shift();
+      try { this.ws.send(JSON.stringify(msg)); } catch { return; }   // closing: onclose follows
+      if (msg.type === 'ping') {
+        this.#pings++;
+        if (drain) this.#draining.set(drain, this.#pings);
+      }
     }
     if (this.#out.length) this.#drainTimer = setTimeout(() => this.#drain(), 1 / SEND_PER_MS);
   }
@@ -529,7 +599,7 @@ class WsLink extends Link {
     c.setState('connecting', { url: c.httpUrl });
     let token;
     try { token = await this.token(); } catch (e) {
-      if (gen !== this.#gen) return;
+      if (gen !== this.#gen || c.state === 'closed') return;
       const error = new TickstreamError('token_error', `the token function failed: ${e.message}`);
       c.report(error);
       this.retry({ token: true, backoff: true }, { error });
@@ -546,46 +616,64 @@ class WsLink extends Link {
       return;
     }
     this.ws = ws;
+    this.#refusal = null;
     ws.onopen = () => { if (ws === this.ws) this.#onOpen(token); };
     ws.onmessage = (ev) => { if (ws === this.ws) this.#onMessage(ev.data); };
     ws.onclose = (ev) => { if (ws === this.ws) this.#onClose(ev.code, ev.reason); };
-    ws.onerror = () => {};   // a close event always follows
+    // A close event always follows. Node's `ws` says why a handshake was refused in
+    // the error's message ("Unexpected server response: 429"); browsers say nothing.
+    ws.onerror = (ev) => {
+      const m = /Unexpected server response: (\d{3})/.exec(ev?.message ?? ev?.error?.message ?? '');
+      if (m && ws === this.ws) this.#refusal = Number(m[1]);
+    };
+    this.#handshakeTimer = setTimeout(() => { if (ws === this.ws && !this.open) this.#onClose(1006, 'handshake timed out'); }, HANDSHAKE_MS);
   }
 
   #onOpen(token) {
     const c = this.client;
-    this.#openedAt = this.#lastRx = Date.now();
+    clearTimeout(this.#handshakeTimer);
+    this.#openedAt = this.#lastRx = this.#pingAt = Date.now();
     this.#bucket = SEND_BURST; this.#bucketAt = Date.now();
     this.opened();
     c.setState('connected', { url: c.httpUrl });
-    for (const sub of c.subscriptions.values()) this.#subscribe(sub);
-    this.#pingTimer = setInterval(() => this.#heartbeat(), PING_MS);
-    this.#scheduleRefresh(token);
+    for (const sub of c.subscriptions.values()) if (sub.started) this.#subscribe(sub);
+    this.#pingTimer = setInterval(() => this.#heartbeat(), LOOK_MS);
+    this.#scheduleRefresh(token, this.#gen);
   }
 
-  #scheduleRefresh(token) {
+  // Asks the token function for the next token before this one expires, and sends it
+  // as a `refresh`. A token that expires no later than the one in force is not sent:
+  // the function is asked again later (halfway to the old expiry, at least in 5 s).
+  #scheduleRefresh(token, gen, delay = refreshDelay(token)) {
     clearTimeout(this.#refreshTimer);
-    if (!this.client.tokens.refreshable) return;
-    const delay = refreshDelay(token);
-    if (delay === null) return;
+    if (!this.client.tokens.refreshable || delay === null) return;
     this.#refreshTimer = setTimeout(async () => {
       let fresh;
       try { fresh = await this.client.tokens.get(true); } catch (e) {
+        if (gen !== this.#gen || !this.open) return;
         this.client.report(new TickstreamError('token_error', `the token function failed: ${e.message}`));
-        this.#refreshTimer = setTimeout(() => this.#scheduleRefresh(token), 5000);
+        this.#scheduleRefresh(token, gen, 5000);
         return;
       }
-      if (!this.open) return;
+      if (gen !== this.#gen || !this.open) return;
+      const was = jwtClaims(token)?.exp, now = jwtClaims(fresh)?.exp;
+      if (typeof was === 'number' && typeof now === 'number' && now <= was) {
+        return this.#scheduleRefresh(token, gen, Math.max(5000, (was * 1000 - Date.now()) / 2));
+      }
       this.#send({ type: 'refresh', token: fresh });
-      this.#scheduleRefresh(fresh);
+      this.#scheduleRefresh(fresh, gen);
     }, Math.min(delay, 2 ** 31 - 1));
   }
 
   #heartbeat() {
     if (!this.open) return;
-    if (Date.now() - this.#lastRx < SILENCE_MS) return this.#send({ type: 'ping' });
+    const now = Date.now(), silent = now - this.#lastRx;
     // A half-open connection: do not wait for the platform to notice.
-    this.#onClose(1006, 'no data for 60 s');
+    if (silent >= SILENCE_MS) return this.#onClose(1006, 'no data for 60 s');
+    if (silent >= PING_MS && now - this.#pingAt >= PING_MS) {   // its pong counts like any other
+      this.#pingAt = now;
+      this.#send({ type: 'ping' });
+    }
   }
 
   #onMessage(data) {
@@ -593,13 +681,30 @@ class WsLink extends Link {
     let f;
     try { f = JSON.parse(typeof data === 'string' ? data : String(data)); } catch { return; }
     if (!f || typeof f !== 'object') return;
-    if (f.type === 'error') return this.#onError(f);
-    const sub = typeof f.channel === 'string' ? this.client.subscriptions.get(f.channel) : undefined;
-    if (sub) sub.frame(f);
+    if (f.type === 'pong') return this.#onPong();
+    const channel = typeof f.channel === 'string' ? f.channel : '';
+    if (this.#draining.has(channel)) return;   // the unsubscribed one's
+    const sub = this.client.subscriptions.get(channel);
+    if (f.type === 'error') return this.#onError(f, sub);
+    if (sub) {
+      if (f.type === 'subscribed') this.#limited.delete(sub);
+      sub.frame(f);
+    }
   }
 
-  #onError(f) {
-    const c = this.client, sub = f.channel ? c.subscriptions.get(f.channel) : undefined;
+  #onPong() {
+    this.#pongs++;
+    for (const [channel, n] of this.#draining) {
+      if (n > this.#pongs) continue;
+      this.#draining.delete(channel);
+      const sub = this.#held.get(channel);
+      this.#held.delete(channel);
+      if (sub && this.client.subscriptions.get(channel) === sub) this.#send(sub.subscribeMessage(), sub);
+    }
+  }
+
+  #onError(f, sub) {
+    const c = this.client;
     const error = new TickstreamError(f.code || 'error', f.message, { channel: f.channel || null, retryAfter: f.retry_after ?? null });
     if (!sub) {   // a refused refresh: the next token is asked for when the server closes with 4001
       if (!f.channel) c.report(error);
@@ -607,7 +712,8 @@ class WsLink extends Link {
     }
     if (f.code === 'rate_limited') {   // transient: the same subscribe again, later
       sub.subscribing();
-      const n = (sub.rateLimited = (sub.rateLimited ?? 0) + 1);
+      const n = (this.#limited.get(sub) ?? 0) + 1;
+      this.#limited.set(sub, n);
       const delay = backoffDelay(n, c.backoff, (f.retry_after ?? 1) * 1000);
       this.#retrySubs.set(sub, setTimeout(() => {
         this.#retrySubs.delete(sub);
@@ -620,24 +726,31 @@ class WsLink extends Link {
   }
 
   #onClose(code, reason) {
-    const c = this.client, wasOpen = this.open;
+    const c = this.client, wasOpen = this.open, refusal = this.#refusal;
     this.#drop();
     if (c.state === 'closed') return;
     for (const sub of c.subscriptions.values()) sub.subscribing();
     const info = { code, reason };
     if (wasOpen) return void this.retry(afterClose(code), info);
     // Refused before the upgrade: a browser hides the HTTP status; ask REST.
-    this.#diagnose(this.#gen, info);
+    this.#diagnose(this.#gen, info, refusal);
   }
 
-  async #diagnose(gen, info) {
+  // The REST answer to the same token tells 401, 403 and 503; a refusal it cannot see
+  // (a `ws` bucket, the connection cap, an Origin) is reported as such, with a floor
+  // on the backoff, so an empty bucket is not hammered.
+  async #diagnose(gen, info, refusal) {
     const c = this.client;
-    let plan = {}, error = null;
+    let plan = { min: 1000 }, error;
     try {
       await c.rest.request('/api/v1/channels?limit=1');
+      error = refusal
+        ? new TickstreamError(refusal === 429 ? 'rate_limited' : `http_${refusal}`, `the handshake was refused: HTTP ${refusal}`, { status: refusal })
+        : new TickstreamError('refused', 'the connection failed, and a REST request with the same token found nothing wrong');
+      plan = refusal ? afterRefusal(error, c.tokens) : plan;
     } catch (e) {
       error = e;
-      if (e.status) plan = afterRefusal(e, c.tokens);
+      plan = e.status ? afterRefusal(e, c.tokens) : {};
     }
     if (gen !== this.#gen || c.state === 'closed') return;
     this.retry(plan, { ...info, error });
@@ -646,13 +759,19 @@ class WsLink extends Link {
   #drop() {
     const ws = this.ws;
     this.ws = null; this.#openedAt = 0;
-    clearInterval(this.#pingTimer); clearTimeout(this.#drainTimer); clearTimeout(this.#refreshTimer);
+    clearInterval(this.#pingTimer); clearTimeout(this.#drainTimer);
+    clearTimeout(this.#refreshTimer); clearTimeout(this.#handshakeTimer);
+    this.unstable();
     for (const t of this.#retrySubs.values()) clearTimeout(t);
-    this.#retrySubs.clear();
+    this.#retrySubs.clear(); this.#limited.clear();
+    this.#draining.clear(); this.#held.clear();
+    this.#pings = this.#pongs = 0;
     this.#out.length = 0;   // subscriptions are rebuilt from their cursors on the next open
     if (ws) {
-      ws.onopen = ws.onmessage = ws.onerror = null;
-      ws.onclose = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // Closing a socket that is still connecting makes `ws` emit an error: it must
+      // find a listener, or it would be an uncaught exception.
+      ws.onerror = () => {};
       try { ws.close(1000); } catch { /* already closing */ }
     }
   }
@@ -665,9 +784,7 @@ class WsLink extends Link {
     if (!ws) return this.#drop(), Promise.resolve();
     const done = new Promise((resolve) => {
       const t = setTimeout(resolve, 2000);
-      const finish = () => { clearTimeout(t); resolve(); };
-      if (typeof ws.addEventListener === 'function') ws.addEventListener('close', finish, { once: true });
-      else ws.onclose = finish;
+      ws.addEventListener('close', () => { clearTimeout(t); resolve(); }, { once: true });
     });
     this.#drop();
     return done;
@@ -677,62 +794,84 @@ class WsLink extends Link {
 /** Server-Sent Events, chosen explicitly (`transport: "sse"`): one `/sse/{channel}`
  *  stream per subscription, read with fetch (headers, and the status of a refusal). */
 class SseLink extends Link {
-  #abort = null; #closed = false; #silence = 0;
+  #abort = null; #closed = false; #state = 'idle';
   constructor(client, sub) { super(client); this.sub = sub; }
 
+  get waiting() { return this.#state === 'reconnecting'; }
+
   add() { this.connect(); }
-  remove() { this.#closed = true; this.stopTimers(); clearTimeout(this.#silence); this.#abort?.abort(); }
+  remove() { this.#closed = true; this.stopTimers(); this.#abort?.abort(); }
   shutdown() { this.remove(); return Promise.resolve(); }
+
+  #setState(state, info) {
+    this.#state = state;
+    this.client.setState(state, { ...info, channel: this.sub.channel });
+  }
+
+  retry(plan, info) {
+    const going = super.retry(plan, { ...info, channel: this.sub.channel });
+    if (going) this.#state = 'reconnecting';
+    return going;
+  }
+
+  // This subscription is refused for good (403, a bad parameter): it ends alone.
+  #refused(error) {
+    this.remove();
+    this.client.dropped(this.sub);
+    this.sub.end(error);
+  }
 
   async connect() {
     const c = this.client, sub = this.sub;
     if (this.#closed || c.state === 'closed') return;
     this.#abort?.abort();
     const abort = (this.#abort = new AbortController());
-    c.setState('connecting', { url: c.httpUrl, channel: sub.channel });
+    const mine = () => !this.#closed && abort === this.#abort && c.state !== 'closed';
+    this.#setState('connecting', { url: c.httpUrl });
     let end = {};
     try {
       const token = await this.token();
+      if (!mine()) return;
       const m = sub.subscribeMessage();
       const url = `${c.httpUrl}/sse/${enc(sub.channel)}` + query({ since: m.since, seq: m.seq, epoch: m.epoch, rate: m.rate, candles: m.candles });
       sub.subscribing();
-      const res = await c.fetch(url, { headers: { Accept: 'text/event-stream', ...(token ? { Authorization: 'Bearer ' + token } : {}) },
-        signal: abort.signal, cache: 'no-store' });
+      const timer = setTimeout(() => abort.abort(), HANDSHAKE_MS);
+      let res;
+      try {
+        res = await c.fetch(url, { headers: { Accept: 'text/event-stream', ...(token ? { Authorization: 'Bearer ' + token } : {}) },
+          signal: abort.signal, cache: 'no-store' });
+      } finally { clearTimeout(timer); }
+      if (!mine()) { res.body?.cancel().catch(() => {}); return; }
       if (!res.ok) {
         const error = await errorFrom(res);
-        if (error.code === 'forbidden' || error.status === 400) {   // this channel, for good
-          c.subscriptions.delete(sub.channel);
-          return void sub.end(error);
-        }
-        return void this.retry(afterRefusal(error, c.tokens), { channel: sub.channel, error });
+        if (error.code === 'forbidden' || error.status === 400) return this.#refused(error);
+        return void this.retry(afterRefusal(error, c.tokens), { error });
       }
       this.opened();
-      c.setState('connected', { url: c.httpUrl, channel: sub.channel });
+      this.#setState('connected', { url: c.httpUrl });
       end = await this.#read(res.body, abort);
     } catch (e) {
-      if (this.#closed) return;
-      end = { error: new TickstreamError('unreachable', e.message) };
+      end = { error: e instanceof TickstreamError ? e : new TickstreamError('unreachable', e.message) };
     }
-    if (this.#closed || c.state === 'closed' || sub.state === 'closed') return;
+    if (!mine() || sub.state === 'closed') return;
     sub.subscribing();
-    this.retry(end.plan ?? {}, { channel: sub.channel, code: end.code, error: end.error });
-  }
-
-  #watch(abort) {
-    clearTimeout(this.#silence);
-    this.#silence = setTimeout(() => abort.abort(), SILENCE_MS);   // comments come every 20 s
+    this.retry(end.plan ?? {}, { code: end.code, reason: end.reason, error: end.error });
   }
 
   // Reads events until the stream ends; returns how it ended.
   async #read(body, abort) {
     const reader = body.getReader(), decoder = new TextDecoder();
-    let buf = '', plan = {}, code;
-    this.#watch(abort);
+    let buf = '', silence = 0;
+    const watch = () => {   // comments come every 20 s: 60 s of nothing is a dead stream
+      clearTimeout(silence);
+      silence = setTimeout(() => abort.abort(), SILENCE_MS);
+    };
+    watch();
     try {
       for (;;) {
         const { value, done } = await reader.read();
-        if (done) break;
-        this.#watch(abort);
+        if (done) return {};
+        watch();
         buf += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
         let cut;
         while ((cut = buf.indexOf('\n\n')) >= 0) {
@@ -744,22 +883,18 @@ class SseLink extends Link {
           try { f = JSON.parse(data); } catch { continue; }
           if (f?.type !== 'error') { this.sub.frame(f); continue; }
           // The stream's end, said before it ends (PROTOCOL §5.7).
-          code = f.code;
-          plan = code === 'restarting' ? { soon: true } : code === 'token_expired' ? { token: true }
-            : code === 'too_slow' ? { min: 5000 } : code === 'closed' ? {} : null;
-          if (plan === null) {   // a refusal of this subscription: final
-            this.client.subscriptions.delete(this.sub.channel);
-            this.sub.end(new TickstreamError(f.code || 'error', f.message, { channel: this.sub.channel }));
-            this.#closed = true;
+          const code = SSE_ENDS[f.code];
+          if (code === undefined) {   // a refusal of this subscription: final
+            this.#refused(new TickstreamError(f.code || 'error', f.message, { channel: this.sub.channel }));
             return {};
           }
+          return { plan: afterClose(code), code, reason: f.code };
         }
       }
     } finally {
-      clearTimeout(this.#silence);
+      clearTimeout(silence);
       reader.cancel().catch(() => {});
     }
-    return { plan, code };
   }
 }
 
@@ -774,6 +909,7 @@ export class Client extends Emitter {
   subscriptions = new Map();
 
   #urls; #urlIndex = 0; #links = new Map(); #ws = null; #store; #transport;
+  #writes = new Map();   // channel -> a cursor write in flight (async stores)
 
   constructor({ url, token, WebSocket: WS, transport = 'websocket', store = null, fetch: fetchImpl, backoff } = {}) {
     super();
@@ -798,6 +934,7 @@ export class Client extends Emitter {
   get httpUrl() { return this.#urls[this.#urlIndex]; }
 
   setState(state, info = {}) {
+    if (this.state === 'closed') return;   // closed is for good
     if (state === 'reconnecting' && this.#urls.length > 1) this.#urlIndex = (this.#urlIndex + 1) % this.#urls.length;
     this.state = state;
     this.emit('state', state, info);
@@ -808,6 +945,7 @@ export class Client extends Emitter {
 
   /** Stops for good: every subscription ends with `error`. */
   fail(error) {
+    if (this.state === 'closed') return;
     for (const link of this.#links.values()) link.shutdown();
     this.#ws?.shutdown();
     this.setState('closed', { error });
@@ -830,16 +968,23 @@ export class Client extends Emitter {
     // An id in `since` is a cursor like any other: repeats at or before it are dropped
     // and continuity is checked from its `seq`.
     const explicit = since != null && ID_RE.test(since) ? { id: since, seq: seq ?? null, epoch: epoch ?? null } : null;
+    let stored = null;
+    try { stored = this.#store ? this.#store.get(channel) : null; } catch (e) {
+      throw new TickstreamError('store_error', `the cursor store failed: ${e.message}`);
+    }
     const sub = new Subscription(this, channel, { since, seq, epoch, rate, candles }, null);
     this.subscriptions.set(channel, sub);
-    const stored = this.#store ? this.#store.get(channel) : null;
     const start = (cursor) => {
       if (this.subscriptions.get(channel) !== sub) return;
       sub.start(cursor && ID_RE.test(cursor.id) ? { id: cursor.id, seq: cursor.seq ?? null, epoch: cursor.epoch ?? null } : explicit);
       this.#linkFor(sub).add(sub);
     };
     if (stored && typeof stored.then === 'function') {
-      stored.then(start, (e) => { this.subscriptions.delete(channel); sub.end(new TickstreamError('store_error', e.message)); });
+      stored.then(start, (e) => {
+        if (this.subscriptions.get(channel) !== sub) return;
+        this.subscriptions.delete(channel);
+        sub.end(new TickstreamError('store_error', `the cursor store failed: ${e?.message ?? e}`));
+      });
     } else start(stored);
     return sub;
   }
@@ -854,20 +999,44 @@ export class Client extends Emitter {
   /** Called by `sub.close()`. */
   unsubscribed(sub) {
     if (this.subscriptions.get(sub.channel) !== sub) return;
-    this.subscriptions.delete(sub.channel);
     if (this.#transport === 'websocket') this.#ws?.remove(sub);
-    else { this.#links.get(sub)?.remove(); this.#links.delete(sub); }
+    this.dropped(sub);
   }
 
+  /** Forgets a subscription that ended (its SSE stream stopped). */
+  dropped(sub) {
+    if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
+    this.#links.get(sub)?.remove();
+    this.#links.delete(sub);
+  }
+
+  /** Keeps a channel's cursor in the store. An async store's writes go one at a time
+   *  per channel, the newest cursor last (never an older one over a newer), and a
+   *  failed write is reported, never left as a rejected promise. */
   saveCursor(channel, cursor) {
-    try { this.#store?.set(channel, cursor); } catch (e) { this.report(new TickstreamError('store_error', e.message)); }
+    if (!this.#store) return;
+    const busy = this.#writes.get(channel);
+    if (busy) { busy.next = cursor; busy.pending = true; return; }
+    let done;
+    try { done = this.#store.set(channel, cursor); } catch (e) {
+      return this.report(new TickstreamError('store_error', `the cursor store failed: ${e.message}`));
+    }
+    if (!done || typeof done.then !== 'function') return;
+    const write = { pending: false, next: null };
+    this.#writes.set(channel, write);
+    Promise.resolve(done)
+      .then(null, (e) => this.report(new TickstreamError('store_error', `the cursor store failed: ${e?.message ?? e}`)))
+      .then(() => {
+        this.#writes.delete(channel);
+        if (write.pending) this.saveCursor(channel, write.next);
+      });
   }
 
-  /** Skips the rest of a backoff wait and connects now. */
+  /** Skips the rest of a backoff wait and connects now (nothing while connected). */
   reconnect() {
     if (this.state === 'closed') return;
-    this.#ws?.connectNow();
-    for (const link of this.#links.values()) link.connectNow();
+    this.#ws?.skipWait();
+    for (const link of this.#links.values()) link.skipWait();
   }
 
   /** Closes the socket and ends every subscription (their cursors stay in the store). */
@@ -917,9 +1086,11 @@ export function memoryStore(initial = {}) {
 /** Cursors kept in a browser's `localStorage` under one key, so a reload resumes:
  *  written at most every `delay` ms and when the page is hidden or left. Storage that
  *  throws (private mode, quota) leaves the page working, only unremembered. */
-export function localStorageStore({ key = 'tickstream.cursors', storage = globalThis.localStorage, delay = 250 } = {}) {
+export function localStorageStore({ key = 'tickstream.cursors', storage, delay = 250 } = {}) {
   let cursors = {};
   try {
+    // Reading `localStorage` itself throws where a browser blocks site storage.
+    storage ??= globalThis.localStorage;
     const saved = JSON.parse(storage?.getItem(key) ?? '{}');
     for (const [ch, c] of Object.entries(saved && typeof saved === 'object' ? saved : {})) {
       if (CHANNEL_RE.test(ch) && c && ID_RE.test(c.id)) {

@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { memoryStore } from '../index.js';
-import { Redis, Server, client, collect, jwt, produce, until, assertExactlyOnce, unhandled } from './support.mjs';
+import { Redis, Server, client, collect, jwt, produce, until, assertExactlyOnce, unhandled, closeClients } from './support.mjs';
 
 // Sends are recorded, so a test can count what the library asked of the server.
 class SpyWebSocket extends WebSocket {
@@ -23,6 +23,7 @@ before(async () => {
   strict = await Server.start(redis, { TICKSTREAM_RATE_FREE_WS: '2/s:3', TICKSTREAM_RATE_FREE_API: '4/s:4' });
 });
 after(async () => {
+  await closeClients();
   await server?.close(); await strict?.close(); await redis?.close();
   assert.deepEqual(unhandled, [], 'no unhandled rejection');
 });

@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { memoryStore } from '../index.js';
-import { Redis, Server, client, collect, produce, until, assertExactlyOnce, unhandled } from './support.mjs';
+import { Redis, Server, client, collect, produce, until, assertExactlyOnce, unhandled, closeClients } from './support.mjs';
 
 let redis, server, spare;
 before(async () => {
@@ -12,6 +12,7 @@ before(async () => {
   server = await Server.start(redis);
 });
 after(async () => {
+  await closeClients();
   await server?.close(); await spare?.close(); await redis?.close();
   assert.deepEqual(unhandled, [], 'no unhandled rejection');
 });

@@ -3,7 +3,7 @@
 // subscription.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Redis, Server, client, collect, jwt, produce, until, assertExactlyOnce, unhandled } from './support.mjs';
+import { Redis, Server, client, collect, jwt, produce, until, assertExactlyOnce, unhandled, closeClients } from './support.mjs';
 
 let redis, server;
 before(async () => {
@@ -11,6 +11,7 @@ before(async () => {
   server = await Server.start(redis, { TICKSTREAM_RATE_FREE_WS: '100000/s:100000' });
 });
 after(async () => {
+  await closeClients();
   await server?.close(); await redis?.close();
   assert.deepEqual(unhandled, [], 'no unhandled rejection');
 });
@@ -34,7 +35,7 @@ test('over SSE: exactly once across a graceful restart and a SIGKILL', async () 
   await until('every tick', () => got.ticks.at(-1)?.id === ids.at(-1));
   assertExactlyOnce(assert, got.ticks, await redis.stream(channel));
   assert.deepEqual(got.gaps, []);
-  assert.ok(c.states.some((s) => s.code === 'restarting'), 'the restart was told by the stream');
+  assert.ok(c.states.some((s) => s.code === 1012 && s.reason === 'restarting'), 'the restart was told by the stream, as the close code it stands for');
   await c.close();
 });
 

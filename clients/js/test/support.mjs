@@ -169,11 +169,20 @@ export function produce(server, channel, { everyMs = 20, batch = 1 } = {}) {
 }
 
 /** A client for the server(s) with ws, a token and quick backoff, recording its states. */
+const made = new Set();
 export function client(url, options = {}) {
   const c = new Client({ url, token: jwt(), WebSocket, backoff: { base: 100, cap: 1000 }, ...options });
+  made.add(c);
   c.states = [];
   c.on('state', (s, info) => c.states.push({ s, ...info }));
   return c;
+}
+
+/** Closes every client a test made, also those a failed assertion left open (they
+ *  would keep the test process alive, reconnecting). */
+export async function closeClients() {
+  await Promise.all([...made].map((c) => c.close()));
+  made.clear();
 }
 
 /** Collects a subscription's ticks and gaps through `on`, as a user of events would. */

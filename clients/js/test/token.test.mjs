@@ -3,7 +3,7 @@
 // failed to deliver in time) becomes a new token and a resumed subscription.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Redis, Server, client, collect, jwt, produce, until, assertExactlyOnce, unhandled } from './support.mjs';
+import { Redis, Server, client, collect, jwt, produce, until, assertExactlyOnce, unhandled, closeClients } from './support.mjs';
 
 let redis, server;
 before(async () => {
@@ -11,6 +11,7 @@ before(async () => {
   server = await Server.start(redis);
 });
 after(async () => {
+  await closeClients();
   await server?.close(); await redis?.close();
   assert.deepEqual(unhandled, [], 'no unhandled rejection');
 });

@@ -135,3 +135,35 @@ test('localStorageStore: writes are batched, bad saved data is ignored, a throwi
   broken.flush();
   assert.deepEqual(broken.get('c'), { id: '1-0', seq: 1, epoch: 'e' });
 });
+
+test('a tick listener reading sub.cursor sees the tick it is given', () => {
+  const f = fed();
+  const seen = [];
+  f.sub.on('tick', (t) => seen.push([t.seq, f.sub.cursor.seq]));
+  f.sub.frame(tick(1)); f.sub.frame(tick(2));
+  assert.deepEqual(seen, [[1, 1], [2, 2]]);
+});
+
+test('localStorageStore where the browser blocks site storage: reading localStorage throws, the store still works', () => {
+  const had = Object.getOwnPropertyDescriptor(globalThis, 'localStorage');
+  Object.defineProperty(globalThis, 'localStorage', { configurable: true, get() { throw new Error('SecurityError'); } });
+  try {
+    const store = localStorageStore({ delay: 1 });
+    store.set('c', { id: '1-0', seq: 1, epoch: 'e' });
+    store.flush();
+    assert.deepEqual(store.get('c'), { id: '1-0', seq: 1, epoch: 'e' });
+  } finally {
+    if (had) Object.defineProperty(globalThis, 'localStorage', had); else delete globalThis.localStorage;
+  }
+});
+
+test('a gap said again after a resume that came before its tick is handed over once', () => {
+  const f = fed({ id: '1000-1', seq: 1, epoch: 'e1' });
+  const gap = { type: 'gap', channel: 'c', reason: 'trimmed', after: '1000-1', resume_from: '1000-9', missed: 7 };
+  f.sub.frame(gap);
+  f.sub.subscribing();   // the socket dropped before the tick at 1000-9
+  f.sub.frame({ type: 'subscribed', channel: 'c', epoch: 'e1' });
+  f.sub.frame({ ...gap });
+  f.sub.frame(tick(9));
+  assert.deepEqual(f.events, [{ gap: 'trimmed', missed: 7, detected: undefined }, 9]);
+});
