@@ -1,7 +1,8 @@
-//! The client libraries' own suites, run against this build's binary, so that the
-//! README's `cargo test --workspace` is the whole test suite (docs/TESTING.md
-//! "Client libraries"). Each suite starts its own `redis-server` processes and servers
-//! on free ports; its output is shown when it fails.
+//! The Node suites, run against this build's binary, so that the README's
+//! `cargo test --workspace` is the whole test suite: the JavaScript client's
+//! (docs/TESTING.md "Client libraries"; it starts its own `redis-server` processes and
+//! servers on free ports) and the dashboard's pure modules (`static/test/`). A suite's
+//! output is shown when it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -48,4 +49,11 @@ fn javascript_client_suite_passes_against_the_real_server() {
     let output = run(&dir, "npm", &["test"]);
     let n = passed(&output);
     assert!(n >= 30, "the JavaScript client's suite ran {n} tests");
+}
+
+#[test]
+fn dashboard_modules_suite_passes() {
+    let output = run(&root(), "node", &["--test", "static/test/"]);
+    let n = passed(&output);
+    assert!(n >= 20, "the dashboard's suite ran {n} tests");
 }

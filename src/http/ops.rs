@@ -5,6 +5,8 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use serde_json::json;
 
 use super::extract::{Caller, Params};
@@ -79,32 +81,53 @@ pub async fn openapi() -> Response {
     json_response(StatusCode::OK, include_str!("openapi.json").to_string())
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
-}
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
-pub async fn dashboard_index() -> Response {
-    asset("text/html; charset=utf-8", include_str!("../../static/index.html"))
-}
+/// Every file of the dashboard (`static/`, docs/PROTOCOL.md §11) as (path, content type,
+/// body), compiled in: the page, its ES modules and style, and the client library it is
+/// built on, taken from the very file the npm package ships (`clients/js/index.js`),
+/// never a copy. A module added to `static/` needs its row here
+/// (static/test/assets.test.mjs checks that it has one).
+const DASHBOARD_ASSETS: &[(&str, &str, &str)] = &[
+    ("/", HTML, include_str!("../../static/index.html")),
+    ("/style.css", CSS, include_str!("../../static/style.css")),
+    ("/app.js", JS, include_str!("../../static/app.js")),
+    ("/cards.js", JS, include_str!("../../static/cards.js")),
+    ("/chart.js", JS, include_str!("../../static/chart.js")),
+    ("/feed.js", JS, include_str!("../../static/feed.js")),
+    ("/model.js", JS, include_str!("../../static/model.js")),
+    ("/notices.js", JS, include_str!("../../static/notices.js")),
+    ("/prefs.js", JS, include_str!("../../static/prefs.js")),
+    ("/status.js", JS, include_str!("../../static/status.js")),
+    ("/store.js", JS, include_str!("../../static/store.js")),
+    ("/texts.js", JS, include_str!("../../static/texts.js")),
+    ("/tickstream-client.js", JS, include_str!("../../clients/js/index.js")),
+];
 
-pub async fn dashboard_js() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("../../static/app.js"))
-}
-
-pub async fn dashboard_chart_js() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("../../static/chart.js"))
-}
-
-pub async fn dashboard_css() -> Response {
-    asset("text/css; charset=utf-8", include_str!("../../static/style.css"))
+/// The dashboard's routes, one per asset, each answered with the page's CSP. `no-cache`:
+/// the modules are fetched again (or revalidated) after an upgrade, never mixed with
+/// an older version's.
+pub fn dashboard() -> Router<AppState> {
+    DASHBOARD_ASSETS
+        .iter()
+        .fold(Router::new(), |router, &(path, content_type, body)| {
+            router.route(
+                path,
+                get(move || async move {
+                    (
+                        [
+                            (header::CONTENT_TYPE, content_type),
+                            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+                            (header::CACHE_CONTROL, "no-cache"),
+                        ],
+                        body,
+                    )
+                        .into_response()
+                }),
+            )
+        })
 }
 
 pub async fn not_found() -> ApiError {

@@ -9,7 +9,7 @@
 // Screenshots and a summary go to $ARTIFACTS (default target/browser-artifacts).
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -126,6 +126,20 @@ try {
     check((await checkText(channel)).startsWith('✓'), `${what}: the page's own seq check holds on ${channel}`);
     return r;
   }
+
+  // 0. The page's modules, as served: the client library is the npm package's own file
+  //    (one source of truth), and every module has the page's CSP and no-cache.
+  const base = url.replace(/[#?].*$/, '').replace(/\/$/, '');
+  const served = await fetch(`${base}/tickstream-client.js`);
+  check(served.ok && (await served.text()) === readFileSync(join(ROOT, 'clients/js/index.js'), 'utf8'),
+    '/tickstream-client.js is clients/js/index.js, byte for byte');
+  for (const path of ['/app.js', '/tickstream-client.js']) {
+    const res = await fetch(base + path);
+    check(res.headers.get('content-type').startsWith('text/javascript'), `${path} is served as JavaScript`);
+    check((res.headers.get('content-security-policy') || '').includes("script-src 'self'"), `${path} carries the page's CSP`);
+    check(res.headers.get('cache-control') === 'no-cache', `${path} is revalidated (no-cache)`);
+  }
+  step('the page and the client library it is built on are served from their own files');
 
   // 1. First open: subscribed by itself to every channel the token may read, live.
   const opened = Date.now();
