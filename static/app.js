@@ -58,10 +58,20 @@ function removeChannel(name) {
 }
 
 // The channel list fills the picker, and on a first visit picks the channels.
-let listTimer = 0;
+let listTimer = 0, listWait = LIST_RETRY_MS;
 async function fetchChannels() {
-  const { list } = await listChannels();
-  if (!list) return;
+  const { list, error } = await listChannels();
+  if (!list) {
+    // A first visit has nothing to show until the list answers: ask again, less and less
+    // often (a refused token, 401 or 403, waits for a new one instead).
+    if (firstVisit && error?.status !== 401 && error?.status !== 403) {
+      clearTimeout(listTimer);
+      listTimer = setTimeout(fetchChannels, listWait);
+      listWait = Math.min(30_000, listWait * 2);
+    }
+    return;
+  }
+  listWait = LIST_RETRY_MS;
   $('channel-list').replaceChildren(...list.map((x) => {
     const option = document.createElement('option');
     option.value = x.channel;
@@ -158,7 +168,7 @@ rateSel.addEventListener('change', () => {   // a subscription's rate is set whe
   resubscribeAll();
 });
 $('clear-notices').addEventListener('click', clearNotices);
-addEventListener('online', onlineAgain);
+addEventListener('online', () => { onlineAgain(); if (firstVisit) fetchChannels(); });
 
 // ---- start ---------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ export function newClient() {
     client = cl; clientState = cl.state;
     cl.on('state', (state, i) => onState(cl, state, i));
     cl.on('error', (e) => { if (cl === client) notice('error', serverErrorText(e)); });
+    cl.connect();   // the header tells the connection's state even before any channel
   }
   refresh();
 }
@@ -99,7 +100,12 @@ export async function start(c) {
   const cursor = store.get(c.name);
   c.starting = true;
   badge(c);
-  c.loading ??= Promise.all([loadHistory(c, cl, cursor), loadCandles(c, cl)]);
+  // Read once per page; a read that failed (no server, a rejected token) is read again
+  // when the channel next starts, on the next client.
+  c.loading ??= Promise.all([
+    c.historyRead || loadHistory(c, cl, cursor).then((ok) => { c.historyRead = ok; }),
+    c.candlesRead || loadCandles(c, cl).then((ok) => { c.candlesRead = ok; }),
+  ]).then(() => { if (!c.historyRead || !c.candlesRead) c.loading = null; });
   if (!cursor) await c.loading;
   c.starting = false;
   if (cl !== client || cl.state === 'closed' || page.chans.get(c.name) !== c || c.sub) return;
@@ -199,7 +205,7 @@ async function loadHistory(c, cl, cursor) {
   const ticks = [];
   try {
     for await (const t of cl.history(c.name, { order: 'desc', until: cursor?.id, limit: HISTORY_PAGE })) ticks.push(t);
-  } catch { return; }   // the card fills from live ticks alone
+  } catch { return false; }   // the card fills from live ticks meanwhile
   ticks.reverse();
   c.model.history(ticks);
   const newest = ticks.findLast((t) => t && ID_RE.test(t.id));
@@ -208,17 +214,19 @@ async function loadHistory(c, cl, cursor) {
       epoch: typeof newest.epoch === 'string' ? newest.epoch : undefined };
   }
   scheduleRender();
+  return true;
 }
 
 async function loadCandles(c, cl) {
   const interval = page.prefs.interval, list = [];
   try {
     for await (const k of cl.candles(c.name, { interval, order: 'desc', limit: CANDLE_PAGE })) list.push(k);
-  } catch { return; }
-  if (interval !== page.prefs.interval || page.chans.get(c.name) !== c) return;
+  } catch { return false; }
+  if (interval !== page.prefs.interval || page.chans.get(c.name) !== c) return true;
   c.model.candles = mergeCandles(list, c.model.candles);   // live frames that came first win
   c.model.dirty = true;
   scheduleRender();
+  return true;
 }
 
 /**

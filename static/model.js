@@ -102,7 +102,9 @@ export class ChannelModel {
   startFrom(cursor) { this.prev = cursor ? { id: cursor.id, seq: cursor.seq ?? null, epoch: cursor.epoch ?? null } : this.prev; }
 
   /** The server confirmed a (re)subscribe: what follows is replay until `live`. */
-  subscribed() { this.replayed = this.replaySkipped = 0; this.gapPending = false; this.breakPending = null; }
+  // A gap announced before a drop stays pending: the library hands its restatement
+  // over once, and the tick it announced is still to come.
+  subscribed() { this.replayed = this.replaySkipped = 0; this.breakPending = null; }
 
   /** A gap event; returns the notice for an announced one (a break is told with its tick). */
   gap(g) {

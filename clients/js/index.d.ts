@@ -187,6 +187,8 @@ export class Client {
   off(event: string, fn: (...args: any[]) => void): this;
   once(event: string, fn: (...args: any[]) => void): this;
   subscribe(channel: string, options?: SubscribeOptions): Subscription;
+  /** Opens the socket before the first subscribe (a no-op over SSE). */
+  connect(): void;
   /** Skips the rest of a backoff wait. */
   reconnect(): void;
   close(): Promise<void>;

@@ -137,6 +137,8 @@ class TokenSource {
 const enc = encodeURIComponent;
 // A REST answer that takes longer is given up (a page of 1,000 ticks takes milliseconds).
 const REST_TIMEOUT_MS = 30_000;
+// A cursor store's write that takes longer is reported as failed (the next goes on).
+const STORE_TIMEOUT_MS = 10_000;
 const query = (params) => {
   const q = Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== '')
     .map(([k, v]) => `${k}=${enc(String(v))}`).join('&');
@@ -158,13 +160,16 @@ class Rest {
   #chain = Promise.resolve(); #notBefore = 0;
   constructor(client) { this.client = client; }
 
-  request(path, { allow404 = false } = {}) {
-    const call = this.#chain.then(() => this.#send(path, allow404));
+  /** A REST read in the queue; a `probe` (why was a handshake refused?) skips the
+   *  queue and is asked once, with no wait for `Retry-After`. */
+  request(path, { allow404 = false, probe = false } = {}) {
+    if (probe) return this.#send(path, allow404, true);
+    const call = this.#chain.then(() => this.#send(path, allow404, false));
     this.#chain = call.catch(() => {});
     return call;
   }
 
-  async #send(path, allow404) {
+  async #send(path, allow404, probe) {
     const { tokens } = this.client;
     let refreshed = false;
     for (let tries = 0; ; tries++) {
@@ -184,7 +189,7 @@ class Rest {
       }
       const left = res.headers.get('X-RateLimit-Remaining');
       if (left !== null && Number(left) < 1) this.#notBefore = Date.now() + 1000;
-      if (res.status === 429 && tries < 5) {
+      if (res.status === 429 && tries < 5 && !probe) {
         await res.body?.cancel().catch(() => {});
         this.#notBefore = Date.now() + (Number(res.headers.get('Retry-After')) || 1) * 1000;
         continue;
@@ -369,10 +374,16 @@ export class Subscription extends Emitter {
     switch (f.type) {
       case 'tick': return this.#tick(f);
       case 'gap': {
+        // Said again after a resume that came before its tick: the same loss, perhaps
+        // grown (trimming went on meanwhile). Only what it adds is handed over.
         const g = this.#lastGap;
-        if (g && g.reason === f.reason && g.after === f.after && g.resume_from === f.resume_from && g.missed === f.missed) return undefined;
         this.#gapPending = true;
         this.#lastGap = f;
+        if (g && g.reason === f.reason && g.after === f.after) {
+          if (g.resume_from === f.resume_from) return undefined;
+          const more = Number.isSafeInteger(g.missed) && Number.isSafeInteger(f.missed) ? f.missed - g.missed : null;
+          return this.#hand('gap', { ...f, after: g.resume_from ?? f.after, missed: more });
+        }
         return this.#hand('gap', f);
       }
       case 'candle': return this.#hand('candle', f);
@@ -561,7 +572,7 @@ class WsLink extends Link {
     const queued = this.#out.findIndex((m) => m.sub === sub);
     if (queued >= 0) return void this.#out.splice(queued, 1);   // never sent: nothing to undo
     if (this.#held.get(sub.channel) === sub) return void this.#held.delete(sub.channel);
-    if (!this.open) return;
+    if (!this.open || !sub.started) return;   // never subscribed on this socket
     this.#send({ type: 'unsubscribe', channel: sub.channel });
     this.#draining.set(sub.channel, Infinity);
     this.#send({ type: 'ping' }, null, sub.channel);
@@ -743,7 +754,7 @@ class WsLink extends Link {
     const c = this.client;
     let plan = { min: 1000 }, error;
     try {
-      await c.rest.request('/api/v1/channels?limit=1');
+      await c.rest.request('/api/v1/channels?limit=1', { probe: true });
       error = refusal
         ? new TickstreamError(refusal === 429 ? 'rate_limited' : `http_${refusal}`, `the handshake was refused: HTTP ${refusal}`, { status: refusal })
         : new TickstreamError('refused', 'the connection failed, and a REST request with the same token found nothing wrong');
@@ -828,10 +839,15 @@ class SseLink extends Link {
     const abort = (this.#abort = new AbortController());
     const mine = () => !this.#closed && abort === this.#abort && c.state !== 'closed';
     this.#setState('connecting', { url: c.httpUrl });
-    let end = {};
-    try {
-      const token = await this.token();
+    let end = {}, token;
+    try { token = await this.token(); } catch (e) {
       if (!mine()) return;
+      const error = new TickstreamError('token_error', `the token function failed: ${e.message}`);
+      c.report(error);
+      return void this.retry({ token: true, backoff: true }, { error });
+    }
+    if (!mine()) return;
+    try {
       const m = sub.subscribeMessage();
       const url = `${c.httpUrl}/sse/${enc(sub.channel)}` + query({ since: m.since, seq: m.seq, epoch: m.epoch, rate: m.rate, candles: m.candles });
       sub.subscribing();
@@ -844,6 +860,7 @@ class SseLink extends Link {
       if (!mine()) { res.body?.cancel().catch(() => {}); return; }
       if (!res.ok) {
         const error = await errorFrom(res);
+        if (!mine()) return;
         if (error.code === 'forbidden' || error.status === 400) return this.#refused(error);
         return void this.retry(afterRefusal(error, c.tokens), { error });
       }
@@ -952,6 +969,7 @@ export class Client extends Emitter {
     const subs = [...this.subscriptions.values()];
     this.subscriptions.clear();
     for (const sub of subs) sub.end(error);
+    this.#flush();   // never rejects: failures are reported
   }
 
   /**
@@ -1022,14 +1040,32 @@ export class Client extends Emitter {
       return this.report(new TickstreamError('store_error', `the cursor store failed: ${e.message}`));
     }
     if (!done || typeof done.then !== 'function') return;
-    const write = { pending: false, next: null };
+    const write = { pending: false, next: null, settled: null };
     this.#writes.set(channel, write);
-    Promise.resolve(done)
+    let timer;
+    const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('no answer in 10 s')), STORE_TIMEOUT_MS); });
+    write.settled = Promise.race([done, late])
+      .finally(() => clearTimeout(timer))
       .then(null, (e) => this.report(new TickstreamError('store_error', `the cursor store failed: ${e?.message ?? e}`)))
       .then(() => {
         this.#writes.delete(channel);
         if (write.pending) this.saveCursor(channel, write.next);
       });
+  }
+
+  /** Waits until every cursor handed over is written (an async store's writes too). */
+  async #flush() {
+    while (this.#writes.size) await Promise.all([...this.#writes.values()].map((w) => w.settled));
+    try { await this.#store?.flush?.(); } catch (e) { this.report(new TickstreamError('store_error', `the cursor store failed: ${e.message}`)); }
+  }
+
+  /** Opens the socket now rather than at the first subscribe (so `state` tells whether
+   *  the server takes this client before anything is asked of it). */
+  connect() {
+    if (this.state === 'closed') throw new TickstreamError('closed', 'this client is closed');
+    if (this.#transport !== 'websocket') return;
+    this.#ws ??= new WsLink(this);
+    if (this.state === 'idle') this.#ws.connect();
   }
 
   /** Skips the rest of a backoff wait and connects now (nothing while connected). */
@@ -1046,8 +1082,7 @@ export class Client extends Emitter {
     this.subscriptions.clear();
     this.setState('closed', {});
     for (const sub of subs) sub.end(null);
-    await Promise.all([this.#ws?.shutdown(), ...[...this.#links.values()].map((l) => l.shutdown())]);
-    this.#store?.flush?.();
+    await Promise.all([this.#ws?.shutdown(), ...[...this.#links.values()].map((l) => l.shutdown()), this.#flush()]);
   }
 
   /** Every tick of a channel in (`since`, `until`], in `order`, `limit` at most; pages followed. */

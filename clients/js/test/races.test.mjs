@@ -109,3 +109,16 @@ test('SSE: reconnect() while connected changes nothing', async () => {
   await until('a tick', () => got.ticks.length >= 1);
   assert.equal(c.states.length, before, 'no new connection');
 });
+
+test('close() returns once an async store holds the last cursor handed over', async () => {
+  const channel = 'races.closewrites';
+  const held = new Map();
+  const store = { get: () => null, set: (ch, c) => new Promise((r) => setTimeout(() => { held.set(ch, c); r(); }, 50)) };
+  const c = client(server.url, { store });
+  const got = collect(c.subscribe(channel, { since: '$' }));
+  await until('live', () => c.subscriptions.get(channel)?.state === 'live');
+  const ids = await server.ingest(channel, Array.from({ length: 10 }, (_, i) => ({ value: i })));
+  await until('ten ticks', () => got.ticks.length === 10);
+  await c.close();
+  assert.equal(held.get(channel)?.id, ids[9], 'the newest cursor is written before close() returns');
+});

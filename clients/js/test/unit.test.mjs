@@ -167,3 +167,16 @@ test('a gap said again after a resume that came before its tick is handed over o
   f.sub.frame(tick(9));
   assert.deepEqual(f.events, [{ gap: 'trimmed', missed: 7, detected: undefined }, 9]);
 });
+
+test('a gap that grew while the client reconnected: only what it adds is handed over', () => {
+  const f = fed({ id: '1000-10', seq: 10, epoch: 'e1' });
+  const missedOf = [];
+  f.sub.on('gap', (g) => missedOf.push([g.after, g.resume_from, g.missed]));
+  f.sub.frame({ type: 'gap', channel: 'c', reason: 'trimmed', after: '1000-10', resume_from: '1000-50', missed: 39 });
+  f.sub.subscribing();
+  f.sub.frame({ type: 'subscribed', channel: 'c', epoch: 'e1' });
+  f.sub.frame({ type: 'gap', channel: 'c', reason: 'trimmed', after: '1000-10', resume_from: '1000-60', missed: 49 });
+  f.sub.frame(tick(60));
+  assert.deepEqual(missedOf, [['1000-10', '1000-50', 39], ['1000-50', '1000-60', 10]], '39 + 10 = 49 in all');
+  assert.equal(f.events.at(-1), 60, 'no break of our own after them');
+});
