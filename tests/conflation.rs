@@ -272,7 +272,12 @@ async fn one_socket_conflated_and_not(engine: Engine) {
     assert_eq!(all, all_ids, "the unconflated subscription gets every tick");
     assert!(sampled.len() < 15, "{} frames at rate 4 in about 1 s", sampled.len());
 
-    // Unsubscribed, a conflated subscription sends nothing more.
+    // Unsubscribed, a conflated subscription sends nothing more. At rate 1000 a frame
+    // it still sent would leave within a millisecond of the next tick, long before
+    // the marker below (a whole ingest later).
+    ws.send(json!({"type": "subscribe", "channel": "c.mux.sampled", "since": "$", "rate": 1000}))
+        .await;
+    ws.until_type("live").await;
     ws.send(json!({"type": "unsubscribe", "channel": "c.mux.sampled"}))
         .await;
     ws.send(json!({"type": "ping"})).await;
@@ -287,6 +292,11 @@ async fn one_socket_conflated_and_not(engine: Engine) {
             break;
         }
     }
+    // And the server holds only the other subscription.
+    eventually("one subscription left", || async {
+        app.metric("/metrics", "tickstream_subscriptions").await == Some(1.0)
+    })
+    .await;
     app.stop().await;
 }
 

@@ -160,6 +160,7 @@ pub async fn produce(
     // Rates below 100/s send a tick every few batches (the carry), not one per batch.
     let per_batch_total = rate as f64 / 100.0;
     let mut carry = 0.0;
+    let id = Field::new(b"\"id\":\"");
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut n = 0u64;
@@ -185,7 +186,6 @@ pub async fn produce(
             }
             if let Some(stored) = stored {
                 // The results are in the batch's order; an id is `<ms>-<n>`.
-                let id = Field::new(b"\"id\":\"");
                 let mut rest = &answer[..];
                 for k in first + 1..=n {
                     let Some(at) = id.position(rest) else { break };

@@ -104,6 +104,16 @@ impl ActiveChannel {
         })
     }
 
+    /// The ring's ticks after `after`, when it holds every one of them (`None`: some
+    /// are older than the ring, read them from the stream).
+    pub(crate) fn ticks_after(&self, after: StreamId) -> Option<std::collections::vec_deque::Iter<'_, LiveFrame>> {
+        if after < self.floor {
+            return None;
+        }
+        let start = self.recent.partition_point(|f| f.id <= after);
+        Some(self.recent.range(start..))
+    }
+
     pub(crate) fn push_recent(&mut self, frame: LiveFrame, capacity: usize) {
         if self.recent.back().is_some_and(|last| last.epoch != frame.epoch) {
             // The stream was lost and began again (a new epoch): what the ring holds
@@ -289,7 +299,9 @@ impl Partition {
             let Some(active) = channels.get_mut(&channel) else {
                 continue;
             };
-            let prev = active.fence();
+            // Only a channel with direct subscribers frames its batch for them.
+            let direct = !active.direct.is_empty();
+            let prev = if direct { active.fence() } else { None };
             if frames.is_empty() {
                 // Only unreadable entries: move past them.
                 active.cursor = active.cursor.max(last);
@@ -306,24 +318,30 @@ impl Partition {
                     tx
                 }
             };
-            let mut fresh = Vec::with_capacity(frames.len());
+            let mut fresh = Vec::with_capacity(if direct { frames.len() } else { 0 });
+            let mut any = false;
             for frame in frames {
                 if frame.id > active.cursor {
                     active.cursor = frame.id;
                     active.push_recent(frame.clone(), ring);
+                    any = true;
                     // No receivers is fine: the last one may have just left.
-                    let _ = tx.send(frame.clone());
-                    fresh.push(frame);
+                    if direct {
+                        let _ = tx.send(frame.clone());
+                        fresh.push(frame);
+                    } else {
+                        let _ = tx.send(frame);
+                    }
                 }
             }
             active.cursor = active.cursor.max(last);
-            if fresh.is_empty() {
+            if !any {
                 continue;
             }
             if let (Some(group), Some(newest)) = (&mut active.conflation, active.recent.back()) {
                 group.published(newest, tokio::time::Instant::now());
             }
-            if active.direct.is_empty() {
+            if !direct {
                 continue;
             }
             if direct::follows(&prev, &fresh) {

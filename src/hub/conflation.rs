@@ -63,7 +63,7 @@ pub(crate) struct Group {
     due: BinaryHeap<Reverse<(Instant, u64)>>,
     next_key: u64,
     /// Wakes this group's timer task.
-    pub(crate) timer: Arc<Notify>,
+    timer: Arc<Notify>,
     /// What the timer task sleeps until (`None`: until woken).
     wake_at: Option<Instant>,
 }
@@ -102,7 +102,7 @@ impl Group {
             },
         );
         match newest {
-            Some(newest) => self.consider(key, newest, now),
+            Some(newest) => self.consider(key, newest, now, true),
             None => self.idle.push(key),
         }
         key
@@ -111,23 +111,25 @@ impl Group {
     /// Ticks were published and `newest` is the channel's newest: every idle
     /// subscription either sends it now or is armed for `1/rate` after its last
     /// frame. Armed ones need nothing: they will take whatever is newest when due.
+    ///
+    /// This runs under the partition lock: at most a [`SLICE`] is offered here; the
+    /// rest fall due now and the timer fires them a slice at a time, as any crowd.
     pub(crate) fn published(&mut self, newest: &LiveFrame, now: Instant) {
-        if self.idle.is_empty() {
-            return;
-        }
-        for key in std::mem::take(&mut self.idle) {
-            self.consider(key, newest, now);
+        for (n, key) in std::mem::take(&mut self.idle).into_iter().enumerate() {
+            self.consider(key, newest, now, n < SLICE);
         }
     }
 
-    /// An idle entry and a tick: now, or `1/rate` after its last frame.
-    fn consider(&mut self, key: u64, newest: &LiveFrame, now: Instant) {
+    /// An idle entry and a tick: now (`inline`, else by the timer), or `1/rate`
+    /// after its last frame.
+    fn consider(&mut self, key: u64, newest: &LiveFrame, now: Instant, inline: bool) {
         let Some(entry) = self.entries.get(&key) else {
             return;
         };
         match entry.sent_at.map(|at| at + entry.interval) {
             Some(due) if due > now => self.arm(key, due),
-            _ => self.fire(key, newest, now),
+            _ if inline => self.fire(key, newest, now),
+            _ => self.arm(key, now),
         }
     }
 
@@ -219,9 +221,8 @@ impl Drop for Conflated {
         group.remove(self.key);
         if group.is_empty() {
             // Its timer task finds no group of its own and ends.
-            if let Some(group) = active.conflation.take() {
-                group.timer.notify_one();
-            }
+            group.timer.notify_one();
+            active.conflation = None;
         }
     }
 }
@@ -398,6 +399,20 @@ mod tests {
         assert_eq!(a.lock().unwrap().len() + b.lock().unwrap().len(), 1);
         assert_eq!(group.fire_due(Some(&frame(2)), t0 + ms(101), 1), None);
         assert_eq!((a.lock().unwrap().len(), b.lock().unwrap().len()), (1, 1));
+    }
+
+    #[test]
+    fn a_tick_for_more_idle_subscriptions_than_a_slice_leaves_the_rest_to_the_timer() {
+        let mut group = Group::new();
+        let probes: Vec<_> = (0..SLICE + 10).map(|_| probe(&mut group, None).0).collect();
+        let offered = |probes: &[Arc<Mutex<Vec<u64>>>]| probes.iter().filter(|p| !p.lock().unwrap().is_empty()).count();
+        let t0 = Instant::now();
+        // Under the partition lock: one slice; the other ten fall due at once.
+        group.published(&frame(1), t0);
+        assert_eq!(offered(&probes), SLICE);
+        assert_eq!(group.wake_at, Some(t0));
+        assert_eq!(group.fire_due(Some(&frame(1)), t0, SLICE), None);
+        assert_eq!(offered(&probes), SLICE + 10);
     }
 
     #[test]

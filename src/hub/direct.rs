@@ -99,14 +99,21 @@ impl Conn {
     }
 
     /// The writer has frames of its own in hand: direct writes queue behind them.
-    pub fn hold(&self) {
-        self.lock().busy = true;
+    /// Returns the first item already pending, which goes before the writer's own.
+    #[must_use]
+    pub fn hold(&self) -> Option<Pending> {
+        let mut state = self.lock();
+        state.busy = true;
+        Self::pop(&mut state, false)
     }
 
     /// The next pending item for the writer; `None` when there is none, which with
     /// `release` also ends the writer's hold (direct writes resume).
     pub fn next_pending(&self, release: bool) -> Option<Pending> {
-        let mut state = self.lock();
+        Self::pop(&mut self.lock(), release)
+    }
+
+    fn pop(state: &mut ConnState, release: bool) -> Option<Pending> {
         let next = state.pending.pop_front();
         match &next {
             Some(Pending::Bytes { bytes, .. }) => state.pending_bytes -= bytes.len(),
@@ -139,57 +146,51 @@ impl Conn {
     /// Writes `batch` for `sub` now, or queues it behind what is pending; a
     /// subscription that would take the pending list past its limit leaves the
     /// direct path instead, after `prev`.
-    fn deliver(&self, sub: &DirectSub, batch: &Bytes, prev: &Option<Fence>) -> Delivered {
+    fn deliver(&self, sub: &DirectSub, batch: &Bytes, prev: &Option<Fence>) -> bool {
         let mut state = self.lock();
         if state.closed || !sub.on.load(Ordering::Relaxed) {
-            return Delivered::Not;
+            return false;
         }
-        if state.busy {
+        let (bytes, cut) = if state.busy {
             if state.pending_bytes + batch.len() > PENDING_LIMIT {
                 sub.on.store(false, Ordering::Relaxed);
-                let item = Pending::Detached {
-                    sub: sub.sub,
-                    after: prev.clone(),
-                    lagged: true,
-                };
-                self.queue(&mut state, item);
-                return Delivered::Not;
+                self.queue_detached(&mut state, sub.sub, prev, true);
+                return false;
             }
-            let item = Pending::Bytes {
+            (batch.clone(), false)
+        } else {
+            match self.socket.try_write(batch) {
+                Ok(n) if n == batch.len() => return true,
+                Ok(n) => (batch.slice(n..), n > 0),
+                // Any other error is the writer's to find: it writes the batch itself
+                // next, and a connection that is gone ends there.
+                Err(_) => (batch.clone(), false),
+            }
+        };
+        self.queue(
+            &mut state,
+            Pending::Bytes {
                 sub: sub.sub,
-                bytes: batch.clone(),
-                cut: false,
-            };
-            self.queue(&mut state, item);
-            return Delivered::Yes;
-        }
-        let (bytes, cut) = match self.socket.try_write(batch) {
-            Ok(n) if n == batch.len() => return Delivered::Yes,
-            Ok(n) => (batch.slice(n..), n > 0),
-            // Any other error is the writer's to find: it writes the batch itself
-            // next, and a connection that is gone ends there.
-            Err(_) => (batch.clone(), false),
-        };
-        let item = Pending::Bytes {
-            sub: sub.sub,
-            bytes,
-            cut,
-        };
-        self.queue(&mut state, item);
-        Delivered::Yes
+                bytes,
+                cut,
+            },
+        );
+        true
     }
 
     /// Takes `sub` off the direct path after `prev`: its writer catches it up.
     fn detach(&self, sub: &DirectSub, prev: &Option<Fence>) {
         let mut state = self.lock();
         if sub.on.swap(false, Ordering::Relaxed) && !state.closed {
-            let item = Pending::Detached {
-                sub: sub.sub,
-                after: prev.clone(),
-                lagged: false,
-            };
-            self.queue(&mut state, item);
+            self.queue_detached(&mut state, sub.sub, prev, false);
         }
+    }
+
+    /// The marker the writer reaches after every earlier byte of `sub`'s: from there
+    /// it catches `sub` up itself (`lagged`: because it fell behind).
+    fn queue_detached(&self, state: &mut ConnState, sub: u64, prev: &Option<Fence>, lagged: bool) {
+        let after = prev.clone();
+        self.queue(state, Pending::Detached { sub, after, lagged });
     }
 
     /// Queues the frames a subscription is attached with (its catch-up from the
@@ -201,11 +202,6 @@ impl Conn {
             self.queue(&mut state, item);
         }
     }
-}
-
-enum Delivered {
-    Yes,
-    Not,
 }
 
 /// A subscription on the direct path: in its channel's list, and held by its
@@ -285,7 +281,7 @@ impl Delivery {
         let ticks = self.frames.len() as u64;
         let mut delivered = 0;
         for sub in self.subs.iter() {
-            if let Delivered::Yes = sub.conn.deliver(sub, &batch, &self.prev) {
+            if sub.conn.deliver(sub, &batch, &self.prev) {
                 delivered += ticks;
             }
         }
@@ -346,26 +342,25 @@ pub(crate) fn attach(
     after: crate::tick::StreamId,
     catch_up: impl FnOnce(&mut dyn Iterator<Item = &LiveFrame>, Option<&LiveFrame>) -> Result<Option<Bytes>, ()>,
 ) -> Result<Attachment, LiveSubscription> {
-    let partition = live.partition.clone();
-    let mut channels = partition.lock();
-    let Some(active) = channels.get_mut(&live.channel) else {
-        drop(channels);
-        return Err(live);
+    let joined = {
+        let mut channels = live.partition.lock();
+        channels.get_mut(&live.channel).is_some_and(|active| {
+            let Some(mut ticks) = active.ticks_after(after) else {
+                return false;
+            };
+            let Ok(bytes) = catch_up(&mut ticks, active.recent.back()) else {
+                return false;
+            };
+            if let Some(bytes) = bytes {
+                direct.conn.queue_bytes(direct.sub, bytes);
+            }
+            Arc::make_mut(&mut active.direct).push(direct.clone());
+            true
+        })
     };
-    if after < active.floor {
-        drop(channels);
+    if !joined {
         return Err(live);
     }
-    let start = active.recent.partition_point(|f| f.id <= after);
-    let Ok(bytes) = catch_up(&mut active.recent.range(start..), active.recent.back()) else {
-        drop(channels);
-        return Err(live);
-    };
-    if let Some(bytes) = bytes {
-        direct.conn.queue_bytes(direct.sub, bytes);
-    }
-    Arc::make_mut(&mut active.direct).push(direct.clone());
-    drop(channels);
     // The channel writes for it now; a receiver of the live buffer would only pin
     // frames nobody reads.
     live.rx = None;
@@ -410,10 +405,7 @@ mod tests {
     fn an_idle_connection_is_written_at_once_and_a_full_one_queues_the_rest_in_order() {
         let (conn, socket) = conn(5);
         let sub = DirectSub::new(1, conn.clone());
-        assert!(matches!(
-            conn.deliver(&sub, &Bytes::from_static(b"abc"), &None),
-            Delivered::Yes
-        ));
+        assert!(conn.deliver(&sub, &Bytes::from_static(b"abc"), &None));
         assert!(conn.next_pending(true).is_none());
         // Two of "defg" fit: the rest waits, and so does what follows it.
         conn.deliver(&sub, &Bytes::from_static(b"defg"), &None);
@@ -430,10 +422,10 @@ mod tests {
     fn a_held_connection_queues_and_a_long_queue_detaches() {
         let (conn, socket) = conn(usize::MAX);
         let sub = DirectSub::new(7, conn.clone());
-        conn.hold();
+        assert!(conn.hold().is_none());
         let big = Bytes::from(vec![b'x'; PENDING_LIMIT / 2 + 1]);
-        assert!(matches!(conn.deliver(&sub, &big, &None), Delivered::Yes));
-        assert!(matches!(conn.deliver(&sub, &big, &None), Delivered::Not));
+        assert!(conn.deliver(&sub, &big, &None));
+        assert!(!conn.deliver(&sub, &big, &None));
         assert!(socket.written.lock().unwrap().is_empty());
         assert!(matches!(conn.next_pending(true), Some(Pending::Bytes { sub: 7, .. })));
         assert!(matches!(
@@ -445,7 +437,7 @@ mod tests {
             })
         ));
         // Detached: nothing more for it, and the hold ends with the queue.
-        assert!(matches!(conn.deliver(&sub, &big, &None), Delivered::Not));
+        assert!(!conn.deliver(&sub, &big, &None));
         assert!(conn.next_pending(true).is_none());
     }
 

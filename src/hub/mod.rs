@@ -191,14 +191,10 @@ impl Hub {
         cost: impl Fn(&LiveFrame) -> usize,
     ) -> Option<(Vec<LiveFrame>, bool)> {
         let channels = self.partition(channel).lock();
-        let active = channels.get(channel)?;
-        if after < active.floor {
-            return None;
-        }
-        let start = active.recent.partition_point(|f| f.id <= after);
+        let ticks = channels.get(channel)?.ticks_after(after)?;
         let mut chunk = Vec::new();
         let mut spent = 0;
-        for frame in active.recent.range(start..) {
+        for frame in ticks {
             let c = cost(frame);
             if !chunk.is_empty() && spent + c > budget {
                 return Some((chunk, true));
@@ -233,12 +229,8 @@ impl Hub {
     /// them: what a conflated subscription's first `skipped` counts from.
     pub fn seq_through(&self, channel: &str, after: StreamId) -> Option<u64> {
         let channels = self.partition(channel).lock();
-        let active = channels.get(channel)?;
-        if after < active.floor {
-            return None;
-        }
-        let i = active.recent.partition_point(|f| f.id <= after);
-        active.recent.get(i).map(|f| f.seq.saturating_sub(1))
+        let mut ticks = channels.get(channel)?.ticks_after(after)?;
+        ticks.next().map(|f| f.seq.saturating_sub(1))
     }
 
     /// Hands `live` over to conflation: from here on its channel's newest tick is

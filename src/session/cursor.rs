@@ -117,6 +117,15 @@ impl Cursor {
         }
     }
 
+    /// The cursor now stands at tick `id` (`seq` of `epoch`), as sent: the next tick
+    /// is judged against it.
+    pub fn move_to(&mut self, id: StreamId, seq: u64, epoch: Arc<str>) {
+        self.epoch = Some(epoch);
+        self.seq_claimed = false;
+        self.last_seq = Some(seq);
+        self.last_sent = id;
+    }
+
     fn admit_counting(&mut self, id: StreamId, seq: u64, epoch: &Arc<str>, count_jumps: bool) -> Admit {
         // The ticks of one read share one epoch allocation: the common case is a
         // pointer comparison, not a string one, and never an epoch parse.
@@ -148,10 +157,7 @@ impl Cursor {
                 _ => None,
             },
         };
-        self.epoch = Some(epoch.clone());
-        self.seq_claimed = false;
-        self.last_seq = Some(seq);
-        self.last_sent = id;
+        self.move_to(id, seq, epoch.clone());
         self.sent += 1;
         match gap {
             Some(frame) => Admit::SendAfter(frame),

@@ -115,10 +115,6 @@ impl FrameRate {
         (1..=u64::from(Self::MAX)).contains(&n).then_some(FrameRate(n as u16))
     }
 
-    pub fn per_second(self) -> u16 {
-        self.0
-    }
-
     /// The least time between two tick frames.
     pub fn interval(self) -> Duration {
         Duration::from_micros(1_000_000 / u64::from(self.0))
@@ -236,10 +232,7 @@ impl Frame {
         text.push_str(body);
         text.push_str(",\"skipped\":");
         match skipped {
-            // Writing into a String cannot fail.
-            Some(k) => {
-                let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{k}"));
-            }
+            Some(k) => crate::tick::id::push_digits(&mut text, k, 1),
             None => text.push_str("null"),
         }
         text.push('}');

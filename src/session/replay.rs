@@ -435,7 +435,7 @@ async fn start(
         None => {
             feed.catch_up(ctx).await?;
             feed.send_live(ctx, fallback).await?;
-            let Feed { cursor, out, .. } = feed;
+            let (cursor, out) = feed.into_parts();
             out.send(Outbound::Live(Box::new(Handover { cursor, live })))
                 .await
                 .map_err(|_| Gone)?;

@@ -34,11 +34,16 @@ pub(crate) struct SseTransport {
 /// Appends one frame as an SSE event.
 fn write_event(out: &mut Vec<u8>, frame: &Frame) {
     use std::io::Write;
-    let (kind, text, line_breaks) = match frame {
+    let (kind, text, line_breaks, id) = match frame {
         // Our own frames are rare beside ticks: looked at here.
-        Frame::Text { kind, text } => (*kind, &**text, has_line_break(text)),
-        Frame::Tick(tick) => (Kind::Tick, tick.text.as_str(), tick.line_breaks),
-        Frame::Sampled(sampled) => (Kind::Tick, sampled.text.as_str(), sampled.tick.line_breaks),
+        Frame::Text { kind, text } => (*kind, &**text, has_line_break(text), None),
+        Frame::Tick(tick) => (Kind::Tick, tick.text.as_str(), tick.line_breaks, Some(tick.id)),
+        Frame::Sampled(sampled) => (
+            Kind::Tick,
+            sampled.text.as_str(),
+            sampled.tick.line_breaks,
+            Some(sampled.tick.id),
+        ),
         // A comment line: proxies see traffic, EventSource ignores it.
         Frame::Ping => return out.extend_from_slice(b": keep-alive\n\n"),
         // Only a WebSocket client pings.
@@ -46,11 +51,6 @@ fn write_event(out: &mut Vec<u8>, frame: &Frame) {
     };
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(kind.name().as_bytes());
-    let id = match frame {
-        Frame::Tick(tick) => Some(tick.id),
-        Frame::Sampled(sampled) => Some(sampled.tick.id),
-        _ => None,
-    };
     if let Some(id) = id {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "\nid: {id}");

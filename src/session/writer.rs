@@ -176,9 +176,9 @@ impl<T: Transport> Writer<T> {
     pub(crate) async fn run(mut self, mut close_rx: oneshot::Receiver<Closing>) {
         loop {
             let (queue, live, turn) = (&mut self.queue, &mut self.live, &mut self.turn);
-            let conn = self.conn.clone();
+            let conn = self.conn.as_deref();
             let pending = async move {
-                match &conn {
+                match conn {
                     Some(conn) => conn.wake.notified().await,
                     None => std::future::pending().await,
                 }
@@ -196,11 +196,11 @@ impl<T: Transport> Writer<T> {
             // From here until the pending list is empty, the channels' bytes for
             // this connection queue behind what this task writes. What they queued
             // before goes first: it may be the rest of a frame a direct write cut.
-            if let Some(conn) = &self.conn {
-                conn.hold();
-            }
-            if !self.write_pending(false).await {
-                return;
+            let first = self.conn.as_ref().and_then(|conn| conn.hold());
+            if let Some(first) = first {
+                if !self.write_pending_from_first(first, false).await {
+                    return;
+                }
             }
             let mut delivered = 0;
             match wake {
@@ -231,15 +231,19 @@ impl<T: Transport> Writer<T> {
     /// is left (which, with `release`, releases the connection to them; without, the
     /// writer keeps holding it for a batch of its own); false when it is done.
     async fn write_pending(&mut self, release: bool) -> bool {
+        match self.conn.as_ref().and_then(|conn| conn.next_pending(release)) {
+            None => true,
+            Some(first) => self.write_pending_from_first(first, release).await,
+        }
+    }
+
+    // Nothing pending is the common case, and costs no future: the one that writes
+    // is boxed, so it does not size every connection's task for its life.
+    async fn write_pending_from_first(&mut self, first: Pending, release: bool) -> bool {
         let Some(conn) = self.conn.clone() else {
             return true;
         };
-        // Nothing pending is the common case, and costs no future: the one that
-        // writes is boxed, so it does not size every connection's task for its life.
-        match conn.next_pending(release) {
-            None => true,
-            Some(first) => Box::pin(self.write_pending_from(&conn, first, release)).await,
-        }
+        Box::pin(self.write_pending_from(&conn, first, release)).await
     }
 
     async fn write_pending_from(&mut self, conn: &Conn, first: Pending, release: bool) -> bool {
@@ -281,10 +285,7 @@ impl<T: Transport> Writer<T> {
         };
         let Attached { mut cursor, hold } = self.attached.swap_remove(i);
         if let Some(after) = after {
-            cursor.last_sent = after.id;
-            cursor.last_seq = Some(after.seq);
-            cursor.seq_claimed = false;
-            cursor.epoch = Some(after.epoch);
+            cursor.move_to(after.id, after.seq, after.epoch);
         }
         if let Some(live) = hold.detach() {
             if lagged {
@@ -537,16 +538,19 @@ impl<T: Transport> Writer<T> {
     /// within a second, so a stuck connection cannot hold up the end of the session.
     async fn finish(&mut self, closing: Closing) {
         self.count_close(closing);
-        if let Some(conn) = &self.conn {
-            conn.hold();
-        }
+        let first = self.conn.as_ref().and_then(|conn| conn.hold());
         while let Ok(out) = self.queue.try_recv() {
             self.take(out);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             // The channels' bytes first: one may be the rest of a frame a direct
             // write cut; then this task's own, then what the channels queued since.
-            if self.write_pending(false).await
+            let held = match first {
+                Some(first) => self.write_pending_from_first(first, false).await,
+                None => true,
+            };
+            if held
+                && self.write_pending(false).await
                 && self.transport.write(&mut self.batch).await.is_ok()
                 && self.write_pending(false).await
             {
@@ -578,7 +582,8 @@ async fn stall_guard(write: impl Future<Output = Result<(), ()>>) -> Result<Resu
 
 /// The frames a subscription attached at `cursor` is still owed from the ring,
 /// framed for the socket: through the delivery rule, so a gap is announced as
-/// anywhere else. `Err` (the cursor left as it was) when they are more than
+/// anywhere else; `cursor` moves with them. `Err` (where `cursor` then stands is
+/// meaningless: the caller drops it and keeps its own) when they are more than
 /// [`ATTACH_BYTES`], or when the cursor would not then stand at `last`, the
 /// channel's last tick (the channel's later batches follow on from `last` only).
 fn frame_owed(
@@ -593,10 +598,9 @@ fn frame_owed(
     if last.is_some_and(|last| cursor.epoch.is_some() && !same_epoch(&cursor.epoch, last)) {
         return Err(());
     }
-    let mut moved = cursor.clone();
     let mut out = Vec::new();
     for frame in frames {
-        match moved.admit(frame.id, frame.seq, &frame.epoch) {
+        match cursor.admit(frame.id, frame.seq, &frame.epoch) {
             Admit::Skip => continue,
             Admit::Send => {}
             Admit::SendAfter(Frame::Text { text, .. }) => framing::encode_text(&mut out, &text),
@@ -608,11 +612,10 @@ fn frame_owed(
             return Err(());
         }
     }
-    let in_step = last.is_none_or(|last| moved.last_sent == last.id && same_epoch(&moved.epoch, last));
+    let in_step = last.is_none_or(|last| cursor.last_sent == last.id && same_epoch(&cursor.epoch, last));
     if !in_step {
         return Err(());
     }
-    *cursor = moved;
     Ok((!out.is_empty()).then(|| Bytes::from(out)))
 }
 

@@ -53,7 +53,7 @@ impl StreamId {
 }
 
 /// Appends `n` in decimal, zero-padded to at least `width` digits.
-pub(super) fn push_digits(out: &mut String, mut n: u64, width: usize) {
+pub(crate) fn push_digits(out: &mut String, mut n: u64, width: usize) {
     let mut digits = [b'0'; 20];
     let mut i = digits.len();
     while n > 0 {
