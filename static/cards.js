@@ -68,7 +68,7 @@ export function showBadge(ui, args) {
 /** Colours come from the theme: read again on the next frame. */
 export function themeChanged() { colors = null; markAll(); }
 
-export function markAll() {
+function markAll() {
   for (const c of page.chans.values()) c.model.dirty = true;
   scheduleRender();
 }
@@ -88,21 +88,25 @@ function render() {
   }
 }
 
+// Writes a property only when it changes: most of a card stays as it was from one
+// frame to the next, and an unchanged write still costs the page a re-layout.
+const put = (el, prop, value) => { if (el[prop] !== value) el[prop] = value; };
+
 function draw(c, col, now) {
   const m = c.model, ui = c.ui, { rate, interval, windowSec } = page.prefs;
   flushRows(m, ui.tbody);
   // ticks/s only once the subscription is live (a replay is no rate).
   const r = c.sub?.state === 'live' ? m.rate.read(now) : { ticks: null, frames: null };
-  ui.rateEl.textContent = r.ticks == null ? '—' : r.ticks.toFixed(1);
-  ui.rateEl.title = rateTitle(rate, r.frames);
-  ui.sampleEl.hidden = !rate;
-  ui.sampleEl.textContent = sampleNote(rate, r.ticks);
-  ui.latencyEl.textContent = m.latency === null ? '—' : `${Math.max(0, m.latency)} ms`;
-  ui.seqEl.textContent = m.last ? `${m.last.seq ?? '—'}` : '—';
+  put(ui.rateEl, 'textContent', r.ticks == null ? '—' : r.ticks.toFixed(1));
+  put(ui.rateEl, 'title', rateTitle(rate, r.frames));
+  put(ui.sampleEl, 'hidden', !rate);
+  put(ui.sampleEl, 'textContent', sampleNote(rate, r.ticks));
+  put(ui.latencyEl, 'textContent', m.latency === null ? '—' : `${Math.max(0, m.latency)} ms`);
+  put(ui.seqEl, 'textContent', m.last ? `${m.last.seq ?? '—'}` : '—');
   const check = checkView(m);
-  ui.checkEl.dataset.ok = String(check.ok);
-  ui.checkEl.textContent = check.text;
-  ui.candleCaption.textContent = `candles · ${interval}`;
+  put(ui.checkEl.dataset, 'ok', String(check.ok));
+  put(ui.checkEl, 'textContent', check.text);
+  put(ui.candleCaption, 'textContent', `candles · ${interval}`);
   if (m.last !== ui.shown) { ui.shown = m.last; ui.lastEl.textContent = fmtVal(m.last?.value); }
   m.trimPoints();
   line(ui.lineCanvas, col, col.series[m.color], m.xs, m.ys, windowSec * 1000);

@@ -4,9 +4,8 @@
 // the sensor a flat line at 0.
 
 import { lowerBound } from './model.js';
+import { clockFmt } from './texts.js';
 
-const hms = { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false };
-const clockFmt = new Intl.DateTimeFormat(undefined, hms);
 const dayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', hour12: false });
 
 // Sizes the canvas to its CSS box at the device pixel ratio; null when not laid out.

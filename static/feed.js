@@ -7,10 +7,9 @@
 
 import { Client, localStorageStore } from './tickstream-client.js';
 import { scheduleRender, showBadge } from './cards.js';
-import { CHANNEL_RE, ID_RE, mergeCandles } from './model.js';
+import { CHANNEL_RE, mergeCandles } from './model.js';
 import { notice } from './notices.js';
 import { showStatus } from './status.js';
-import { storage } from './store.js';
 import { channelListError, serverErrorText, statusView } from './texts.js';
 
 const HISTORY_PAGE = 1000;   // ticks read over REST to draw a channel at once
@@ -20,9 +19,7 @@ const LIST_PAGE = 1000;      // channels listed for the picker (the server's lar
 let page = null;             // {prefs, chans, token}: what app.js shares
 let store = null;            // the cursors, in localStorage
 let client = null;           // null without a token
-let clientState = null, info = {};
-let opened = false;          // the socket opened since the last reconnect began
-let closedAfterOpen = false; // this reconnect follows a close, not a refused handshake
+let clientState = null, info = {};   // the client's last `state` event
 let until = null;            // when the next attempt is due, while reconnecting
 let probe = null;            // the channel list's answer: says whether the token works while idle
 
@@ -31,8 +28,7 @@ export function initFeed(shared) {
   page = shared;
   // One store for the page, handed to every client it makes: a store writes its own
   // copy of the cursors on pagehide, so a second one would write stale ones back.
-  // Given the storage (or null) because reading `localStorage` itself may throw.
-  store = localStorageStore({ storage: storage() });
+  store = localStorageStore();
 }
 
 /**
@@ -44,7 +40,7 @@ export function initFeed(shared) {
  */
 export function newClient() {
   const old = client;
-  client = null; clientState = null; info = {}; opened = closedAfterOpen = false; until = null; probe = null;
+  client = null; clientState = null; info = {}; until = null; probe = null;
   for (const c of page.chans.values()) { c.sub = null; c.error = null; }
   old?.close();   // its cursors stay in the store; its late events are ignored below
   if (page.token) {
@@ -63,16 +59,14 @@ export function startAll() {
 
 function onState(cl, state, i = {}) {
   if (cl !== client) return;
-  if (state === 'connected') opened = true;
+  const wasOpen = clientState === 'connected';   // the state before this one
   if (state === 'reconnecting') {
-    closedAfterOpen = opened;
-    opened = false;
-    if (closedAfterOpen) {
+    if (wasOpen) {
       notice(i.code === 1000 || i.code === 1012 ? 'info' : 'warn', `Connection closed (${i.code}${i.reason ? ' ' + i.reason : ''})`);
     }
     until = Date.now() + (i.delay ?? 0);
   }
-  if (state === 'closed' && opened && i.error) notice('warn', `Connection closed (${i.error.message})`);
+  if (state === 'closed' && wasOpen && i.error) notice('warn', `Connection closed (${i.error.message})`);
   clientState = state; info = i;
   refresh();
 }
@@ -80,7 +74,7 @@ function onState(cl, state, i = {}) {
 /** The header's status and every badge, from the client's and subscriptions' states. */
 function refresh() {
   const busy = [...page.chans.values()].some((c) => (c.sub ? c.sub.state === 'pending' || c.sub.state === 'replaying' : c.starting));
-  showStatus({ ...statusView({ token: page.token, clientState, info, wasOpen: closedAfterOpen, busy, probe }), until });
+  showStatus({ ...statusView({ token: page.token, clientState, info, busy, probe }), until });
   for (const c of page.chans.values()) badge(c);
 }
 
@@ -117,7 +111,6 @@ function subscribe(c) {
   const { rate, interval } = page.prefs;
   // A rate suited to drawing (the cursors stay exact: `skipped` counts the rest).
   const options = { candles: interval, ...(rate ? { rate } : {}), ...c.startAfter };
-  const from = store.get(c.name) ?? (c.startAfter ? { id: c.startAfter.since, seq: c.startAfter.seq, epoch: c.startAfter.epoch } : null);
   let sub;
   c.error = null;
   try { sub = client.subscribe(c.name, options); } catch (e) {
@@ -126,37 +119,36 @@ function subscribe(c) {
     return;
   }
   c.sub = sub;
-  c.model.startFrom(from);
-  const mine = () => c.sub === sub;   // a closed or replaced subscription's late events are ignored
+  c.model.startFrom(sub.cursor);   // the stored cursor, else the newest history tick
+  // A closed subscription says nothing more but `state: closed`, which comes as the
+  // page replaces it: ignored then.
   sub.on('state', (s) => {
-    if (!mine()) return;
+    if (c.sub !== sub) return;
     if (s === 'replaying') c.model.subscribed();
     refresh();
   });
   sub.on('tick', (t) => {
-    if (!mine()) return;
-    const n = c.model.tick(t, { replay: sub.state === 'replaying' });
+    const n = c.model.tick(t, sub.state === 'replaying');
     if (n) notice(n.level, n.text, n.key);
     scheduleRender();
   });
   sub.on('gap', (g) => {
-    if (!mine()) return;
     const n = c.model.gap(g);
     if (n) notice(n.level, n.text);
     scheduleRender();
   });
+  // Each subscription is made with the page's interval (a change resubscribes).
   sub.on('candle', (k) => {
-    if (mine() && k.interval === page.prefs.interval && c.model.candle(k)) scheduleRender();
+    if (c.model.candle(k)) scheduleRender();
   });
   sub.on('live', () => {
-    if (!mine()) return;
     const text = c.model.live();
     if (text) notice('info', text);
     scheduleRender();
   });
   sub.on('error', (e) => {
     // Without a channel the whole client stopped: the header says why, once.
-    if (!mine() || !e.channel) return;
+    if (!e.channel) return;
     c.error = e.code || '?';
     notice('error', serverErrorText(e));
     refresh();
@@ -207,8 +199,7 @@ async function loadHistory(c, cl, cursor) {
     for await (const t of cl.history(c.name, { order: 'desc', until: cursor?.id, limit: HISTORY_PAGE })) ticks.push(t);
   } catch { return false; }   // the card fills from live ticks meanwhile
   ticks.reverse();
-  c.model.history(ticks);
-  const newest = ticks.findLast((t) => t && ID_RE.test(t.id));
+  const newest = c.model.history(ticks);
   if (!cursor && newest) {
     c.startAfter = { since: newest.id, seq: Number.isSafeInteger(newest.seq) ? newest.seq : undefined,
       epoch: typeof newest.epoch === 'string' ? newest.epoch : undefined };
@@ -264,5 +255,5 @@ export const idle = () => client?.state === 'idle';
 
 /** The browser is online again: no need to wait out a long backoff. */
 export function onlineAgain() {
-  if (client && clientState === 'reconnecting') client.reconnect();
+  client?.reconnect();   // nothing unless it waits to reconnect
 }

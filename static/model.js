@@ -12,12 +12,6 @@ export const RATE_MS = 5000;           // ticks per second over the last 5 s
 export const CANDLE_CAP = 500;         // candles kept per channel
 export const INTERVALS = { '1s': 1e3, '1m': 60e3, '5m': 300e3, '1h': 3600e3, '1d': 86400e3 };
 
-/** Redis stream ids "ms-n", compared numerically part by part. */
-export function compareIds(a, b) {
-  const [am, an] = a.split('-').map(Number), [bm, bn] = b.split('-').map(Number);
-  return am - bm || an - bn;
-}
-
 /** First index with a[i] >= x in an ascending array. */
 export function lowerBound(a, x) {
   let lo = 0, hi = a.length;
@@ -69,7 +63,6 @@ export class RateWindow {
   }
 }
 
-const cursorOf = (t) => ({ id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null });
 const skippedOf = (t) => (Number.isInteger(t.skipped) && t.skipped > 0 ? t.skipped : 0);
 
 /**
@@ -104,7 +97,7 @@ export class ChannelModel {
   /** The server confirmed a (re)subscribe: what follows is replay until `live`. */
   // A gap announced before a drop stays pending: the library hands its restatement
   // over once, and the tick it announced is still to come.
-  subscribed() { this.replayed = this.replaySkipped = 0; this.breakPending = null; }
+  subscribed() { this.replayed = this.replaySkipped = 0; }
 
   /** A gap event; returns the notice for an announced one (a break is told with its tick). */
   gap(g) {
@@ -116,7 +109,7 @@ export class ChannelModel {
   }
 
   /** A tick the library handed over; returns a break notice, if it shows one. */
-  tick(t, { replay = false, now = Date.now() } = {}) {
+  tick(t, replay = false, now = Date.now()) {
     let notice = null;
     if (this.breakPending) {
       this.breaks++;
@@ -125,7 +118,7 @@ export class ChannelModel {
       this.checked++;
     }
     this.breakPending = null; this.gapPending = false;
-    this.prev = cursorOf(t);
+    this.prev = t;   // its seq and epoch are what a break notice quotes
     const n = skippedOf(t);
     if (replay) { this.replayed++; this.replaySkipped += n; } else {
       // ticks/s is the channel's: a sampled frame stands for itself and what it skipped.
@@ -153,8 +146,14 @@ export class ChannelModel {
     return true;
   }
 
-  /** Ticks read over REST (ascending), all older than anything received live. */
-  history(ticks) { for (const t of ticks) if (t && ID_RE.test(t.id)) this.record(t, 'history'); }
+  /** Ticks read over REST (ascending), all older than anything received live;
+   *  returns the newest of them (null: none). */
+  history(ticks) {
+    let newest = null;
+    for (const t of ticks) if (t && ID_RE.test(t.id)) { this.record(t, 'history'); newest = t; }
+    this.last ??= newest;
+    return newest;
+  }
 
   /** A tick into the rows and the chart ('history' and 'replay' rows are muted). */
   record(t, kind) {
@@ -163,7 +162,6 @@ export class ChannelModel {
       // Only the newest ROW_CAP rows can ever be shown; trim in amortised chunks.
       if (this.pending.length > 2 * ROW_CAP) this.pending.splice(0, this.pending.length - ROW_CAP);
     } else {   // older than every row shown: goes below them
-      if (!this.last || compareIds(t.id, this.last.id) > 0) this.last = t;
       this.older.push({ t, kind });
       if (this.older.length > 2 * ROW_CAP) this.older.splice(0, this.older.length - ROW_CAP);
     }
@@ -172,7 +170,7 @@ export class ChannelModel {
       // Producer times may run backwards a little: keep xs sorted for the binary search.
       let i = this.xs.length;
       while (i > 0 && this.xs[i - 1] > x) i--;
-      this.xs.splice(i, 0, x); this.ys.splice(i, 0, t.value);
+      if (i === this.xs.length) { this.xs.push(x); this.ys.push(t.value); } else { this.xs.splice(i, 0, x); this.ys.splice(i, 0, t.value); }
       if (this.xs.length > POINT_CAP * 1.25) { const k = this.xs.length - POINT_CAP; this.xs.splice(0, k); this.ys.splice(0, k); }
     }
     this.dirty = true;

@@ -9,12 +9,12 @@ import { normalisePrefs } from './prefs.js';
 const KEY = { token: 'tickstream.token', prefs: 'tickstream.prefs' };
 
 /** The browser's localStorage, or null where it may not be used. */
-export function storage() {
+function storage() {
   try { return globalThis.localStorage ?? null; } catch { return null; }
 }
 
-export const lsGet = (k) => { try { return storage()?.getItem(k) ?? null; } catch { return null; } };
-export const lsSet = (k, v) => {
+const lsGet = (k) => { try { return storage()?.getItem(k) ?? null; } catch { return null; } };
+const lsSet = (k, v) => {
   try { if (v == null) storage()?.removeItem(k); else storage()?.setItem(k, v); } catch { /* not kept */ }
 };
 const lsJson = (k) => { try { return JSON.parse(lsGet(k)); } catch { return null; } };

@@ -48,21 +48,21 @@ function stoppedView(error) {
 }
 
 /**
- * The header's status: `{state, text, delay, askToken}`, state one of connecting, live,
+ * The header's status: `{state, text, askToken}`, state one of connecting, live,
  * reconnecting, closed (`#status[data-state]`).
  * - `clientState`, `info`: the library's last `state` event (null: no client, no token);
- * - `wasOpen`: the socket was open before this reconnect (a close, not a refusal);
  * - `busy`: some channel is still subscribing or replaying;
  * - `probe`: while the client has nothing to connect for (idle), the channel list's
  *   answer tells whether the token works: null (not yet), "ok", or the error.
  */
-export function statusView({ token, clientState, info = {}, wasOpen = false, busy = false, probe = null }) {
+export function statusView({ token, clientState, info = {}, busy = false, probe = null }) {
   if (!token) return { state: 'closed', text: 'No token — paste one in Settings', askToken: true };
   switch (clientState) {
     case 'connected': return { state: 'live', text: busy ? 'Connected — catching up' : 'Live' };
     case 'reconnecting': {
-      const why = wasOpen ? closeWhy(info.code, info.reason) : refusedWhy(info.error);
-      return { state: 'reconnecting', text: `Reconnecting — ${why}`, delay: info.delay ?? null };
+      // A socket that was open closed with a code; an attempt that failed says why.
+      const why = info.error ? refusedWhy(info.error) : closeWhy(info.code, info.reason);
+      return { state: 'reconnecting', text: `Reconnecting — ${why}` };
     }
     case 'closed': return { state: 'closed', ...stoppedView(info.error) };
     case 'idle':

@@ -55,6 +55,14 @@ const CHANNEL_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 const ID_RE = /^\d+-\d+$/;
 const SPECIAL_SINCE = /^(\$|t:.+)$/;
 
+/** A cursor `{id, seq, epoch}` of a tick (or of a stored cursor), each field checked. */
+const cursorOf = (t) => ({ id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null });
+
+const tokenError = (e) => new TickstreamError('token_error', `the token function failed: ${e?.message ?? e}`);
+const storeError = (e) => new TickstreamError('store_error', `the cursor store failed: ${e?.message ?? e}`);
+/** A response whose body nobody reads: released at once. */
+const discard = (res) => res.body?.cancel().catch(() => {});
+
 /** Redis stream ids "ms-n", compared numerically part by part. */
 export function compareIds(a, b) {
   const [am, an] = a.split('-'), [bm, bn] = b.split('-');
@@ -177,7 +185,7 @@ class Rest {
       if (wait > 0) await sleep(wait);
       let token;
       try { token = await tokens.get(); } catch (e) {
-        throw new TickstreamError('token_error', `the token function failed: ${e.message}`);
+        throw tokenError(e);
       }
       let res;
       try {
@@ -190,19 +198,19 @@ class Rest {
       const left = res.headers.get('X-RateLimit-Remaining');
       if (left !== null && Number(left) < 1) this.#notBefore = Date.now() + 1000;
       if (res.status === 429 && tries < 5 && !probe) {
-        await res.body?.cancel().catch(() => {});
+        await discard(res);
         this.#notBefore = Date.now() + (Number(res.headers.get('Retry-After')) || 1) * 1000;
         continue;
       }
       if (res.status === 401 && tokens.refreshable && !refreshed) {
-        await res.body?.cancel().catch(() => {});
+        await discard(res);
         refreshed = true;
         try { await tokens.get(true); } catch (e) {
-          throw new TickstreamError('token_error', `the token function failed: ${e.message}`);
+          throw tokenError(e);
         }
         continue;
       }
-      if (res.status === 404 && allow404) { await res.body?.cancel().catch(() => {}); return null; }
+      if (res.status === 404 && allow404) { await discard(res); return null; }
       if (!res.ok) throw await errorFrom(res);
       return res.json();
     }
@@ -345,18 +353,23 @@ export class Subscription extends Emitter {
   }
 
   #hand(type, event) {
-    // Listeners alone: handed over now (a listener reading `sub.cursor` sees this tick).
-    if (type === 'tick' && !this.#feeds.size) this.handedOver(event);
+    // Listeners alone: handed over now, in the order received (a listener reading
+    // `sub.cursor` sees this tick).
+    if (type === 'tick' && !this.#feeds.size) this.#handTo(this.#last);
     for (const f of this.#feeds) f.push(event);
     this.emit(type, event);
   }
 
-  /** Called as a tick reaches the user. */
+  /** Called as an iterator yields a tick. */
   handedOver(t) {
     const c = this.cursor;   // two loops on one subscription: the cursor never goes back
     if (c && t.epoch === c.epoch && compareIds(t.id, c.id) <= 0) return;
-    this.cursor = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
-    this.#client.saveCursor(this.channel, this.cursor);
+    this.#handTo(cursorOf(t));
+  }
+
+  #handTo(cursor) {
+    this.cursor = cursor;
+    this.#client.saveCursor(this.channel, cursor);
   }
 
   /** One server frame for this channel. */
@@ -391,8 +404,7 @@ export class Subscription extends Emitter {
         // With nothing handed over yet (since=$, or an empty channel), the cursor
         // becomes where the server says the stream stood, so a reconnect resumes there.
         if (!this.#last && typeof f.last_id === 'string' && ID_RE.test(f.last_id)) {
-          this.cursor = this.#last = { id: f.last_id, seq: null, epoch: this.#epoch };
-          this.#client.saveCursor(this.channel, this.cursor);
+          this.#handTo(this.#last = { id: f.last_id, seq: null, epoch: this.#epoch });
         }
         this.#setState('live');
         return this.emit('live', { type: 'live', channel: this.channel, last_id: f.last_id, replayed: this.replayed });
@@ -423,7 +435,7 @@ export class Subscription extends Emitter {
     this.#fresh = this.#gapPending = false;
     this.#lastGap = null;
     if (this.state === 'replaying') this.replayed++;
-    this.#last = { id: t.id, seq: Number.isSafeInteger(t.seq) ? t.seq : null, epoch: typeof t.epoch === 'string' ? t.epoch : null };
+    this.#last = cursorOf(t);
     this.#hand('tick', t);
   }
 
@@ -611,7 +623,7 @@ class WsLink extends Link {
     let token;
     try { token = await this.token(); } catch (e) {
       if (gen !== this.#gen || c.state === 'closed') return;
-      const error = new TickstreamError('token_error', `the token function failed: ${e.message}`);
+      const error = tokenError(e);
       c.report(error);
       this.retry({ token: true, backoff: true }, { error });
       return;
@@ -662,7 +674,7 @@ class WsLink extends Link {
       let fresh;
       try { fresh = await this.client.tokens.get(true); } catch (e) {
         if (gen !== this.#gen || !this.open) return;
-        this.client.report(new TickstreamError('token_error', `the token function failed: ${e.message}`));
+        this.client.report(tokenError(e));
         this.#scheduleRefresh(token, gen, 5000);
         return;
       }
@@ -842,7 +854,7 @@ class SseLink extends Link {
     let end = {}, token;
     try { token = await this.token(); } catch (e) {
       if (!mine()) return;
-      const error = new TickstreamError('token_error', `the token function failed: ${e.message}`);
+      const error = tokenError(e);
       c.report(error);
       return void this.retry({ token: true, backoff: true }, { error });
     }
@@ -857,7 +869,7 @@ class SseLink extends Link {
         res = await c.fetch(url, { headers: { Accept: 'text/event-stream', ...(token ? { Authorization: 'Bearer ' + token } : {}) },
           signal: abort.signal, cache: 'no-store' });
       } finally { clearTimeout(timer); }
-      if (!mine()) { res.body?.cancel().catch(() => {}); return; }
+      if (!mine()) { discard(res); return; }
       if (!res.ok) {
         const error = await errorFrom(res);
         if (!mine()) return;
@@ -988,20 +1000,20 @@ export class Client extends Emitter {
     const explicit = since != null && ID_RE.test(since) ? { id: since, seq: seq ?? null, epoch: epoch ?? null } : null;
     let stored = null;
     try { stored = this.#store ? this.#store.get(channel) : null; } catch (e) {
-      throw new TickstreamError('store_error', `the cursor store failed: ${e.message}`);
+      throw storeError(e);
     }
     const sub = new Subscription(this, channel, { since, seq, epoch, rate, candles }, null);
     this.subscriptions.set(channel, sub);
     const start = (cursor) => {
       if (this.subscriptions.get(channel) !== sub) return;
-      sub.start(cursor && ID_RE.test(cursor.id) ? { id: cursor.id, seq: cursor.seq ?? null, epoch: cursor.epoch ?? null } : explicit);
+      sub.start(cursor && ID_RE.test(cursor.id) ? cursorOf(cursor) : explicit);
       this.#linkFor(sub).add(sub);
     };
     if (stored && typeof stored.then === 'function') {
       stored.then(start, (e) => {
         if (this.subscriptions.get(channel) !== sub) return;
         this.subscriptions.delete(channel);
-        sub.end(new TickstreamError('store_error', `the cursor store failed: ${e?.message ?? e}`));
+        sub.end(storeError(e));
       });
     } else start(stored);
     return sub;
@@ -1037,7 +1049,7 @@ export class Client extends Emitter {
     if (busy) { busy.next = cursor; busy.pending = true; return; }
     let done;
     try { done = this.#store.set(channel, cursor); } catch (e) {
-      return this.report(new TickstreamError('store_error', `the cursor store failed: ${e.message}`));
+      return this.report(storeError(e));
     }
     if (!done || typeof done.then !== 'function') return;
     const write = { pending: false, next: null, settled: null };
@@ -1046,7 +1058,7 @@ export class Client extends Emitter {
     const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('no answer in 10 s')), STORE_TIMEOUT_MS); });
     write.settled = Promise.race([done, late])
       .finally(() => clearTimeout(timer))
-      .then(null, (e) => this.report(new TickstreamError('store_error', `the cursor store failed: ${e?.message ?? e}`)))
+      .then(null, (e) => this.report(storeError(e)))
       .then(() => {
         this.#writes.delete(channel);
         if (write.pending) this.saveCursor(channel, write.next);
@@ -1056,7 +1068,7 @@ export class Client extends Emitter {
   /** Waits until every cursor handed over is written (an async store's writes too). */
   async #flush() {
     while (this.#writes.size) await Promise.all([...this.#writes.values()].map((w) => w.settled));
-    try { await this.#store?.flush?.(); } catch (e) { this.report(new TickstreamError('store_error', `the cursor store failed: ${e.message}`)); }
+    try { await this.#store?.flush?.(); } catch (e) { this.report(storeError(e)); }
   }
 
   /** Opens the socket now rather than at the first subscribe (so `state` tells whether
@@ -1129,7 +1141,7 @@ export function localStorageStore({ key = 'tickstream.cursors', storage, delay =
     const saved = JSON.parse(storage?.getItem(key) ?? '{}');
     for (const [ch, c] of Object.entries(saved && typeof saved === 'object' ? saved : {})) {
       if (CHANNEL_RE.test(ch) && c && ID_RE.test(c.id)) {
-        cursors[ch] = { id: c.id, seq: Number.isSafeInteger(c.seq) ? c.seq : null, epoch: typeof c.epoch === 'string' ? c.epoch : null };
+        cursors[ch] = cursorOf(c);
       }
     }
   } catch { cursors = {}; }

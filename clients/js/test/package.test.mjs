@@ -4,13 +4,13 @@
 // module exports.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as library from '../index.js';
-import { BIN, freePort, until } from './support.mjs';
+import { BIN, freePort, start, until } from './support.mjs';
 
 const run = promisify(execFile);
 const HERE = new URL('..', import.meta.url).pathname;
@@ -42,19 +42,13 @@ test('npm pack installs into an empty folder and the README\'s first example pri
   const port = await freePort();
   const env = { ...process.env, TICKSTREAM_LISTEN: `127.0.0.1:${port}`, TICKSTREAM_LOG: 'warn' };
   for (const k of ['REDIS_URL', 'TICKSTREAM_JWT_SECRET', 'TICKSTREAM_JWT_PUBLIC_KEY', 'TICKSTREAM_HMAC_SECRET', 'TICKSTREAM_INGEST_TOKEN']) delete env[k];
-  const demo = spawn(BIN, ['--demo'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let demoOut = '';
-  demo.stdout.on('data', (d) => { demoOut += d; });
-  demo.stderr.on('data', (d) => { demoOut += d; });
+  const demo = start(BIN, ['--demo'], env);
   t.after(() => demo.kill('SIGKILL'));
-  const token = await until('the demo prints its reader token', () => (demoOut.match(/Reader token:\s+(\S+)/) || [])[1]);
+  const token = await until('the demo prints its reader token', () => (demo.output.match(/Reader token:\s+(\S+)/) || [])[1]);
 
-  const first = spawn('node', ['first.mjs'], { cwd: app, env: { ...process.env, TICKSTREAM_TOKEN: token, TICKSTREAM_URL: `http://127.0.0.1:${port}` }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  first.stdout.on('data', (d) => { out += d; });
-  first.stderr.on('data', (d) => { out += d; });
+  const first = start('node', ['first.mjs'], { ...process.env, TICKSTREAM_TOKEN: token, TICKSTREAM_URL: `http://127.0.0.1:${port}` }, { cwd: app });
   t.after(() => first.kill('SIGKILL'));
-  await until('the example prints ticks', () => (out.match(/^tick seq=\d+ /gm) || []).length >= 5, 30_000);
-  const seqs = [...out.matchAll(/^tick seq=(\d+) /gm)].map((m) => Number(m[1]));
-  for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `printed in order, once: ${out}`);
+  await until('the example prints ticks', () => (first.output.match(/^tick seq=\d+ /gm) || []).length >= 5, 30_000);
+  const seqs = [...first.output.matchAll(/^tick seq=(\d+) /gm)].map((m) => Number(m[1]));
+  for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `printed in order, once: ${first.output}`);
 });

@@ -38,8 +38,10 @@ export async function until(what, fn, timeout = 20_000) {
 }
 
 const children = new Set();
-function start(cmd, args, env) {
-  const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+/** A child process whose output is kept (its last 20,000 characters) in `output`,
+ *  `exited` resolving when it ends; killed with the test process at the latest. */
+export function start(cmd, args, env, { cwd } = {}) {
+  const child = spawn(cmd, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   child.output = '';
   child.stdout.on('data', (d) => { child.output = (child.output + d).slice(-20_000); });
