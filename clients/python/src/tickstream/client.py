@@ -1,0 +1,297 @@
+"""The client: one multiplexed socket (or SSE streams, when asked), every subscription
+resumed from its cursor after any drop, REST reads paced (docs/PROTOCOL.md §12)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, TypeAlias
+
+import httpx
+
+from .errors import TickstreamError
+from .events import CHANNEL_RE, SPECIAL_SINCE_RE, Candle, Cursor, Tick, is_id
+from .link import Backoff, Link, StateInfo
+from .rest import Pages, Rest, path_of
+from .sse import SseLink
+from .subscription import Subscription
+from .tokens import TokenFunction, TokenSource
+from .version import __version__
+from .ws import WsLink
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Client", "ClientState"]
+
+logger = logging.getLogger("tickstream")
+
+ClientState: TypeAlias = Literal["idle", "connecting", "connected", "reconnecting", "closed"]
+INTERVALS = ("1s", "1m", "5m", "1h", "1d")
+# A REST answer that takes longer is given up (a page of 1,000 ticks takes milliseconds).
+REST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+class Client:
+    """A tickstream client. Use it as ``async with Client(url, token=...) as client``.
+
+    ``url``: the server (``http(s)://`` or ``ws(s)://``), or a list of nodes: each
+    reconnect takes the next. ``token``: a string, or a function (sync or async)
+    returning one, called again before the token's ``exp`` and when the server says it
+    expired. ``transport``: ``"websocket"`` (one socket for every subscription) or
+    ``"sse"`` (one stream per subscription), never switched by itself. ``on_state`` is
+    called with every state change and its ``StateInfo``; ``on_error`` with errors that
+    belong to no call (a failed token function, a refused refresh) — without it they
+    are logged on the ``tickstream`` logger.
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        token: str | TokenFunction | None = None,
+        transport: Literal["websocket", "sse"] = "websocket",
+        backoff: Backoff | None = None,
+        on_state: Callable[[ClientState, StateInfo], None] | None = None,
+        on_error: Callable[[TickstreamError], None] | None = None,
+    ) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        self._urls = [re.sub(r"^ws(s?)://", r"http\1://", str(u).rstrip("/")) for u in urls if u]
+        if not self._urls or not all(re.match(r"https?://", u) for u in self._urls):
+            raise ValueError("url must be an http(s) or ws(s) URL, or a list of them")
+        if transport not in ("websocket", "sse"):
+            raise ValueError('transport must be "websocket" or "sse"')
+        self._url_index = 0
+        self._transport = transport
+        #: The token in force (``tokens.current``) and how to get the next.
+        self.tokens = TokenSource(token)
+        self.backoff = backoff or Backoff()
+        self._on_state = on_state
+        self._on_error = on_error
+        #: ``idle`` · ``connecting`` · ``connected`` · ``reconnecting`` · ``closed``.
+        self.state: ClientState = "idle"
+        #: Why the client stopped by itself, if it did.
+        self.error: TickstreamError | None = None
+        #: The open subscriptions, by channel.
+        self.subscriptions: dict[str, Subscription] = {}
+        #: The HTTP client for REST and SSE (closed with the client).
+        self.http = httpx.AsyncClient(
+            timeout=REST_TIMEOUT, headers={"User-Agent": f"tickstream-python/{__version__}"}, trust_env=False
+        )
+        self._rest = Rest(lambda: self.url, self.tokens, self.http)
+        self._ws: WsLink | None = None
+        self._sse: dict[Subscription, SseLink] = {}
+        self._connected = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The node in use (``http(s)://``)."""
+        return self._urls[self._url_index]
+
+    @property
+    def ws_url(self) -> str:
+        return re.sub(r"^http", "ws", self.url)
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def _set_state(self, state: ClientState, info: StateInfo) -> None:
+        if self.state == "closed":
+            return  # closed is for good
+        if state == "reconnecting" and len(self._urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self._urls)
+        self.state = state
+        if state == "connected":
+            self._connected.set()
+        else:
+            self._connected.clear()
+        if state == "closed":
+            self._stopped.set()
+        if self._on_state is not None:
+            try:
+                self._on_state(state, info)
+            except Exception:  # the callback's own bug stays its own
+                logger.exception("tickstream: on_state raised")
+
+    def _report(self, error: TickstreamError) -> None:
+        """An error that belongs to no call or subscription."""
+        if self._on_error is None:
+            logger.warning("tickstream: %s: %s", error.code, error.message)
+            return
+        try:
+            self._on_error(error)
+        except Exception:
+            logger.exception("tickstream: on_error raised")
+
+    def _fail(self, error: TickstreamError) -> None:
+        """Stops for good: every subscription ends with ``error``."""
+        if self.state == "closed":
+            return
+        self.error = error
+        self._set_state("closed", StateInfo(url=self.url, error=error))
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        for sub in subs:
+            sub._end(error)
+        for link in self._links():
+            if link.task is not None and link.task is not asyncio.current_task():
+                link.task.cancel()
+
+    def _links(self) -> list[Link]:
+        return [*([self._ws] if self._ws else []), *self._sse.values()]
+
+    # ---- subscriptions ----------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        channel: str,
+        *,
+        since: str | None = None,
+        seq: int | None = None,
+        epoch: str | None = None,
+        rate: int | None = None,
+        candles: str | None = None,
+        cursor: Cursor | None = None,
+    ) -> Subscription:
+        """Subscribes to ``channel``: from ``cursor`` (a saved ``sub.cursor``) when
+        given, else from ``since`` — an id (with its ``seq`` and ``epoch`` for exact
+        gaps), ``"$"`` (live only), ``"0-0"`` (everything kept), ``"t:<RFC 3339>"`` —
+        else the server's recent replay. ``rate``: at most that many ticks a second,
+        each the newest (1–1000). ``candles``: also live candles of that interval."""
+        if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
+            raise TickstreamError("bad_channel", f"not a channel name: {channel!r}")
+        if self.closed:
+            raise TickstreamError("closed", "this client is closed")
+        if channel in self.subscriptions:
+            raise TickstreamError("already_subscribed", f"already subscribed to {channel}", channel=channel)
+        if since is not None and not (is_id(since) or SPECIAL_SINCE_RE.fullmatch(since)):
+            raise TickstreamError("bad_since", f"since: {since!r}")
+        if rate is not None and not (isinstance(rate, int) and 1 <= rate <= 1000):
+            raise TickstreamError("bad_rate", "rate: a whole number from 1 to 1000")
+        if candles is not None and candles not in INTERVALS:
+            raise TickstreamError("bad_interval", f"candles: one of {', '.join(INTERVALS)}")
+        # An id in `since` is a cursor like any other: repeats at or before it are
+        # dropped and continuity is checked from its `seq`.
+        if cursor is None and since is not None and is_id(since):
+            cursor = Cursor(since, seq, epoch)
+        options = {"since": since, "seq": seq, "epoch": epoch, "rate": rate, "candles": candles}
+        sub = Subscription(self, channel, options, cursor)
+        self.subscriptions[channel] = sub
+        link: WsLink | SseLink
+        if self._transport == "websocket":
+            link = self._ws = self._ws or WsLink(self)
+        else:
+            link = self._sse[sub] = SseLink(self, sub)
+        link.add(sub)
+        return sub
+
+    def _unsubscribed(self, sub: Subscription) -> None:
+        """Called by ``sub.close()``."""
+        if self.subscriptions.get(sub.channel) is not sub:
+            return
+        if self._ws is not None:
+            self._ws.remove(sub)
+        self._dropped(sub)
+
+    def _dropped(self, sub: Subscription) -> None:
+        """Forgets a subscription that ended."""
+        if self.subscriptions.get(sub.channel) is sub:
+            del self.subscriptions[sub.channel]
+        link = self._sse.pop(sub, None)
+        if link is not None:
+            link.remove(sub)
+
+    # ---- the connection ----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Opens the socket now rather than at the first subscribe, and returns once it
+        is open (raises the error the client stopped with, if it did)."""
+        if self._transport != "websocket":
+            return
+        if self.closed:
+            raise self.error or TickstreamError("closed", "this client is closed")
+        self._ws = self._ws or WsLink(self)
+        self._ws.start()
+        closed = asyncio.ensure_future(self._stopped.wait())
+        connected = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait((closed, connected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            connected.cancel()
+        if self.closed:
+            raise self.error or TickstreamError("closed", "this client is closed")
+
+    def reconnect(self) -> None:
+        """Ends a backoff wait and connects now (nothing while connected)."""
+        for link in self._links():
+            link.skip_wait()
+
+    async def close(self) -> None:
+        """Closes the socket and ends every subscription (their cursors stay)."""
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        self._set_state("closed", StateInfo(url=self.url))
+        for sub in subs:
+            sub._end(None)
+        links = self._links()
+        self._sse.clear()
+        try:
+            await asyncio.gather(*(link.shutdown() for link in links))
+        finally:
+            await self.http.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ---- REST -------------------------------------------------------------------------------------
+
+    def history(
+        self,
+        channel: str,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+        limit: int | None = None,
+    ) -> Pages[Tick]:
+        """Every stored tick of ``channel`` with an id in (``since``, ``until``] (ids, or
+        moments ``t:<RFC 3339>``), in ``order``, ``limit`` at most; pages followed."""
+        return Pages(self._rest, path_of(channel, "ticks"), {"since": since, "until": until, "order": order},
+                     "ticks", Tick.parse, channel, limit)
+
+    def candles(
+        self,
+        channel: str,
+        *,
+        interval: str = "1m",
+        since: str | None = None,
+        until: str | None = None,
+        order: Literal["asc", "desc"] = "asc",
+        limit: int | None = None,
+    ) -> Pages[Candle]:
+        """Candles of ``interval`` whose start is in (``since``, ``until``] (RFC 3339 or
+        Unix ms), in ``order``, ``limit`` at most; pages followed."""
+        params = {"interval": interval, "since": since, "until": until, "order": order}
+        return Pages(self._rest, path_of(channel, "candles"), params, "candles",
+                     lambda f, ch: Candle.parse(f, ch, interval), channel, limit)
+
+    async def latest(self, channel: str) -> Tick | None:
+        """The channel's newest tick, or None when it has none."""
+        f = await self._rest.request(path_of(channel, "latest"), allow_404=True)
+        return Tick.parse(f, channel) if isinstance(f, dict) else None
+
+    async def channels(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """A page of the channels this token may read: ``{"channels": [...], "next"}``."""
+        page = await self._rest.request("/api/v1/channels", {"limit": limit, "cursor": cursor})
+        return page if isinstance(page, dict) else {"channels": [], "next": None}

@@ -1,0 +1,185 @@
+"""REST reads (docs/PROTOCOL.md §6): one at a time, paced by ``X-RateLimit-Remaining``,
+a 429 waited out (its ``Retry-After``) and asked again, pages followed by ``next``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generic, Mapping, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from .errors import TickstreamError
+from .events import Candle, Tick
+from .tokens import TokenSource
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["Pages", "Rest"]
+
+T = TypeVar("T", Tick, Candle)
+
+# A 429 is waited out and asked again this many times before it is the caller's.
+RETRIES_429 = 5
+# The most a page holds (docs/PROTOCOL.md §6).
+PAGE_MAX = 1000
+
+
+def path_of(channel: str, what: str) -> str:
+    return f"/api/v1/channels/{quote(channel, safe='')}/{what}"
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """A ``Retry-After`` in seconds, or None."""
+    try:
+        value = float(headers.get("Retry-After") or "")
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def error_from(status: int, headers: Mapping[str, str], body: bytes) -> TickstreamError:
+    """The error of a refused request or handshake: the server's ``{"error", "message"}``."""
+    code, message = f"http_{status}", ""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        if isinstance(payload.get("error"), str):
+            code = payload["error"]
+        if isinstance(payload.get("message"), str):
+            message = payload["message"]
+    return TickstreamError(
+        code,
+        f"HTTP {status}" + (f": {message}" if message else ""),
+        status=status,
+        retry_after=retry_after(headers),
+    )
+
+
+class Rest:
+    """One REST read at a time for the client: when ``X-RateLimit-Remaining`` reaches 0
+    the next waits a second (about one refill), a 429 waits its ``Retry-After`` (five
+    times), and a 401 with a token function is tried once more with a fresh token."""
+
+    def __init__(self, base_url: Callable[[], str], tokens: TokenSource, http: httpx.AsyncClient) -> None:
+        self._base_url = base_url
+        self._tokens = tokens
+        self.http = http
+        self._lock = asyncio.Lock()
+        self._not_before = 0.0
+
+    async def request(self, path: str, params: Mapping[str, Any] | None = None, *, allow_404: bool = False) -> Any:
+        """The JSON answer of ``GET path?params``; None for a 404 when ``allow_404``."""
+        query = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
+        async with self._lock:
+            refreshed = False
+            tries = 0
+            while True:
+                wait = self._not_before - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    token = await self._tokens.get()
+                except TickstreamError:
+                    raise
+                except Exception as e:
+                    raise TickstreamError("token_error", f"the token function failed: {e}") from e
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                try:
+                    response = await self.http.get(self._base_url() + path, params=query, headers=headers)
+                except httpx.HTTPError as e:
+                    raise TickstreamError("unreachable", f"cannot reach the server: {e!r}") from e
+                left = response.headers.get("X-RateLimit-Remaining")
+                if left is not None and left.isdigit() and int(left) < 1:
+                    self._not_before = time.monotonic() + 1.0
+                if response.status_code == 429 and tries < RETRIES_429:
+                    tries += 1
+                    self._not_before = time.monotonic() + (retry_after(response.headers) or 1.0)
+                    continue
+                if response.status_code == 401 and self._tokens.refreshable and not refreshed:
+                    refreshed = True
+                    try:
+                        await self._tokens.get(fresh=True)
+                    except Exception as e:
+                        raise TickstreamError("token_error", f"the token function failed: {e}") from e
+                    continue
+                if response.status_code == 404 and allow_404:
+                    return None
+                if not response.is_success:
+                    raise error_from(response.status_code, response.headers, response.content)
+                try:
+                    return response.json()
+                except ValueError as e:
+                    raise TickstreamError("bad_response", f"not JSON: {response.text[:200]!r}") from e
+
+
+class Pages(Generic[T], AsyncIterator[T]):
+    """The items of every page of a history or candles read, ``limit`` at most; an
+    async iterator, and ``await pages.to_list()`` / ``await pages.to_dataframe()``."""
+
+    def __init__(
+        self,
+        rest: Rest,
+        path: str,
+        params: Mapping[str, Any],
+        field: str,
+        parse: Callable[[Mapping[str, Any], str], T],
+        channel: str,
+        limit: int | None,
+    ) -> None:
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError("limit must be a whole number ≥ 0")
+        self._kind = field
+        self._items: AsyncIterator[T] = self._walk(rest, path, dict(params), field, parse, channel, limit)
+
+    async def _walk(
+        self,
+        rest: Rest,
+        path: str,
+        params: dict[str, Any],
+        field: str,
+        parse: Callable[[Mapping[str, Any], str], T],
+        channel: str,
+        limit: int | None,
+    ) -> AsyncIterator[T]:
+        left = PAGE_MAX * 10**12 if limit is None else limit
+        cursor: str | None = None
+        while left > 0:
+            page = await rest.request(path, {**params, "limit": min(PAGE_MAX, left), "cursor": cursor})
+            items = page.get(field) if isinstance(page, dict) else None
+            items = items if isinstance(items, list) else []
+            for item in items[:left]:
+                if isinstance(item, dict):
+                    yield parse(item, channel)
+            left -= len(items)
+            cursor = page.get("next") if isinstance(page, dict) else None
+            if not cursor:
+                return
+
+    def __aiter__(self) -> Pages[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._items.__anext__()
+
+    async def aclose(self) -> None:
+        await self._items.aclose()  # type: ignore[attr-defined]
+
+    async def to_list(self) -> list[T]:
+        """Every item, pages followed."""
+        return [item async for item in self]
+
+    async def to_dataframe(self) -> pandas.DataFrame:
+        """Every item as a pandas DataFrame with a UTC ``DatetimeIndex`` (needs the
+        ``pandas`` extra: ``pip install 'tickstream[pandas]'``)."""
+        from .dataframe import candles_to_dataframe, ticks_to_dataframe
+
+        items = await self.to_list()
+        if self._kind == "candles":
+            return candles_to_dataframe(items)  # type: ignore[arg-type]
+        return ticks_to_dataframe(items)  # type: ignore[arg-type]

@@ -1,0 +1,109 @@
+"""Server-Sent Events, chosen explicitly (``transport="sse"``): one ``/sse/{channel}``
+stream per subscription, read with httpx (docs/PROTOCOL.md §5.7)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import httpx
+
+from .errors import TickstreamError
+from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, after_refusal, token_error
+from .rest import error_from
+
+if TYPE_CHECKING:
+    from .client import Client, ClientState
+    from .subscription import Subscription
+
+# The `error` event that ends a stream, as the close code it stands for, so a user
+# sees the same `code` whichever transport runs.
+SSE_ENDS = {"restarting": 1012, "token_expired": 4001, "too_slow": 1013, "closed": 1000}
+# A comment comes every 20 s: 60 s of nothing is a dead stream.
+SILENCE_S = 60.0
+
+
+class SseLink(Link):
+    def __init__(self, client: Client, sub: Subscription) -> None:
+        super().__init__(client)
+        self.sub = sub
+
+    def add(self, sub: Subscription) -> None:
+        self.start()
+
+    def remove(self, sub: Subscription) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _state(self, state: ClientState, info: StateInfo) -> None:
+        self.client._set_state(state, StateInfo(url=info.url, error=info.error, channel=self.sub.channel))
+
+    def _next(self, plan: Plan, info: StateInfo) -> float | None:
+        return super()._next(plan, StateInfo(code=info.code, reason=info.reason, error=info.error, channel=self.sub.channel))
+
+    # This subscription is refused for good (403, a bad parameter): it ends alone.
+    def _refused(self, error: TickstreamError) -> None:
+        self.client._dropped(self.sub)
+        self.sub._end(error)
+
+    async def session(self) -> tuple[Plan, StateInfo] | None:
+        c, sub = self.client, self.sub
+        self._state("connecting", StateInfo(url=c.url))
+        try:
+            token = await self.token()
+        except Exception as e:
+            error = token_error(e)
+            c._report(error)
+            return Plan(token=True, backoff=True), StateInfo(error=error)
+        params = {k: str(v) for k, v in sub.subscribe_params().items()}
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        sub.subscribing()
+        timeout = httpx.Timeout(HANDSHAKE_S, read=SILENCE_S)
+        url = f"{c.url}/sse/{quote(sub.channel, safe='')}"
+        try:
+            async with c.http.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
+                if response.status_code != 200:
+                    body = await response.aread()
+                    error = error_from(response.status_code, response.headers, body)
+                    if error.code == "forbidden" or error.status == 400:
+                        self._refused(error)
+                        return None
+                    return after_refusal(error, c.tokens.refreshable), StateInfo(error=error)
+                self.opened()
+                self._state("connected", StateInfo(url=c.url))
+                ended = await self._read(response)
+        except httpx.HTTPError as e:
+            ended = Plan(), StateInfo(error=TickstreamError("unreachable", f"the stream from {c.url} failed: {e!r}"))
+        if ended is not None and not sub.closed:
+            sub.subscribing()
+        return ended
+
+    # Reads events until the stream ends; returns how it ended.
+    async def _read(self, response: httpx.Response) -> tuple[Plan, StateInfo] | None:
+        data: list[str] = []
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+                continue
+            if line or not data:
+                continue  # another field (event:, id:), a comment, or a blank line alone
+            text, data = "\n".join(data), []
+            try:
+                f = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(f, dict):
+                continue
+            if f.get("type") != "error":
+                self.sub.frame(f)
+                continue
+            # The stream's end, said before it ends (docs/PROTOCOL.md §5.7).
+            code = SSE_ENDS.get(str(f.get("code")))
+            if code is None:  # a refusal of this subscription: final
+                self._refused(TickstreamError(str(f.get("code") or "error"), str(f.get("message") or ""), channel=self.sub.channel))
+                return None
+            return after_close(code, self.client.tokens.refreshable), StateInfo(code=code, reason=str(f.get("code")))
+        return Plan(), StateInfo()

@@ -1,0 +1,94 @@
+"""Fixtures: clients that record their states and are closed after each test, event
+collectors, and the checks every test ends with — no task left running and no error
+left where nothing listens (the library's cancellation-safety, asserted everywhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tickstream import Backoff, Candle, Client, Gap, StateInfo, Subscription, Tick, TickstreamError
+
+from .support import jwt
+
+
+@dataclass
+class Collected:
+    """What a subscription's ``async for`` handed over, gathered by a task of its own."""
+
+    ticks: list[Tick] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    candles: list[Candle] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    error: TickstreamError | None = None
+    task: asyncio.Task[None] | None = None
+
+
+def collect(sub: Subscription) -> Collected:
+    got = Collected()
+
+    async def read() -> None:
+        try:
+            async for event in sub:
+                got.events.append(event)
+                {"tick": got.ticks, "gap": got.gaps, "candle": got.candles}[event.type].append(event)
+        except TickstreamError as e:
+            got.error = e
+
+    got.task = asyncio.get_running_loop().create_task(read())
+    return got
+
+
+class Recorded(Client):
+    """A Client that keeps the state changes it went through in ``calls``."""
+
+    calls: list[tuple[str, StateInfo]]
+
+    def states(self, state: str) -> list[StateInfo]:
+        return [info for s, info in self.calls if s == state]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Callable[..., Recorded]]:
+    """A factory of clients with a valid token and quick backoff; each is closed after
+    the test, also when an assertion failed."""
+    made: list[Recorded] = []
+
+    def make(url: Any, **options: Any) -> Recorded:
+        calls: list[tuple[str, StateInfo]] = []
+        options.setdefault("token", jwt())
+        options.setdefault("backoff", Backoff(base=0.1, cap=1.0))
+        c = Recorded(url, on_state=lambda s, info: calls.append((s, info)), **options)
+        c.calls = calls
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+@pytest.fixture(autouse=True)
+async def no_loose_ends() -> AsyncIterator[None]:
+    """Every test ends with no task of the library still running and no exception
+    that nobody retrieved."""
+    loop = asyncio.get_running_loop()
+    loose: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: loose.append(context))
+    yield
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me]
+    if others:  # a reader of a closed subscription finishes at its next turn
+        await asyncio.wait(others, timeout=2)
+    left = [t for t in others if not t.done()]
+    for t in left:
+        t.cancel()
+    assert not left, f"tasks left running: {left}"
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not loose, f"errors nobody retrieved: {loose}"

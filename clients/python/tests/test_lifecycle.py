@@ -1,0 +1,167 @@
+"""The edges a careful user hits: a task cancelled mid-stream, a timeout around one
+read, closing mid-handshake, closing a channel and subscribing to it again at once, a
+handshake refused by the `ws` bucket, reconnect() during a wait, two readers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tickstream import Backoff, Client, Tick, TickstreamError
+
+from .conftest import collect
+from .support import Producer, Redis, Server, assert_exactly_once, jwt, until
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[Redis]:
+    r = Redis()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def server(redis: Redis) -> Iterator[Server]:
+    s = Server(redis, {"TICKSTREAM_RATE_FREE_WS": "100000/s:100000"})
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def strict(redis: Redis) -> Iterator[Server]:
+    s = Server(redis, {"TICKSTREAM_RATE_FREE_WS": "1/m:2"})
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A port that accepts connections and never answers: a handshake that hangs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_a_task_cancelled_mid_stream_leaves_no_socket_and_no_task(server) -> None:
+    channel = "life.cancelled"
+    seen: list[Tick] = []
+
+    async def consume() -> None:
+        async with Client(server.url, token=jwt()) as client:
+            async with client.subscribe(channel, since="0-0") as sub:
+                async for event in sub:
+                    if isinstance(event, Tick):
+                        seen.append(event)
+
+    producer = Producer(lambda: server, channel)
+    task = asyncio.get_running_loop().create_task(consume())
+    await until("ticks flow", lambda: len(seen) >= 10)
+    await until("the server counts the socket", lambda: server.metric("tickstream_connections"))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await producer.stop()
+    async def no_socket() -> bool:
+        return await server.metric("tickstream_connections") == 0
+
+    await until("the server has no socket left", no_socket)
+    assert await server.metric("tickstream_subscriptions") == 0
+    # (the autouse check then finds no task of the library still running)
+
+
+async def test_a_timeout_around_each_read_loses_nothing(make_client, redis, server) -> None:
+    channel = "life.timeouts"
+    c = make_client(server.url)
+    sub = c.subscribe(channel, since="0-0")
+    producer = Producer(lambda: server, channel, every=0.03)
+    got: list[Tick] = []
+    timeouts = 0
+    while len(got) < 60:
+        try:
+            event = await asyncio.wait_for(anext(sub), 0.01)
+        except TimeoutError:
+            timeouts += 1
+            continue
+        assert isinstance(event, Tick)
+        got.append(event)
+    ids = await producer.stop()
+    while got[-1].id != ids[-1]:
+        got.append(await asyncio.wait_for(anext(sub), 5))  # type: ignore[arg-type]
+    assert timeouts > 0, "some reads were cancelled while waiting"
+    assert_exactly_once(got, await redis.stream(channel))
+    assert sub.cursor == got[-1].cursor
+
+
+async def test_closing_while_the_handshake_hangs_returns_at_once(make_client, silent) -> None:
+    c = make_client(silent)
+    c.subscribe("life.never")
+    await until("connecting", lambda: c.state == "connecting")
+    await asyncio.wait_for(c.close(), 1)
+    assert c.state == "closed"
+
+
+async def test_close_and_subscribe_again_at_once_gets_its_own_replay(make_client, server) -> None:
+    channel = "life.again"
+    ids = await server.ingest(channel, [{"value": i} for i in range(50)])
+    c = make_client(server.url)
+    c.subscribe("life.warm", since="$")
+    await c.connect()
+    for round in range(5):
+        c.subscribe(channel, since="$").close()
+        second = c.subscribe(channel, since="0-0")
+        got = collect(second)
+        await until("the whole replay", lambda: len(got.ticks) == len(ids))
+        assert [t.id for t in got.ticks] == ids, f"round {round}: every tick from 0-0, once"
+        assert got.gaps == []
+        second.close()
+
+
+async def test_a_handshake_refused_by_the_ws_bucket_waits_at_least_5_s(make_client, strict) -> None:
+    # A subject of its own (buckets live in Redis, shared by the nodes): two `ws`
+    # tokens a minute, spent by a first client's handshake and subscribe.
+    token = jwt(sub="py-races-limited")
+    async with Client(strict.url, token=token) as spend:
+        await spend.subscribe("life.spend", since="$").wait_live()
+    c = make_client(strict.url, token=token)
+    c.subscribe("life.refused", since="$")
+    refused = await until("a refusal", lambda: next((i for i in c.states("reconnecting") if i.error), None))
+    assert (refused.error.status, refused.error.code) == (429, "rate_limited")
+    assert refused.delay >= 5, f"waits at least 5 s ({refused.delay} s)"
+
+
+async def test_reconnect_skips_the_wait_and_does_nothing_while_connected(make_client, server) -> None:
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there: every attempt is refused
+    c = make_client(f"http://127.0.0.1:{port}", backoff=Backoff(base=60, cap=60))
+    c.subscribe("life.nowhere")
+    await until("waiting", lambda: c.state == "reconnecting")
+    tries = len(c.states("connecting"))
+    c.reconnect()
+    await until("tried again at once", lambda: len(c.states("connecting")) > tries, 2)
+
+    ok = make_client(server.url)
+    await ok.connect()
+    ok.reconnect()
+    await asyncio.sleep(0.2)  # a reconnect would show within this; none may
+    assert len(ok.states("connecting")) == 1 and ok.state == "connected"
+
+
+async def test_two_readers_of_one_subscription_are_refused(make_client, server) -> None:
+    c = make_client(server.url)
+    sub = c.subscribe("life.two", since="$")
+    reader = asyncio.get_running_loop().create_task(anext(sub))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError):
+        await anext(sub)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    with pytest.raises(TickstreamError) as raised:
+        c.subscribe("life.two")
+    assert raised.value.code == "already_subscribed"
