@@ -3,7 +3,8 @@
 //! (docs/ARCHITECTURE.md "Where is X").
 //!
 //! Documents are the Markdown files of the repository; code comments are those of
-//! `src/`, `tests/`, `bench/src/` and `fuzz/`. A path counts when it starts at the
+//! `src/`, `tests/`, `bench/src/` and `fuzz/`, and the client libraries' sources
+//! (`clients/js/index.js`, `clients/python/`) are read whole. A path counts when it starts at the
 //! repository's root (`src/…`, `tests/…`, `docs/…`, `redis/…`, `static/…`, `clients/…`,
 //! `scripts/…`, `bench/…`, `fuzz/…`, `.ci/…`) or, in backticks and ending in `.rs`,
 //! when it is relative to `src/` or to the file's own folder. A section counts when
@@ -49,6 +50,9 @@ fn sources() -> Vec<PathBuf> {
     for dir in ["src", "tests", "bench/src", "fuzz/fuzz_targets"] {
         files(dir, ".rs", &mut out);
     }
+    // The client libraries cite the protocol too (their whole text is read).
+    files("clients/js", "index.js", &mut out);
+    files("clients/python", ".py", &mut out);
     out.push(PathBuf::from("Cargo.toml"));
     out
 }
