@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 
 from tickstream import Backoff, Candle, Client, Gap, StateInfo, Subscription, Tick, TickstreamError
 
-from .support import jwt
+from .support import Redis, Server, jwt
 
 
 @dataclass
@@ -51,6 +51,32 @@ class Recorded(Client):
 
     def states(self, state: str) -> list[StateInfo]:
         return [info for s, info in self.calls if s == state]
+
+
+@pytest.fixture(scope="module")
+def redis(request: pytest.FixtureRequest) -> Iterator[Redis]:
+    """The test module's redis-server. A module sets ``REDIS_PERSIST = True`` for an
+    append-only file (a restart then loses nothing) and ``REDIS_ARGS`` for more."""
+    r = Redis(persist=getattr(request.module, "REDIS_PERSIST", False), extra=getattr(request.module, "REDIS_ARGS", ()))
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def server(redis: Redis, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """The test module's tickstream binary on its Redis, with the module's ``SERVER_ENV``."""
+    s = Server(redis, getattr(request.module, "SERVER_ENV", {}))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def strict(redis: Redis, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A second node on the same Redis with the module's ``STRICT_ENV``: small buckets,
+    where a test needs the server to refuse."""
+    s = Server(redis, request.module.STRICT_ENV)
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -294,7 +294,6 @@ def states_of(calls: list[tuple[str, Any]], state: str) -> list[Any]:
     return [info for s, info in calls if s == state]
 
 
-
 async def first(aiter: Any, n: int) -> list[Any]:
     """The first ``n`` items of an async iterator."""
     out = []

@@ -11,26 +11,9 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from .support import Redis, Server, jwt
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    r = Redis()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def server(redis: Redis) -> Iterator[Server]:
-    s = Server(redis)
-    yield s
-    s.close()
+from .support import Server, jwt
 
 
 async def cli(server: Server, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ inbound throttle respected, and REST reads equal to what Redis holds."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,33 +14,14 @@ from websockets.asyncio.client import ClientConnection
 from tickstream import Cursor, Gap, Tick, TickstreamError
 
 from .conftest import collect
-from .support import Producer, Redis, Server, assert_exactly_once, jwt, until
+from .support import Producer, assert_exactly_once, jwt, until
 
 GENEROUS = "100000/s:100000"
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    # Small stream nodes, so MAXLEN ~ trims close to the cap and a gap is certain.
-    r = Redis(extra=["--stream-node-max-entries", "10"])
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def server(redis: Redis) -> Iterator[Server]:
-    s = Server(redis, {"TICKSTREAM_STREAM_MAXLEN": "100", "TICKSTREAM_RATE_FREE_WS": GENEROUS,
-                       "TICKSTREAM_RATE_FREE_API": GENEROUS})
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def strict(redis: Redis) -> Iterator[Server]:
-    """Small buckets, where a test needs the server to refuse."""
-    s = Server(redis, {"TICKSTREAM_RATE_FREE_WS": "2/s:3", "TICKSTREAM_RATE_FREE_API": "4/s:4"})
-    yield s
-    s.close()
+# Small stream nodes, so MAXLEN ~ trims close to the cap and a gap is certain.
+REDIS_ARGS = ["--stream-node-max-entries", "10"]
+SERVER_ENV = {"TICKSTREAM_STREAM_MAXLEN": "100", "TICKSTREAM_RATE_FREE_WS": GENEROUS,
+              "TICKSTREAM_RATE_FREE_API": GENEROUS}
+STRICT_ENV = {"TICKSTREAM_RATE_FREE_WS": "2/s:3", "TICKSTREAM_RATE_FREE_API": "4/s:4"}
 
 
 @pytest.fixture

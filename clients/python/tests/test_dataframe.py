@@ -6,30 +6,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from tickstream import to_dataframe
 
-from .support import Redis, Server
+from .support import Server
 
 pd = pytest.importorskip("pandas")
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    r = Redis()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def server(redis: Redis) -> Iterator[Server]:
-    s = Server(redis)
-    yield s
-    s.close()
 
 
 T0 = datetime(2026, 12, 6, 9, 0, tzinfo=timezone.utc)

@@ -13,28 +13,10 @@ import pytest
 from tickstream import Backoff, Client, Tick, TickstreamError
 
 from .conftest import collect
-from .support import Producer, Redis, Server, assert_exactly_once, jwt, until
+from .support import Producer, assert_exactly_once, jwt, until
 
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    r = Redis()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def server(redis: Redis) -> Iterator[Server]:
-    s = Server(redis, {"TICKSTREAM_RATE_FREE_WS": "100000/s:100000"})
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
-def strict(redis: Redis) -> Iterator[Server]:
-    s = Server(redis, {"TICKSTREAM_RATE_FREE_WS": "1/m:2"})
-    yield s
-    s.close()
+SERVER_ENV = {"TICKSTREAM_RATE_FREE_WS": "100000/s:100000"}
+STRICT_ENV = {"TICKSTREAM_RATE_FREE_WS": "1/m:2"}
 
 
 @pytest.fixture

@@ -4,29 +4,15 @@ cursor in a new client after the service's own restart."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-import pytest
 
 from tickstream import Cursor, Tick
 
 from .conftest import Recorded, collect
 from .support import Producer, Redis, Server, assert_exactly_once, until
 
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    r = Redis(persist=True)
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def server(redis: Redis) -> Iterator[Server]:
-    s = Server(redis)
-    yield s
-    s.close()
+REDIS_PERSIST = True
 
 
 async def through_disruption(

@@ -4,28 +4,14 @@ its subscription alone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tickstream import TickstreamError
 
 from .conftest import collect
-from .support import Producer, Redis, Server, assert_exactly_once, jwt, until
+from .support import Producer, assert_exactly_once, jwt, until
 
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    r = Redis(persist=True)
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def server(redis: Redis) -> Iterator[Server]:
-    s = Server(redis)
-    yield s
-    s.close()
+REDIS_PERSIST = True
 
 
 async def test_over_sse_exactly_once_across_a_graceful_restart_and_a_kill(make_client, redis, server) -> None:

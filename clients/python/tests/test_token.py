@@ -5,28 +5,11 @@ time) becomes a new token and a resumed subscription."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from tickstream import TickstreamError
 
 from .conftest import collect
-from .support import Producer, Redis, Server, assert_exactly_once, jwt, until
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    r = Redis()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def server(redis: Redis) -> Iterator[Server]:
-    s = Server(redis)
-    yield s
-    s.close()
+from .support import Producer, assert_exactly_once, jwt, until
 
 
 def short_lived() -> str:

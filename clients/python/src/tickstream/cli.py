@@ -25,7 +25,7 @@ from typing import Any, Sequence, TextIO
 
 from .client import Client, ClientState
 from .errors import TickstreamError
-from .events import Candle, Cursor, Event, Gap, Tick
+from .events import Cursor, Event, Gap, Tick
 from .link import StateInfo
 
 __all__ = ["main"]
