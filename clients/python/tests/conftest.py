@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 
 from tickstream import Backoff, Candle, Client, Gap, StateInfo, Subscription, Tick, TickstreamError
 
@@ -29,6 +31,11 @@ class Collected:
     task: asyncio.Task[None] | None = None
 
 
+# The collectors' tasks: they end when their subscription does, and make_client's
+# teardown waits for that after closing its clients.
+readers: list[asyncio.Task[None]] = []
+
+
 def collect(sub: Subscription) -> Collected:
     got = Collected()
 
@@ -41,6 +48,7 @@ def collect(sub: Subscription) -> Collected:
             got.error = e
 
     got.task = asyncio.get_running_loop().create_task(read())
+    readers.append(got.task)
     return got
 
 
@@ -97,6 +105,24 @@ async def make_client() -> AsyncIterator[Callable[..., Recorded]]:
     yield make
     for c in made:
         await c.close()
+    if readers:
+        done, pending = await asyncio.wait(readers, timeout=5)
+        readers.clear()
+        assert not pending, "a subscription's loop went on after its client closed"
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every message the library sends on a socket, so a test can count what it asked."""
+    messages: list[dict[str, Any]] = []
+    send = ClientConnection.send
+
+    async def spy(self: ClientConnection, message: Any, *args: Any, **kwargs: Any) -> None:
+        messages.append(json.loads(message))
+        await send(self, message, *args, **kwargs)
+
+    monkeypatch.setattr(ClientConnection, "send", spy)
+    return messages
 
 
 @pytest.fixture(autouse=True)
@@ -109,8 +135,8 @@ async def no_loose_ends() -> AsyncIterator[None]:
     yield
     me = asyncio.current_task()
     others = [t for t in asyncio.all_tasks() if t is not me]
-    if others:  # a reader of a closed subscription finishes at its next turn
-        await asyncio.wait(others, timeout=2)
+    if others:  # what close() cancelled finishes within a few turns of the loop
+        await asyncio.wait(others, timeout=0.25)
     left = [t for t in others if not t.done()]
     for t in left:
         t.cancel()

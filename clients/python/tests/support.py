@@ -221,11 +221,15 @@ class Server:
         if self.process is not None:
             self.process.kill()
 
-    async def ingest(self, channel: str, ticks: Iterable[dict[str, Any]]) -> list[str]:
-        """Posts ticks; their ids."""
+    async def ingest(
+        self, channel: str, ticks: Iterable[dict[str, Any]], http: httpx.AsyncClient | None = None
+    ) -> list[str]:
+        """Posts ticks (on ``http``, else a connection of its own); their ids."""
+        if http is None:
+            async with httpx.AsyncClient(trust_env=False) as own:
+                return await self.ingest(channel, ticks, own)
         body = [{"channel": channel, **t} for t in ticks]
-        async with httpx.AsyncClient(trust_env=False) as http:
-            r = await http.post(self.url + "/api/v1/ingest", json=body, headers={"Authorization": f"Bearer {INGEST}"})
+        r = await http.post(self.url + "/api/v1/ingest", json=body, headers={"Authorization": f"Bearer {INGEST}"})
         if r.status_code != 201:
             raise AssertionError(f"ingest: HTTP {r.status_code} {r.text}")
         return [x["id"] for x in r.json()["results"]]
@@ -263,14 +267,15 @@ class Producer:
 
     async def _run(self, server: Callable[[], Server], channel: str, every: float, batch: int) -> None:
         n = 0
-        while self._running:
-            ticks = [{"value": n + i + 1, "key": f"k{n + i + 1}"} for i in range(batch)]
-            try:
-                self.ids.extend(await server().ingest(channel, ticks))
-                n += batch
-            except Exception:  # noqa: BLE001 - the server is down: again
-                pass
-            await asyncio.sleep(every)
+        async with httpx.AsyncClient(trust_env=False) as http:  # one connection, kept
+            while self._running:
+                ticks = [{"value": n + i + 1, "key": f"k{n + i + 1}"} for i in range(batch)]
+                try:
+                    self.ids.extend(await server().ingest(channel, ticks, http))
+                    n += batch
+                except Exception:  # noqa: BLE001 - the server is down: again
+                    pass
+                await asyncio.sleep(every)
 
     async def stop(self) -> list[str]:
         self._running = False
@@ -287,11 +292,6 @@ def assert_exactly_once(got: Sequence[Tick], stream: Sequence[dict[str, Any]], a
     assert ids == want, "every stored tick after the cursor, in order"
     for a, b in zip(got, got[1:]):
         assert b.seq == (a.seq or 0) + 1, f"seq continuous at {b.id}"
-
-
-def states_of(calls: list[tuple[str, Any]], state: str) -> list[Any]:
-    """The infos of the recorded state changes to ``state``."""
-    return [info for s, info in calls if s == state]
 
 
 async def first(aiter: Any, n: int) -> list[Any]:

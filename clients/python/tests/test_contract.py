@@ -4,12 +4,10 @@ inbound throttle respected, and REST reads equal to what Redis holds."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection
 
 from tickstream import Cursor, Gap, Tick, TickstreamError
 
@@ -22,20 +20,6 @@ REDIS_ARGS = ["--stream-node-max-entries", "10"]
 SERVER_ENV = {"TICKSTREAM_STREAM_MAXLEN": "100", "TICKSTREAM_RATE_FREE_WS": GENEROUS,
               "TICKSTREAM_RATE_FREE_API": GENEROUS}
 STRICT_ENV = {"TICKSTREAM_RATE_FREE_WS": "2/s:3", "TICKSTREAM_RATE_FREE_API": "4/s:4"}
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every message the library sends on a socket, so a test can count what it asked."""
-    messages: list[dict[str, Any]] = []
-    send = ClientConnection.send
-
-    async def spy(self: ClientConnection, message: Any, *args: Any, **kwargs: Any) -> None:
-        messages.append(json.loads(message))
-        await send(self, message, *args, **kwargs)
-
-    monkeypatch.setattr(ClientConnection, "send", spy)
-    return messages
 
 
 async def test_a_trimmed_stream_gap_says_exactly_how_many_were_missed(make_client, redis, server) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from tickstream import to_dataframe
 
-from .support import Server
+from .support import Server, first
 
 pd = pytest.importorskip("pandas")
 
@@ -68,3 +68,17 @@ async def test_an_empty_history_is_an_empty_frame_with_the_columns(make_client, 
 def test_import_tickstream_does_not_import_pandas() -> None:
     code = "import sys, tickstream; assert 'pandas' not in sys.modules, 'pandas was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_dataframe_row_is_a_cursor_to_resume_from(make_client, server) -> None:
+    channel = "frame.resume"
+    await ingest_minutes(server, channel)
+    c = make_client(server.url)
+    df = await c.history(channel, limit=10).to_dataframe()
+    last = df.iloc[-1]  # its seq is numpy's int64
+    more = await server.ingest(channel, [{"value": 100.0}, {"value": 101.0}])
+    async with c.subscribe(channel, since=last["id"], seq=last["seq"], epoch=last["epoch"]) as sub:
+        got = await first(sub, 10)
+    assert [e.type for e in got] == ["tick"] * 10, "no gap: the row's seq was right"
+    assert got[0].seq == 11 and got[-1].id == more[-1]
+

@@ -86,20 +86,24 @@ async def test_closing_while_the_handshake_hangs_returns_at_once(make_client, si
     assert c.state == "closed"
 
 
-async def test_close_and_subscribe_again_at_once_gets_its_own_replay(make_client, server) -> None:
+async def test_close_mid_replay_and_subscribe_again_at_once_gets_its_own_replay(make_client, server, sent) -> None:
     channel = "life.again"
-    ids = await server.ingest(channel, [{"value": i} for i in range(50)])
+    ids: list[str] = []
+    for k in range(3):
+        ids += await server.ingest(channel, [{"value": i, "data": {"pad": "x" * 200}} for i in range(1000)])
     c = make_client(server.url)
-    c.subscribe("life.warm", since="$")
     await c.connect()
-    for round in range(5):
-        c.subscribe(channel, since="$").close()
+    for round in range(3):
+        first = c.subscribe(channel, since="0-0")
+        await until("the replay under way", lambda: first.buffered > 0)
+        first.close()  # its frames are still coming: they must not reach the next one
         second = c.subscribe(channel, since="0-0")
         got = collect(second)
-        await until("the whole replay", lambda: len(got.ticks) == len(ids))
+        await until("the whole replay", lambda: len(got.ticks) >= len(ids))
         assert [t.id for t in got.ticks] == ids, f"round {round}: every tick from 0-0, once"
         assert got.gaps == []
         second.close()
+    await until("each close told the server", lambda: len([m for m in sent if m["type"] == "unsubscribe"]) == 6)
 
 
 async def test_a_handshake_refused_by_the_ws_bucket_waits_at_least_5_s(make_client, strict) -> None:
@@ -122,10 +126,17 @@ async def test_reconnect_skips_the_wait_and_does_nothing_while_connected(make_cl
     free.close()  # nothing listens there: every attempt is refused
     c = make_client(f"http://127.0.0.1:{port}", backoff=Backoff(base=60, cap=60))
     c.subscribe("life.nowhere")
-    await until("waiting", lambda: c.state == "reconnecting")
+
+    async def long_wait() -> bool:  # a wait of 10 s or more, else skip it and draw again
+        if c.state == "reconnecting" and (c.states("reconnecting")[-1].delay or 0) >= 10:
+            return True
+        c.reconnect()
+        return False
+
+    await until("a long backoff", long_wait)
     tries = len(c.states("connecting"))
     c.reconnect()
-    await until("tried again at once", lambda: len(c.states("connecting")) > tries, 2)
+    await until("tried again at once, not after the wait", lambda: len(c.states("connecting")) > tries, 2)
 
     ok = make_client(server.url)
     await ok.connect()
@@ -147,3 +158,80 @@ async def test_two_readers_of_one_subscription_are_refused(make_client, server) 
     with pytest.raises(TickstreamError) as raised:
         c.subscribe("life.two")
     assert raised.value.code == "already_subscribed"
+
+
+async def test_leaving_a_loop_without_async_with_unsubscribes(make_client, server) -> None:
+    channel = "life.break"
+    await server.ingest(channel, [{"value": i} for i in range(20)])
+    c = make_client(server.url)
+    sub = c.subscribe(channel, since="0-0")
+    async for event in sub:
+        if isinstance(event, Tick) and event.seq == 5:
+            break
+    await until("closed by the break", lambda: sub.closed)
+    assert sub.cursor is not None and sub.cursor.seq == 5
+    assert channel not in c.subscriptions
+
+    reading = c.subscribe(channel, cursor=sub.cursor)
+    reader = asyncio.get_running_loop().create_task(_drain(reading))
+    await until("reading", lambda: reading.state == "live")
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await until("closed by the cancel", lambda: reading.closed)
+
+
+async def _drain(sub: object) -> None:
+    async for _ in sub:  # type: ignore[attr-defined]
+        pass
+
+
+async def test_a_slow_loop_pauses_the_subscription_and_loses_nothing(make_client, redis, server, sent) -> None:
+    channel = "life.slow"
+    for k in range(4):
+        await server.ingest(channel, [{"value": i} for i in range(500)])
+    c = make_client(server.url, max_buffer=100)
+    got: list[Tick] = []
+    most = 0
+    async with c.subscribe(channel, since="0-0") as sub:
+        async for event in sub:
+            assert isinstance(event, Tick)
+            got.append(event)
+            most = max(most, sub.buffered)
+            if len(got) % 50 == 0:
+                await asyncio.sleep(0.01)  # a loop slower than the replay
+            if len(got) == 2000:
+                break
+    assert most <= 100, f"the buffer held {most} events"
+    assert_exactly_once(got, await redis.stream(channel))
+    pauses = [m for m in sent if m["type"] == "unsubscribe" and m["channel"] == channel]
+    assert len(pauses) >= 2, "paused (and resumed) more than once"
+
+
+async def test_close_during_a_slow_token_call_leaves_nothing(make_client, server) -> None:
+    started = asyncio.Event()
+
+    async def slow_token() -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return jwt()
+
+    c = make_client(server.url, token=slow_token)
+    c.subscribe("life.slow-token")
+    await started.wait()
+    await asyncio.wait_for(c.close(), 1)
+    # (the autouse check finds no task left: the token call ended with the client)
+
+
+async def test_what_the_client_refuses_before_asking_the_server(make_client, server) -> None:
+    c = make_client(server.url)
+    for bad, code in (({"seq": "5"}, "bad_seq"), ({"seq": -1}, "bad_seq"), ({"epoch": 5}, "bad_epoch"),
+                      ({"rate": 0}, "bad_rate"), ({"candles": "2m"}, "bad_interval"), ({"since": "latest"}, "bad_since")):
+        with pytest.raises(TickstreamError) as raised:
+            c.subscribe("life.checked", **bad)
+        assert raised.value.code == code, bad
+    assert c.subscriptions == {}
+    await c.close()
+    with pytest.raises(TickstreamError) as raised:
+        await c.latest("life.checked")
+    assert raised.value.code == "closed"

@@ -4,6 +4,8 @@ its subscription alone."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tickstream import TickstreamError
@@ -12,6 +14,7 @@ from .conftest import collect
 from .support import Producer, assert_exactly_once, jwt, until
 
 REDIS_PERSIST = True
+SERVER_ENV = {"TICKSTREAM_RATE_FREE_WS": "100000/s:100000"}
 
 
 async def test_over_sse_exactly_once_across_a_graceful_restart_and_a_kill(make_client, redis, server) -> None:
@@ -52,3 +55,12 @@ async def test_over_sse_a_rate_and_a_forbidden_channel_that_ends_alone(make_clie
     assert all(b.seq == a.seq + b.skipped + 1 for a, b in zip(got.ticks, got.ticks[1:])), "the skipped chain holds"
     assert sum(t.skipped for t in got.ticks) > 0
     assert sub.state == "live", "the other subscription goes on"
+
+
+async def test_many_sse_streams_never_starve_rest(make_client, server) -> None:
+    c = make_client(server.url, transport="sse")
+    subs = [c.subscribe(f"sse.many.{i}", since="$") for i in range(110)]
+    await until("all 110 streams live", lambda: all(s.state == "live" for s in subs), 30)
+    await server.ingest("sse.many.7", [{"value": 7}])
+    tick = await asyncio.wait_for(c.latest("sse.many.7"), 5)
+    assert tick is not None and tick.value == 7, "REST answers beside 110 open streams"

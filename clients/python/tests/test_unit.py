@@ -69,6 +69,31 @@ def test_a_cursor_survives_json() -> None:
         Cursor("latest")
 
 
+class Int64:
+    """A number that is not an int but says it is one (numpy's int64, a DataFrame's seq)."""
+
+    def __index__(self) -> int:
+        return 12
+
+
+def test_a_cursor_takes_only_what_the_server_takes() -> None:
+    c = Cursor("1-0", Int64(), "e1")  # type: ignore[arg-type]
+    assert c.seq == 12 and type(c.seq) is int and c.to_json() == '{"id":"1-0","seq":12,"epoch":"e1"}'
+    for seq in ("5", 5.5, -1, True):
+        with pytest.raises(ValueError):
+            Cursor("1-0", seq)  # type: ignore[arg-type]
+    for epoch in (5, "", "x" * 65):
+        with pytest.raises(ValueError):
+            Cursor("1-0", 1, epoch)  # type: ignore[arg-type]
+
+
+def test_a_tick_is_hashable_and_its_policy_close_says_why() -> None:
+    t = Tick.parse({"id": "1-0", "seq": 1, "epoch": "e", "data": {"a": 1}}, "c")
+    assert {t: 1}[t] == 1
+    stop = after_close(1008, True, "expected a JSON object").stop
+    assert stop is not None and "expected a JSON object" in stop.message
+
+
 class NoClient:
     """What a Subscription asks of its client when it is closed."""
 
@@ -77,7 +102,7 @@ class NoClient:
 
 
 def subscription(start: Cursor | None = None) -> Subscription:
-    sub = Subscription(NoClient(), "c", {}, start)  # type: ignore[arg-type]
+    sub = Subscription(NoClient(), "c", {}, start, 1000)  # type: ignore[arg-type]
     sub.frame({"type": "subscribed", "channel": "c", "epoch": "e1"})
     return sub
 
@@ -148,6 +173,19 @@ def test_live_on_an_empty_start_becomes_the_cursor() -> None:
     sub.frame({"type": "live", "channel": "c", "last_id": "123-4"})
     assert sub.state == "live" and sub.cursor == Cursor("123-4", None, "e1")
     assert sub.subscribe_params() == {"since": "123-4", "epoch": "e1"}
+
+
+def test_wait_live_raises_once_a_live_subscription_ended() -> None:
+    sub = subscription()
+    sub.frame({"type": "live", "channel": "c", "last_id": "1-0"})
+    sub._end(TickstreamError("forbidden", channel="c"))
+
+    async def check() -> None:
+        with pytest.raises(TickstreamError):
+            await sub.wait_live()
+        assert [e async for e in sub] == [], "told by wait_live: the loop does not raise it again"
+
+    asyncio.run(check())
 
 
 def test_an_error_comes_after_what_was_received_before_it_and_once() -> None:

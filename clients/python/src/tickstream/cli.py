@@ -25,8 +25,9 @@ from typing import Any, Sequence, TextIO
 
 from .client import Client, ClientState
 from .errors import TickstreamError
-from .events import Cursor, Event, Gap, Tick
+from .events import Candle, Cursor, Event, Gap, Tick
 from .link import StateInfo
+from .rest import Pages
 
 __all__ = ["main"]
 
@@ -109,35 +110,29 @@ async def tail(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-async def history(args: argparse.Namespace, out: TextIO) -> int:
+async def rows(args: argparse.Namespace, out: TextIO) -> int:
+    """``history`` and ``candles``: JSON lines, or CSV with a header row."""
     async with client_of(args) as client:
-        pages = client.history(args.channel, since=args.since, until=args.until, order=args.order, limit=args.limit)
+        pages: Pages[Tick] | Pages[Candle]
+        if args.command == "candles":
+            pages = client.candles(args.channel, interval=args.interval, since=args.since, until=args.until,
+                                   order=args.order, limit=args.limit)
+            columns = CANDLE_CSV
+        else:
+            pages = client.history(args.channel, since=args.since, until=args.until, order=args.order,
+                                   limit=args.limit)
+            columns = TICK_CSV
         writer = csv.writer(out, lineterminator="\n") if args.csv else None
         if writer:
-            writer.writerow(TICK_CSV)
-        async for t in pages:
-            row = as_json(t)
-            if writer:
-                row["data"] = "" if t.data is None else json.dumps(t.data, separators=(",", ":"))
-                writer.writerow(["" if row[k] is None else row[k] for k in TICK_CSV])
-            else:
+            writer.writerow(columns)
+        async for item in pages:
+            row = as_json(item)
+            if writer is None:
                 print(json.dumps(row, separators=(",", ":")), file=out)
-    return 0
-
-
-async def candles(args: argparse.Namespace, out: TextIO) -> int:
-    async with client_of(args) as client:
-        pages = client.candles(args.channel, interval=args.interval, since=args.since, until=args.until,
-                               order=args.order, limit=args.limit)
-        writer = csv.writer(out, lineterminator="\n") if args.csv else None
-        if writer:
-            writer.writerow(CANDLE_CSV)
-        async for k in pages:
-            row = as_json(k)
-            if writer:
-                writer.writerow(["" if row[c] is None else row[c] for c in CANDLE_CSV])
-            else:
-                print(json.dumps(row, separators=(",", ":")), file=out)
+                continue
+            if "data" in row:
+                row["data"] = None if row["data"] is None else json.dumps(row["data"], separators=(",", ":"))
+            writer.writerow(["" if row[c] is None else row[c] for c in columns])
     return 0
 
 
@@ -146,6 +141,13 @@ async def latest(args: argparse.Namespace, out: TextIO) -> int:
         tick = await client.latest(args.channel)
     print(json.dumps(as_json(tick) if tick else None, separators=(",", ":")), file=out)
     return 0 if tick else 1
+
+
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a whole number ≥ 1, not {text}")
+    return n
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,12 +167,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--rate", type=int, help="at most this many ticks a second, each the newest")
     t.add_argument("--candles", choices=["1s", "1m", "5m", "1h", "1d"], help="also live candles of this interval")
     t.add_argument("--cursor-file", help="resume from the cursor in this file, and keep it there after each tick")
-    t.add_argument("--count", type=int, help="stop after this many ticks")
+    t.add_argument("--count", type=positive, help="stop after this many ticks")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--sse", action="store_true", help="over Server-Sent Events instead of a WebSocket")
     t.set_defaults(run=tail)
 
-    for name, run, what in (("history", history, "stored ticks"), ("candles", candles, "OHLCV candles")):
+    for name, what in (("history", "stored ticks"), ("candles", "OHLCV candles")):
         h = commands.add_parser(name, parents=[common], help=f"{what}, pages followed")
         h.add_argument("channel")
         if name == "candles":
@@ -178,9 +180,9 @@ def parser() -> argparse.ArgumentParser:
         h.add_argument("--since", help="exclusive lower bound: an id or t:<RFC 3339> (candles: RFC 3339 or Unix ms)")
         h.add_argument("--until", help="inclusive upper bound, the same forms")
         h.add_argument("--order", choices=["asc", "desc"], default="asc")
-        h.add_argument("--limit", type=int, help="at most this many rows")
+        h.add_argument("--limit", type=positive, help="at most this many rows")
         h.add_argument("--csv", action="store_true", help="CSV with a header row instead of JSON lines")
-        h.set_defaults(run=run)
+        h.set_defaults(run=rows)
 
     la = commands.add_parser("latest", parents=[common], help="the newest tick (exit 1 when there is none)")
     la.add_argument("channel")
@@ -196,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TickstreamError as e:
         print(f"tickstream: {e.code}: {e.message}", file=sys.stderr)
         return 1
+    except ValueError as e:  # a bad --url, --since or --seq, said without a traceback
+        print(f"tickstream: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `| head`: the reader has all it wanted

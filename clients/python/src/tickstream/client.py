@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, TypeAlias
+from typing import TYPE_CHECKING, Any, Callable, Literal, Self, Sequence, TypeAlias
 
 import httpx
 
 from .errors import TickstreamError
-from .events import CHANNEL_RE, SPECIAL_SINCE_RE, Candle, Cursor, Tick, is_id
+from .events import (
+    CHANNEL_RE, INTERVALS, SPECIAL_SINCE_RE, Candle, Cursor, Interval, Tick, checked_epoch, checked_seq, is_id,
+)
 from .link import Backoff, Link, StateInfo
 from .rest import Pages, Rest, path_of
 from .sse import SseLink
@@ -28,9 +30,10 @@ __all__ = ["Client", "ClientState"]
 logger = logging.getLogger("tickstream")
 
 ClientState: TypeAlias = Literal["idle", "connecting", "connected", "reconnecting", "closed"]
-INTERVALS = ("1s", "1m", "5m", "1h", "1d")
 # A REST answer that takes longer is given up (a page of 1,000 ticks takes milliseconds).
 REST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# Events a subscription holds for its loop before it pauses (about 5 MB of ticks).
+MAX_BUFFER = 10_000
 
 
 class Client:
@@ -43,7 +46,9 @@ class Client:
     ``"sse"`` (one stream per subscription), never switched by itself. ``on_state`` is
     called with every state change and its ``StateInfo``; ``on_error`` with errors that
     belong to no call (a failed token function, a refused refresh) — without it they
-    are logged on the ``tickstream`` logger.
+    are logged on the ``tickstream`` logger. Both are plain functions, called in the
+    event loop. ``max_buffer``: the events a subscription holds for its loop before it
+    pauses (see ``Subscription``).
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class Client:
         backoff: Backoff | None = None,
         on_state: Callable[[ClientState, StateInfo], None] | None = None,
         on_error: Callable[[TickstreamError], None] | None = None,
+        max_buffer: int = MAX_BUFFER,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         self._urls = [re.sub(r"^ws(s?)://", r"http\1://", str(u).rstrip("/")) for u in urls if u]
@@ -62,6 +68,9 @@ class Client:
             raise ValueError("url must be an http(s) or ws(s) URL, or a list of them")
         if transport not in ("websocket", "sse"):
             raise ValueError('transport must be "websocket" or "sse"')
+        if not isinstance(max_buffer, int) or max_buffer < 2:
+            raise ValueError("max_buffer must be a whole number ≥ 2")
+        self.max_buffer = max_buffer
         self._url_index = 0
         self._transport = transport
         #: The token in force (``tokens.current``) and how to get the next.
@@ -75,13 +84,20 @@ class Client:
         self.error: TickstreamError | None = None
         #: The open subscriptions, by channel.
         self.subscriptions: dict[str, Subscription] = {}
-        #: The HTTP client for REST and SSE (closed with the client).
+        #: The HTTP client for REST (closed with the client).
         self.http = httpx.AsyncClient(
             timeout=REST_TIMEOUT, headers={"User-Agent": f"tickstream-python/{__version__}"}, trust_env=False
         )
+        # SSE streams get a pool of their own, without a cap: each holds a connection
+        # for as long as it runs, and REST must never wait behind them.
+        self._sse_http: httpx.AsyncClient | None = None
         self._rest = Rest(lambda: self.url, self.tokens, self.http)
         self._ws: WsLink | None = None
         self._sse: dict[Subscription, SseLink] = {}
+        # Link tasks stopped while the client runs (an SSE subscription closed): awaited
+        # by close(), so nothing outlives the client.
+        self._retired: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Future[None] | None = None
         self._connected = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -99,6 +115,25 @@ class Client:
     @property
     def closed(self) -> bool:
         return self.state == "closed"
+
+    @property
+    def sse_http(self) -> httpx.AsyncClient:
+        """The HTTP client of SSE streams (made at the first)."""
+        if self._sse_http is None:
+            self._sse_http = httpx.AsyncClient(
+                headers={"User-Agent": f"tickstream-python/{__version__}"},
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+                trust_env=False,
+            )
+        return self._sse_http
+
+    def _retire(self, task: asyncio.Task[None] | None) -> None:
+        """Stops a link's task (one ending itself is left to end); close() awaits it."""
+        if task is not None and not task.done():
+            if task is not asyncio.current_task():
+                task.cancel()
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
 
     def _set_state(self, state: ClientState, info: StateInfo) -> None:
         if self.state == "closed":
@@ -139,8 +174,7 @@ class Client:
         for sub in subs:
             sub._end(error)
         for link in self._links():
-            if link.task is not None and link.task is not asyncio.current_task():
-                link.task.cancel()
+            self._retire(link.task)
 
     def _links(self) -> list[Link]:
         return [*([self._ws] if self._ws else []), *self._sse.values()]
@@ -155,7 +189,7 @@ class Client:
         seq: int | None = None,
         epoch: str | None = None,
         rate: int | None = None,
-        candles: str | None = None,
+        candles: Interval | None = None,
         cursor: Cursor | None = None,
     ) -> Subscription:
         """Subscribes to ``channel``: from ``cursor`` (a saved ``sub.cursor``) when
@@ -166,13 +200,21 @@ class Client:
         if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
             raise TickstreamError("bad_channel", f"not a channel name: {channel!r}")
         if self.closed:
-            raise TickstreamError("closed", "this client is closed")
+            raise self.error or TickstreamError("closed", "this client is closed")
         if channel in self.subscriptions:
             raise TickstreamError("already_subscribed", f"already subscribed to {channel}", channel=channel)
         if since is not None and not (is_id(since) or SPECIAL_SINCE_RE.fullmatch(since)):
             raise TickstreamError("bad_since", f"since: {since!r}")
-        if rate is not None and not (isinstance(rate, int) and 1 <= rate <= 1000):
+        if rate is not None and not (isinstance(rate, int) and not isinstance(rate, bool) and 1 <= rate <= 1000):
             raise TickstreamError("bad_rate", "rate: a whole number from 1 to 1000")
+        try:
+            seq = checked_seq(seq)
+        except ValueError as e:
+            raise TickstreamError("bad_seq", str(e)) from None
+        try:
+            epoch = checked_epoch(epoch)
+        except ValueError as e:
+            raise TickstreamError("bad_epoch", str(e)) from None
         if candles is not None and candles not in INTERVALS:
             raise TickstreamError("bad_interval", f"candles: one of {', '.join(INTERVALS)}")
         # An id in `since` is a cursor like any other: repeats at or before it are
@@ -180,7 +222,7 @@ class Client:
         if cursor is None and since is not None and is_id(since):
             cursor = Cursor(since, seq, epoch)
         options = {"since": since, "seq": seq, "epoch": epoch, "rate": rate, "candles": candles}
-        sub = Subscription(self, channel, options, cursor)
+        sub = Subscription(self, channel, options, cursor, self.max_buffer)
         self.subscriptions[channel] = sub
         link: WsLink | SseLink
         if self._transport == "websocket":
@@ -204,7 +246,25 @@ class Client:
             del self.subscriptions[sub.channel]
         link = self._sse.pop(sub, None)
         if link is not None:
-            link.remove(sub)
+            self._retire(link.task)
+
+    def _pause(self, sub: Subscription) -> None:
+        """The subscription's buffer is full: the server stops sending for it."""
+        if self._ws is not None:
+            self._ws.remove(sub)
+        link = self._sse.get(sub)
+        if link is not None:
+            self._retire(link.task)
+
+    def _resume(self, sub: Subscription) -> None:
+        """The loop caught up: the subscription continues from its last tick received."""
+        if self.subscriptions.get(sub.channel) is not sub:
+            return
+        if self._ws is not None:
+            self._ws.add(sub)
+        link = self._sse.get(sub)
+        if link is not None:
+            link.start()
 
     # ---- the connection ----------------------------------------------------------------------------
 
@@ -233,20 +293,30 @@ class Client:
             link.skip_wait()
 
     async def close(self) -> None:
-        """Closes the socket and ends every subscription (their cursors stay)."""
+        """Closes the socket, ends every subscription (their cursors stay) and returns
+        once every task of the client has ended."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        # Shielded: a caller cancelled meanwhile does not cut the teardown short.
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._set_state("closed", StateInfo(url=self.url))
         for sub in subs:
             sub._end(None)
+        self.tokens.cancel()
         links = self._links()
         self._sse.clear()
         try:
-            await asyncio.gather(*(link.shutdown() for link in links))
+            await asyncio.gather(*(link.shutdown() for link in links), *self._retired, return_exceptions=True)
         finally:
             await self.http.aclose()
+            if self._sse_http is not None:
+                await self._sse_http.aclose()
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -274,7 +344,7 @@ class Client:
         self,
         channel: str,
         *,
-        interval: str = "1m",
+        interval: Interval = "1m",
         since: str | None = None,
         until: str | None = None,
         order: Literal["asc", "desc"] = "asc",

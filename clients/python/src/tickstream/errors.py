@@ -13,9 +13,12 @@ class TickstreamError(Exception):
     wait (a 429's ``Retry-After``, a ``rate_limited`` frame's ``retry_after``).
 
     Codes of the library's own: ``unreachable`` (no answer from the server),
-    ``token_error`` (the token function raised), ``policy`` (the server closed the
-    socket for a message this library should not have sent), ``refused`` (a handshake
-    failed without a status), ``closed`` (the client is closed), ``already_subscribed``.
+    ``token_error`` (the token function raised), ``token_expired`` (a fixed token ran
+    out), ``policy`` (the server closed the socket for a message this library should
+    not have sent), ``tls`` (an untrusted certificate), ``bad_url``, ``closed`` (the
+    client is closed), ``already_subscribed``, ``internal`` (a bug of this library),
+    ``bad_response`` (a REST answer that is not JSON), and the ``bad_*`` codes
+    ``subscribe`` raises before asking the server.
     """
 
     def __init__(

@@ -8,12 +8,18 @@ sent it.
 from __future__ import annotations
 
 import json
+import operator
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Mapping, TypeAlias
+from typing import Any, ClassVar, Literal, Mapping, TypeAlias, cast
 
-__all__ = ["Candle", "Cursor", "Event", "Gap", "Tick", "compare_ids"]
+__all__ = ["Candle", "Cursor", "Event", "Gap", "GapReason", "Interval", "Tick", "compare_ids"]
+
+Interval: TypeAlias = Literal["1s", "1m", "5m", "1h", "1d"]
+INTERVALS: tuple[Interval, ...] = ("1s", "1m", "5m", "1h", "1d")
+# The server refuses a longer epoch (docs/PROTOCOL.md §5.1).
+EPOCH_MAX = 64
 
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 ID_RE = re.compile(r"\d+-\d+")
@@ -47,6 +53,30 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def checked_seq(seq: Any) -> int | None:
+    """A ``seq`` as the server takes it: a whole number ≥ 0 (numpy's too), or None."""
+    if seq is None:
+        return None
+    if isinstance(seq, bool):
+        raise ValueError(f"seq must be a whole number, not {seq!r}")
+    try:
+        n = operator.index(seq)
+    except TypeError:
+        raise ValueError(f"seq must be a whole number, not {seq!r}") from None
+    if n < 0:
+        raise ValueError(f"seq must be ≥ 0, not {n}")
+    return n
+
+
+def checked_epoch(epoch: Any) -> str | None:
+    """An ``epoch`` as the server takes it: a string of at most 64 characters, or None."""
+    if epoch is None:
+        return None
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= EPOCH_MAX:
+        raise ValueError(f"epoch must be a string of 1 to {EPOCH_MAX} characters, not {epoch!r}")
+    return epoch
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """Where a subscription stands: the last tick handed over (``id``, with its ``seq``
@@ -60,14 +90,16 @@ class Cursor:
     def __post_init__(self) -> None:
         if not is_id(self.id):
             raise ValueError(f"not a stream id: {self.id!r}")
+        # Normalised where it is built, so what is sent is always what the server takes.
+        object.__setattr__(self, "seq", checked_seq(self.seq))
+        object.__setattr__(self, "epoch", checked_epoch(self.epoch))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> Cursor:
-        epoch = value.get("epoch")
-        return cls(str(value["id"]), _int(value.get("seq")), epoch if isinstance(epoch, str) else None)
+        return cls(str(value["id"]), value.get("seq"), value.get("epoch"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -93,13 +125,18 @@ class Tick:
     ts: datetime | None
     ingest_ts: datetime | None
     value: float | int | None
-    data: Any
+    data: Any = field(hash=False)  # a dict is not hashable; a tick's id identifies it
     event_id: str | None
     skipped: int | None = 0
 
     @property
     def cursor(self) -> Cursor:
-        return Cursor(self.id, self.seq, self.epoch)
+        # The server's own seq and epoch: taken as they are (they may exceed what a
+        # client could send only if the server broke its contract).
+        try:
+            return Cursor(self.id, self.seq, self.epoch)
+        except ValueError:
+            return Cursor(self.id)
 
     @classmethod
     def parse(cls, f: Mapping[str, Any], channel: str | None = None) -> Tick:
@@ -130,7 +167,7 @@ class Gap:
 
     type: ClassVar[Literal["gap"]] = "gap"
     channel: str
-    reason: str
+    reason: GapReason
     after: str | None
     resume_from: str | None
     missed: int | None
@@ -140,7 +177,8 @@ class Gap:
     def parse(cls, f: Mapping[str, Any], channel: str) -> Gap:
         return cls(
             channel=channel,
-            reason=str(f.get("reason") or ""),
+            # A reason newer than this library is passed on as the server said it.
+            reason=cast(GapReason, str(f.get("reason") or "")),
             after=f.get("after") if isinstance(f.get("after"), str) else None,
             resume_from=f.get("resume_from") if isinstance(f.get("resume_from"), str) else None,
             missed=_int(f.get("missed")),

@@ -64,11 +64,12 @@ class Plan:
     soon: bool = False  # come back in 0.1–1 s
 
 
-def after_close(code: int, refreshable: bool) -> Plan:
+def after_close(code: int, refreshable: bool, reason: str = "") -> Plan:
     """What a close code asks of a client (docs/PROTOCOL.md §5.6); ``refreshable``:
     the client has a token function (else a 4001 is the end)."""
     if code in (1002, 1007, 1008):
-        return Plan(stop=TickstreamError("policy", f"the server closed the socket ({code}): this client sent what it should not"))
+        said = f": {reason}" if reason else ""
+        return Plan(stop=TickstreamError("policy", f"the server closed the socket ({code}){said}"))
     if code == 4003:
         return Plan(stop=TickstreamError("forbidden", "the server refused this client (4003)", status=403))
     if code == 4001:
@@ -111,6 +112,9 @@ class Link:
         self.client = client
         self.attempt = 0
         self._fresh_token = False
+        # The last attempt's token came fresh from the token function: a 401 for it
+        # means the function's tokens are refused, not that one expired.
+        self._token_was_fresh = False
         self._skip = asyncio.Event()
         self._waiting = False
         self._opened_at: float | None = None
@@ -149,6 +153,8 @@ class Link:
             self.attempt = 0
         self._opened_at = None
         c = self.client
+        if plan.token and info.error is not None and info.error.status == 401 and self._token_was_fresh:
+            plan = Plan(stop=info.error)
         if plan.stop is not None:
             c._fail(plan.stop)
             return None
@@ -188,7 +194,10 @@ class Link:
     async def token(self) -> str:
         """The token for the next attempt, fresh when the server said it expired."""
         fresh, self._fresh_token = self._fresh_token, False
-        return await self.client.tokens.get(fresh)
+        self._token_was_fresh = False
+        token = await self.client.tokens.get(fresh)
+        self._token_was_fresh = fresh
+        return token
 
     async def shutdown(self) -> None:
         """Stops the task and waits for it (its connection is closed on the way out)."""

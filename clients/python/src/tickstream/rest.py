@@ -76,6 +76,8 @@ class Rest:
     async def request(self, path: str, params: Mapping[str, Any] | None = None, *, allow_404: bool = False) -> Any:
         """The JSON answer of ``GET path?params``; None for a 404 when ``allow_404``."""
         query = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
+        if self.http.is_closed:
+            raise TickstreamError("closed", "this client is closed")
         async with self._lock:
             refreshed = False
             tries = 0
@@ -132,30 +134,23 @@ class Pages(Generic[T], AsyncIterator[T]):
         channel: str,
         limit: int | None,
     ) -> None:
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise ValueError("limit must be a whole number ≥ 0")
-        self._kind = field
-        self._items: AsyncIterator[T] = self._walk(rest, path, dict(params), field, parse, channel, limit)
+        self._rest, self._path, self._params = rest, path, dict(params)
+        self._field, self._channel, self._limit = field, channel, limit
+        self._parse: Callable[[Mapping[str, Any], str], T] = parse
+        self._items: AsyncIterator[T] = self._walk()
 
-    async def _walk(
-        self,
-        rest: Rest,
-        path: str,
-        params: dict[str, Any],
-        field: str,
-        parse: Callable[[Mapping[str, Any], str], T],
-        channel: str,
-        limit: int | None,
-    ) -> AsyncIterator[T]:
-        left = PAGE_MAX * 10**12 if limit is None else limit
+    async def _walk(self) -> AsyncIterator[T]:
+        left = PAGE_MAX * 10**12 if self._limit is None else self._limit
         cursor: str | None = None
         while left > 0:
-            page = await rest.request(path, {**params, "limit": min(PAGE_MAX, left), "cursor": cursor})
-            items = page.get(field) if isinstance(page, dict) else None
+            page = await self._rest.request(self._path, {**self._params, "limit": min(PAGE_MAX, left), "cursor": cursor})
+            items = page.get(self._field) if isinstance(page, dict) else None
             items = items if isinstance(items, list) else []
             for item in items[:left]:
                 if isinstance(item, dict):
-                    yield parse(item, channel)
+                    yield self._parse(item, self._channel)
             left -= len(items)
             cursor = page.get("next") if isinstance(page, dict) else None
             if not cursor:
@@ -180,6 +175,6 @@ class Pages(Generic[T], AsyncIterator[T]):
         from .dataframe import candles_to_dataframe, ticks_to_dataframe
 
         items = await self.to_list()
-        if self._kind == "candles":
+        if self._field == "candles":
             return candles_to_dataframe(items)  # type: ignore[arg-type]
         return ticks_to_dataframe(items)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ stream per subscription, read with httpx (docs/PROTOCOL.md §5.7)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -32,10 +33,6 @@ class SseLink(Link):
     def add(self, sub: Subscription) -> None:
         self.start()
 
-    def remove(self, sub: Subscription) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
     def _state(self, state: ClientState, info: StateInfo) -> None:
         self.client._set_state(state, StateInfo(url=info.url, error=info.error, channel=self.sub.channel))
 
@@ -61,22 +58,30 @@ class SseLink(Link):
         if token:
             headers["Authorization"] = f"Bearer {token}"
         sub.subscribing()
-        timeout = httpx.Timeout(HANDSHAKE_S, read=SILENCE_S)
-        url = f"{c.url}/sse/{quote(sub.channel, safe='')}"
+        http = c.sse_http
+        # The read timeout is the silence that makes a stream dead (comments come every
+        # 20 s); the answer's headers have the handshake's time, as over WebSocket.
+        request = http.build_request("GET", f"{c.url}/sse/{quote(sub.channel, safe='')}", params=params,
+                                     headers=headers, timeout=httpx.Timeout(HANDSHAKE_S, read=SILENCE_S))
         try:
-            async with c.http.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
-                if response.status_code != 200:
-                    body = await response.aread()
-                    error = error_from(response.status_code, response.headers, body)
-                    if error.code == "forbidden" or error.status == 400:
-                        self._refused(error)
-                        return None
-                    return after_refusal(error, c.tokens.refreshable), StateInfo(error=error)
-                self.opened()
-                self._state("connected", StateInfo(url=c.url))
-                ended = await self._read(response)
+            async with asyncio.timeout(HANDSHAKE_S):
+                response = await http.send(request, stream=True)
+        except (httpx.HTTPError, TimeoutError) as e:
+            return Plan(), StateInfo(error=TickstreamError("unreachable", f"no answer from {c.url}: {e!r}"))
+        try:
+            if response.status_code != 200:
+                error = error_from(response.status_code, response.headers, await response.aread())
+                if error.code == "forbidden" or error.status == 400:
+                    self._refused(error)
+                    return None
+                return after_refusal(error, c.tokens.refreshable), StateInfo(error=error)
+            self.opened()
+            self._state("connected", StateInfo(url=c.url))
+            ended = await self._read(response)
         except httpx.HTTPError as e:
             ended = Plan(), StateInfo(error=TickstreamError("unreachable", f"the stream from {c.url} failed: {e!r}"))
+        finally:
+            await response.aclose()
         if ended is not None and not sub.closed:
             sub.subscribing()
         return ended
@@ -105,5 +110,6 @@ class SseLink(Link):
             if code is None:  # a refusal of this subscription: final
                 self._refused(TickstreamError(str(f.get("code") or "error"), str(f.get("message") or ""), channel=self.sub.channel))
                 return None
-            return after_close(code, self.client.tokens.refreshable), StateInfo(code=code, reason=str(f.get("code")))
+            reason = str(f.get("code"))
+            return after_close(code, self.client.tokens.refreshable, reason), StateInfo(code=code, reason=reason)
         return Plan(), StateInfo()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal, Mapping, TypeAlias
+from typing import TYPE_CHECKING, Any, AsyncIterator, Literal, Mapping, Self, TypeAlias
 
 from .errors import TickstreamError
-from .events import Candle, Cursor, Event, Gap, Tick, compare_ids, is_id
+from .events import Candle, Cursor, Event, Gap, GapReason, Tick, compare_ids, is_id
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -23,9 +23,17 @@ State: TypeAlias = Literal["pending", "replaying", "live", "closed"]
 class Subscription:
     """Every tick after the cursor exactly once, in order, or a ``Gap`` saying what was
     lost. Use it as ``async with client.subscribe(...) as sub: async for event in sub``;
-    leaving the ``async with`` unsubscribes (``sub.cursor`` stays)."""
+    leaving the ``async with`` or the ``async for`` unsubscribes (``sub.cursor`` stays).
 
-    def __init__(self, client: Client, channel: str, options: Mapping[str, Any], start: Cursor | None) -> None:
+    Events wait in a buffer for the loop. When ``max_buffer`` of them wait, the
+    subscription is paused (unsubscribed on the server, which keeps what follows) until
+    the loop has taken half of them, then resumed from the last tick received: a slow
+    loop bounds the client's memory and costs the server nothing (docs/PROTOCOL.md §5.5).
+    """
+
+    def __init__(
+        self, client: Client, channel: str, options: Mapping[str, Any], start: Cursor | None, max_buffer: int
+    ) -> None:
         self._client = client
         #: The channel subscribed to.
         self.channel = channel
@@ -53,6 +61,8 @@ class Subscription:
         # tick makes the server say it again, and `missed` must not count twice.
         self._last_gap: Gap | None = None
         self._buffer: deque[Event] = deque()
+        self._max_buffer = max_buffer
+        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._reading = False
         self._unreported = False
@@ -73,7 +83,17 @@ class Subscription:
     def closed(self) -> bool:
         return self.state == "closed"
 
-    async def __aenter__(self) -> Subscription:
+    @property
+    def buffered(self) -> int:
+        """Events received and waiting for the loop."""
+        return len(self._buffer)
+
+    @property
+    def paused(self) -> bool:
+        """True while the buffer is full and the server sends nothing for it."""
+        return self._paused
+
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -81,10 +101,25 @@ class Subscription:
     ) -> None:
         self.close()
 
-    def __aiter__(self) -> Subscription:
-        return self
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        # Leaving the loop (break, return, an exception, the task cancelled) ends the
+        # subscription, as leaving the `async with` would; its cursor stays.
+        try:
+            while True:
+                try:
+                    event = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            self.close()
 
     async def __anext__(self) -> Event:
+        """The next event (``await anext(sub)``): a read cancelled while it waits, by a
+        timeout say, loses nothing and leaves the subscription open."""
         if self._reading:
             raise RuntimeError("another task is already iterating this subscription")
         self._reading = True
@@ -103,6 +138,9 @@ class Subscription:
             event = self._buffer.popleft()
             if isinstance(event, Tick):
                 self._hand_over(event)
+            if self._paused and len(self._buffer) <= self._max_buffer // 2 and self.state != "closed":
+                self._paused = False
+                self._client._resume(self)
             return event
         finally:
             self._reading = False
@@ -117,8 +155,9 @@ class Subscription:
         finally:
             live.cancel()
             closed.cancel()
-        if not self._live.is_set():
+        if self.state == "closed":
             if self.error is not None:
+                self._unreported = False  # told here: the loop does not raise it again
                 raise self.error
             raise TickstreamError("closed", f"the subscription to {self.channel} ended")
 
@@ -220,7 +259,7 @@ class Subscription:
         if last is not None and (last.epoch is None or tick.epoch == last.epoch) and compare_ids(tick.id, last.id) <= 0:
             return
         if last is not None and not self._gap_pending:
-            def gap(reason: str, missed: int | None) -> Gap:
+            def gap(reason: GapReason, missed: int | None) -> Gap:
                 return Gap(self.channel, reason, last.id, tick.id, missed, "client")
 
             if last.epoch is not None and tick.epoch != last.epoch:
@@ -241,6 +280,9 @@ class Subscription:
     def _push(self, event: Event) -> None:
         self._buffer.append(event)
         self._wake()
+        if not self._paused and len(self._buffer) >= self._max_buffer:
+            self._paused = True
+            self._client._pause(self)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

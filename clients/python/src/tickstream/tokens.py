@@ -90,6 +90,12 @@ class TokenSource:
         # Shielded: one caller giving up does not cancel the call the others wait for.
         return await asyncio.shield(self._pending)
 
+    def cancel(self) -> None:
+        """Stops a call in flight (the client is closing): nothing outlives it."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
     async def _call(self, fn: TokenFunction) -> str:
         try:
             value = fn()

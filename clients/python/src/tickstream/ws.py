@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
+import logging
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Coroutine, Mapping
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
@@ -32,8 +33,7 @@ SEND_PER_S = 8.0
 # websockets' own keepalive: a ping every 20 s, and a connection whose pong takes
 # longer than 20 s is dead (the server drops a client silent for 60 s).
 PING_S = 20.0
-# What may travel in a subprotocol (an HTTP token, RFC 9110 §5.6.2).
-SUBPROTOCOL_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+logger = logging.getLogger("tickstream")
 # Replayed pages are single frames of at most a few hundred KiB (docs/PROTOCOL.md §5.5).
 MAX_FRAME = 16 * 1024 * 1024
 
@@ -102,8 +102,12 @@ class WsLink(Link):
             self._out.append(Outgoing(None, sub))
             self._out_wake.set()
 
-    def _send(self, message: dict[str, Any], drain: str | None = None) -> None:
-        self._out.append(Outgoing(message, None, drain))
+    def _send(self, message: dict[str, Any], drain: str | None = None, first: bool = False) -> None:
+        item = Outgoing(message, None, drain)
+        if first:  # a refresh must not wait behind a crowd of subscribes
+            self._out.appendleft(item)
+        else:
+            self._out.append(item)
         self._out_wake.set()
 
     async def _writer(self, ws: ClientConnection) -> None:
@@ -142,15 +146,14 @@ class WsLink(Link):
             error = token_error(e)
             c._report(error)
             return Plan(token=True, backoff=True), StateInfo(error=error)
-        protocols = [Subprotocol("tickstream.v1")]
-        if token:
-            if not SUBPROTOCOL_RE.fullmatch(token):
-                return Plan(stop=TickstreamError("bad_token", "the token has characters a WebSocket subprotocol cannot carry")), StateInfo()
-            protocols.append(Subprotocol("tickstream.bearer." + token))
+        # The token travels in the Authorization header (docs/PROTOCOL.md §3.1), which
+        # carries any token; browsers must use the subprotocol, this client need not.
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             ws = await connect(
                 c.ws_url + "/ws",
-                subprotocols=protocols,
+                subprotocols=[Subprotocol("tickstream.v1")],
+                additional_headers=headers,
                 open_timeout=HANDSHAKE_S,
                 ping_interval=PING_S,
                 ping_timeout=PING_S,
@@ -165,6 +168,8 @@ class WsLink(Link):
             return after_refusal(error, c.tokens.refreshable), StateInfo(error=error)
         except InvalidURI as e:
             return Plan(stop=TickstreamError("bad_url", str(e))), StateInfo()
+        except ssl.SSLCertVerificationError as e:  # retrying cannot make the certificate valid
+            return Plan(stop=TickstreamError("tls", f"the server's certificate is not trusted: {e}")), StateInfo()
         except (OSError, TimeoutError, WebSocketException) as e:
             return Plan(), StateInfo(error=TickstreamError("unreachable", f"cannot connect to {c.url}: {e!r}"))
         return await self._serve(ws, token)
@@ -175,9 +180,11 @@ class WsLink(Link):
         self.opened()
         c._set_state("connected", StateInfo(url=c.url))
         for sub in list(c.subscriptions.values()):
-            self._subscribe(sub)
+            if not sub.paused:
+                self._subscribe(sub)
         loop = asyncio.get_running_loop()
-        helpers = [loop.create_task(self._writer(ws)), loop.create_task(self._refresher(token))]
+        helpers = [loop.create_task(self._helper(ws, self._writer(ws))),
+                   loop.create_task(self._helper(ws, self._refresher(token)))]
         try:
             async for message in ws:
                 if isinstance(message, str):
@@ -193,7 +200,20 @@ class WsLink(Link):
         code, reason = ws.close_code or 1006, ws.close_reason or ""
         for sub in c.subscriptions.values():
             sub.subscribing()
-        return after_close(code, c.tokens.refreshable), StateInfo(code=code, reason=reason)
+        return after_close(code, c.tokens.refreshable, reason), StateInfo(code=code, reason=reason)
+
+    async def _helper(self, ws: ClientConnection, work: Coroutine[Any, Any, None]) -> None:
+        """Runs a helper of the open socket. Its failure would be a bug of this library:
+        said, and the socket closed (the reconnect starts clean) rather than a socket
+        whose messages silently stopped."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.exception("tickstream: a connection task failed")
+            self.client._report(TickstreamError("internal", f"a connection task failed: {e!r}"))
+            await ws.close(1011, "client error")
 
     # Asks the token function for the next token before this one expires and sends it
     # as a `refresh`. A token that expires no later than the one in force is not sent:
@@ -215,7 +235,7 @@ class WsLink(Link):
             if was is not None and now is not None and now <= was:
                 delay = max(5.0, (was - time.time()) / 2)
                 continue
-            self._send({"type": "refresh", "token": fresh})
+            self._send({"type": "refresh", "token": fresh}, first=True)
             token = fresh
             delay = refresh_delay(token)
 
@@ -277,7 +297,7 @@ class WsLink(Link):
 
     def _retry_subscribe(self, sub: Subscription) -> None:
         self._retries.pop(sub, None)
-        if self.open and self.client.subscriptions.get(sub.channel) is sub:
+        if self.open and not sub.paused and self.client.subscriptions.get(sub.channel) is sub:
             self._subscribe(sub)
 
     def _drop(self) -> None:
