@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import TickstreamError
+from .tokens import token_error
 
 if TYPE_CHECKING:
     from .client import Client
@@ -98,10 +99,12 @@ def after_refusal(error: TickstreamError, refreshable: bool) -> Plan:
     return Plan()
 
 
-def token_error(e: BaseException) -> TickstreamError:
-    if isinstance(e, TickstreamError):
-        return e
-    return TickstreamError("token_error", f"the token function failed: {e!r}")
+class NoToken(Exception):
+    """The token function failed before a connection: reported, then tried again."""
+
+    def __init__(self, error: TickstreamError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Link:
@@ -131,7 +134,10 @@ class Link:
     async def _run(self) -> None:
         try:
             while not self.client.closed:
-                ended = await self.session()
+                try:
+                    ended = await self.session()
+                except NoToken as e:
+                    ended = Plan(token=True, backoff=True), StateInfo(error=e.error)
                 if ended is None or self.client.closed:
                     return
                 delay = self._next(*ended)
@@ -192,10 +198,16 @@ class Link:
             self._skip.set()
 
     async def token(self) -> str:
-        """The token for the next attempt, fresh when the server said it expired."""
+        """The token for the next attempt, fresh when the server said it expired; a
+        failing token function is reported and raises ``NoToken``."""
         fresh, self._fresh_token = self._fresh_token, False
         self._token_was_fresh = False
-        token = await self.client.tokens.get(fresh)
+        try:
+            token = await self.client.tokens.get(fresh)
+        except Exception as e:
+            error = token_error(e)
+            self.client._report(error)
+            raise NoToken(error) from e
         self._token_was_fresh = fresh
         return token
 

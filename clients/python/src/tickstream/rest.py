@@ -13,7 +13,7 @@ import httpx
 
 from .errors import TickstreamError
 from .events import Candle, Tick
-from .tokens import TokenSource
+from .tokens import TokenSource, bearer, token_error
 
 if TYPE_CHECKING:
     import pandas
@@ -90,10 +90,9 @@ class Rest:
                 except TickstreamError:
                     raise
                 except Exception as e:
-                    raise TickstreamError("token_error", f"the token function failed: {e}") from e
-                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    raise token_error(e) from e
                 try:
-                    response = await self.http.get(self._base_url() + path, params=query, headers=headers)
+                    response = await self.http.get(self._base_url() + path, params=query, headers=bearer(token))
                 except httpx.HTTPError as e:
                     raise TickstreamError("unreachable", f"cannot reach the server: {e!r}") from e
                 left = response.headers.get("X-RateLimit-Remaining")
@@ -107,8 +106,10 @@ class Rest:
                     refreshed = True
                     try:
                         await self._tokens.get(fresh=True)
+                    except TickstreamError:
+                        raise
                     except Exception as e:
-                        raise TickstreamError("token_error", f"the token function failed: {e}") from e
+                        raise token_error(e) from e
                     continue
                 if response.status_code == 404 and allow_404:
                     return None

@@ -11,8 +11,9 @@ from urllib.parse import quote
 import httpx
 
 from .errors import TickstreamError
-from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, after_refusal, token_error
+from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, after_refusal
 from .rest import error_from
+from .tokens import bearer
 
 if TYPE_CHECKING:
     from .client import Client, ClientState
@@ -47,16 +48,9 @@ class SseLink(Link):
     async def session(self) -> tuple[Plan, StateInfo] | None:
         c, sub = self.client, self.sub
         self._state("connecting", StateInfo(url=c.url))
-        try:
-            token = await self.token()
-        except Exception as e:
-            error = token_error(e)
-            c._report(error)
-            return Plan(token=True, backoff=True), StateInfo(error=error)
+        token = await self.token()
         params = {k: str(v) for k, v in sub.subscribe_params().items()}
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **bearer(token)}
         sub.subscribing()
         http = c.sse_http
         # The read timeout is the silence that makes a stream dead (comments come every

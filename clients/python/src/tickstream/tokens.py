@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, TypeAlias
 
 from .errors import TickstreamError
 
-__all__ = ["TokenFunction", "TokenSource", "jwt_claims", "refresh_delay"]
+__all__ = ["TokenFunction", "TokenSource", "bearer", "jwt_claims", "refresh_delay"]
 
 TokenFunction: TypeAlias = Callable[[], Awaitable[str] | str]
 
@@ -46,6 +46,18 @@ def refresh_delay(token: str | None, now: float | None = None) -> float | None:
     lifetime = exp - (iat if iat is not None else now)
     margin = min(60.0, max(1.0, lifetime / 5))
     return max(1.0, exp - margin - now)
+
+
+def token_error(e: BaseException) -> TickstreamError:
+    """What a failing token function is reported as (its own TickstreamError as is)."""
+    if isinstance(e, TickstreamError):
+        return e
+    return TickstreamError("token_error", f"the token function failed: {e!r}")
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The request header that carries a token (none for no token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def expiry(token: str | None) -> float | None:

@@ -18,9 +18,9 @@ from websockets.typing import Subprotocol
 
 from .version import __version__
 from .errors import TickstreamError
-from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, after_refusal, token_error
+from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, after_refusal
 from .rest import error_from
-from .tokens import expiry, refresh_delay
+from .tokens import bearer, expiry, refresh_delay, token_error
 
 if TYPE_CHECKING:
     from .client import Client
@@ -140,15 +140,10 @@ class WsLink(Link):
     async def session(self) -> tuple[Plan, StateInfo] | None:
         c = self.client
         c._set_state("connecting", StateInfo(url=c.url))
-        try:
-            token = await self.token()
-        except Exception as e:
-            error = token_error(e)
-            c._report(error)
-            return Plan(token=True, backoff=True), StateInfo(error=error)
+        token = await self.token()
         # The token travels in the Authorization header (docs/PROTOCOL.md §3.1), which
         # carries any token; browsers must use the subprotocol, this client need not.
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+        headers = bearer(token)
         try:
             ws = await connect(
                 c.ws_url + "/ws",
