@@ -236,7 +236,7 @@ class Client:
         """Called by ``sub.close()``."""
         if self.subscriptions.get(sub.channel) is not sub:
             return
-        if self._ws is not None:
+        if self._ws is not None and not sub.paused:  # a paused one was unsubscribed already
             self._ws.remove(sub)
         self._dropped(sub)
 
@@ -249,12 +249,10 @@ class Client:
             self._retire(link.task)
 
     def _pause(self, sub: Subscription) -> None:
-        """The subscription's buffer is full: the server stops sending for it."""
+        """The subscription's buffer is full: the server stops sending for it (an SSE
+        link sees ``sub.paused`` and ends its stream by itself)."""
         if self._ws is not None:
             self._ws.remove(sub)
-        link = self._sse.get(sub)
-        if link is not None:
-            self._retire(link.task)
 
     def _resume(self, sub: Subscription) -> None:
         """The loop caught up: the subscription continues from its last tick received."""
@@ -264,7 +262,7 @@ class Client:
             self._ws.add(sub)
         link = self._sse.get(sub)
         if link is not None:
-            link.start()
+            link.resume()
 
     # ---- the connection ----------------------------------------------------------------------------
 

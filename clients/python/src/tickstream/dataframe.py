@@ -1,7 +1,7 @@
 """Ticks and candles as pandas DataFrames, indexed by time (a UTC ``DatetimeIndex``).
 
-pandas is an optional extra (``pip install 'tickstream[pandas]'``): it is imported
-here, when a DataFrame is asked for, never by ``import tickstream``.
+pandas is an optional extra (``pip install './clients/python[pandas]'``): it is
+imported here, when a DataFrame is asked for, never by ``import tickstream``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _pandas() -> Any:
     try:
         import pandas
     except ImportError as e:
-        raise ImportError("DataFrames need pandas: pip install 'tickstream[pandas]'") from e
+        raise ImportError("DataFrames need pandas: install it, or tickstream with its [pandas] extra") from e
     return pandas
 
 

@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from .errors import TickstreamError
 from .tokens import token_error
@@ -51,6 +51,11 @@ class StateInfo:
     delay: float | None = None
     attempt: int | None = None
     channel: str | None = None
+
+
+# A session ended because its subscription's buffer is full (SSE): the link waits
+# for resume() and starts the next session without a backoff.
+Paused: TypeAlias = Literal["paused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,23 +126,34 @@ class Link:
         self._skip = asyncio.Event()
         self._waiting = False
         self._opened_at: float | None = None
+        self._resumed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run(), name=f"tickstream {type(self).__name__}")
 
-    async def session(self) -> tuple[Plan, StateInfo] | None:
-        """One connection, from the token to its end; None: this link stops quietly."""
+    async def session(self) -> tuple[Plan, StateInfo] | Paused | None:
+        """One connection, from the token to its end; None: this link stops quietly;
+        "paused": wait for ``resume()``."""
         raise NotImplementedError
+
+    def resume(self) -> None:
+        """A paused session may go on (its subscription's loop caught up)."""
+        self._resumed.set()
+        self.start()
 
     async def _run(self) -> None:
         try:
             while not self.client.closed:
+                self._resumed.clear()
                 try:
                     ended = await self.session()
                 except NoToken as e:
                     ended = Plan(token=True, backoff=True), StateInfo(error=e.error)
+                if ended == "paused":
+                    await self._resumed.wait()
+                    continue
                 if ended is None or self.client.closed:
                     return
                 delay = self._next(*ended)
@@ -208,6 +224,8 @@ class Link:
             error = token_error(e)
             self.client._report(error)
             raise NoToken(error) from e
+        # Only a token asked for *again* counts: a refused first token is worth one
+        # more call (it may have been minted just before its key rotated).
         self._token_was_fresh = fresh
         return token
 

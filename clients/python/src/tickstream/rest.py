@@ -76,8 +76,6 @@ class Rest:
     async def request(self, path: str, params: Mapping[str, Any] | None = None, *, allow_404: bool = False) -> Any:
         """The JSON answer of ``GET path?params``; None for a 404 when ``allow_404``."""
         query = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
-        if self.http.is_closed:
-            raise TickstreamError("closed", "this client is closed")
         async with self._lock:
             refreshed = False
             tries = 0
@@ -85,6 +83,8 @@ class Rest:
                 wait = self._not_before - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                if self.http.is_closed:  # checked after every wait: close() may have come
+                    raise TickstreamError("closed", "this client is closed")
                 try:
                     token = await self._tokens.get()
                 except TickstreamError:
@@ -93,7 +93,11 @@ class Rest:
                     raise token_error(e) from e
                 try:
                     response = await self.http.get(self._base_url() + path, params=query, headers=bearer(token))
-                except httpx.HTTPError as e:
+                except (httpx.HTTPError, RuntimeError) as e:
+                    if self.http.is_closed:  # closed under this request
+                        raise TickstreamError("closed", "this client is closed") from e
+                    if isinstance(e, RuntimeError):
+                        raise
                     raise TickstreamError("unreachable", f"cannot reach the server: {e!r}") from e
                 left = response.headers.get("X-RateLimit-Remaining")
                 if left is not None and left.isdigit() and int(left) < 1:
@@ -171,8 +175,8 @@ class Pages(Generic[T], AsyncIterator[T]):
         return [item async for item in self]
 
     async def to_dataframe(self) -> pandas.DataFrame:
-        """Every item as a pandas DataFrame with a UTC ``DatetimeIndex`` (needs the
-        ``pandas`` extra: ``pip install 'tickstream[pandas]'``)."""
+        """Every item as a pandas DataFrame with a UTC ``DatetimeIndex`` (needs pandas,
+        the ``pandas`` extra)."""
         from .dataframe import candles_to_dataframe, ticks_to_dataframe
 
         items = await self.to_list()

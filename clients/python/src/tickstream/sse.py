@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import TickstreamError
-from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, after_refusal
+from .link import HANDSHAKE_S, Link, Paused, Plan, StateInfo, after_close, after_refusal
 from .rest import error_from
 from .tokens import bearer
 
@@ -45,7 +45,7 @@ class SseLink(Link):
         self.client._dropped(self.sub)
         self.sub._end(error)
 
-    async def session(self) -> tuple[Plan, StateInfo] | None:
+    async def session(self) -> tuple[Plan, StateInfo] | Paused | None:
         c, sub = self.client, self.sub
         self._state("connecting", StateInfo(url=c.url))
         token = await self.token()
@@ -81,7 +81,7 @@ class SseLink(Link):
         return ended
 
     # Reads events until the stream ends; returns how it ended.
-    async def _read(self, response: httpx.Response) -> tuple[Plan, StateInfo] | None:
+    async def _read(self, response: httpx.Response) -> tuple[Plan, StateInfo] | Paused | None:
         data: list[str] = []
         async for line in response.aiter_lines():
             if line.startswith("data:"):
@@ -98,6 +98,8 @@ class SseLink(Link):
                 continue
             if f.get("type") != "error":
                 self.sub.frame(f)
+                if self.sub.paused:  # the loop is behind: this stream ends until it catches up
+                    return "paused"
                 continue
             # The stream's end, said before it ends (docs/PROTOCOL.md §5.7).
             code = SSE_ENDS.get(str(f.get("code")))

@@ -65,6 +65,9 @@ class Subscription:
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._reading = False
+        # Set by the first read: the buffer pauses only once a loop reads it (a
+        # `wait_live()` before the loop must see the replay end, however long).
+        self._read_once = False
         self._unreported = False
         self._live = asyncio.Event()
         self._closed = asyncio.Event()
@@ -102,20 +105,7 @@ class Subscription:
         self.close()
 
     def __aiter__(self) -> AsyncIterator[Event]:
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[Event]:
-        # Leaving the loop (break, return, an exception, the task cancelled) ends the
-        # subscription, as leaving the `async with` would; its cursor stays.
-        try:
-            while True:
-                try:
-                    event = await self.__anext__()
-                except StopAsyncIteration:
-                    return
-                yield event
-        finally:
-            self.close()
+        return Loop(self)
 
     async def __anext__(self) -> Event:
         """The next event (``await anext(sub)``): a read cancelled while it waits, by a
@@ -123,6 +113,7 @@ class Subscription:
         if self._reading:
             raise RuntimeError("another task is already iterating this subscription")
         self._reading = True
+        self._read_once = True
         try:
             while not self._buffer:
                 if self.state == "closed":
@@ -280,7 +271,7 @@ class Subscription:
     def _push(self, event: Event) -> None:
         self._buffer.append(event)
         self._wake()
-        if not self._paused and len(self._buffer) >= self._max_buffer:
+        if not self._paused and self._read_once and len(self._buffer) >= self._max_buffer:
             self._paused = True
             self._client._pause(self)
 
@@ -298,6 +289,7 @@ class Subscription:
             return
         self.state = "closed"
         self.error = error
+        self._paused = False
         if error is None:
             self._buffer.clear()
         else:
@@ -307,3 +299,32 @@ class Subscription:
 
     def __repr__(self) -> str:
         return f"<Subscription {self.channel} {self.state} cursor={self.cursor}>"
+
+
+class Loop:
+    """What ``async for event in sub`` iterates. Leaving the loop (``break``, ``return``,
+    an exception, the task cancelled) drops it, and dropping it closes the subscription
+    at once, as leaving the ``async with`` would: the channel is free again on the next
+    line. A loop refused as a second reader closes nothing."""
+
+    __slots__ = ("_sub", "_reader")
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+        self._reader = False
+
+    def __aiter__(self) -> Loop:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._sub._reading:
+            raise RuntimeError("another task is already iterating this subscription")
+        self._reader = True
+        return await self._sub.__anext__()
+
+    def __del__(self) -> None:
+        if self._reader:
+            try:
+                self._sub.close()
+            except RuntimeError:  # dropped after its event loop closed: nothing to tell
+                pass

@@ -94,13 +94,21 @@ class TokenSource:
             return self._value or ""
         if not fresh and self._value is not None:
             return self._value
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._call(self._fn))
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = asyncio.ensure_future(self._call(self._fn))
             # Read by whoever awaits it; a caller cancelled meanwhile must not leave
             # an exception nobody retrieves.
-            self._pending.add_done_callback(_retrieve)
+            pending.add_done_callback(_retrieve)
         # Shielded: one caller giving up does not cancel the call the others wait for.
-        return await asyncio.shield(self._pending)
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if pending.cancelled() and not (me is not None and me.cancelling()):
+                # The client closed under a caller that was not cancelled itself.
+                raise TickstreamError("closed", "this client is closed") from None
+            raise
 
     def cancel(self) -> None:
         """Stops a call in flight (the client is closing): nothing outlives it."""
@@ -118,7 +126,8 @@ class TokenSource:
             self._value = value
             return value
         finally:
-            self._pending = None
+            if self._pending is asyncio.current_task():  # not a newer call's
+                self._pending = None
 
 
 def _retrieve(future: asyncio.Future[str]) -> None:

@@ -128,14 +128,15 @@ class WsLink(Link):
                 message = {"type": "subscribe", "channel": item.sub.channel, **item.sub.subscribe_params()}
             if message is None:
                 continue
-            try:
-                await ws.send(json.dumps(message, separators=(",", ":")))
-            except ConnectionClosed:
-                return  # the reader sees the close
+            # A ping is counted before it leaves: its pong may be read while send() waits.
             if message["type"] == "ping":
                 self._pings += 1
                 if item.drain is not None:
                     self._draining[item.drain] = self._pings
+            try:
+                await ws.send(json.dumps(message, separators=(",", ":")))
+            except ConnectionClosed:
+                return  # the reader sees the close
 
     async def session(self) -> tuple[Plan, StateInfo] | None:
         c = self.client
