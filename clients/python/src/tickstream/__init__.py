@@ -18,20 +18,14 @@ Map of the package:
   cli            ``python -m tickstream tail|history|candles|latest``
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Iterable
-
 from .client import Client, ClientState
+from .dataframe import to_dataframe  # pandas itself is imported when a frame is asked for
 from .errors import TickstreamError
 from .events import Candle, Cursor, Event, Gap, Tick
 from .link import Backoff, StateInfo
 from .rest import Pages
 from .subscription import Subscription
 from .version import __version__
-
-if TYPE_CHECKING:
-    import pandas
 
 __all__ = [
     "Backoff",
@@ -50,10 +44,3 @@ __all__ = [
     "to_dataframe",
 ]
 
-
-def to_dataframe(items: Iterable[Tick | Candle]) -> pandas.DataFrame:
-    """Ticks or candles as a pandas DataFrame indexed by time (UTC); needs the
-    ``pandas`` extra, imported only now."""
-    from .dataframe import to_dataframe as convert
-
-    return convert(items)

@@ -25,7 +25,7 @@ from typing import Any, Sequence, TextIO
 
 from .client import Client, ClientState
 from .errors import TickstreamError
-from .events import Candle, Cursor, Event, Gap, Tick
+from .events import INTERVALS, Candle, Cursor, Event, Gap, Tick
 from .link import StateInfo
 from .rest import Pages
 
@@ -165,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seq", type=int, help="the seq of the tick at --since (exact gaps)")
     t.add_argument("--epoch", help="the epoch of the tick at --since")
     t.add_argument("--rate", type=int, help="at most this many ticks a second, each the newest")
-    t.add_argument("--candles", choices=["1s", "1m", "5m", "1h", "1d"], help="also live candles of this interval")
+    t.add_argument("--candles", choices=INTERVALS, help="also live candles of this interval")
     t.add_argument("--cursor-file", help="resume from the cursor in this file, and keep it there after each tick")
     t.add_argument("--count", type=positive, help="stop after this many ticks")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -176,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
         h = commands.add_parser(name, parents=[common], help=f"{what}, pages followed")
         h.add_argument("channel")
         if name == "candles":
-            h.add_argument("--interval", default="1m", choices=["1s", "1m", "5m", "1h", "1d"])
+            h.add_argument("--interval", default="1m", choices=INTERVALS)
         h.add_argument("--since", help="exclusive lower bound: an id or t:<RFC 3339> (candles: RFC 3339 or Unix ms)")
         h.add_argument("--until", help="inclusive upper bound, the same forms")
         h.add_argument("--order", choices=["asc", "desc"], default="asc")

@@ -19,7 +19,7 @@ from .rest import Pages, Rest, path_of
 from .sse import SseLink
 from .subscription import Subscription
 from .tokens import TokenFunction, TokenSource
-from .version import __version__
+from .version import USER_AGENT
 from .ws import WsLink
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class Client:
         self.subscriptions: dict[str, Subscription] = {}
         #: The HTTP client for REST (closed with the client).
         self.http = httpx.AsyncClient(
-            timeout=REST_TIMEOUT, headers={"User-Agent": f"tickstream-python/{__version__}"}, trust_env=False
+            timeout=REST_TIMEOUT, headers={"User-Agent": USER_AGENT}, trust_env=False
         )
         # SSE streams get a pool of their own, without a cap: each holds a connection
         # for as long as it runs, and REST must never wait behind them.
@@ -98,8 +98,8 @@ class Client:
         # by close(), so nothing outlives the client.
         self._retired: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[None] | None = None
-        self._connected = asyncio.Event()
-        self._stopped = asyncio.Event()
+        # Set while connected, and once closed (for good): what connect() waits for.
+        self._settled = asyncio.Event()
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ class Client:
         """The HTTP client of SSE streams (made at the first)."""
         if self._sse_http is None:
             self._sse_http = httpx.AsyncClient(
-                headers={"User-Agent": f"tickstream-python/{__version__}"},
+                headers={"User-Agent": USER_AGENT},
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
                 trust_env=False,
             )
@@ -141,12 +141,10 @@ class Client:
         if state == "reconnecting" and len(self._urls) > 1:
             self._url_index = (self._url_index + 1) % len(self._urls)
         self.state = state
-        if state == "connected":
-            self._connected.set()
+        if state in ("connected", "closed"):
+            self._settled.set()
         else:
-            self._connected.clear()
-        if state == "closed":
-            self._stopped.set()
+            self._settled.clear()
         if self._on_state is not None:
             try:
                 self._on_state(state, info)
@@ -163,18 +161,27 @@ class Client:
         except Exception:
             logger.exception("tickstream: on_error raised")
 
-    def _fail(self, error: TickstreamError) -> None:
-        """Stops for good: every subscription ends with ``error``."""
-        if self.state == "closed":
-            return
-        self.error = error
-        self._set_state("closed", StateInfo(url=self.url, error=error))
+    def _stop(self, error: TickstreamError | None) -> None:
+        """Closed for good: every subscription ends (with ``error``), every link task
+        is stopped. The subscriptions are forgotten before anyone hears of it, so an
+        ``on_state`` callback closing one sends nothing."""
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
+        self._set_state("closed", StateInfo(url=self.url, error=error))
         for sub in subs:
             sub._end(error)
         for link in self._links():
             self._retire(link.task)
+
+    def _fail(self, error: TickstreamError) -> None:
+        """Stops for good by itself: every subscription ends with ``error``."""
+        if self.state == "closed":
+            return
+        self.error = error
+        self._stop(error)
+
+    def _closed_error(self) -> TickstreamError:
+        return self.error or TickstreamError("closed", "this client is closed")
 
     def _links(self) -> list[Link]:
         return [*([self._ws] if self._ws else []), *self._sse.values()]
@@ -200,7 +207,7 @@ class Client:
         if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
             raise TickstreamError("bad_channel", f"not a channel name: {channel!r}")
         if self.closed:
-            raise self.error or TickstreamError("closed", "this client is closed")
+            raise self._closed_error()
         if channel in self.subscriptions:
             raise TickstreamError("already_subscribed", f"already subscribed to {channel}", channel=channel)
         if since is not None and not (is_id(since) or SPECIAL_SINCE_RE.fullmatch(since)):
@@ -248,6 +255,11 @@ class Client:
         if link is not None:
             self._retire(link.task)
 
+    def _refuse(self, sub: Subscription, error: TickstreamError) -> None:
+        """The server refused this subscription for good: it ends alone, with ``error``."""
+        self._dropped(sub)
+        sub._end(error)
+
     def _pause(self, sub: Subscription) -> None:
         """The subscription's buffer is full: the server stops sending for it (an SSE
         link sees ``sub.paused`` and ends its stream by itself)."""
@@ -272,18 +284,12 @@ class Client:
         if self._transport != "websocket":
             return
         if self.closed:
-            raise self.error or TickstreamError("closed", "this client is closed")
+            raise self._closed_error()
         self._ws = self._ws or WsLink(self)
         self._ws.start()
-        closed = asyncio.ensure_future(self._stopped.wait())
-        connected = asyncio.ensure_future(self._connected.wait())
-        try:
-            await asyncio.wait((closed, connected), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            connected.cancel()
+        await self._settled.wait()
         if self.closed:
-            raise self.error or TickstreamError("closed", "this client is closed")
+            raise self._closed_error()
 
     def reconnect(self) -> None:
         """Ends a backoff wait and connects now (nothing while connected)."""
@@ -299,16 +305,11 @@ class Client:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        subs = list(self.subscriptions.values())
-        self.subscriptions.clear()
-        self._set_state("closed", StateInfo(url=self.url))
-        for sub in subs:
-            sub._end(None)
+        self._stop(None)  # (the subscriptions are gone already if the client failed)
         self.tokens.cancel()
-        links = self._links()
         self._sse.clear()
         try:
-            await asyncio.gather(*(link.shutdown() for link in links), *self._retired, return_exceptions=True)
+            await asyncio.gather(*self._retired, return_exceptions=True)
         finally:
             await self.http.aclose()
             if self._sse_http is not None:

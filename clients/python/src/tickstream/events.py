@@ -12,7 +12,7 @@ import operator
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Mapping, TypeAlias, cast
+from typing import Any, ClassVar, Literal, Mapping, TypeAlias, TypeGuard, cast
 
 __all__ = ["Candle", "Cursor", "Event", "Gap", "GapReason", "Interval", "Tick", "compare_ids"]
 
@@ -26,7 +26,7 @@ ID_RE = re.compile(r"\d+-\d+")
 SPECIAL_SINCE_RE = re.compile(r"\$|t:.+")
 
 
-def is_id(value: object) -> bool:
+def is_id(value: object) -> TypeGuard[str]:
     """A Redis stream id, ``ms-n``."""
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
@@ -51,6 +51,14 @@ def _time(value: Any) -> datetime | None:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _num(value: Any) -> float | int | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def checked_seq(seq: Any) -> int | None:
@@ -131,26 +139,30 @@ class Tick:
 
     @property
     def cursor(self) -> Cursor:
-        # The server's own seq and epoch: taken as they are (they may exceed what a
-        # client could send only if the server broke its contract).
+        return Tick.cursor_of(self.id, self.seq, self.epoch)
+
+    @staticmethod
+    def cursor_of(id: str, seq: int | None, epoch: str | None) -> Cursor:
+        """A cursor of the server's own id, seq and epoch, taken as they are: a seq or
+        epoch a client could not send back (the server broke its contract) is left out
+        rather than stopping the subscription."""
         try:
-            return Cursor(self.id, self.seq, self.epoch)
+            return Cursor(id, seq, epoch)
         except ValueError:
-            return Cursor(self.id)
+            return Cursor(id)
 
     @classmethod
     def parse(cls, f: Mapping[str, Any], channel: str | None = None) -> Tick:
-        value = f.get("value")
         return cls(
             channel=str(f.get("channel") or channel or ""),
             id=str(f["id"]),
             seq=_int(f.get("seq")),
-            epoch=f.get("epoch") if isinstance(f.get("epoch"), str) else None,
+            epoch=_str(f.get("epoch")),
             ts=_time(f.get("ts")),
             ingest_ts=_time(f.get("ingest_ts")),
-            value=value if isinstance(value, (int, float)) and not isinstance(value, bool) else None,
+            value=_num(f.get("value")),
             data=f.get("data"),
-            event_id=f.get("event_id") if isinstance(f.get("event_id"), str) else None,
+            event_id=_str(f.get("event_id")),
             skipped=_int(f["skipped"]) if "skipped" in f else 0,
         )
 
@@ -179,8 +191,8 @@ class Gap:
             channel=channel,
             # A reason newer than this library is passed on as the server said it.
             reason=cast(GapReason, str(f.get("reason") or "")),
-            after=f.get("after") if isinstance(f.get("after"), str) else None,
-            resume_from=f.get("resume_from") if isinstance(f.get("resume_from"), str) else None,
+            after=_str(f.get("after")),
+            resume_from=_str(f.get("resume_from")),
             missed=_int(f.get("missed")),
         )
 
@@ -204,21 +216,17 @@ class Candle:
 
     @classmethod
     def parse(cls, f: Mapping[str, Any], channel: str, interval: str | None = None) -> Candle:
-        def num(key: str) -> float | None:
-            v = f.get(key)
-            return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
         final = f.get("final")
         return cls(
             channel=channel,
             interval=str(f.get("interval") or interval or ""),
             t=_time(f.get("t")),
-            open=num("open"),
-            high=num("high"),
-            low=num("low"),
-            close=num("close"),
+            open=_num(f.get("open")),
+            high=_num(f.get("high")),
+            low=_num(f.get("low")),
+            close=_num(f.get("close")),
             count=_int(f.get("count")) or 0,
-            volume=num("volume"),
+            volume=_num(f.get("volume")),
             final=final if isinstance(final, bool) else None,
         )
 

@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import TickstreamError
 from .tokens import token_error
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .client import Client, ClientState
 
 __all__ = ["Backoff", "StateInfo"]
 
@@ -51,11 +52,6 @@ class StateInfo:
     delay: float | None = None
     attempt: int | None = None
     channel: str | None = None
-
-
-# A session ended because its subscription's buffer is full (SSE): the link waits
-# for resume() and starts the next session without a backoff.
-Paused: TypeAlias = Literal["paused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +100,21 @@ def after_refusal(error: TickstreamError, refreshable: bool) -> Plan:
     return Plan()
 
 
+def json_object(text: str) -> dict[str, Any] | None:
+    """A frame's JSON object, or None for anything else (a newer server's text)."""
+    try:
+        f = json.loads(text)
+    except ValueError:
+        return None
+    return f if isinstance(f, dict) else None
+
+
+def error_of(f: Mapping[str, Any], channel: str | None) -> TickstreamError:
+    """The error an `error` frame (or SSE event) says."""
+    return TickstreamError(str(f.get("code") or "error"), str(f.get("message") or f.get("code") or "error"),
+                           channel=channel)
+
+
 class NoToken(Exception):
     """The token function failed before a connection: reported, then tried again."""
 
@@ -116,6 +127,9 @@ class Link:
     """A connection kept up by one task: connect, serve, and after every end wait as
     the plan says, until the client closes or the plan says stop."""
 
+    #: The subscription's channel for a link that carries one (SSE), told in its states.
+    channel: str | None = None
+
     def __init__(self, client: Client) -> None:
         self.client = client
         self.attempt = 0
@@ -124,50 +138,49 @@ class Link:
         # means the function's tokens are refused, not that one expired.
         self._token_was_fresh = False
         self._skip = asyncio.Event()
-        self._waiting = False
         self._opened_at: float | None = None
-        self._resumed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run(), name=f"tickstream {type(self).__name__}")
 
-    async def session(self) -> tuple[Plan, StateInfo] | Paused | None:
-        """One connection, from the token to its end; None: this link stops quietly;
-        "paused": wait for ``resume()``."""
+    async def session(self) -> tuple[Plan, StateInfo] | None:
+        """One connection, from the token to its end; None: this link stops quietly."""
         raise NotImplementedError
-
-    def resume(self) -> None:
-        """A paused session may go on (its subscription's loop caught up)."""
-        self._resumed.set()
-        self.start()
 
     async def _run(self) -> None:
         try:
             while not self.client.closed:
-                self._resumed.clear()
                 try:
                     ended = await self.session()
                 except NoToken as e:
                     ended = Plan(token=True, backoff=True), StateInfo(error=e.error)
-                if ended == "paused":
-                    await self._resumed.wait()
-                    continue
                 if ended is None or self.client.closed:
                     return
                 delay = self._next(*ended)
                 if delay is None:
                     return
                 await self._wait(delay)
-        except asyncio.CancelledError:
-            raise
         except Exception as e:  # a bug of this library: said, rather than a silent hang
             logger.exception("tickstream: the connection task failed")
             self.client._fail(TickstreamError("internal", f"the connection task failed: {e!r}"))
 
+    def _state(self, state: ClientState) -> None:
+        """A state of this link's connection, with its node (and channel)."""
+        c = self.client
+        c._set_state(state, StateInfo(url=c.url, channel=self.channel))
+
     def opened(self) -> None:
+        """A connection is up (the backoff starts over once it stays up 10 s)."""
         self._opened_at = time.monotonic()
+        self._state("connected")
+
+    def refused(self, error: TickstreamError) -> tuple[Plan, StateInfo]:
+        """How a refused handshake (or SSE request) ends a session. A 401 for a token
+        fresh from the function stops: its tokens are refused, they did not expire."""
+        refreshable = self.client.tokens.refreshable and not self._token_was_fresh
+        return after_refusal(error, refreshable), StateInfo(error=error)
 
     def _next(self, plan: Plan, info: StateInfo) -> float | None:
         """The wait before the next attempt, or None when it must stop."""
@@ -175,8 +188,6 @@ class Link:
             self.attempt = 0
         self._opened_at = None
         c = self.client
-        if plan.token and info.error is not None and info.error.status == 401 and self._token_was_fresh:
-            plan = Plan(stop=info.error)
         if plan.stop is not None:
             c._fail(plan.stop)
             return None
@@ -193,25 +204,21 @@ class Link:
             "reconnecting",
             StateInfo(
                 url=c.url, code=info.code, reason=info.reason, error=info.error,
-                delay=round(delay, 3), attempt=self.attempt, channel=info.channel,
+                delay=round(delay, 3), attempt=self.attempt, channel=self.channel,
             ),
         )
         return delay
 
     async def _wait(self, delay: float) -> None:
-        self._skip.clear()
-        self._waiting = True
+        self._skip.clear()  # a skip asked for outside a wait is forgotten here
         try:
             await asyncio.wait_for(self._skip.wait(), delay)
         except TimeoutError:
             pass
-        finally:
-            self._waiting = False
 
     def skip_wait(self) -> None:
         """Ends a backoff wait now; nothing while connected or connecting."""
-        if self._waiting:
-            self._skip.set()
+        self._skip.set()
 
     async def token(self) -> str:
         """The token for the next attempt, fresh when the server said it expired; a
@@ -228,18 +235,3 @@ class Link:
         # more call (it may have been minted just before its key rotated).
         self._token_was_fresh = fresh
         return token
-
-    async def shutdown(self) -> None:
-        """Stops the task and waits for it (its connection is closed on the way out)."""
-        task, self.task = self.task, None
-        if task is None or task.done():
-            return
-        if task is asyncio.current_task():
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise

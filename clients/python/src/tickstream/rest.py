@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .dataframe import candles_to_dataframe, ticks_to_dataframe
 from .errors import TickstreamError
 from .events import Candle, Tick
 from .tokens import TokenSource, bearer, token_error
@@ -73,6 +74,14 @@ class Rest:
         self._lock = asyncio.Lock()
         self._not_before = 0.0
 
+    async def _token(self, fresh: bool = False) -> str:
+        try:
+            return await self._tokens.get(fresh)
+        except TickstreamError:
+            raise
+        except Exception as e:
+            raise token_error(e) from e
+
     async def request(self, path: str, params: Mapping[str, Any] | None = None, *, allow_404: bool = False) -> Any:
         """The JSON answer of ``GET path?params``; None for a 404 when ``allow_404``."""
         query = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
@@ -85,12 +94,7 @@ class Rest:
                     await asyncio.sleep(wait)
                 if self.http.is_closed:  # checked after every wait: close() may have come
                     raise TickstreamError("closed", "this client is closed")
-                try:
-                    token = await self._tokens.get()
-                except TickstreamError:
-                    raise
-                except Exception as e:
-                    raise token_error(e) from e
+                token = await self._token()
                 try:
                     response = await self.http.get(self._base_url() + path, params=query, headers=bearer(token))
                 except (httpx.HTTPError, RuntimeError) as e:
@@ -108,12 +112,7 @@ class Rest:
                     continue
                 if response.status_code == 401 and self._tokens.refreshable and not refreshed:
                     refreshed = True
-                    try:
-                        await self._tokens.get(fresh=True)
-                    except TickstreamError:
-                        raise
-                    except Exception as e:
-                        raise token_error(e) from e
+                    await self._token(fresh=True)
                     continue
                 if response.status_code == 404 and allow_404:
                     return None
@@ -177,8 +176,6 @@ class Pages(Generic[T], AsyncIterator[T]):
     async def to_dataframe(self) -> pandas.DataFrame:
         """Every item as a pandas DataFrame with a UTC ``DatetimeIndex`` (needs pandas,
         the ``pandas`` extra)."""
-        from .dataframe import candles_to_dataframe, ticks_to_dataframe
-
         items = await self.to_list()
         if self._field == "candles":
             return candles_to_dataframe(items)  # type: ignore[arg-type]

@@ -4,19 +4,18 @@ stream per subscription, read with httpx (docs/PROTOCOL.md §5.7)."""
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 import httpx
 
 from .errors import TickstreamError
-from .link import HANDSHAKE_S, Link, Paused, Plan, StateInfo, after_close, after_refusal
+from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, error_of, json_object
 from .rest import error_from
 from .tokens import bearer
 
 if TYPE_CHECKING:
-    from .client import Client, ClientState
+    from .client import Client
     from .subscription import Subscription
 
 # The `error` event that ends a stream, as the close code it stands for, so a user
@@ -30,24 +29,29 @@ class SseLink(Link):
     def __init__(self, client: Client, sub: Subscription) -> None:
         super().__init__(client)
         self.sub = sub
+        self.channel = sub.channel
+        self._resumed = asyncio.Event()
 
     def add(self, sub: Subscription) -> None:
         self.start()
 
-    def _state(self, state: ClientState, info: StateInfo) -> None:
-        self.client._set_state(state, StateInfo(url=info.url, error=info.error, channel=self.sub.channel))
+    def resume(self) -> None:
+        """The subscription's loop caught up: the stream that paused starts again."""
+        self._resumed.set()
 
-    def _next(self, plan: Plan, info: StateInfo) -> float | None:
-        return super()._next(plan, StateInfo(code=info.code, reason=info.reason, error=info.error, channel=self.sub.channel))
+    async def session(self) -> tuple[Plan, StateInfo] | None:
+        # A stream ended by a full buffer starts again, from the last tick received,
+        # once the loop has caught up: no backoff, no reconnect.
+        while True:
+            self._resumed.clear()
+            ended = await self._stream()
+            if ended != "paused":
+                return ended
+            await self._resumed.wait()
 
-    # This subscription is refused for good (403, a bad parameter): it ends alone.
-    def _refused(self, error: TickstreamError) -> None:
-        self.client._dropped(self.sub)
-        self.sub._end(error)
-
-    async def session(self) -> tuple[Plan, StateInfo] | Paused | None:
+    async def _stream(self) -> tuple[Plan, StateInfo] | Literal["paused"] | None:
         c, sub = self.client, self.sub
-        self._state("connecting", StateInfo(url=c.url))
+        self._state("connecting")
         token = await self.token()
         params = {k: str(v) for k, v in sub.subscribe_params().items()}
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **bearer(token)}
@@ -66,22 +70,20 @@ class SseLink(Link):
             if response.status_code != 200:
                 error = error_from(response.status_code, response.headers, await response.aread())
                 if error.code == "forbidden" or error.status == 400:
-                    self._refused(error)
+                    c._refuse(sub, error)  # this subscription alone, for good
                     return None
-                return after_refusal(error, c.tokens.refreshable), StateInfo(error=error)
+                return self.refused(error)
             self.opened()
-            self._state("connected", StateInfo(url=c.url))
             ended = await self._read(response)
         except httpx.HTTPError as e:
             ended = Plan(), StateInfo(error=TickstreamError("unreachable", f"the stream from {c.url} failed: {e!r}"))
         finally:
             await response.aclose()
-        if ended is not None and not sub.closed:
-            sub.subscribing()
+        sub.subscribing()
         return ended
 
     # Reads events until the stream ends; returns how it ended.
-    async def _read(self, response: httpx.Response) -> tuple[Plan, StateInfo] | Paused | None:
+    async def _read(self, response: httpx.Response) -> tuple[Plan, StateInfo] | Literal["paused"] | None:
         data: list[str] = []
         async for line in response.aiter_lines():
             if line.startswith("data:"):
@@ -89,12 +91,8 @@ class SseLink(Link):
                 continue
             if line or not data:
                 continue  # another field (event:, id:), a comment, or a blank line alone
-            text, data = "\n".join(data), []
-            try:
-                f = json.loads(text)
-            except ValueError:
-                continue
-            if not isinstance(f, dict):
+            f, data = json_object("\n".join(data)), []
+            if f is None:
                 continue
             if f.get("type") != "error":
                 self.sub.frame(f)
@@ -102,10 +100,10 @@ class SseLink(Link):
                     return "paused"
                 continue
             # The stream's end, said before it ends (docs/PROTOCOL.md §5.7).
-            code = SSE_ENDS.get(str(f.get("code")))
-            if code is None:  # a refusal of this subscription: final
-                self._refused(TickstreamError(str(f.get("code") or "error"), str(f.get("message") or ""), channel=self.sub.channel))
-                return None
             reason = str(f.get("code"))
+            code = SSE_ENDS.get(reason)
+            if code is None:  # a refusal of this subscription: final
+                self.client._refuse(self.sub, error_of(f, self.sub.channel))
+                return None
             return after_close(code, self.client.tokens.refreshable, reason), StateInfo(code=code, reason=reason)
         return Plan(), StateInfo()

@@ -60,7 +60,8 @@ class Subscription:
         # The last gap handed over while no tick has followed it: a resume before its
         # tick makes the server say it again, and `missed` must not count twice.
         self._last_gap: Gap | None = None
-        self._buffer: deque[Event] = deque()
+        # Events for the loop, each tick with its cursor (built once, when received).
+        self._buffer: deque[tuple[Event, Cursor | None]] = deque()
         self._max_buffer = max_buffer
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
@@ -126,9 +127,9 @@ class Subscription:
                     await self._waiter
                 finally:
                     self._waiter = None
-            event = self._buffer.popleft()
-            if isinstance(event, Tick):
-                self._hand_over(event)
+            event, cursor = self._buffer.popleft()
+            if cursor is not None:  # a tick: handed over
+                self.cursor = cursor
             if self._paused and len(self._buffer) <= self._max_buffer // 2 and self.state != "closed":
                 self._paused = False
                 self._client._resume(self)
@@ -139,13 +140,7 @@ class Subscription:
     async def wait_live(self) -> None:
         """Returns once the replay is over (the server's ``live`` frame), or raises the
         error the subscription ended with."""
-        live = asyncio.ensure_future(self._live.wait())
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait((live, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            live.cancel()
-            closed.cancel()
+        await self._live.wait()  # (set by the end too)
         if self.state == "closed":
             if self.error is not None:
                 self._unreported = False  # told here: the loop does not raise it again
@@ -215,13 +210,13 @@ class Subscription:
         elif kind == "gap":
             self._gap(Gap.parse(f, self.channel))
         elif kind == "candle":
-            self._push(Candle.parse(f, self.channel))
+            self._push(Candle.parse(f, self.channel), None)
         elif kind == "live":
             last_id = f.get("last_id")
             # With nothing received yet (since=$, an empty channel), the cursor becomes
             # where the server says the stream stood, so a resume starts there.
             if self._last is None and is_id(last_id):
-                self._last = self.cursor = Cursor(str(last_id), None, self._epoch)
+                self._last = self.cursor = Tick.cursor_of(last_id, None, self._epoch)
             self.state = "live"
             self._live.set()
 
@@ -236,7 +231,7 @@ class Subscription:
                 return
             more = gap.missed - before.missed if gap.missed is not None and before.missed is not None else None
             gap = Gap(gap.channel, gap.reason, before.resume_from or gap.after, gap.resume_from, more)
-        self._push(gap)
+        self._push(gap, None)
 
     # Exactly once, in order: a tick at or before the last one received (same epoch) is
     # a repeat, dropped. Within an epoch the next tick's seq must be the previous +
@@ -250,26 +245,27 @@ class Subscription:
         if last is not None and (last.epoch is None or tick.epoch == last.epoch) and compare_ids(tick.id, last.id) <= 0:
             return
         if last is not None and not self._gap_pending:
-            def gap(reason: GapReason, missed: int | None) -> Gap:
-                return Gap(self.channel, reason, last.id, tick.id, missed, "client")
-
+            reason: GapReason | None = None
+            missed = None
             if last.epoch is not None and tick.epoch != last.epoch:
-                self._push(gap("epoch", None))
+                reason = "epoch"
             elif tick.skipped is None and not self._fresh:  # uncountable, where it may not be
-                self._push(gap("seq", None))
+                reason = "seq"
             elif last.seq is not None and tick.seq is not None and tick.skipped is not None:
                 expected = last.seq + tick.skipped + 1
                 if tick.seq != expected:
-                    self._push(gap("seq", tick.seq - expected if tick.seq > expected else None))
+                    reason, missed = "seq", (tick.seq - expected if tick.seq > expected else None)
+            if reason is not None:
+                self._push(Gap(self.channel, reason, last.id, tick.id, missed, "client"), None)
         self._fresh = self._gap_pending = False
         self._last_gap = None
         if self.state == "replaying":
             self.replayed += 1
-        self._last = tick.cursor
-        self._push(tick)
+        self._last = cursor = tick.cursor
+        self._push(tick, cursor)
 
-    def _push(self, event: Event) -> None:
-        self._buffer.append(event)
+    def _push(self, event: Event, cursor: Cursor | None) -> None:
+        self._buffer.append((event, cursor))
         self._wake()
         if not self._paused and self._read_once and len(self._buffer) >= self._max_buffer:
             self._paused = True
@@ -279,9 +275,6 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _hand_over(self, tick: Tick) -> None:
-        self.cursor = tick.cursor
-
     def _end(self, error: TickstreamError | None) -> None:
         """Ends it; an error is raised once by the iterator, after what was received
         before it (and stays in ``error``). Closed without one, what waits is dropped."""
@@ -290,6 +283,7 @@ class Subscription:
         self.state = "closed"
         self.error = error
         self._paused = False
+        self._live.set()  # a wait_live() ends: it raises
         if error is None:
             self._buffer.clear()
         else:

@@ -25,7 +25,7 @@ def jwt_claims(token: str | None) -> dict[str, Any] | None:
     try:
         body = parts[1] + "=" * (-len(parts[1]) % 4)
         claims = json.loads(base64.urlsafe_b64decode(body))
-    except (ValueError, json.JSONDecodeError):
+    except ValueError:
         return None
     return claims if isinstance(claims, dict) else None
 

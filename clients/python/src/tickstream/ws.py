@@ -9,16 +9,15 @@ import logging
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine, Mapping
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.typing import Subprotocol
 
-from .version import __version__
+from .version import USER_AGENT
 from .errors import TickstreamError
-from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, after_refusal
+from .link import HANDSHAKE_S, Link, Plan, StateInfo, after_close, error_of, json_object
 from .rest import error_from
 from .tokens import bearer, expiry, refresh_delay, token_error
 
@@ -38,21 +37,13 @@ logger = logging.getLogger("tickstream")
 MAX_FRAME = 16 * 1024 * 1024
 
 
-@dataclass(slots=True)
-class Outgoing:
-    """A message waiting for the send bucket. A subscribe is written when it leaves,
-    so it asks from the newest cursor."""
-
-    message: dict[str, Any] | None
-    sub: Subscription | None = None
-    drain: str | None = None  # a ping that ends this channel's drain
-
-
 class WsLink(Link):
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self.ws: ClientConnection | None = None
-        self._out: deque[Outgoing] = deque()
+        # Messages waiting for the send bucket; a subscription stands for its
+        # subscribe, written when it leaves, so it asks from the newest cursor.
+        self._out: deque[dict[str, Any] | Subscription] = deque()
         self._out_wake = asyncio.Event()
         self._retries: dict[Subscription, asyncio.TimerHandle] = {}  # a rate-limited subscribe, later
         self._limited: dict[Subscription, int] = {}  # rate-limited refusals in a row
@@ -60,8 +51,9 @@ class WsLink(Link):
         # subscription on the way, and no frame names the subscribe it answers. So an
         # unsubscribe is followed by a ping; until its pong (answered in order, after
         # what the server had queued) the channel's frames are dropped and a new
-        # subscribe to it waits.
-        self._draining: dict[str, float] = {}  # channel -> number of the ping ending it
+        # subscribe to it waits. Pings leave in the order they are queued (only a
+        # refresh jumps ahead), so a ping's number is known when it is queued.
+        self._draining: dict[str, int] = {}  # channel -> number of the ping ending it
         self._held: dict[str, Subscription] = {}  # channel -> subscription waiting for it
         self._pings = 0
         self._pongs = 0
@@ -81,29 +73,27 @@ class WsLink(Link):
         if handle is not None:
             handle.cancel()
         self._limited.pop(sub, None)
-        for item in self._out:
-            if item.sub is sub:  # never sent: nothing to undo
-                self._out.remove(item)
-                return
+        if sub in self._out:  # never sent: nothing to undo
+            self._out.remove(sub)
+            return
         if self._held.get(sub.channel) is sub:
             del self._held[sub.channel]
             return
         if not self.open:
             return
         self._send({"type": "unsubscribe", "channel": sub.channel})
-        self._draining[sub.channel] = float("inf")
-        self._send({"type": "ping"}, drain=sub.channel)
+        self._send({"type": "ping"})
+        self._pings += 1
+        self._draining[sub.channel] = self._pings
 
     def _subscribe(self, sub: Subscription) -> None:
         sub.subscribing()
         if sub.channel in self._draining:
             self._held[sub.channel] = sub
         else:
-            self._out.append(Outgoing(None, sub))
-            self._out_wake.set()
+            self._send(sub)
 
-    def _send(self, message: dict[str, Any], drain: str | None = None, first: bool = False) -> None:
-        item = Outgoing(message, None, drain)
+    def _send(self, item: dict[str, Any] | Subscription, first: bool = False) -> None:
         if first:  # a refresh must not wait behind a crowd of subscribes
             self._out.appendleft(item)
         else:
@@ -123,16 +113,10 @@ class WsLink(Link):
                 continue
             item = self._out.popleft()
             bucket -= 1
-            message = item.message
-            if message is None and item.sub is not None:
-                message = {"type": "subscribe", "channel": item.sub.channel, **item.sub.subscribe_params()}
-            if message is None:
-                continue
-            # A ping is counted before it leaves: its pong may be read while send() waits.
-            if message["type"] == "ping":
-                self._pings += 1
-                if item.drain is not None:
-                    self._draining[item.drain] = self._pings
+            if isinstance(item, dict):
+                message = item
+            else:
+                message = {"type": "subscribe", "channel": item.channel, **item.subscribe_params()}
             try:
                 await ws.send(json.dumps(message, separators=(",", ":")))
             except ConnectionClosed:
@@ -140,7 +124,7 @@ class WsLink(Link):
 
     async def session(self) -> tuple[Plan, StateInfo] | None:
         c = self.client
-        c._set_state("connecting", StateInfo(url=c.url))
+        self._state("connecting")
         token = await self.token()
         # The token travels in the Authorization header (docs/PROTOCOL.md §3.1), which
         # carries any token; browsers must use the subprotocol, this client need not.
@@ -156,12 +140,11 @@ class WsLink(Link):
                 close_timeout=2,
                 max_size=MAX_FRAME,
                 proxy=None,
-                user_agent_header=f"tickstream-python/{__version__}",
+                user_agent_header=USER_AGENT,
             )
         except InvalidStatus as e:
             r = e.response
-            error = error_from(r.status_code, r.headers, bytes(r.body or b""))
-            return after_refusal(error, c.tokens.refreshable), StateInfo(error=error)
+            return self.refused(error_from(r.status_code, r.headers, bytes(r.body or b"")))
         except InvalidURI as e:
             return Plan(stop=TickstreamError("bad_url", str(e))), StateInfo()
         except ssl.SSLCertVerificationError as e:  # retrying cannot make the certificate valid
@@ -174,7 +157,6 @@ class WsLink(Link):
         c = self.client
         self.ws = ws
         self.opened()
-        c._set_state("connected", StateInfo(url=c.url))
         for sub in list(c.subscriptions.values()):
             if not sub.paused:
                 self._subscribe(sub)
@@ -204,8 +186,6 @@ class WsLink(Link):
         whose messages silently stopped."""
         try:
             await work
-        except asyncio.CancelledError:
-            raise
         except Exception as e:
             logger.exception("tickstream: a connection task failed")
             self.client._report(TickstreamError("internal", f"a connection task failed: {e!r}"))
@@ -236,13 +216,11 @@ class WsLink(Link):
             delay = refresh_delay(token)
 
     def _on_message(self, data: str) -> None:
-        try:
-            f = json.loads(data)
-        except ValueError:
+        f = json_object(data)
+        if f is None:
             return
-        if not isinstance(f, dict):
-            return
-        if f.get("type") == "pong":
+        kind = f.get("type")
+        if kind == "pong":
             self._on_pong()
             return
         channel = f.get("channel")
@@ -250,10 +228,10 @@ class WsLink(Link):
         if channel in self._draining:
             return  # the unsubscribed one's
         sub = self.client.subscriptions.get(channel)
-        if f.get("type") == "error":
+        if kind == "error":
             self._on_error(f, sub)
         elif sub is not None:
-            if f.get("type") == "subscribed":
+            if kind == "subscribed":
                 self._limited.pop(sub, None)
             sub.frame(f)
 
@@ -265,18 +243,13 @@ class WsLink(Link):
             del self._draining[channel]
             sub = self._held.pop(channel, None)
             if sub is not None and self.client.subscriptions.get(channel) is sub:
-                self._out.append(Outgoing(None, sub))
-                self._out_wake.set()
+                self._send(sub)
 
     def _on_error(self, f: Mapping[str, Any], sub: Subscription | None) -> None:
         c = self.client
+        error = error_of(f, f.get("channel") or None)
         retry = f.get("retry_after")
-        error = TickstreamError(
-            str(f.get("code") or "error"),
-            str(f.get("message") or f.get("code") or "error"),
-            channel=f.get("channel") or None,
-            retry_after=float(retry) if isinstance(retry, (int, float)) else None,
-        )
+        error.retry_after = float(retry) if isinstance(retry, (int, float)) else None
         if sub is None:  # a refused refresh: the server closes with 4001 later
             if not f.get("channel"):
                 c._report(error)
@@ -288,8 +261,7 @@ class WsLink(Link):
             delay = c.backoff.delay(n, error.retry_after or 1.0)
             self._retries[sub] = asyncio.get_running_loop().call_later(delay, self._retry_subscribe, sub)
             return
-        c._dropped(sub)
-        sub._end(error)  # forbidden, bad_*: final
+        c._refuse(sub, error)  # forbidden, bad_*: final
 
     def _retry_subscribe(self, sub: Subscription) -> None:
         self._retries.pop(sub, None)
