@@ -28,7 +28,6 @@ from typing import Any, Callable, Iterable, Sequence
 import httpx
 
 from tickstream import Tick
-from tickstream.events import compare_ids
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(os.environ.get("TICKSTREAM_BIN") or ROOT / "target/debug/tickstream").resolve()
@@ -58,18 +57,6 @@ async def until(what: str, fn: Callable[[], Any], timeout: float = 20.0) -> Any:
             last = e
         await asyncio.sleep(0.025)
     raise AssertionError(f"timed out: {what} (last: {last!r})")
-
-
-def wait_sync(what: str, fn: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if fn():
-                return
-        except Exception:  # noqa: BLE001
-            pass
-        time.sleep(0.025)
-    raise AssertionError(f"timed out: {what}")
 
 
 class Process:
@@ -102,43 +89,85 @@ class Process:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-def stream_key(channel: str, partitions: int = 16) -> str:
+def stream_key(channel: str) -> str:
     """The stream key of a channel (docs/PROTOCOL.md §1: SHA-256 partition of 16)."""
-    n = int.from_bytes(hashlib.sha256(channel.encode()).digest()[:4], "big") % partitions
+    n = int.from_bytes(hashlib.sha256(channel.encode()).digest()[:4], "big") % 16
     return f"tickstream:{{p{n}}}:s:{channel}"
 
 
-class Redis:
+class Service:
+    """A process of the test's own (a redis-server, a tickstream) on a free port:
+    ``start()`` runs ``command()`` and returns once ``ready()``, failing at once with
+    the process's output if it exits first."""
+
+    name = "a service"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: Process | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.process = process = Process(*self.command())
+        deadline = time.monotonic() + 20
+        while True:
+            if not process.running:
+                raise AssertionError(f"{self.name} exited: {process.output}")
+            try:
+                if self.ready():
+                    return
+            except Exception:  # noqa: BLE001 - not answering yet
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} never became ready: {process.output}")
+            time.sleep(0.025)
+
+    async def start_again(self) -> None:
+        await asyncio.to_thread(self.start)
+
+    async def terminate(self) -> int:
+        """Stops it as an operator would (SIGTERM); its exit status."""
+        assert self.process is not None
+        return await self.process.signal(signal.SIGTERM)
+
+    async def kill9(self) -> int:
+        assert self.process is not None
+        return await self.process.signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+
+class Redis(Service):
     """A redis-server of the test's own; with ``persist``, an append-only file that
     survives a restart (a Redis restart then loses nothing)."""
 
+    name = "redis-server"
+
     def __init__(self, persist: bool = False, extra: Sequence[str] = ()) -> None:
-        self.port = free_port()
+        super().__init__()
         self.dir = tempfile.mkdtemp(prefix="tickstream-py-redis-")
         self.persist = persist
         self.extra = list(extra)
-        self.process: Process | None = None
         self.start()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.process = Process(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", *self.extra],
-            dict(os.environ),
-        )
-        wait_sync("redis answers", lambda: self.cli_sync("PING").strip() == "PONG")
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return (["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
+                 "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always", *self.extra],
+                dict(os.environ))
 
-    async def start_again(self) -> None:
-        await asyncio.to_thread(self.start)
-
-    async def stop(self) -> None:
-        """Stops it as an operator would (its data written first when it persists)."""
-        assert self.process is not None
-        await self.process.signal(signal.SIGTERM)
+    def ready(self) -> bool:
+        return self.cli_sync("PING").strip() == "PONG"
 
     def cli_sync(self, *args: str) -> str:
         return subprocess.run(["redis-cli", "-p", str(self.port), "--raw", *args], capture_output=True,
@@ -159,67 +188,37 @@ class Redis:
         return out
 
     def close(self) -> None:
-        if self.process is not None:
-            self.process.kill()
+        super().close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Server:
-    """A tickstream binary on its own port and the given Redis."""
+class Server(Service):
+    """A tickstream binary on its own port and the given Redis; ``terminate()`` is a
+    graceful shutdown (every socket gets 1012)."""
+
+    name = "tickstream"
 
     def __init__(self, redis: Redis, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+        super().__init__()
         self.redis = redis
         self.env = env or {}
-        self.process: Process | None = None
         self.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def command(self) -> tuple[list[str], dict[str, str]]:
         env = {**os.environ, "TICKSTREAM_IP_RATE": "off", "TICKSTREAM_LOG": "warn", **self.env,
                "REDIS_URL": self.redis.url, "TICKSTREAM_LISTEN": f"127.0.0.1:{self.port}",
                "TICKSTREAM_JWT_SECRET": SECRET, "TICKSTREAM_INGEST_TOKEN": INGEST}
         for k in ("TICKSTREAM_HMAC_SECRET", "TICKSTREAM_JWT_PUBLIC_KEY"):
             env.pop(k, None)
-        self.process = Process([str(BIN)], env)
-        process = self.process
+        return [str(BIN)], env
 
-        def ready() -> bool:
-            if not process.running:
-                raise AssertionError(f"tickstream exited: {process.output}")
-            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if ready():
-                    return
-            except AssertionError:
-                raise
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"tickstream never became ready: {process.output}") from None
-            time.sleep(0.025)
-
-    async def start_again(self) -> None:
-        await asyncio.to_thread(self.start)
-
-    async def terminate(self) -> int:
-        """Graceful shutdown: every socket gets 1012. Its exit status."""
-        assert self.process is not None
-        return await self.process.signal(signal.SIGTERM)
-
-    async def kill9(self) -> int:
-        assert self.process is not None
-        return await self.process.signal(signal.SIGKILL)
-
-    def close(self) -> None:
-        if self.process is not None:
-            self.process.kill()
+    def ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+            return bool(r.status == 200)
 
     async def ingest(
         self, channel: str, ticks: Iterable[dict[str, Any]], http: httpx.AsyncClient | None = None
@@ -283,10 +282,10 @@ class Producer:
         return self.ids
 
 
-def assert_exactly_once(got: Sequence[Tick], stream: Sequence[dict[str, Any]], after: str = "0-0") -> None:
-    """The contract: the ticks handed over are exactly the stream's after ``after``,
-    in order, each ``seq`` the previous + 1."""
-    want = [e["id"] for e in stream if compare_ids(e["id"], after) > 0]
+def assert_exactly_once(got: Sequence[Tick], stream: Sequence[dict[str, Any]]) -> None:
+    """The contract: the ticks handed over are exactly the stream's (what it holds
+    after the cursor), in order, each ``seq`` the previous + 1."""
+    want = [e["id"] for e in stream]
     ids = [t.id for t in got]
     assert len(set(ids)) == len(ids), "no tick handed over twice"
     assert ids == want, "every stored tick after the cursor, in order"

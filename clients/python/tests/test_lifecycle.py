@@ -13,7 +13,7 @@ import pytest
 from tickstream import Backoff, Client, Tick, TickstreamError
 
 from .conftest import collect
-from .support import Producer, assert_exactly_once, jwt, until
+from .support import Producer, assert_exactly_once, free_port, jwt, until
 
 SERVER_ENV = {"TICKSTREAM_RATE_FREE_WS": "100000/s:100000"}
 STRICT_ENV = {"TICKSTREAM_RATE_FREE_WS": "1/m:2"}
@@ -47,6 +47,7 @@ async def test_a_task_cancelled_mid_stream_leaves_no_socket_and_no_task(server) 
     with pytest.raises(asyncio.CancelledError):
         await task
     await producer.stop()
+
     async def no_socket() -> bool:
         return await server.metric("tickstream_connections") == 0
 
@@ -89,18 +90,18 @@ async def test_closing_while_the_handshake_hangs_returns_at_once(make_client, si
 async def test_close_mid_replay_and_subscribe_again_at_once_gets_its_own_replay(make_client, server, sent) -> None:
     channel = "life.again"
     ids: list[str] = []
-    for k in range(3):
+    for _ in range(3):
         ids += await server.ingest(channel, [{"value": i, "data": {"pad": "x" * 200}} for i in range(1000)])
     c = make_client(server.url)
     await c.connect()
-    for round in range(3):
+    for n in range(3):
         first = c.subscribe(channel, since="0-0")
         await until("the replay under way", lambda: first.buffered > 0)
         first.close()  # its frames are still coming: they must not reach the next one
         second = c.subscribe(channel, since="0-0")
         got = collect(second)
         await until("the whole replay", lambda: len(got.ticks) >= len(ids))
-        assert [t.id for t in got.ticks] == ids, f"round {round}: every tick from 0-0, once"
+        assert [t.id for t in got.ticks] == ids, f"round {n}: every tick from 0-0, once"
         assert got.gaps == []
         second.close()
     await until("each close told the server", lambda: len([m for m in sent if m["type"] == "unsubscribe"]) == 6)
@@ -120,10 +121,7 @@ async def test_a_handshake_refused_by_the_ws_bucket_waits_at_least_5_s(make_clie
 
 
 async def test_reconnect_skips_the_wait_and_does_nothing_while_connected(make_client, server) -> None:
-    free = socket.socket()
-    free.bind(("127.0.0.1", 0))
-    port = free.getsockname()[1]
-    free.close()  # nothing listens there: every attempt is refused
+    port = free_port()  # nothing listens there: every attempt is refused
     c = make_client(f"http://127.0.0.1:{port}", backoff=Backoff(base=60, cap=60))
     c.subscribe("life.nowhere")
 
@@ -176,7 +174,8 @@ async def test_leaving_a_loop_without_async_with_unsubscribes(make_client, serve
     assert sub.cursor is not None and sub.cursor.seq == 5
 
     reading = c.subscribe(channel, cursor=sub.cursor)
-    reader = asyncio.get_running_loop().create_task(_drain(reading))
+    reader = collect(reading).task
+    assert reader is not None
     await until("reading", lambda: reading.state == "live")
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -184,15 +183,10 @@ async def test_leaving_a_loop_without_async_with_unsubscribes(make_client, serve
     await until("closed by the cancel", lambda: reading.closed)
 
 
-async def _drain(sub: object) -> None:
-    async for _ in sub:  # type: ignore[attr-defined]
-        pass
-
-
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_a_slow_loop_pauses_the_subscription_and_loses_nothing(make_client, redis, server, sent, transport) -> None:
     channel = f"life.slow.{transport}"
-    for k in range(4):
+    for _ in range(4):
         await server.ingest(channel, [{"value": i} for i in range(500)])
     c = make_client(server.url, max_buffer=100, transport=transport)
 

@@ -64,7 +64,7 @@ async def test_a_sigkill_and_restart_resumes_from_the_cursor(make_client, redis,
 
 async def test_a_redis_restart_keeps_the_socket_and_ticks_resume(make_client, redis, server) -> None:
     async def restart_redis(_: Any) -> None:
-        await redis.stop()
+        await redis.terminate()
         await redis.start_again()
 
     c = await through_disruption(make_client, redis, server, "resume.redis", restart_redis)

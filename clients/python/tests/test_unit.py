@@ -3,16 +3,14 @@ and a subscription's continuity check fed frames directly."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from typing import Any
 
 import pytest
 
 from tickstream import Backoff, Cursor, Gap, Subscription, Tick, TickstreamError
 from tickstream.events import compare_ids
-from tickstream.link import after_close, after_refusal
+from tickstream.link import Plan, after_close, after_refusal
 from tickstream.tokens import refresh_delay
 
 from .support import jwt
@@ -37,7 +35,6 @@ def test_a_token_is_refreshed_a_fifth_of_its_lifetime_before_exp() -> None:
 
 def test_backoff_has_full_jitter_under_its_cap() -> None:
     b = Backoff(base=0.5, cap=30)
-    random.seed(7)
     first = [b.delay(0) for _ in range(200)]
     assert 0 <= min(first) and max(first) <= 0.5 and max(first) > 0.4, "uniform in [0, 0.5]"
     late = [b.delay(20, minimum=5) for _ in range(200)]
@@ -53,7 +50,7 @@ def test_close_codes_mean_what_the_protocol_says() -> None:
     assert after_close(4001, True).token and after_close(4001, True).stop is None
     stop = after_close(4001, False).stop
     assert stop is not None and stop.code == "token_expired"
-    assert after_close(1006, True) == after_close(1011, True) == after_close(1000, True)
+    assert after_close(1006, True) == after_close(1011, True) == after_close(1000, True) == Plan(), "plain backoff"
     assert after_refusal(TickstreamError("x", status=429, retry_after=7), True).minimum == 7
     assert after_refusal(TickstreamError("x", status=403), True).stop is not None
     assert after_refusal(TickstreamError("x", status=401), True).token
@@ -111,48 +108,46 @@ def tick(n: int, epoch: str = "e1", **extra: Any) -> dict[str, Any]:
     return {"type": "tick", "channel": "c", "id": f"{100 + n}-0", "seq": n, "epoch": epoch, **extra}
 
 
-def drain(sub: Subscription) -> list[Any]:
-    async def read() -> list[Any]:
-        out = []
-        while sub._buffer:
-            out.append(await anext(sub))
-        return out
-
-    return asyncio.run(read())
+async def drain(sub: Subscription) -> list[Any]:
+    """What the subscription holds for its loop, read as the loop would."""
+    out = []
+    while sub._buffer:
+        out.append(await anext(sub))
+    return out
 
 
-def test_repeats_are_dropped_and_a_silent_break_becomes_a_client_gap() -> None:
+async def test_repeats_are_dropped_and_a_silent_break_becomes_a_client_gap() -> None:
     sub = subscription()
     for f in (tick(1), tick(2), tick(2), tick(1), tick(4), tick(5, epoch="e2")):
         sub.frame(f)
-    events = drain(sub)
+    events = await drain(sub)
     assert [e.type for e in events] == ["tick", "tick", "gap", "tick", "gap", "tick"]
     assert events[2] == Gap("c", "seq", "102-0", "104-0", 1, "client")
     assert events[4] == Gap("c", "epoch", "104-0", "105-0", None, "client")
     assert sub.cursor == Cursor("105-0", 5, "e2")
 
 
-def test_frames_before_subscribed_belong_to_an_earlier_subscription() -> None:
+async def test_frames_before_subscribed_belong_to_an_earlier_subscription() -> None:
     sub = subscription(Cursor("101-0", 1, "e1"))
     sub.subscribing()
     sub.frame(tick(9))
     sub.frame({"type": "subscribed", "channel": "c", "epoch": "e1"})
     sub.frame(tick(2))
-    assert [e.seq for e in drain(sub)] == [2]
+    assert [e.seq for e in await drain(sub)] == [2]
 
 
-def test_the_skipped_chain_is_checked() -> None:
+async def test_the_skipped_chain_is_checked() -> None:
     sub = subscription()
     sub.frame(tick(1, skipped=None))  # the first after a subscribe may not know
     sub.frame(tick(5, skipped=3))
     sub.frame(tick(9, skipped=2))  # 5 + 2 + 1 = 8, not 9
     sub.frame(tick(10, skipped=None))  # uncountable where it may not be
-    events = drain(sub)
+    events = await drain(sub)
     assert [(e.type, getattr(e, "missed", None)) for e in events] == [
         ("tick", None), ("tick", None), ("gap", 1), ("tick", None), ("gap", None), ("tick", None)]
 
 
-def test_a_gap_said_again_after_a_resume_is_handed_over_once_and_only_what_it_adds() -> None:
+async def test_a_gap_said_again_after_a_resume_is_handed_over_once_and_only_what_it_adds() -> None:
     sub = subscription(Cursor("101-0", 1, "e1"))
     gap = {"type": "gap", "channel": "c", "reason": "trimmed", "after": "101-0", "resume_from": "150-0", "missed": 48}
     sub.frame(gap)
@@ -163,7 +158,7 @@ def test_a_gap_said_again_after_a_resume_is_handed_over_once_and_only_what_it_ad
     sub.frame({"type": "subscribed", "channel": "c", "epoch": "e1"})
     sub.frame({**gap, "resume_from": "160-0", "missed": 58})  # trimming went on
     sub.frame(tick(60))
-    events = drain(sub)
+    events = await drain(sub)
     assert events[:2] == [Gap("c", "trimmed", "101-0", "150-0", 48), Gap("c", "trimmed", "150-0", "160-0", 10)]
     assert [e.type for e in events] == ["gap", "gap", "tick"]
 
@@ -175,33 +170,22 @@ def test_live_on_an_empty_start_becomes_the_cursor() -> None:
     assert sub.subscribe_params() == {"since": "123-4", "epoch": "e1"}
 
 
-def test_wait_live_raises_once_a_live_subscription_ended() -> None:
+async def test_wait_live_raises_once_a_live_subscription_ended() -> None:
     sub = subscription()
     sub.frame({"type": "live", "channel": "c", "last_id": "1-0"})
     sub._end(TickstreamError("forbidden", channel="c"))
-
-    async def check() -> None:
-        with pytest.raises(TickstreamError):
-            await sub.wait_live()
-        assert [e async for e in sub] == [], "told by wait_live: the loop does not raise it again"
-
-    asyncio.run(check())
+    with pytest.raises(TickstreamError):
+        await sub.wait_live()
+    assert [e async for e in sub] == [], "told by wait_live: the loop does not raise it again"
 
 
-def test_an_error_comes_after_what_was_received_before_it_and_once() -> None:
+async def test_an_error_comes_after_what_was_received_before_it_and_once() -> None:
     sub = subscription()
     sub.frame(tick(1))
     sub._end(TickstreamError("forbidden", channel="c"))
-
-    async def read() -> tuple[list[Tick], str]:
-        got = []
-        try:
-            async for e in sub:
-                got.append(e)
-        except TickstreamError as e:
-            code = e.code
-        assert [e async for e in sub] == [], "told once"
-        return got, code
-
-    got, code = asyncio.run(read())
-    assert [t.seq for t in got] == [1] and code == "forbidden"
+    got = []
+    with pytest.raises(TickstreamError) as raised:
+        async for e in sub:
+            got.append(e)
+    assert [t.seq for t in got] == [1] and raised.value.code == "forbidden"
+    assert [e async for e in sub] == [], "told once"
