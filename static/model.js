@@ -4,12 +4,12 @@
 // (static/test/model.test.mjs).
 
 export const CHANNEL_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
-export const ID_RE = /^\d+-\d+$/;
+const ID_RE = /^\d+-\d+$/;
 export const ROW_CAP = 200;            // table rows kept per channel
-export const POINT_CAP = 20000;        // chart points kept per channel (memory bound at high rates)
-export const HISTORY_MS = 15 * 60e3;   // chart data kept: the largest selectable window
-export const RATE_MS = 5000;           // ticks per second over the last 5 s
-export const CANDLE_CAP = 500;         // candles kept per channel
+const POINT_CAP = 20000;        // chart points kept per channel (memory bound at high rates)
+const HISTORY_MS = 15 * 60e3;   // chart data kept: the largest selectable window
+const RATE_MS = 5000;           // ticks per second over the last 5 s
+const CANDLE_CAP = 500;         // candles kept per channel
 export const INTERVALS = { '1s': 1e3, '1m': 60e3, '5m': 300e3, '1h': 3600e3, '1d': 86400e3 };
 
 /** First index with a[i] >= x in an ascending array. */
@@ -157,14 +157,12 @@ export class ChannelModel {
 
   /** A tick into the rows and the chart ('history' and 'replay' rows are muted). */
   record(t, kind) {
-    if (kind !== 'history') {
-      this.last = t; this.pending.push({ t, kind });
-      // Only the newest ROW_CAP rows can ever be shown; trim in amortised chunks.
-      if (this.pending.length > 2 * ROW_CAP) this.pending.splice(0, this.pending.length - ROW_CAP);
-    } else {   // older than every row shown: goes below them
-      this.older.push({ t, kind });
-      if (this.older.length > 2 * ROW_CAP) this.older.splice(0, this.older.length - ROW_CAP);
-    }
+    // History is older than every row shown: it goes below them.
+    const rows = kind === 'history' ? this.older : this.pending;
+    if (kind !== 'history') this.last = t;
+    rows.push({ t, kind });
+    // Only the newest ROW_CAP rows can ever be shown; trim in amortised chunks.
+    if (rows.length > 2 * ROW_CAP) rows.splice(0, rows.length - ROW_CAP);
     const x = Date.parse(t.ts ?? t.ingest_ts);
     if (typeof t.value === 'number' && Number.isFinite(t.value) && !Number.isNaN(x)) {
       // Producer times may run backwards a little: keep xs sorted for the binary search.

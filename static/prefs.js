@@ -5,10 +5,10 @@
 import { CHANNEL_RE, INTERVALS } from './model.js';
 
 export const PALETTE = 8;                  // --c0 … --c7 in style.css
-export const WINDOWS = [60, 300, 900];     // chart window, seconds
+const WINDOWS = [60, 300, 900];     // chart window, seconds
 // Tick frames per second asked of each channel ("rate": the server sends the newest
 // tick and says how many it skipped); 0 = every tick, no rate.
-export const RATES = [5, 10, 15, 20, 30, 0];
+const RATES = [5, 10, 15, 20, 30, 0];
 
 /**
  * Saved preferences (whatever JSON.parse gave, or nothing) as the page uses them: every

@@ -15,7 +15,7 @@ export const fmtVal = (v) => (typeof v === 'number' ? numFmt.format(v) : '');
 // ---- the header ---------------------------------------------------------------------------
 
 /** Why a socket that was open closed, in a few words. */
-export function closeWhy(code, reason) {
+function closeWhy(code, reason) {
   switch (code) {
     case 1012: return 'server restarting';
     case 4029: return 'rate limited';

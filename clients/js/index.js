@@ -72,11 +72,7 @@ export function compareIds(a, b) {
   return n === 0n ? 0 : n < 0n ? -1 : 1;
 }
 
-const sleep = (ms, signal) => new Promise((resolve) => {
-  if (signal?.aborted) return resolve();
-  const t = setTimeout(resolve, ms);
-  signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
-});
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Exponential backoff with full jitter: uniform in [min, min + min(cap, base·2ⁿ)]. */
 function backoffDelay(attempt, { base, cap }, min = 0) {
@@ -124,7 +120,8 @@ class TokenSource {
     else throw new TypeError('token must be a string or a function returning one');
   }
   get refreshable() { return !!this.#fn; }
-  /** The token in force; `fresh` asks the function for a new one. */
+  /** The token in force; `fresh` asks the function for a new one. A failing function
+   *  rejects with a `token_error` (its own TickstreamError as it is). */
   async get(fresh = false) {
     if (!this.#fn) return this.#value;
     if (!fresh && this.#value != null) return this.#value;
@@ -133,11 +130,12 @@ class TokenSource {
         const t = await this.#fn();
         if (typeof t !== 'string' || !t) throw new TickstreamError('bad_token', 'the token function returned no token');
         return (this.#value = t);
+      } catch (e) {
+        throw tokenError(e);
       } finally { this.#pending = null; }
     })();
     return this.#pending;
   }
-  get current() { return this.#value; }
 }
 
 // ---- REST ----------------------------------------------------------------------------------
@@ -183,10 +181,7 @@ class Rest {
     for (let tries = 0; ; tries++) {
       const wait = this.#notBefore - Date.now();
       if (wait > 0) await sleep(wait);
-      let token;
-      try { token = await tokens.get(); } catch (e) {
-        throw tokenError(e);
-      }
+      const token = await tokens.get();
       let res;
       try {
         res = await this.client.fetch(this.client.httpUrl + path, {
@@ -205,9 +200,7 @@ class Rest {
       if (res.status === 401 && tokens.refreshable && !refreshed) {
         await discard(res);
         refreshed = true;
-        try { await tokens.get(true); } catch (e) {
-          throw tokenError(e);
-        }
+        await tokens.get(true);
         continue;
       }
       if (res.status === 404 && allow404) { await discard(res); return null; }
@@ -237,7 +230,7 @@ class Feed {
   #queue = []; #waiter = null; #ended = false; #error = null;
   constructor(sub) { this.sub = sub; }
   push(event) {
-    if (this.#waiter) { const w = this.#waiter; this.#waiter = null; w.resolve({ value: event, done: false }); }
+    if (this.#waiter) { const w = this.#waiter; this.#waiter = null; w.resolve(this.#yield(event)); }
     else this.#queue.push(event);
   }
   // A tick is handed over when the iterator yields it, not when it is buffered.
@@ -259,8 +252,8 @@ class Feed {
   next() {
     if (this.#queue.length) return Promise.resolve(this.#yield(this.#queue.shift()));
     return new Promise((resolve, reject) => {
-      this.#waiter = { resolve: (r) => resolve(r.done ? r : this.#yield(r.value)), reject };
-      if (this.#ended) { this.#waiter = null; this.#settle({ resolve, reject }); }
+      if (this.#ended) this.#settle({ resolve, reject });
+      else this.#waiter = { resolve, reject };
     });
   }
   /** Leaving a `for await` loop closes the subscription. */
@@ -290,12 +283,13 @@ export class Subscription extends Emitter {
   // earlier incarnation and are ignored.
   #awaiting = true;
   // The next tick may start a new run (after `subscribed` or a gap): no continuity check.
-  #fresh = true; #gapPending = false; #epoch = null;
+  #fresh = true; #epoch = null;
   // The last tick received and accepted (it may still wait in an iterator's buffer):
   // repeats and continuity are judged against it, and a reconnect resumes after it.
   #last = null;
-  // The last gap handed over while no tick has followed it: a resume before its tick
-  // makes the server say it again, and a user adding up `missed` must not count it twice.
+  // The last gap handed over while no tick has followed it (the next tick is expected
+  // to jump): a resume before its tick makes the server say it again, and a user
+  // adding up `missed` must not count it twice.
   #lastGap = null;
   /** False until its start is known (a cursor store may answer later): a transport
    *  subscribes it only then. */
@@ -353,9 +347,6 @@ export class Subscription extends Emitter {
   }
 
   #hand(type, event) {
-    // Listeners alone: handed over now, in the order received (a listener reading
-    // `sub.cursor` sees this tick).
-    if (type === 'tick' && !this.#feeds.size) this.#handTo(this.#last);
     for (const f of this.#feeds) f.push(event);
     this.emit(type, event);
   }
@@ -390,7 +381,6 @@ export class Subscription extends Emitter {
         // Said again after a resume that came before its tick: the same loss, perhaps
         // grown (trimming went on meanwhile). Only what it adds is handed over.
         const g = this.#lastGap;
-        this.#gapPending = true;
         this.#lastGap = f;
         if (g && g.reason === f.reason && g.after === f.after) {
           if (g.resume_from === f.resume_from) return undefined;
@@ -421,21 +411,25 @@ export class Subscription extends Emitter {
     if (typeof t.id !== 'string' || !ID_RE.test(t.id)) return;
     const cur = this.#last;
     if (cur && (cur.epoch == null || t.epoch === cur.epoch) && compareIds(t.id, cur.id) <= 0) return;
-    if (cur && !this.#gapPending) {
-      const base = { type: 'gap', channel: this.channel, after: cur.id, resume_from: t.id, detected: 'client' };
+    if (cur && !this.#lastGap) {
+      let reason = null, missed = null;
       if (cur.epoch != null && t.epoch !== cur.epoch) {
-        this.#hand('gap', { ...base, reason: 'epoch', missed: null });
+        reason = 'epoch';
       } else if (t.skipped === null && !this.#fresh) {   // uncountable, where it may not be
-        this.#hand('gap', { ...base, reason: 'seq', missed: null });
+        reason = 'seq';
       } else if (Number.isSafeInteger(cur.seq) && Number.isSafeInteger(t.seq) && t.skipped !== null) {
         const expected = cur.seq + (t.skipped ?? 0) + 1;
-        if (t.seq !== expected) this.#hand('gap', { ...base, reason: 'seq', missed: t.seq > expected ? t.seq - expected : null });
+        if (t.seq !== expected) [reason, missed] = ['seq', t.seq > expected ? t.seq - expected : null];
       }
+      if (reason) this.#hand('gap', { type: 'gap', channel: this.channel, after: cur.id, resume_from: t.id, detected: 'client', reason, missed });
     }
-    this.#fresh = this.#gapPending = false;
+    this.#fresh = false;
     this.#lastGap = null;
     if (this.state === 'replaying') this.replayed++;
     this.#last = cursorOf(t);
+    // Listeners alone: handed over now, in the order received (a listener reading
+    // `sub.cursor` sees this tick).
+    if (!this.#feeds.size) this.#handTo(this.#last);
     this.#hand('tick', t);
   }
 
@@ -545,6 +539,11 @@ class Link {
   }
   unstable() { clearTimeout(this.#stableTimer); }
   stopTimers() { clearTimeout(this.#retryTimer); this.unstable(); }
+  /** The token function failed (reported): try again with a fresh one, backing off. */
+  tokenFailed(error) {
+    this.client.report(error);
+    this.retry({ token: true, backoff: true }, { error });
+  }
   /** The token for the next request, fresh when the server said it expired. */
   async token() {
     const fresh = this.freshToken;
@@ -556,7 +555,7 @@ class Link {
 /** One multiplexed `/ws` socket carrying every subscription of the client. */
 class WsLink extends Link {
   ws = null;
-  #gen = 0; #openedAt = 0; #lastRx = 0; #pingAt = 0;
+  #gen = 0; #opened = false; #lastRx = 0; #pingAt = 0;
   #pingTimer = 0; #drainTimer = 0; #refreshTimer = 0; #handshakeTimer = 0;
   #out = []; #bucket = SEND_BURST; #bucketAt = 0;
   #retrySubs = new Map();   // subscription -> timer of a rate-limited subscribe's retry
@@ -565,13 +564,14 @@ class WsLink extends Link {
   // on the way (PROTOCOL §5.2), and its subscribe may or may not have been answered:
   // no frame names the subscribe it answers. So an unsubscribe is followed by a ping,
   // and until its pong (the server answers in order, after what it had queued) the
-  // channel's frames are dropped and a new subscribe to it waits.
+  // channel's frames are dropped and a new subscribe to it waits. Pings leave in the
+  // order they are queued, so a ping's number is known when it is queued.
   #draining = new Map();    // channel -> number of the ping that ends its drain
   #held = new Map();        // channel -> subscription waiting for the drain
   #pings = 0; #pongs = 0;
   #refusal = null;          // the HTTP status a platform told of a refused handshake
 
-  get open() { return this.ws !== null && this.#openedAt > 0; }
+  get open() { return this.#opened; }
 
   add(sub) {
     if (this.open) this.#subscribe(sub);
@@ -586,8 +586,13 @@ class WsLink extends Link {
     if (this.#held.get(sub.channel) === sub) return void this.#held.delete(sub.channel);
     if (!this.open || !sub.started) return;   // never subscribed on this socket
     this.#send({ type: 'unsubscribe', channel: sub.channel });
-    this.#draining.set(sub.channel, Infinity);
-    this.#send({ type: 'ping' }, null, sub.channel);
+    this.#draining.set(sub.channel, this.#ping());
+  }
+
+  /** Queues a ping; its number (the pong that answers it is the same one). */
+  #ping() {
+    this.#send({ type: 'ping' });
+    return ++this.#pings;
   }
 
   #subscribe(sub) {
@@ -596,7 +601,7 @@ class WsLink extends Link {
     else this.#send(sub.subscribeMessage(), sub);
   }
 
-  #send(msg, sub = null, drain = null) { this.#out.push({ msg, sub, drain }); this.#drain(); }
+  #send(msg, sub = null) { this.#out.push({ msg, sub }); this.#drain(); }
 
   #drain() {
     clearTimeout(this.#drainTimer);
@@ -605,12 +610,8 @@ class WsLink extends Link {
     this.#bucket = Math.min(SEND_BURST, this.#bucket + (now - this.#bucketAt) * SEND_PER_MS);
     this.#bucketAt = now;
     for (; this.#out.length && this.#bucket >= 1; this.#bucket--) {
-      const { msg, drain } = this.#out.shift();
+      const { msg } = this.#out.shift();
       try { this.ws.send(JSON.stringify(msg)); } catch { return; }   // closing: onclose follows
-      if (msg.type === 'ping') {
-        this.#pings++;
-        if (drain) this.#draining.set(drain, this.#pings);
-      }
     }
     if (this.#out.length) this.#drainTimer = setTimeout(() => this.#drain(), 1 / SEND_PER_MS);
   }
@@ -623,10 +624,7 @@ class WsLink extends Link {
     let token;
     try { token = await this.token(); } catch (e) {
       if (gen !== this.#gen || c.state === 'closed') return;
-      const error = tokenError(e);
-      c.report(error);
-      this.retry({ token: true, backoff: true }, { error });
-      return;
+      return this.tokenFailed(e);
     }
     if (gen !== this.#gen || c.state === 'closed') return;
     let ws;
@@ -655,7 +653,8 @@ class WsLink extends Link {
   #onOpen(token) {
     const c = this.client;
     clearTimeout(this.#handshakeTimer);
-    this.#openedAt = this.#lastRx = this.#pingAt = Date.now();
+    this.#opened = true;
+    this.#lastRx = this.#pingAt = Date.now();
     this.#bucket = SEND_BURST; this.#bucketAt = Date.now();
     this.opened();
     c.setState('connected', { url: c.httpUrl });
@@ -674,7 +673,7 @@ class WsLink extends Link {
       let fresh;
       try { fresh = await this.client.tokens.get(true); } catch (e) {
         if (gen !== this.#gen || !this.open) return;
-        this.client.report(tokenError(e));
+        this.client.report(e);
         this.#scheduleRefresh(token, gen, 5000);
         return;
       }
@@ -695,14 +694,14 @@ class WsLink extends Link {
     if (silent >= SILENCE_MS) return this.#onClose(1006, 'no data for 60 s');
     if (silent >= PING_MS && now - this.#pingAt >= PING_MS) {   // its pong counts like any other
       this.#pingAt = now;
-      this.#send({ type: 'ping' });
+      this.#ping();
     }
   }
 
   #onMessage(data) {
     this.#lastRx = Date.now();
     let f;
-    try { f = JSON.parse(typeof data === 'string' ? data : String(data)); } catch { return; }
+    try { f = JSON.parse(data); } catch { return; }
     if (!f || typeof f !== 'object') return;
     if (f.type === 'pong') return this.#onPong();
     const channel = typeof f.channel === 'string' ? f.channel : '';
@@ -744,8 +743,7 @@ class WsLink extends Link {
       }, delay));
       return;
     }
-    c.subscriptions.delete(sub.channel);
-    sub.end(error);   // forbidden, bad_*: final
+    c.refuse(sub, error);   // forbidden, bad_*: final
   }
 
   #onClose(code, reason) {
@@ -781,7 +779,7 @@ class WsLink extends Link {
 
   #drop() {
     const ws = this.ws;
-    this.ws = null; this.#openedAt = 0;
+    this.ws = null; this.#opened = false;
     clearInterval(this.#pingTimer); clearTimeout(this.#drainTimer);
     clearTimeout(this.#refreshTimer); clearTimeout(this.#handshakeTimer);
     this.unstable();
@@ -837,13 +835,6 @@ class SseLink extends Link {
     return going;
   }
 
-  // This subscription is refused for good (403, a bad parameter): it ends alone.
-  #refused(error) {
-    this.remove();
-    this.client.dropped(this.sub);
-    this.sub.end(error);
-  }
-
   async connect() {
     const c = this.client, sub = this.sub;
     if (this.#closed || c.state === 'closed') return;
@@ -854,14 +845,12 @@ class SseLink extends Link {
     let end = {}, token;
     try { token = await this.token(); } catch (e) {
       if (!mine()) return;
-      const error = tokenError(e);
-      c.report(error);
-      return void this.retry({ token: true, backoff: true }, { error });
+      return this.tokenFailed(e);
     }
     if (!mine()) return;
     try {
-      const m = sub.subscribeMessage();
-      const url = `${c.httpUrl}/sse/${enc(sub.channel)}` + query({ since: m.since, seq: m.seq, epoch: m.epoch, rate: m.rate, candles: m.candles });
+      const { type, channel, ...params } = sub.subscribeMessage();   // since, seq, epoch, rate, candles
+      const url = `${c.httpUrl}/sse/${enc(channel)}` + query(params);
       sub.subscribing();
       const timer = setTimeout(() => abort.abort(), HANDSHAKE_MS);
       let res;
@@ -873,7 +862,7 @@ class SseLink extends Link {
       if (!res.ok) {
         const error = await errorFrom(res);
         if (!mine()) return;
-        if (error.code === 'forbidden' || error.status === 400) return this.#refused(error);
+        if (error.code === 'forbidden' || error.status === 400) return this.client.refuse(sub, error);
         return void this.retry(afterRefusal(error, c.tokens), { error });
       }
       this.opened();
@@ -910,11 +899,12 @@ class SseLink extends Link {
           if (!data) continue;
           let f;
           try { f = JSON.parse(data); } catch { continue; }
-          if (f?.type !== 'error') { this.sub.frame(f); continue; }
+          if (!f || typeof f !== 'object') continue;
+          if (f.type !== 'error') { this.sub.frame(f); continue; }
           // The stream's end, said before it ends (PROTOCOL §5.7).
           const code = SSE_ENDS[f.code];
           if (code === undefined) {   // a refusal of this subscription: final
-            this.#refused(new TickstreamError(f.code || 'error', f.message, { channel: this.sub.channel }));
+            this.client.refuse(this.sub, new TickstreamError(f.code || 'error', f.message, { channel: this.sub.channel }));
             return {};
           }
           return { plan: afterClose(code), code, reason: f.code };
@@ -1011,9 +1001,7 @@ export class Client extends Emitter {
     };
     if (stored && typeof stored.then === 'function') {
       stored.then(start, (e) => {
-        if (this.subscriptions.get(channel) !== sub) return;
-        this.subscriptions.delete(channel);
-        sub.end(storeError(e));
+        if (this.subscriptions.get(channel) === sub) this.refuse(sub, storeError(e));
       });
     } else start(stored);
     return sub;
@@ -1029,8 +1017,14 @@ export class Client extends Emitter {
   /** Called by `sub.close()`. */
   unsubscribed(sub) {
     if (this.subscriptions.get(sub.channel) !== sub) return;
-    if (this.#transport === 'websocket') this.#ws?.remove(sub);
+    this.#ws?.remove(sub);   // (none under SSE)
     this.dropped(sub);
+  }
+
+  /** The server refused this subscription for good: it ends alone, with `error`. */
+  refuse(sub, error) {
+    this.dropped(sub);
+    sub.end(error);
   }
 
   /** Forgets a subscription that ended (its SSE stream stopped). */

@@ -55,10 +55,10 @@ class Subscription:
         self._awaiting = True
         # The next tick may start a new run (after `subscribed` or a gap): no check.
         self._fresh = True
-        self._gap_pending = False
         self._epoch: str | None = None
-        # The last gap handed over while no tick has followed it: a resume before its
-        # tick makes the server say it again, and `missed` must not count twice.
+        # The last gap handed over while no tick has followed it (the next tick is
+        # expected to jump): a resume before its tick makes the server say it again,
+        # and `missed` must not count twice.
         self._last_gap: Gap | None = None
         # Events for the loop, each tick with its cursor (built once, when received).
         self._buffer: deque[tuple[Event, Cursor | None]] = deque()
@@ -224,7 +224,6 @@ class Subscription:
         # Said again after a resume that came before its tick: the same loss, perhaps
         # grown (trimming went on meanwhile). Only what it adds is handed over.
         before = self._last_gap
-        self._gap_pending = True
         self._last_gap = gap
         if before is not None and before.reason == gap.reason and before.after == gap.after:
             if before.resume_from == gap.resume_from:
@@ -244,7 +243,7 @@ class Subscription:
         last = self._last
         if last is not None and (last.epoch is None or tick.epoch == last.epoch) and compare_ids(tick.id, last.id) <= 0:
             return
-        if last is not None and not self._gap_pending:
+        if last is not None and self._last_gap is None:
             reason: GapReason | None = None
             missed = None
             if last.epoch is not None and tick.epoch != last.epoch:
@@ -257,7 +256,7 @@ class Subscription:
                     reason, missed = "seq", (tick.seq - expected if tick.seq > expected else None)
             if reason is not None:
                 self._push(Gap(self.channel, reason, last.id, tick.id, missed, "client"), None)
-        self._fresh = self._gap_pending = False
+        self._fresh = False
         self._last_gap = None
         if self.state == "replaying":
             self.replayed += 1
