@@ -985,6 +985,10 @@ export class Client extends Emitter {
     if (this.subscriptions.has(channel)) throw new TickstreamError('already_subscribed', `already subscribed to ${channel}`);
     if (since != null && !(ID_RE.test(since) || SPECIAL_SINCE.test(since))) throw new TickstreamError('bad_since', `since: ${since}`);
     if (rate != null && !(Number.isInteger(rate) && rate >= 1 && rate <= 1000)) throw new TickstreamError('bad_rate', 'rate: a whole number from 1 to 1000');
+    // What the server would refuse with 1008 (ending every subscription of the socket),
+    // or what JSON cannot carry, is refused here, before anything is sent.
+    if (seq != null && !(Number.isSafeInteger(seq) && seq >= 0)) throw new TickstreamError('bad_seq', 'seq: a whole number ≥ 0');
+    if (epoch != null && !(typeof epoch === 'string' && epoch.length > 0 && epoch.length <= 64)) throw new TickstreamError('bad_epoch', 'epoch: a string of 1 to 64 characters');
     // An id in `since` is a cursor like any other: repeats at or before it are dropped
     // and continuity is checked from its `seq`.
     const explicit = since != null && ID_RE.test(since) ? { id: since, seq: seq ?? null, epoch: epoch ?? null } : null;

@@ -2,7 +2,7 @@
 // the iterator's buffer, how errors reach the user, token timing, the cursor stores.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Subscription, TickstreamError, compareIds, localStorageStore, refreshDelay } from '../index.js';
+import { Client, Subscription, TickstreamError, compareIds, localStorageStore, refreshDelay } from '../index.js';
 
 // A subscription fed frames by hand, as a transport would.
 function fed(cursor = null) {
@@ -179,4 +179,15 @@ test('a gap that grew while the client reconnected: only what it adds is handed 
   f.sub.frame(tick(60));
   assert.deepEqual(missedOf, [['1000-10', '1000-50', 39], ['1000-50', '1000-60', 10]], '39 + 10 = 49 in all');
   assert.equal(f.events.at(-1), 60, 'no break of our own after them');
+});
+
+test('subscribe refuses what the server would close the socket for, before anything is sent', () => {
+  const c = new Client({ url: 'http://127.0.0.1:1', token: 't', WebSocket: class {} });
+  const bad = [[{ seq: '5' }, 'bad_seq'], [{ seq: -1 }, 'bad_seq'], [{ seq: 5n }, 'bad_seq'], [{ seq: 1.5 }, 'bad_seq'],
+    [{ epoch: 5 }, 'bad_epoch'], [{ epoch: '' }, 'bad_epoch'], [{ epoch: 'x'.repeat(65) }, 'bad_epoch'], [{ rate: 0 }, 'bad_rate']];
+  for (const [options, code] of bad) {
+    assert.throws(() => c.subscribe('c', { since: '1-0', ...options }), (e) => e instanceof TickstreamError && e.code === code, JSON.stringify(options, (k, v) => (typeof v === 'bigint' ? `${v}n` : v)));
+  }
+  assert.equal(c.subscriptions.size, 0, 'nothing subscribed, no socket opened');
+  assert.equal(c.state, 'idle');
 });
